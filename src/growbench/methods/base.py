@@ -1,0 +1,216 @@
+"""The Grower interface: what a growth method is, what it is given and what it reports.
+
+A method subclasses ``Grower``, declares a ``Config`` dataclass (its hyperparameters, with
+defaults), and implements ``grow_step``, which changes the net in place through the surgery of
+``growbench.nn`` and fills in the ``GrowthEvent``. ``Grower.grow`` wraps it with what every method
+must do alike and should not have to remember: measure the exact cost it added, time it, restore
+the train/eval mode, check the budget was respected. Methods see data only through the
+``GrowthContext`` (a fixed statistics set, the loss, the budget left, a seeded generator).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from growbench.nn import GrowableNet, ModelConfig, Site
+from growbench.nn.losses import PerSampleLoss
+
+BUDGET_METRICS = ("params", "flops")
+FUNCTION_PRESERVATION = ("exact", "at_zero_step", "no")
+
+
+@dataclass
+class GrowthContext:
+    """Everything a grower may use at one growth step."""
+
+    inputs: Tensor  # the statistics set: a fixed, un-augmented subset of the training split
+    targets: Tensor
+    loss_fn: PerSampleLoss
+    budget_metric: str
+    remaining_budget: float
+    generator: torch.Generator
+    batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.budget_metric not in BUDGET_METRICS:
+            raise ValueError(
+                f"unknown budget metric {self.budget_metric!r}; choose one of {BUDGET_METRICS}"
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return self.inputs.device
+
+    def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, len(self.inputs), self.batch_size):
+            stop = start + self.batch_size
+            yield self.inputs[start:stop], self.targets[start:stop]
+
+    def cost(self, site: Site, count: int) -> float:
+        """What ``count`` new units at ``site`` cost, in the budget's metric."""
+        return site.cost_of_units(count)[self.budget_metric]
+
+    def loss(self, net: GrowableNet) -> float:
+        """Mean loss over the statistics set, eval mode, summed in float64."""
+        return statistics_loss(net, self)
+
+
+def statistics_loss(net: GrowableNet, ctx: GrowthContext) -> float:
+    was_training = net.training
+    net.eval()
+    try:
+        total = 0.0
+        with torch.no_grad():
+            for inputs, targets in ctx.batches():
+                total += float(ctx.loss_fn(net(inputs), targets).double().sum())
+    finally:
+        net.train(was_training)
+    return total / len(ctx.inputs)
+
+
+@dataclass
+class GrowthEvent:
+    """What one growth step changed, why, what it predicted and what it cost."""
+
+    method: str
+    units_added: dict[str, int] = field(default_factory=dict)
+    layers_inserted: list[str] = field(default_factory=list)
+    selected: dict[str, list] = field(default_factory=dict)
+    scores: dict[str, list[float]] = field(default_factory=dict)
+    predicted_loss_change: float | None = None
+    realised_loss_change: float | None = None
+    cost_added: dict[str, int] = field(default_factory=lambda: {"params": 0, "flops": 0})
+    seconds: dict[str, float] = field(default_factory=dict)
+    stop_reason: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grew(self) -> bool:
+        return any(self.units_added.values()) or bool(self.layers_inserted)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase (``stats``, ``solve``, ``search``, ``select``, ``apply``)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def to_dict(self, timings: bool = True) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if not timings:
+            data.pop("seconds")
+        return _json_ready(data)
+
+    def to_json(self, timings: bool = True) -> str:
+        return json.dumps(self.to_dict(timings), sort_keys=True)
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, Tensor):
+        return _json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+@dataclass
+class GrowerConfig:
+    """Base of every method's hyperparameters; subclasses add fields with defaults."""
+
+
+class Grower:
+    """Base class of every growth method and baseline.
+
+    Subclasses set ``name``, ``Config``, ``preserves_function`` (``exact``, ``at_zero_step`` or
+    ``no``), ``supported_kinds`` (site kinds such as ``Linear``, ``Conv2d+BN``), and implement
+    ``grow_step``. ``zero_step_overrides`` names the config values that make an ``at_zero_step``
+    method preserve the function (e.g. ``{"epsilon": 0.0}``).
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[GrowerConfig]] = GrowerConfig
+    preserves_function: ClassVar[str] = "no"
+    supported_kinds: ClassVar[frozenset[str]] = frozenset({"Linear", "Linear+BN", "Conv2d", "Conv2d+BN"})
+    zero_step_overrides: ClassVar[dict[str, Any]] = {}
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: GrowerConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+        if not isinstance(self.config, self.Config):
+            raise TypeError(f"{self.name}: config must be a {self.Config.__name__}")
+
+    # ---------------------------------------------------------------- for subclasses
+    def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
+        raise NotImplementedError
+
+    def start_config(
+        self, model: ModelConfig, budget_limit: float, cost_of: Any
+    ) -> ModelConfig:
+        """The architecture this method starts from; ``static`` starts at the budget's size."""
+        return model
+
+    def on_batch(self, net: GrowableNet, inputs: Tensor, targets: Tensor) -> None:
+        """Called after each training step; for methods that accumulate statistics while training."""
+
+    # ------------------------------------------------------------------- the contract
+    def grow(self, net: GrowableNet, ctx: GrowthContext) -> GrowthEvent:
+        event = GrowthEvent(method=self.name)
+        for site in net.sites:
+            if site.kind not in self.supported_kinds:
+                raise ValueError(
+                    f"method {self.name!r} does not support site {site.name!r} of kind "
+                    f"{site.kind!r}; it supports {sorted(self.supported_kinds)}"
+                )
+        widths_before = net.widths()
+        params_before, flops_before = net.params(), net.flops()
+        was_training = net.training
+        start = time.perf_counter()
+        try:
+            if ctx.remaining_budget <= 0:
+                event.stop_reason = "budget exhausted"
+            else:
+                self.grow_step(net, ctx, event)
+        finally:
+            net.train(was_training)
+        wall = time.perf_counter() - start
+        event.extras.setdefault("wall_seconds", wall)
+        widths_after = net.widths()
+        event.units_added = {
+            name: width - widths_before.get(name, 0)
+            for name, width in widths_after.items()
+            if width != widths_before.get(name, 0)
+        }
+        event.cost_added = {
+            "params": net.params() - params_before,
+            "flops": net.flops() - flops_before,
+        }
+        spent = event.cost_added[ctx.budget_metric]
+        if spent > ctx.remaining_budget + 1e-9:
+            raise RuntimeError(
+                f"method {self.name!r} spent {spent} {ctx.budget_metric} but only "
+                f"{ctx.remaining_budget} remained: a grower must truncate to the budget"
+            )
+        if not event.grew and event.stop_reason is None:
+            event.stop_reason = "nothing to grow"
+        return event
+
+
+def fits(ctx: GrowthContext, spent: float, extra: float) -> bool:
+    """Whether ``extra`` more cost still fits in what remains after ``spent``."""
+    return spent + extra <= ctx.remaining_budget

@@ -1,0 +1,30 @@
+"""Growable networks and the surgery every growth method works through.
+
+``nn`` imports nothing else of growbench: it is the ground the methods and the harness stand on.
+"""
+
+from growbench.nn.activations import ACTIVATIONS, Activation, activation_info
+from growbench.nn.counting import count_flops, count_params
+from growbench.nn.growable import Block, GrowableNet, Site, insert_layer
+from growbench.nn.losses import loss_for_task
+from growbench.nn.optim import carry_optimizer_state
+from growbench.nn.taps import Taps, collect_taps
+from growbench.nn.zoo import ModelConfig, build_model
+
+__all__ = [
+    "ACTIVATIONS",
+    "Activation",
+    "Block",
+    "GrowableNet",
+    "ModelConfig",
+    "Site",
+    "Taps",
+    "activation_info",
+    "build_model",
+    "carry_optimizer_state",
+    "collect_taps",
+    "count_flops",
+    "count_params",
+    "insert_layer",
+    "loss_for_task",
+]
