@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from growbench.nn import GrowableNet, ModelConfig, Site
+from growbench.nn.counting import growth_cost
 from growbench.nn.losses import PerSampleLoss
 
 BUDGET_METRICS = ("params", "flops")
@@ -58,7 +59,7 @@ class GrowthContext:
 
     def cost(self, site: Site, count: int) -> float:
         """What ``count`` new units at ``site`` cost, in the budget's metric."""
-        return site.cost_of_units(count)[self.budget_metric]
+        return growth_cost(site.net, {site.name: count})[self.budget_metric]
 
     def loss(self, net: GrowableNet) -> float:
         """Mean loss over the statistics set, eval mode, summed in float64."""
@@ -91,6 +92,7 @@ class GrowthEvent:
     realised_loss_change: float | None = None
     cost_added: dict[str, int] = field(default_factory=lambda: {"params": 0, "flops": 0})
     seconds: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float = 0.0
     stop_reason: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -111,6 +113,7 @@ class GrowthEvent:
         data = dataclasses.asdict(self)
         if not timings:
             data.pop("seconds")
+            data.pop("wall_seconds")
         return _json_ready(data)
 
     def to_json(self, timings: bool = True) -> str:
@@ -140,14 +143,20 @@ class Grower:
     Subclasses set ``name``, ``Config``, ``preserves_function`` (``exact``, ``at_zero_step`` or
     ``no``), ``supported_kinds`` (site kinds such as ``Linear``, ``Conv2d+BN``), and implement
     ``grow_step``. ``zero_step_overrides`` names the config values that make an ``at_zero_step``
-    method preserve the function (e.g. ``{"epsilon": 0.0}``).
+    method preserve the function (e.g. ``{"epsilon": 0.0}``); ``small_step_overrides`` those that
+    make its step small enough for its ``predicted_loss_change`` to match the realised change
+    within ``prediction_tolerance`` (relative), which the contract tests check.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[GrowerConfig]] = GrowerConfig
     preserves_function: ClassVar[str] = "no"
-    supported_kinds: ClassVar[frozenset[str]] = frozenset({"Linear", "Linear+BN", "Conv2d", "Conv2d+BN"})
+    supported_kinds: ClassVar[frozenset[str]] = frozenset(
+        {"Linear", "Linear+BN", "Conv2d", "Conv2d+BN"}
+    )
     zero_step_overrides: ClassVar[dict[str, Any]] = {}
+    small_step_overrides: ClassVar[dict[str, Any]] = {}
+    prediction_tolerance: ClassVar[float] = 1e-2
     description: ClassVar[str] = ""
 
     def __init__(self, config: GrowerConfig | None = None) -> None:
@@ -159,9 +168,7 @@ class Grower:
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         raise NotImplementedError
 
-    def start_config(
-        self, model: ModelConfig, budget_limit: float, cost_of: Any
-    ) -> ModelConfig:
+    def start_config(self, model: ModelConfig, budget_limit: float, cost_of: Any) -> ModelConfig:
         """The architecture this method starts from; ``static`` starts at the budget's size."""
         return model
 
@@ -188,8 +195,7 @@ class Grower:
                 self.grow_step(net, ctx, event)
         finally:
             net.train(was_training)
-        wall = time.perf_counter() - start
-        event.extras.setdefault("wall_seconds", wall)
+        event.wall_seconds = time.perf_counter() - start
         widths_after = net.widths()
         event.units_added = {
             name: width - widths_before.get(name, 0)
@@ -211,6 +217,16 @@ class Grower:
         return event
 
 
-def fits(ctx: GrowthContext, spent: float, extra: float) -> bool:
-    """Whether ``extra`` more cost still fits in what remains after ``spent``."""
-    return spent + extra <= ctx.remaining_budget
+def take_within_budget(net: GrowableNet, ctx: GrowthContext, candidates: list[str]) -> list[bool]:
+    """README convention 7: walk ``candidates`` (one new unit at the named site each) in order and
+    accept each one whose exact cost, together with those accepted before, still fits."""
+    accepted: dict[str, int] = {}
+    decisions = []
+    for site_name in candidates:
+        trial = dict(accepted)
+        trial[site_name] = trial.get(site_name, 0) + 1
+        fits = growth_cost(net, trial)[ctx.budget_metric] <= ctx.remaining_budget
+        if fits:
+            accepted = trial
+        decisions.append(fits)
+    return decisions

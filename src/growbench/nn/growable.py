@@ -241,12 +241,9 @@ class Site:
 
     def cost_of_units(self, count: int) -> dict[str, int]:
         """Exact params and FLOPs that ``count`` more units at this site add."""
-        per_unit_params = self.fan_in_size + self.fan_out_size
-        if self.norm is not None and self.norm.affine:
-            per_unit_params += 2
-        from growbench.nn.counting import flops_per_unit
+        from growbench.nn.counting import growth_cost
 
-        return {"params": count * per_unit_params, "flops": count * flops_per_unit(self)}
+        return growth_cost(self.net, {self.name: count})
 
     # ------------------------------------------------------------------------ surgery
     def split(

@@ -1,0 +1,72 @@
+"""The fixed-architecture references: ``none`` and ``static`` (shared/methods/baselines.md, Part C).
+
+``none`` trains the start net and never grows: the lower reference. ``static`` trains, from
+scratch and for the same epochs, the net the budget would buy (all start widths scaled by the
+largest common factor r ≥ 1 whose cost fits): the upper reference a growth method has to match.
+Both leave every decision about data, optimizer and schedule to the runner, like every method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
+from growbench.methods.registry import register
+from growbench.nn import GrowableNet, ModelConfig
+
+
+@register
+class NoGrowth(Grower):
+    name = "none"
+    preserves_function = "exact"
+    description = "the start net, never grown (lower reference)"
+
+    def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
+        event.stop_reason = "method none never grows"
+
+
+@dataclass
+class StaticConfig(GrowerConfig):
+    bisection_steps: int = 40
+
+
+@register
+class StaticBudgetNet(Grower):
+    name = "static"
+    Config = StaticConfig
+    preserves_function = "exact"
+    description = "the budget-size net trained from scratch (upper reference)"
+
+    def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
+        event.stop_reason = "method static never grows"
+
+    def start_config(
+        self, model: ModelConfig, budget_limit: float, cost_of: Callable[[ModelConfig], float]
+    ) -> ModelConfig:
+        return scaled_to_budget(model, budget_limit, cost_of, self.config.bisection_steps)
+
+
+def scaled_to_budget(
+    model: ModelConfig,
+    budget_limit: float,
+    cost_of: Callable[[ModelConfig], float],
+    bisection_steps: int = 40,
+) -> ModelConfig:
+    """Widths round(r · start widths) with the largest r ≥ 1 whose cost fits ``budget_limit``."""
+
+    def scaled(r: float) -> ModelConfig:
+        return model.with_widths(tuple(max(1, round(r * w)) for w in model.widths))
+
+    if cost_of(model) > budget_limit:
+        return model
+    low, high = 1.0, 2.0
+    while cost_of(scaled(high)) <= budget_limit:
+        low, high = high, 2.0 * high
+    for _ in range(bisection_steps):
+        middle = (low + high) / 2
+        if cost_of(scaled(middle)) <= budget_limit:
+            low = middle
+        else:
+            high = middle
+    return scaled(low)

@@ -1,0 +1,99 @@
+"""``random-add``: brand-new units chosen without looking at data.
+
+The control for TINY, SENN and GradMax (shared/methods/baselines.md, B3). ``zero-fan-out``
+(default): Gaussian fan-in direction scaled to the mean norm of the site's existing fan-in rows,
+bias 0, fan-out 0, so the function is kept and the fan-out starts learning from
+E[h_new g_aᵀ]. ``zero-fan-in``: fan-in 0 and fan-out of norm c by GradMax's ``mean_norm`` rule,
+with i.i.d. U[0, 1) entries as growneuron's "Random" control (``direction="gaussian"`` as an
+option); it needs σ(0) = 0 and σ'(0) ≠ 0, which the zoo's activations state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from growbench.methods.base import (
+    Grower,
+    GrowerConfig,
+    GrowthContext,
+    GrowthEvent,
+    take_within_budget,
+)
+from growbench.methods.registry import register
+from growbench.nn import GrowableNet, activation_info
+
+MODES = ("zero-fan-out", "zero-fan-in")
+DIRECTIONS = ("uniform", "gaussian")
+
+
+@dataclass
+class RandomAddConfig(GrowerConfig):
+    growth_ratio: float = 0.3
+    mode: str = "zero-fan-out"
+    fan_out_scale: float = 0.5  # zero-fan-in mode: c = scale · mean fan-out column norm
+    direction: str = "uniform"  # zero-fan-in mode: fan-out entries U[0, 1) or Gaussian
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"random-add: unknown mode {self.mode!r}; choose one of {MODES}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(
+                f"random-add: unknown direction {self.direction!r}; choose one of {DIRECTIONS}"
+            )
+
+
+@register
+class RandomAdd(Grower):
+    name = "random-add"
+    Config = RandomAddConfig
+    preserves_function = "exact"
+    description = "add units with random fan-in and zero fan-out (control for TINY/GradMax/SENN)"
+
+    def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
+        config = self.config
+        sites = [site for site in net.sites if site.activation != "identity"]
+        if config.mode == "zero-fan-in":
+            for site in sites:
+                info = activation_info(site.activation)
+                if not info.zero_at_zero or info.slope_at_zero == 0:
+                    raise ValueError(
+                        f"random-add zero-fan-in at site {site.name!r}: activation "
+                        f"{site.activation!r} needs σ(0) = 0 and σ'(0) ≠ 0; use relu or tanh"
+                    )
+        with event.phase("select"):
+            wanted = {site.name: max(1, round(config.growth_ratio * site.width)) for site in sites}
+            candidates = [name for name, count in wanted.items() for _ in range(count)]
+            accepted = take_within_budget(net, ctx, candidates)
+            counts = {name: 0 for name in wanted}
+            for name, ok in zip(candidates, accepted):
+                counts[name] += ok
+        if not all(accepted):
+            event.stop_reason = "budget exhausted"
+        event.predicted_loss_change = 0.0  # new units are silent: the function is unchanged
+        with event.phase("apply"):
+            for site in sites:
+                count = counts[site.name]
+                if count == 0:
+                    continue
+                weights = site.fan_in_matrix()
+                if site.producer.bias is not None:
+                    weights = weights[:, :-1]
+                fan_in_size, fan_out_size = weights.shape[1], site.fan_out_size
+                draw = {"generator": ctx.generator, "dtype": torch.float64}
+                if config.mode == "zero-fan-out":
+                    fan_in = torch.randn(count, fan_in_size, **draw)
+                    target_norm = weights.double().norm(dim=1).mean()
+                    fan_in *= target_norm / fan_in.norm(dim=1, keepdim=True)
+                    fan_out = torch.zeros(count, fan_out_size, dtype=torch.float64)
+                else:
+                    fan_in = torch.zeros(count, fan_in_size, dtype=torch.float64)
+                    if config.direction == "uniform":
+                        fan_out = torch.rand(count, fan_out_size, **draw)
+                    else:
+                        fan_out = torch.randn(count, fan_out_size, **draw)
+                    norm = config.fan_out_scale * site.fan_out_matrix().double().norm(dim=1).mean()
+                    fan_out *= norm / fan_out.norm(dim=1, keepdim=True)
+                new_ids = site.add_units(fan_in, fan_out)
+                event.selected[site.name] = [[unit, "new"] for unit in new_ids]

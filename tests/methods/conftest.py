@@ -1,0 +1,87 @@
+"""Shared tiny tasks for method tests (shared/methods/README.md, "Shared fixtures"), float64.
+
+``tanh_mlp`` 3→4→3→2 and ``relu_mlp`` on 400 Gaussian inputs with MSE to a random teacher, trained
+200 full-batch GD steps so statistics are not trivial; ``conv_bn`` two conv3×3+BN+SiLU blocks
+(3→4→5 channels) on 64 random 8×8 images, global average pool, linear 5→3, cross-entropy, with
+BN running statistics from a few train-mode passes. Each test gets a fresh copy.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import cache
+
+import pytest
+import torch
+
+from growbench.methods import GrowthContext
+from growbench.nn import GrowableNet, ModelConfig, build_model
+from growbench.nn.losses import PerSampleLoss, classification_loss, regression_loss
+
+TASKS = ("tanh_mlp", "relu_mlp", "conv_bn")
+
+
+@dataclass
+class Task:
+    net: GrowableNet
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    loss_fn: PerSampleLoss
+
+    def context(
+        self, remaining_budget: float = float("inf"), metric: str = "params", seed: int = 0
+    ) -> GrowthContext:
+        return GrowthContext(
+            inputs=self.inputs,
+            targets=self.targets,
+            loss_fn=self.loss_fn,
+            budget_metric=metric,
+            remaining_budget=remaining_budget,
+            generator=torch.Generator().manual_seed(seed),
+            batch_size=128,
+        )
+
+
+@cache
+def _trained(name: str) -> Task:
+    generator = torch.Generator().manual_seed(1234)
+    if name in ("tanh_mlp", "relu_mlp"):
+        activation = "tanh" if name == "tanh_mlp" else "relu"
+        config = ModelConfig("mlp", (3,), 2, (4, 3), activation=activation)
+        net = build_model(config, seed=0).double()
+        inputs = torch.randn(400, 3, generator=generator, dtype=torch.float64)
+        teacher = torch.randn(3, 2, generator=generator, dtype=torch.float64)
+        targets = torch.tanh(inputs @ teacher)
+        loss_fn = regression_loss
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        for _ in range(200):
+            optimizer.zero_grad()
+            loss_fn(net(inputs), targets).mean().backward()
+            optimizer.step()
+    else:
+        config = ModelConfig("cnn", (3, 8, 8), 3, (4, 5), activation="silu", batchnorm=True)
+        net = build_model(config, seed=0).double()
+        inputs = torch.randn(64, 3, 8, 8, generator=generator, dtype=torch.float64)
+        targets = torch.randint(0, 3, (64,), generator=generator)
+        loss_fn = classification_loss
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+        net.train()
+        for _ in range(20):
+            optimizer.zero_grad()
+            loss_fn(net(inputs), targets).mean().backward()
+            optimizer.step()
+    net.eval()
+    return Task(net, inputs, targets, loss_fn)
+
+
+def make_task(name: str) -> Task:
+    task = _trained(name)
+    net = copy.deepcopy(task.net)
+    net.lineage = {}
+    return Task(net, task.inputs, task.targets, task.loss_fn)
+
+
+@pytest.fixture(params=TASKS)
+def task(request: pytest.FixtureRequest) -> Task:
+    return make_task(request.param)
