@@ -173,7 +173,7 @@ class Grower:
         return model
 
     def on_batch(self, net: GrowableNet, inputs: Tensor, targets: Tensor) -> None:
-        """Called after each training step; for methods that accumulate statistics while training."""
+        """Called after each training step, for methods that accumulate statistics as they train."""
 
     # ------------------------------------------------------------------- the contract
     def grow(self, net: GrowableNet, ctx: GrowthContext) -> GrowthEvent:

@@ -9,6 +9,7 @@ budget checks and reported costs can never disagree.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -74,7 +75,7 @@ def _cost_coefficients(
     single = {name: _measure(net, {name: 1}) for name in names}
     per_unit = {name: _difference(single[name], base) for name in names}
     cross = {}
-    for first, second in zip(names, names[1:]):
+    for first, second in itertools.pairwise(names):
         both = _measure(net, {first: 1, second: 1})
         cross[first] = {
             metric: both[metric] - single[first][metric] - single[second][metric] + base[metric]
