@@ -1,0 +1,77 @@
+"""Developer and user entry points: tests, benchmark, report figures, MLflow UI, lint, bench.
+
+Every torch session shares ONE virtual environment, ``.nox/growbench``, built with the standard
+library's venv and pip: torch is several GB, pip takes the pinned wheels from the local disk where
+they exist (uv would download them), and installing it once per session would cost minutes. The
+environment is reinstalled only when ``pyproject.toml`` changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["lint", "tests"]
+
+ROOT = Path(__file__).parent
+SHARED_ENV = ROOT / ".nox" / "growbench"
+
+
+def _shared_env(session: nox.Session) -> Path:
+    """Create or refresh the shared torch environment; return its ``bin`` directory."""
+    bin_dir = SHARED_ENV / ("Scripts" if sys.platform == "win32" else "bin")
+    python = bin_dir / "python"
+    stamp = SHARED_ENV / ".installed-from"
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not python.exists():
+        session.run(sys.executable, "-m", "venv", str(SHARED_ENV), external=True)
+    if not stamp.exists() or stamp.read_text() != wanted:
+        session.run(str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip",
+                    external=True)
+        session.run(str(python), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev]",
+                    external=True)
+        stamp.write_text(wanted)
+    return bin_dir
+
+
+def _run(session: nox.Session, program: str, *args: str) -> None:
+    session.run(str(_shared_env(session) / program), *args, external=True)
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """The whole test suite (pytest exits non-zero when it collects no test)."""
+    _run(session, "pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session(venv_backend="none")
+def benchmark(session: nox.Session) -> None:
+    """Run a suite (default: ``default``) and print its results table."""
+    args = list(session.posargs)
+    if "--suite" not in args:
+        args = ["--suite", "default", *args]
+    _run(session, "growbench", "run", *args)
+
+
+@nox.session(venv_backend="none")
+def ui(session: nox.Session) -> None:
+    """The MLflow UI over the same store, on 127.0.0.1."""
+    _run(session, "growbench", "ui", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def bench(session: nox.Session) -> None:
+    """Performance figures, each a ratio of two timings taken in the same run."""
+    _run(session, "python", str(ROOT / "bench" / "run.py"), *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
