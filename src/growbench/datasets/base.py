@@ -1,0 +1,167 @@
+"""The in-memory dataset types every growbench dataset is returned as.
+
+The benchmark's datasets are small enough to live in memory (or on the accelerator) as four
+tensors, so training loops index them directly instead of going through a ``DataLoader``: that is
+much faster for small models, and seeding the batch order is one ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+TASKS = ("classification", "regression")
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset is, known without loading it."""
+
+    name: str
+    task: str  # "classification" | "regression"
+    input_shape: tuple[int, ...]  # per sample, e.g. (1, 8, 8) or (2,)
+    num_outputs: int  # number of classes, or the regression output dimension
+    description: str  # one line, shown by `growbench datasets`
+    source: str  # one line: where the data comes from
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(
+                f"dataset {self.name!r}: task must be one of {TASKS}, not {self.task!r}"
+            )
+
+
+@dataclass
+class Dataset:
+    """A dataset's train and test splits as tensors, checked against its spec on creation.
+
+    Inputs are float32 of shape ``(N, *spec.input_shape)``; targets are int64 class ids of shape
+    ``(N,)`` for classification and float32 of shape ``(N, spec.num_outputs)`` for regression.
+    """
+
+    spec: DatasetSpec
+    train_inputs: Tensor
+    train_targets: Tensor
+    test_inputs: Tensor
+    test_targets: Tensor
+
+    def __post_init__(self) -> None:
+        for split in SPLITS:
+            _check_split(self.spec, split, *self._split(split))
+
+    @property
+    def num_train(self) -> int:
+        return self.train_inputs.shape[0]
+
+    @property
+    def num_test(self) -> int:
+        return self.test_inputs.shape[0]
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """A copy with every tensor on ``device``."""
+        return dataclasses.replace(
+            self,
+            train_inputs=self.train_inputs.to(device),
+            train_targets=self.train_targets.to(device),
+            test_inputs=self.test_inputs.to(device),
+            test_targets=self.test_targets.to(device),
+        )
+
+    def batches(
+        self, split: str, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch of ``(inputs, targets)`` batches; the last one may be smaller.
+
+        With a (CPU) ``generator`` the order is a fresh permutation drawn from it now, at the
+        call, so successive epochs differ and the same seed gives the same epochs; without one
+        the samples come in stored order.
+        """
+        inputs, targets = self._split(split)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        n = inputs.shape[0]
+        if generator is None:
+            return _slices(inputs, targets, n, batch_size)
+        order = torch.randperm(n, generator=generator).to(inputs.device)
+        return _indexed(inputs, targets, order, batch_size)
+
+    def subset(self, split: str, count: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``count`` samples of ``split`` picked at random with ``generator`` (all of them, in
+        stored order, if ``count`` is at least the split's size). Used as growth statistics set."""
+        inputs, targets = self._split(split)
+        if count < 0:
+            raise ValueError(f"count must not be negative, not {count}")
+        n = inputs.shape[0]
+        if count >= n:
+            return inputs, targets
+        pick = torch.randperm(n, generator=generator)[:count].to(inputs.device)
+        return inputs[pick], targets[pick]
+
+    def _split(self, split: str) -> tuple[Tensor, Tensor]:
+        if split == "train":
+            return self.train_inputs, self.train_targets
+        if split == "test":
+            return self.test_inputs, self.test_targets
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered dataset: its spec (for the default options), its options and its loader.
+
+    ``options`` is a dataclass whose fields are the dataset's options with their defaults;
+    ``load`` builds the dataset from an instance of it.
+    """
+
+    spec: DatasetSpec
+    options: type
+    load: Callable[[Any], Dataset]
+
+
+def standardize(train: Tensor, test: Tensor, dim: int | None = None) -> tuple[Tensor, Tensor]:
+    """Shift and scale both splits by the train split's mean and std: over everything
+    (``dim=None``, one scalar pair) or per feature along the sample axis (``dim=0``)."""
+    if dim is None:
+        mean, std = train.mean(), train.std()
+    else:
+        mean, std = train.mean(dim, keepdim=True), train.std(dim, keepdim=True)
+    return (train - mean) / std, (test - mean) / std
+
+
+def _check_split(spec: DatasetSpec, split: str, inputs: Tensor, targets: Tensor) -> None:
+    where = f"dataset {spec.name!r}, {split} split"
+    if inputs.dtype != torch.float32:
+        raise ValueError(f"{where}: inputs must be float32, not {inputs.dtype}")
+    if tuple(inputs.shape[1:]) != spec.input_shape:
+        raise ValueError(
+            f"{where}: inputs have shape {tuple(inputs.shape)}, expected (N, *{spec.input_shape})"
+        )
+    n = inputs.shape[0]
+    if spec.task == "classification":
+        dtype, shape = torch.int64, (n,)
+    else:
+        dtype, shape = torch.float32, (n, spec.num_outputs)
+    if targets.dtype != dtype or tuple(targets.shape) != shape:
+        raise ValueError(
+            f"{where}: targets are {targets.dtype} of shape {tuple(targets.shape)}, "
+            f"expected {dtype} of shape {shape}"
+        )
+
+
+def _slices(inputs: Tensor, targets: Tensor, n: int, size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    for start in range(0, n, size):
+        yield inputs[start : start + size], targets[start : start + size]
+
+
+def _indexed(
+    inputs: Tensor, targets: Tensor, order: Tensor, size: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    for start in range(0, order.shape[0], size):
+        index = order[start : start + size]
+        yield inputs[index], targets[index]
