@@ -4,9 +4,10 @@ Growth methods need to know more about an activation than torch does: whether σ
 with zero fan-in are then silent), σ'(0) as autograd sees it, and whether σ(σ(z)) = σ(z) (an
 identity layer inserted after it then keeps the function). One table holds those facts.
 
-The zoo's ReLU is ``clamp_min(0)``, whose autograd derivative at 0 is 1 (the right derivative,
-as in TensorFlow and GroMo). ``torch.relu`` has derivative 0 there, which freezes every unit
-whose fan-in is zero (GradMax, random-add in zero-fan-in mode).
+The zoo's ReLU (and leaky ReLU, SELU) is written with ``torch.where`` so that its autograd
+derivative at 0 is the right derivative (1 for ReLU), as in TensorFlow and GroMo. ``torch.relu``
+and ``clamp_min(0)`` have derivative 0 there, which freezes every unit whose fan-in is zero
+(GradMax, random-add in zero-fan-in mode).
 """
 
 from __future__ import annotations
@@ -30,7 +31,22 @@ class ActivationInfo:
 
 
 def _relu(z: Tensor) -> Tensor:
-    return z.clamp_min(0.0)
+    # torch.where, not clamp_min: clamp_min's backward is where(z > 0, grad, 0), i.e. 0 at 0.
+    return torch.where(z < 0, 0.0, z)
+
+
+def _leaky_relu(z: Tensor) -> Tensor:
+    # Same values as F.leaky_relu, whose autograd derivative at 0 is the left one (0.01).
+    return torch.where(z < 0, 0.01 * z, z)
+
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _selu(z: Tensor) -> Tensor:
+    # Same values as F.selu, whose autograd derivative at 0 is the left one (scale·alpha).
+    return _SELU_SCALE * torch.where(z < 0, _SELU_ALPHA * torch.expm1(z.clamp_max(0.0)), z)
 
 
 def _identity(z: Tensor) -> Tensor:
@@ -39,12 +55,12 @@ def _identity(z: Tensor) -> Tensor:
 
 ACTIVATIONS: dict[str, ActivationInfo] = {
     "relu": ActivationInfo(_relu, True, 1.0, True),
-    "leaky_relu": ActivationInfo(F.leaky_relu, True, 1.0, False),
+    "leaky_relu": ActivationInfo(_leaky_relu, True, 1.0, False),
     "tanh": ActivationInfo(torch.tanh, True, 1.0, False),
     "silu": ActivationInfo(F.silu, True, 0.5, False),
     "gelu": ActivationInfo(F.gelu, True, 0.5, False),
     "elu": ActivationInfo(F.elu, True, 1.0, False),
-    "selu": ActivationInfo(F.selu, True, 1.0507009873554805, False),
+    "selu": ActivationInfo(_selu, True, 1.0507009873554805, False),
     "sigmoid": ActivationInfo(torch.sigmoid, False, 0.25, False),
     "softplus": ActivationInfo(F.softplus, False, 0.5, False),
     "identity": ActivationInfo(_identity, True, 1.0, True),

@@ -29,13 +29,14 @@ def count_flops(net: nn.Module, input_shape: Sequence[int]) -> int:
     """Forward FLOPs of one sample, measured in eval mode without autograd."""
     reference = next(net.parameters())
     sample = torch.zeros(1, *input_shape, dtype=reference.dtype, device=reference.device)
-    was_training = net.training
+    modes = [(module, module.training) for module in net.modules()]
     net.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             net(sample)
     finally:
-        net.train(was_training)
+        for module, training in modes:  # per module: a mixed train/eval net stays mixed
+            module.train(training)
     return int(counter.get_total_flops())
 
 

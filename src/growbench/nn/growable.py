@@ -1,8 +1,8 @@
 """Growable networks: blocks, growth sites and the three surgery operations.
 
-A ``GrowableNet`` is a chain of ``Block``s (layer, optional BatchNorm, activation, optional pooling).
-The units a block produces form a *growth site*: the block's layer is their fan-in (producer), the
-next block's layer their fan-out (consumer). Every method changes a net only through
+A ``GrowableNet`` is a chain of ``Block``s (layer, optional BatchNorm, activation, optional
+pooling). The units a block produces form a *growth site*: the block's layer is their fan-in
+(producer), the next block's layer their fan-out (consumer). Every method changes a net only through
 ``split``, ``add_units`` and ``insert_layer`` on a ``Site``, so those three are the code that has
 to be right, for every layer kind, once.
 
@@ -144,7 +144,9 @@ class GrowableNet(nn.Module):
         return name
 
     # ------------------------------------------------------------------------ lineage
-    def record_lineage(self, new: nn.Parameter, old: nn.Parameter, maps: list[Tensor | None]) -> None:
+    def record_lineage(
+        self, new: nn.Parameter, old: nn.Parameter, maps: list[Tensor | None]
+    ) -> None:
         """Remember that ``new`` continues ``old``; compose with ``old``'s own lineage."""
         if old in self.lineage:
             root, root_maps = self.lineage.pop(old)
@@ -299,9 +301,7 @@ class Site:
             offspring.append([parent, *range(start, start + m - 1)])
         return offspring
 
-    def add_units(
-        self, fan_in: Tensor, fan_out: Tensor, bias: Tensor | None = None
-    ) -> list[int]:
+    def add_units(self, fan_in: Tensor, fan_out: Tensor, bias: Tensor | None = None) -> list[int]:
         """Append k new units.
 
         ``fan_in`` (k × d) are the new producer weight rows without bias (d = ``fan_in_size``
@@ -326,6 +326,11 @@ class Site:
             )
         if bias is not None and not has_bias and bool((bias != 0).any()):
             raise ValueError(f"add_units at site {self.name!r}: the producer has no bias")
+        if bias is not None and tuple(bias.shape) != (k,):
+            raise ValueError(
+                f"add_units at site {self.name!r}: bias must have shape ({k},), "
+                f"got {tuple(bias.shape)}"
+            )
         if k == 0:
             return []
         new_rows = fan_in.to(weight)
@@ -358,8 +363,13 @@ class Site:
         )
         has_bias = producer.bias is not None
         weight_rows = rows[:, : rows.shape[1] - has_bias]
-        _replace(net, producer, "weight", weight_rows.reshape(n_new, *producer.weight.shape[1:]),
-                 [survivors] + [None] * (producer.weight.ndim - 1))
+        _replace(
+            net,
+            producer,
+            "weight",
+            weight_rows.reshape(n_new, *producer.weight.shape[1:]),
+            [survivors] + [None] * (producer.weight.ndim - 1),
+        )
         if has_bias:
             _replace(net, producer, "bias", rows[:, -1], [survivors])
         if isinstance(producer, nn.Linear):
@@ -378,8 +388,13 @@ class Site:
                 survivors[:, None] >= 0, survivors[:, None] * positions + offsets, -1
             ).reshape(-1)
             consumer.in_features = n_new * positions
-        _replace(net, consumer, "weight", columns.reshape(consumer_shape),
-                 [None, consumer_map] + [None] * (consumer.weight.ndim - 2))
+        _replace(
+            net,
+            consumer,
+            "weight",
+            columns.reshape(consumer_shape),
+            [None, consumer_map] + [None] * (consumer.weight.ndim - 2),
+        )
 
         norm = self.norm
         if norm is not None:

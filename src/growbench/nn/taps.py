@@ -49,7 +49,7 @@ def collect_taps(
     """Run one batch with taps on ``blocks`` (default: all); return taps by block name and ℓ."""
     chosen = list(net.blocks) if blocks is None else [_block(net, key) for key in blocks]
     recorders = {block.name: Recorder() for block in chosen}
-    was_training = net.training
+    modes = [(module, module.training) for module in net.modules()]
     if eval_mode:
         net.eval()
     try:
@@ -65,7 +65,8 @@ def collect_taps(
     finally:
         for block in chosen:
             block.tap = None
-        net.train(was_training)
+        for module, training in modes:  # per module: a mixed train/eval net stays mixed
+            module.train(training)
     taps = {}
     for position, (name, recorder) in enumerate(recorders.items()):
         x, z, h = recorder.tensors

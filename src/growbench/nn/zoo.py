@@ -41,7 +41,9 @@ class ModelConfig:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         if self.kind == "cnn":
             if len(self.input_shape) != 3:
-                raise ValueError(f"a cnn needs (channels, height, width) input, got {self.input_shape}")
+                raise ValueError(
+                    f"a cnn needs (channels, height, width) input, got {self.input_shape}"
+                )
             smallest = 2 ** (len(self.widths) - 1)
             if min(self.input_shape[1:]) < smallest:
                 raise ValueError(
@@ -83,7 +85,9 @@ def _cnn(config: ModelConfig) -> GrowableNet:
     for i, width in enumerate(config.widths):
         conv = nn.Conv2d(channels, width, 3, padding=1, bias=not config.batchnorm)
         norm = nn.BatchNorm2d(width) if config.batchnorm else None
-        post = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()) if i == last else nn.MaxPool2d(2)
+        post = (
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()) if i == last else nn.MaxPool2d(2)
+        )
         blocks.append(Block(f"block{i}", conv, norm, config.activation, post))
         channels = width
     head = nn.Linear(channels, config.num_outputs)
