@@ -1,0 +1,196 @@
+"""Run a suite's cells in this process: check and load everything, then train what is missing.
+
+The order is what keeps a store clean and a suite resumable: the suite is checked and every
+dataset loaded (a bad option or a missing file stops here, before MLflow is touched), then the
+store, experiment and parent run are created once, the cells already FINISHED with the same
+config hash are skipped, and the rest run one by one. A cell that raises or diverges is FAILED
+(with its traceback) and the suite goes on; Ctrl-C marks the running cell KILLED, closes the
+parent and re-raises, and the finished cells stay finished.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from growbench.benchmarks.runner import CellObserver, cpu_threads, resolve_device, run_cell
+from growbench.benchmarks.suite import CellConfig, Suite, SuiteError, Task, unsupported_reason
+from growbench.benchmarks.tracking import CellTracker, SuiteTracker, finished_hashes
+from growbench.datasets import Dataset, load_dataset
+from growbench.methods import available_methods
+
+
+@dataclass
+class PlannedCell:
+    cell: CellConfig
+    status: str  # "todo" | "done" | "unsupported"
+    reason: str = ""
+
+
+@dataclass
+class SuiteOutcome:
+    finished: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already finished before this run
+    unsupported: list[str] = field(default_factory=list)
+
+
+def load_datasets(suite: Suite, device: torch.device | str = "cpu") -> dict[str, Dataset]:
+    """Every task's data, by task name, loaded once per (dataset, options) and moved to ``device``.
+
+    The datasets' own checks (option values, missing files) run here; a bad option becomes a
+    ``SuiteError`` naming the task's field, a missing file stays a ``FileNotFoundError``.
+    """
+    loaded: dict[str, Dataset] = {}
+    by_task = {}
+    for task in suite.tasks:
+        key = json.dumps([task.dataset, task.dataset_options], sort_keys=True, default=str)
+        if key not in loaded:
+            loaded[key] = _load(task).to(device)
+            _check_model(task, loaded[key])
+        by_task[task.name] = loaded[key]
+    return by_task
+
+
+def _load(task: Task) -> Dataset:
+    try:
+        return load_dataset(task.dataset, **task.dataset_options)
+    except (TypeError, ValueError) as exc:
+        raise SuiteError(f"{task.path}.dataset_options: {exc}") from None
+
+
+def _check_model(task: Task, dataset: Dataset) -> None:
+    try:
+        task.model_config(dataset.spec)
+    except ValueError as exc:
+        raise SuiteError(f"{task.path}: {exc}") from None
+
+
+def plan(suite: Suite, done: set[str]) -> list[PlannedCell]:
+    """Each cell with what a run would do with it: ``todo``, ``done`` or ``unsupported``."""
+    site_kinds = {task.name: task.site_kinds() for task in suite.tasks}
+    methods = available_methods()
+    planned = []
+    for cell in suite.cells():
+        reason = unsupported_reason(methods[cell.method], site_kinds[cell.task.name])
+        if reason is not None:
+            planned.append(PlannedCell(cell, "unsupported", reason))
+        elif cell.config_hash() in done:
+            planned.append(PlannedCell(cell, "done"))
+        else:
+            planned.append(PlannedCell(cell, "todo"))
+    return planned
+
+
+def dry_run(
+    suite: Suite, tracking_uri: str, device: torch.device | str = "cpu"
+) -> list[PlannedCell]:
+    """Check the suite and its data and say what a run would do; writes nothing anywhere."""
+    resolve_device(device)
+    load_datasets(suite, "cpu")
+    return plan(suite, finished_hashes(tracking_uri, suite.name))
+
+
+def run_suite(
+    suite: Suite,
+    tracking_uri: str,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    threads: int | None = 1,
+) -> SuiteOutcome:
+    """Train every cell of ``suite`` not yet FINISHED in the store at ``tracking_uri``.
+
+    ``threads`` is torch's intra-op CPU thread count while the suite runs (None: unchanged);
+    one is fastest for the small nets of the CPU suites, see ``runner.cpu_threads``.
+    """
+    device = resolve_device(device)
+    datasets = load_datasets(suite, device)
+    tracker = SuiteTracker(tracking_uri, suite, str(device))
+    tracker.open()
+    status = "FAILED"
+    try:
+        with cpu_threads(threads):
+            outcome = _run_cells(suite, tracker, datasets, device, progress)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.close(status)
+    return outcome
+
+
+def _run_cells(
+    suite: Suite,
+    tracker: SuiteTracker,
+    datasets: dict[str, Dataset],
+    device: torch.device,
+    progress: bool,
+) -> SuiteOutcome:
+    outcome = SuiteOutcome()
+    planned = plan(suite, tracker.finished_hashes())
+    todo = [p.cell for p in planned if p.status == "todo"]
+    outcome.skipped = [p.cell.label for p in planned if p.status == "done"]
+    outcome.unsupported = [
+        f"{p.cell.label}: {p.reason}" for p in planned if p.status == "unsupported"
+    ]
+    bar = tqdm(todo, desc=suite.name, unit="cell", disable=not progress, file=sys.stderr)
+    for cell in bar:
+        bar.set_postfix_str(cell.label)
+        cell_tracker = tracker.start_cell(cell)
+        observer = _ProgressObserver(cell_tracker, cell, progress)
+        try:
+            result = run_cell(cell, datasets[cell.task.name], device, observer)
+        except KeyboardInterrupt:
+            cell_tracker.kill()
+            raise
+        except Exception as exc:
+            cell_tracker.fail(exc)
+            outcome.failed.append(cell.label)
+            tqdm.write(f"growbench: cell {cell.label} FAILED: {exc}", file=sys.stderr)
+        else:
+            cell_tracker.finish(result)
+            outcome.finished.append(cell.label)
+        finally:
+            observer.close()
+    return outcome
+
+
+class _ProgressObserver(CellObserver):
+    """Forwards to the cell's tracker and moves an epoch progress bar."""
+
+    def __init__(self, tracker: CellTracker, cell: CellConfig, progress: bool) -> None:
+        self.tracker = tracker
+        self.bar = tqdm(
+            total=cell.task.epochs,
+            desc=cell.label,
+            unit="epoch",
+            leave=False,
+            disable=not progress,
+            file=sys.stderr,
+        )
+
+    def started(self, info: dict[str, Any]) -> None:
+        self.tracker.started(info)
+
+    def epoch_done(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.tracker.epoch_done(epoch, metrics)
+        if epoch > 0:
+            shown = {"loss": f"{metrics['train_loss']:.4g}"}
+            if "test_accuracy" in metrics:
+                shown["acc"] = f"{100 * metrics['test_accuracy']:.1f}%"
+            else:
+                shown["test"] = f"{metrics['test_loss']:.4g}"
+            self.bar.set_postfix(shown, refresh=False)
+            self.bar.update()
+
+    def grew(self, record: dict[str, Any]) -> None:
+        self.tracker.grew(record)
+
+    def close(self) -> None:
+        self.bar.close()

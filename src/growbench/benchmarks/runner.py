@@ -1,0 +1,394 @@
+"""Train one cell (task, method, seed) under the suite's fair conditions; no tracking in here.
+
+Fairness is the runner's job, not the methods': every method of a seed starts from the same net
+(``build_model(config, seed=seed)``; only ``static`` asks for another start through
+``Grower.start_config``), trains the same epochs with the same optimizer and LR schedule, sees the
+same data order (a CPU generator seeded from the seed alone) and, at growth round r, the same
+statistics subset and a context generator both seeded from (seed, r). The budget limit is the
+suite's factor times the cost of that common start net, whatever the method starts from.
+
+Per epoch: train, step the LR schedule, evaluate on the test split, report metrics, then grow if
+the schedule says so. Around each ``grow()`` the runner measures the realised loss change on the
+statistics set (not charged to growth time) and hands the optimizer over (``carry`` or ``reset``).
+Metrics at step e describe the net trained during epoch e; step 0 is the untrained start net.
+``train_seconds`` and ``growth_seconds`` are running totals. A non-finite train loss raises
+``NonFiniteLossError``. What happens is reported to a ``CellObserver`` (the tracker, a progress
+bar); ``run_cell`` also returns the whole history, so a cell runs and is inspected without MLflow::
+
+    suite = load_suite("default")
+    result = run_cell(suite.cells()[0], device="cpu")
+    result.final["test_accuracy"], result.events
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from growbench.benchmarks.suite import CellConfig, Training
+from growbench.datasets import Dataset, load_dataset
+from growbench.methods import Grower, GrowthContext, statistics_loss
+from growbench.nn import GrowableNet, ModelConfig, build_model, carry_optimizer_state, loss_for_task
+from growbench.nn.losses import PerSampleLoss
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; the cell is marked FAILED and the suite goes on."""
+
+
+class CellObserver:
+    """What the runner reports while a cell runs; every hook does nothing by default."""
+
+    def started(self, info: dict[str, Any]) -> None:
+        """Once, after the start net is built: the budget limit, the data's shapes and the
+        method's start net (``static`` starts bigger)."""
+
+    def epoch_done(self, epoch: int, metrics: dict[str, float]) -> None:
+        """After each epoch's evaluation (epoch 0: the start net)."""
+
+    def grew(self, record: dict[str, Any]) -> None:
+        """After each growth round: the event's dict plus round, epoch and budget."""
+
+
+@dataclass
+class CellResult:
+    cell: CellConfig
+    info: dict[str, Any]
+    history: list[dict[str, float]]  # metrics per step, step 0 first
+    events: list[dict[str, Any]]
+    architecture: dict[str, Any]
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1]
+
+
+@dataclass
+class _Sizes:
+    params: int
+    flops: int
+
+    @classmethod
+    def of(cls, net: GrowableNet) -> _Sizes:
+        return cls(net.params(), net.flops())
+
+    def cost(self, metric: str) -> float:
+        return float(self.params if metric == "params" else self.flops)
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` is cuda when available; asking for cuda without one is a clear error."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.split(":")[0] not in DEVICES:
+        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "device 'cuda' was asked for but torch sees no CUDA device; "
+            "use --device cpu (or auto) here"
+        )
+    return device
+
+
+def derived_seed(seed: int, purpose: str, index: int = 0) -> int:
+    """A seed for one purpose (data order, statistics of round ``index``...) of run ``seed``:
+    the same for every method, and unrelated between purposes."""
+    digest = hashlib.sha256(f"{seed}/{purpose}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def seeded_generator(seed: int, purpose: str, index: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(derived_seed(seed, purpose, index))
+
+
+# ----------------------------------------------------------------------- the hot loop
+def train_one_epoch(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    loss_fn: PerSampleLoss,
+    on_batch: Callable[[Tensor, Tensor], None] | None = None,
+) -> float:
+    """One pass over ``batches``; returns the mean per-sample train loss.
+
+    The loss is summed on the device and read once at the end, so the loop never waits for the
+    accelerator. ``on_batch(inputs, targets)`` runs after each optimizer step.
+    """
+    net.train()
+    total: Tensor | None = None
+    count = 0
+    for inputs, targets in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(net(inputs), targets).mean()
+        loss.backward()
+        optimizer.step()
+        if on_batch is not None:
+            on_batch(inputs, targets)
+        size = targets.shape[0]
+        if total is None:
+            total = loss.detach() * size
+        else:
+            total.add_(loss.detach(), alpha=size)
+        count += size
+    if total is None:
+        raise ValueError("train_one_epoch got no batches")
+    return float(total) / count
+
+
+def evaluate(
+    net: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    loss_fn: PerSampleLoss,
+    batch_size: int,
+    classification: bool,
+) -> dict[str, float]:
+    """Mean test loss (and accuracy for classification) in eval mode, read once at the end."""
+    was_training = net.training
+    net.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=inputs.device)
+    correct = torch.zeros((), dtype=torch.int64, device=inputs.device)
+    try:
+        with torch.no_grad():
+            for start in range(0, inputs.shape[0], batch_size):
+                batch, wanted = (
+                    inputs[start : start + batch_size],
+                    targets[start : start + batch_size],
+                )
+                outputs = net(batch)
+                loss_sum += loss_fn(outputs, wanted).sum(dtype=torch.float64)
+                if classification:
+                    correct += (outputs.argmax(dim=1) == wanted).sum()
+    finally:
+        net.train(was_training)
+    count = inputs.shape[0]
+    metrics = {"test_loss": float(loss_sum) / count}
+    if classification:
+        metrics["test_accuracy"] = int(correct) / count
+    return metrics
+
+
+def make_optimizer(net: nn.Module, training: Training) -> torch.optim.Optimizer:
+    if training.optimizer == "sgd":
+        return torch.optim.SGD(
+            net.parameters(),
+            lr=training.lr,
+            momentum=training.momentum,
+            weight_decay=training.weight_decay,
+        )
+    return torch.optim.Adam(net.parameters(), lr=training.lr, weight_decay=training.weight_decay)
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, training: Training, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-epoch LR schedule over ``epochs``; None for a constant rate."""
+    if training.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    return None
+
+
+def growth_due(cell: CellConfig, epoch: int, rounds_done: int) -> bool:
+    """Whether the schedule calls for a growth round after ``epoch`` (budget aside)."""
+    growth, epochs = cell.task.growth, cell.task.epochs
+    if epoch < growth.first_epoch or epoch >= epochs:
+        return False
+    if growth.max_rounds is not None and rounds_done >= growth.max_rounds:
+        return False
+    return (epoch - growth.first_epoch) % growth.every == 0
+
+
+def model_cost(config: ModelConfig, metric: str, seed: int) -> float:
+    return _Sizes.of(build_model(config, seed=seed)).cost(metric)
+
+
+@contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """Use ``count`` intra-op CPU threads inside the block (None: leave torch's setting).
+
+    Small nets gain nothing from more threads, and on a busy machine torch's OpenMP threads
+    wait on each other: a step of the default suite's CNN took 180 ms with 2 threads and 1.7 ms
+    with 1 on a 2-core machine with another process running.
+    """
+    if count is None:
+        yield
+        return
+    if count < 1:
+        raise ValueError(f"threads must be at least 1, got {count}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _overrides_on_batch(grower: Grower) -> bool:
+    return type(grower).on_batch is not Grower.on_batch
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------------- one cell
+def run_cell(
+    cell: CellConfig,
+    dataset: Dataset | None = None,
+    device: str | torch.device = "cpu",
+    observer: CellObserver | None = None,
+) -> CellResult:
+    """Train ``cell`` from its start net to its last epoch; see the module docstring."""
+    device = resolve_device(device)
+    observer = observer or CellObserver()
+    if dataset is None:
+        dataset = load_dataset(cell.task.dataset, **cell.task.dataset_options)
+    dataset = dataset.to(device)
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(derived_seed(cell.seed, "torch"))
+        return _CellRun(cell, dataset, device, observer).run()
+
+
+class _CellRun:
+    """The state of one cell while it trains."""
+
+    def __init__(
+        self, cell: CellConfig, dataset: Dataset, device: torch.device, observer: CellObserver
+    ) -> None:
+        self.cell, self.dataset, self.device, self.observer = cell, dataset, device, observer
+        self.training = cell.task.training
+        self.metric = cell.task.budget.metric
+        self.classification = dataset.spec.task == "classification"
+        self.loss_fn = loss_for_task(dataset.spec.task)
+        self.grower = cell.make_grower()
+        common = cell.task.model_config(dataset.spec)
+        cost_of = partial(model_cost, metric=self.metric, seed=cell.seed)
+        self.budget_limit = cell.task.budget.factor * cost_of(common)
+        start = self.grower.start_config(common, self.budget_limit, cost_of)
+        self.net = build_model(start, seed=cell.seed).to(device)
+        self.sizes = _Sizes.of(self.net)
+        self.optimizer = make_optimizer(self.net, self.training)
+        self.schedule = make_schedule(self.optimizer, self.training, cell.task.epochs)
+        self.data_order = seeded_generator(cell.seed, "data-order")
+        self.seconds = {"train": 0.0, "growth": 0.0}
+        self.history: list[dict[str, float]] = []
+        self.events: list[dict[str, Any]] = []
+        self.info = {
+            "budget.limit": self.budget_limit,
+            "model.input_shape": list(common.input_shape),
+            "model.num_outputs": common.num_outputs,
+            "start.widths": list(start.widths),
+            "start.params": self.sizes.params,
+            "start.flops": self.sizes.flops,
+        }
+
+    def run(self) -> CellResult:
+        self.observer.started(dict(self.info))
+        self._report(0, {})
+        on_batch = (
+            partial(self.grower.on_batch, self.net) if _overrides_on_batch(self.grower) else None
+        )
+        growing = True
+        for epoch in range(1, self.cell.task.epochs + 1):
+            lr = self.optimizer.param_groups[0]["lr"]
+            batches = self.dataset.batches("train", self.training.batch_size, self.data_order)
+            start = time.perf_counter()
+            train_loss = train_one_epoch(self.net, self.optimizer, batches, self.loss_fn, on_batch)
+            self.seconds["train"] += time.perf_counter() - start
+            if not math.isfinite(train_loss):
+                raise NonFiniteLossError(
+                    f"{self.cell.label}: train loss became {train_loss} in epoch {epoch}; "
+                    f"lower training.lr (now {self.training.lr:g}) for this task"
+                )
+            if self.schedule is not None:
+                self.schedule.step()
+            self._report(epoch, {"train_loss": train_loss, "lr": lr})
+            if growing and growth_due(self.cell, epoch, len(self.events)):
+                growing = self._grow(epoch)
+        return CellResult(self.cell, self.info, self.history, self.events, self.net.describe())
+
+    def _report(self, epoch: int, metrics: dict[str, float]) -> None:
+        data = self.dataset
+        metrics = {
+            **metrics,
+            **evaluate(
+                self.net,
+                data.test_inputs,
+                data.test_targets,
+                self.loss_fn,
+                self.training.eval_batch_size,
+                self.classification,
+            ),
+            "params": float(self.sizes.params),
+            "flops": float(self.sizes.flops),
+            "train_seconds": self.seconds["train"],
+            "growth_seconds": self.seconds["growth"],
+        }
+        self.history.append(metrics)
+        self.observer.epoch_done(epoch, metrics)
+
+    def _grow(self, epoch: int) -> bool:
+        """One growth round after ``epoch``; returns whether later rounds may still grow."""
+        round_index = len(self.events)
+        remaining = self.budget_limit - self.sizes.cost(self.metric)
+        if remaining <= 0:
+            return False
+        seed = self.cell.seed
+        samples = min(self.cell.task.growth.stats_samples, self.dataset.num_train)
+        inputs, targets = self.dataset.subset(
+            "train", samples, seeded_generator(seed, "statistics", round_index)
+        )
+        ctx = GrowthContext(
+            inputs=inputs,
+            targets=targets,
+            loss_fn=self.loss_fn,
+            budget_metric=self.metric,
+            remaining_budget=remaining,
+            generator=seeded_generator(seed, "grower", round_index),
+        )
+        loss_before = statistics_loss(self.net, ctx)
+        _synchronize(self.device)
+        start = time.perf_counter()
+        event = self.grower.grow(self.net, ctx)
+        _synchronize(self.device)
+        self.seconds["growth"] += time.perf_counter() - start
+        event.realised_loss_change = statistics_loss(self.net, ctx) - loss_before
+        if event.grew or self.net.lineage:  # parameters were replaced
+            self._hand_over_optimizer(epoch)
+            self.sizes = _Sizes.of(self.net)
+        record = {
+            "round": round_index,
+            "epoch": epoch,
+            "budget_limit": self.budget_limit,
+            "remaining_budget": remaining,
+            **event.to_dict(),
+        }
+        self.events.append(record)
+        self.observer.grew(record)
+        return event.stop_reason != "budget exhausted"
+
+    def _hand_over_optimizer(self, epoch: int) -> None:
+        """``carry``: slice the state over to the grown parameters; ``reset``: a fresh optimizer
+        and LR schedule over the epochs left (what the official codes do)."""
+        if self.training.optimizer_after_growth == "carry":
+            carry_optimizer_state(self.optimizer, self.net)
+            return
+        self.net.pop_lineage()  # nothing to carry; drop the references to old parameters
+        self.optimizer = make_optimizer(self.net, self.training)
+        self.schedule = make_schedule(self.optimizer, self.training, self.cell.task.epochs - epoch)

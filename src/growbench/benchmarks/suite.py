@@ -1,0 +1,636 @@
+"""Suite files: which cells a benchmark runs, checked in full before anything is trained or logged.
+
+A suite is a TOML file. A mistake in it should cost one clear message, not a half-written MLflow
+store, so ``load_suite`` checks every field and raises one ``SuiteError`` naming the field by its
+dotted path (``training.optimizer``, ``tasks[1].dataset``) and what would be valid. Every field
+but ``epochs`` and the three task keys marked required is optional; the values shown are the
+defaults, except where a comment says "example"::
+
+    name = "default"              # experiment "growbench:<name>"; default: the file's stem
+    description = ""
+    seeds = 1                     # N (seeds 0..N-1) or a list of distinct seeds, e.g. [0, 7]
+    epochs = 10                   # required (example value); a task may override it
+    methods = ["*"]               # "*" = every registered method, or a list of method names
+
+    [training]                    # a task may override any key in its own [tasks.training]
+    optimizer = "sgd"             # "sgd" | "adam" (Adam keeps its default betas)
+    lr = 0.05                     # > 0
+    momentum = 0.9                # SGD only, in [0, 1)
+    weight_decay = 0.0            # >= 0
+    batch_size = 64
+    lr_schedule = "constant"      # "constant" | "cosine" (over the epochs, stepped per epoch)
+    optimizer_after_growth = "carry"  # "carry": state sliced over to the grown net; "reset":
+                                      # fresh optimizer, schedule restarted over the epochs left
+    eval_batch_size = 1024
+
+    [growth]                      # a task may override any key in [tasks.growth]
+    first_epoch = 1               # grow after epochs first_epoch, first_epoch + every, ...
+    every = 1                     # ... never after the last epoch, only while budget remains,
+    # max_rounds = 3              # and at most max_rounds times (default: no limit)
+    stats_samples = 2048          # size of the statistics subset handed to the grower
+
+    [budget]                      # a task may override any key in [tasks.budget]
+    metric = "params"             # "params" | "flops"
+    factor = 2.0                  # limit = factor x cost of the common start net; > 1
+
+    [method_options.random-split] # example: overrides of a method's Config, typed like the
+    growth_ratio = 0.5            # defaults and checked by the method's own Config
+
+    [[tasks]]                     # at least one
+    dataset = "digits"            # required: a name from `growbench datasets`
+    model = "mlp"                 # required: "mlp" | "cnn"
+    widths = [16]                 # required: start widths of the hidden layers
+    activation = "relu"           # a name from growbench.nn.ACTIVATIONS
+    batchnorm = false
+    name = "digits-mlp"           # default "<dataset>-<model>"; unique within the suite
+    dataset_options = {}          # the dataset's load options (`growbench datasets`)
+    epochs = 20                   # example override; also training/growth/budget = { ... }
+
+Per-method options live in ``[method_options.NAME]``, not ``[methods.NAME]``: TOML cannot make
+``methods`` both the list of names and a table. A growth schedule that never fires
+(``first_epoch >= epochs``) is an error. Dataset names, option keys and model shapes are checked
+here against the dataset's default spec; option *values* are checked when the data is loaded,
+which the harness also does before it touches the tracking store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from growbench.datasets import dataset_names, dataset_options, dataset_spec
+from growbench.datasets.base import DatasetSpec
+from growbench.methods import Grower, available_methods, make_grower
+from growbench.nn import ACTIVATIONS, ModelConfig, build_model
+from growbench.nn.zoo import MODEL_KINDS
+
+SUITES_PACKAGE = "growbench.benchmarks"
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "cosine")
+AFTER_GROWTH = ("carry", "reset")
+BUDGET_METRICS = ("params", "flops")
+
+
+class SuiteError(ValueError):
+    """A suite that cannot run; the message names the field and what would be valid."""
+
+
+@dataclass(frozen=True)
+class Training:
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    lr_schedule: str = "constant"
+    optimizer_after_growth: str = "carry"
+    eval_batch_size: int = 1024
+
+
+@dataclass(frozen=True)
+class Growth:
+    first_epoch: int = 1
+    every: int = 1
+    max_rounds: int | None = None  # None: as many rounds as the epochs and the budget allow
+    stats_samples: int = 2048
+
+
+@dataclass(frozen=True)
+class Budget:
+    metric: str = "params"
+    factor: float = 2.0
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one scalar field is checked: its type, and its choices or bounds."""
+
+    kind: str  # "int" | "number" | "str" | "bool"
+    choices: tuple[str, ...] = ()
+    at_least: float | None = None
+    above: float | None = None
+    below: float | None = None
+
+
+SECTION_RULES: dict[str, dict[str, Rule]] = {
+    "training": {
+        "optimizer": Rule("str", choices=OPTIMIZERS),
+        "lr": Rule("number", above=0),
+        "momentum": Rule("number", at_least=0, below=1),
+        "weight_decay": Rule("number", at_least=0),
+        "batch_size": Rule("int", at_least=1),
+        "lr_schedule": Rule("str", choices=LR_SCHEDULES),
+        "optimizer_after_growth": Rule("str", choices=AFTER_GROWTH),
+        "eval_batch_size": Rule("int", at_least=1),
+    },
+    "growth": {
+        "first_epoch": Rule("int", at_least=1),
+        "every": Rule("int", at_least=1),
+        "max_rounds": Rule("int", at_least=0),
+        "stats_samples": Rule("int", at_least=1),
+    },
+    "budget": {
+        "metric": Rule("str", choices=BUDGET_METRICS),
+        "factor": Rule("number", above=1),
+    },
+}
+SECTION_TYPES = {"training": Training, "growth": Growth, "budget": Budget}
+TOP_LEVEL_FIELDS = (
+    "name",
+    "description",
+    "seeds",
+    "epochs",
+    "methods",
+    "training",
+    "growth",
+    "budget",
+    "method_options",
+    "tasks",
+)
+TASK_FIELDS = (
+    "dataset",
+    "model",
+    "widths",
+    "activation",
+    "batchnorm",
+    "name",
+    "dataset_options",
+    "epochs",
+    "training",
+    "growth",
+    "budget",
+)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One (dataset, model) pair of a suite, with its training settings resolved."""
+
+    name: str
+    path: str  # where it was defined, e.g. "tasks[1]", for error messages
+    dataset: str
+    dataset_options: dict[str, Any]
+    model: str
+    widths: tuple[int, ...]
+    activation: str
+    batchnorm: bool
+    epochs: int
+    training: Training
+    growth: Growth
+    budget: Budget
+
+    def model_config(self, spec: DatasetSpec) -> ModelConfig:
+        """The common start architecture, shaped for the dataset that was loaded."""
+        return ModelConfig(
+            kind=self.model,
+            input_shape=spec.input_shape,
+            num_outputs=spec.num_outputs,
+            widths=self.widths,
+            activation=self.activation,
+            batchnorm=self.batchnorm,
+        )
+
+    def site_kinds(self) -> set[str]:
+        """Layer kinds of the growth sites (``Linear``, ``Conv2d+BN``, ...)."""
+        net = build_model(self.model_config(dataset_spec(self.dataset)))
+        return {site.kind for site in net.sites}
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """One (task, method, seed) cell: everything the runner needs, and what identifies a run."""
+
+    suite: str
+    task: Task
+    method: str
+    method_options: dict[str, Any]  # the method's full Config, defaults included
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.task.name}/{self.method}/seed{self.seed}"
+
+    def make_grower(self) -> Grower:
+        return make_grower(self.method, self.method_options)
+
+    def resolved(self) -> dict[str, Any]:
+        """Every setting that affects the results (the task's name and the suite's do not),
+        defaults included, so a changed default is a new configuration."""
+        task = self.task
+        data_options = {**dataset_options(task.dataset), **task.dataset_options}
+        return {
+            "dataset": {"name": task.dataset, "options": data_options},
+            "model": {
+                "kind": task.model,
+                "widths": list(task.widths),
+                "activation": task.activation,
+                "batchnorm": task.batchnorm,
+            },
+            "method": {"name": self.method, "options": dict(self.method_options)},
+            "seed": self.seed,
+            "epochs": task.epochs,
+            "training": dataclasses.asdict(task.training),
+            "growth": dataclasses.asdict(task.growth),
+            "budget": dataclasses.asdict(task.budget),
+        }
+
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON of ``resolved()``: equal hashes, equal runs."""
+        canonical = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def params(self) -> dict[str, str]:
+        """``resolved()`` flattened to dotted keys, as MLflow params."""
+        return flatten(self.resolved())
+
+
+def unsupported_reason(method: type[Grower], site_kinds: set[str]) -> str | None:
+    """Why ``method`` cannot grow sites of these layer kinds, or None when it can."""
+    missing = sorted(site_kinds - set(method.supported_kinds))
+    if not missing:
+        return None
+    return f"method {method.name!r} does not support {', '.join(missing)} layers"
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    seeds: tuple[int, ...]
+    methods: tuple[str, ...]
+    method_options: dict[str, dict[str, Any]]  # per selected method, its full resolved Config
+    tasks: tuple[Task, ...]
+    source: str = "<string>"
+    text: str = ""
+
+    def cells(self) -> list[CellConfig]:
+        """Every cell, seed by seed, so a stopped run has whole comparisons for the first seeds."""
+        return [
+            CellConfig(self.name, task, method, self.method_options[method], seed)
+            for seed in self.seeds
+            for task in self.tasks
+            for method in self.methods
+        ]
+
+    def select(
+        self,
+        methods: Iterable[str] | None = None,
+        datasets: Iterable[str] | None = None,
+        seeds: int | None = None,
+    ) -> Suite:
+        """A narrower suite (the command line's ``--methods``, ``--datasets``, ``--seeds``)."""
+        suite = self
+        if methods is not None:
+            chosen = tuple(methods)
+            _check_subset("--methods", chosen, self.methods, f"suite {self.name!r} runs")
+            suite = dataclasses.replace(suite, methods=chosen)
+        if datasets is not None:
+            chosen = tuple(datasets)
+            known = sorted({t.dataset for t in self.tasks} | {t.name for t in self.tasks})
+            _check_subset("--datasets", chosen, known, f"suite {self.name!r} has")
+            tasks = tuple(t for t in self.tasks if t.dataset in chosen or t.name in chosen)
+            suite = dataclasses.replace(suite, tasks=tasks)
+        if seeds is not None:
+            if seeds < 1:
+                raise SuiteError(f"--seeds must be at least 1, got {seeds}")
+            suite = dataclasses.replace(suite, seeds=tuple(range(seeds)))
+        return suite
+
+
+def _check_subset(option: str, chosen: tuple[str, ...], known: Iterable[str], what: str) -> None:
+    known = list(known)
+    unknown = [name for name in chosen if name not in known]
+    if unknown or not chosen:
+        raise SuiteError(
+            f"{option}: {', '.join(map(repr, unknown)) or 'nothing chosen'}; "
+            f"{what}: {', '.join(known)}"
+        )
+
+
+# ------------------------------------------------------------------------------- loading
+def packaged_suites() -> list[str]:
+    folder = resources.files(SUITES_PACKAGE) / "suites"
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
+
+
+def resolve_suite_path(name_or_path: str | Path) -> Path:
+    """A packaged suite's file by name (``default``), else the path as given."""
+    packaged = resources.files(SUITES_PACKAGE) / "suites" / f"{name_or_path}.toml"
+    if packaged.is_file():
+        return Path(str(packaged))
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    raise SuiteError(
+        f"no suite {str(name_or_path)!r}: not a packaged suite ({', '.join(packaged_suites())}) "
+        "and no such file"
+    )
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    path = resolve_suite_path(name_or_path)
+    return parse_suite(path.read_text(), default_name=path.stem, source=str(path))
+
+
+def parse_suite(text: str, default_name: str = "suite", source: str = "<string>") -> Suite:
+    """Parse and check a suite's TOML text; raise one ``SuiteError`` for the first problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        hint = ""
+        if "methods" in str(exc):
+            hint = "; per-method options go in [method_options.NAME], `methods` is the name list"
+        raise SuiteError(f"{source}: not valid TOML: {exc}{hint}") from None
+    try:
+        return _build_suite(data, default_name, source, text)
+    except SuiteError as exc:
+        raise SuiteError(f"{source}: {exc}") from None
+
+
+def _build_suite(data: dict[str, Any], default_name: str, source: str, text: str) -> Suite:
+    _reject_unknown(data, TOP_LEVEL_FIELDS, "")
+    name = _string(data.get("name", default_name), "name")
+    if not name.strip():
+        raise SuiteError("name must not be empty")
+    description = _string(data.get("description", ""), "description")
+    if "epochs" not in data:
+        raise SuiteError("epochs is required (how many epochs every cell trains)")
+    epochs = _scalar(data["epochs"], "epochs", Rule("int", at_least=1))
+    seeds = _seeds(data.get("seeds", 1))
+    methods = _methods(data.get("methods", ["*"]))
+    all_options = _method_options(data.get("method_options", {}))
+    sections = {
+        key: _section(data.get(key, {}), key, SECTION_TYPES[key](), rules)
+        for key, rules in SECTION_RULES.items()
+    }
+    tasks = _tasks(data.get("tasks"), epochs, sections)
+    options = {
+        method: all_options.get(method) or _resolve_options(method, {}) for method in methods
+    }
+    return Suite(name, description, seeds, methods, options, tasks, source, text)
+
+
+def _seeds(value: Any) -> tuple[int, ...]:
+    if isinstance(value, list):
+        seeds = tuple(
+            _scalar(seed, f"seeds[{i}]", Rule("int", at_least=0)) for i, seed in enumerate(value)
+        )
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise SuiteError(f"seeds must be a non-empty list of distinct seeds, got {value}")
+        return seeds
+    count = _scalar(value, "seeds", Rule("int", at_least=1))
+    return tuple(range(count))
+
+
+def _methods(value: Any) -> tuple[str, ...]:
+    registered = list(available_methods())
+    if value == "*" or value == ["*"]:
+        return tuple(registered)
+    if not isinstance(value, list) or not value:
+        raise SuiteError(
+            f'methods must be "*" or a non-empty list of method names, got {value!r}; '
+            "per-method options go in [method_options.NAME]"
+        )
+    for i, method in enumerate(value):
+        path = f"methods[{i}]"
+        if _string(method, path) not in registered:
+            raise SuiteError(
+                f"{path}: unknown method {method!r}; choose from {', '.join(registered)}"
+            )
+    if len(set(value)) != len(value):
+        raise SuiteError(f"methods lists a method twice: {value}")
+    return tuple(value)
+
+
+def _method_options(value: Any) -> dict[str, dict[str, Any]]:
+    table = _table(value, "method_options")
+    registered = list(available_methods())
+    resolved = {}
+    for method, options in table.items():
+        path = f"method_options.{method}"
+        if method not in registered:
+            raise SuiteError(
+                f"{path}: unknown method {method!r}; choose from {', '.join(registered)}"
+            )
+        resolved[method] = _resolve_options(method, _table(options, path), path)
+    return resolved
+
+
+def _resolve_options(method: str, options: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """The method's full Config with ``options`` applied, each typed like its default."""
+    config_type = available_methods()[method].Config
+    defaults = {f.name: _default(f) for f in dataclasses.fields(config_type)}
+    checked = {}
+    for key, value in options.items():
+        where = f"{path}.{key}"
+        if key not in defaults:
+            choices = ", ".join(defaults) or "(none)"
+            raise SuiteError(
+                f"{where}: method {method!r} has no option {key!r}; its options: {choices}"
+            )
+        checked[key] = _like_default(value, defaults[key], where)
+    try:
+        grower = make_grower(method, checked)
+    except (TypeError, ValueError) as exc:
+        raise SuiteError(f"{path or method}: {exc}") from None
+    return dataclasses.asdict(grower.config)
+
+
+def _default(config_field: dataclasses.Field) -> Any:
+    if config_field.default is not dataclasses.MISSING:
+        return config_field.default
+    if config_field.default_factory is not dataclasses.MISSING:
+        return config_field.default_factory()
+    return None
+
+
+def _like_default(value: Any, default: Any, path: str) -> Any:
+    """Check ``value`` has the type of ``default`` (ints pass for floats); None accepts anything."""
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        return _scalar(value, path, Rule("bool"))
+    if isinstance(default, int):
+        return _scalar(value, path, Rule("int"))
+    if isinstance(default, float):
+        return _scalar(value, path, Rule("number"))
+    if isinstance(default, str):
+        return _string(value, path)
+    if isinstance(default, (list, tuple)) and not isinstance(value, list):
+        raise SuiteError(f"{path} must be a list like its default {default!r}, got {value!r}")
+    return value
+
+
+def _tasks(value: Any, epochs: int, sections: dict[str, Any]) -> tuple[Task, ...]:
+    if not isinstance(value, list) or not value:
+        raise SuiteError("tasks: a suite needs at least one [[tasks]] table")
+    tasks = []
+    seen: dict[str, str] = {}
+    for i, table in enumerate(value):
+        task = _task(_table(table, f"tasks[{i}]"), f"tasks[{i}]", epochs, sections)
+        if task.name in seen:
+            raise SuiteError(
+                f"{task.path}.name: task name {task.name!r} is taken by {seen[task.name]}; "
+                "set `name` to tell them apart"
+            )
+        seen[task.name] = task.path
+        tasks.append(task)
+    return tuple(tasks)
+
+
+def _task(table: dict[str, Any], path: str, epochs: int, sections: dict[str, Any]) -> Task:
+    _reject_unknown(table, TASK_FIELDS, path)
+    for key in ("dataset", "model", "widths"):
+        if key not in table:
+            raise SuiteError(f"{path}.{key} is required")
+    names = dataset_names()
+    dataset = _string(table["dataset"], f"{path}.dataset")
+    if dataset not in names:
+        raise SuiteError(
+            f"{path}.dataset: unknown dataset {dataset!r}; choose from {', '.join(names)}"
+        )
+    model = _scalar(table["model"], f"{path}.model", Rule("str", choices=MODEL_KINDS))
+    widths = table["widths"]
+    if not isinstance(widths, list) or not widths:
+        raise SuiteError(f"{path}.widths must be a non-empty list of widths, got {widths!r}")
+    widths = tuple(
+        _scalar(w, f"{path}.widths[{j}]", Rule("int", at_least=1)) for j, w in enumerate(widths)
+    )
+    activation = _scalar(
+        table.get("activation", "relu"),
+        f"{path}.activation",
+        Rule("str", choices=tuple(sorted(ACTIVATIONS))),
+    )
+    batchnorm = _scalar(table.get("batchnorm", False), f"{path}.batchnorm", Rule("bool"))
+    name = _string(table.get("name", f"{dataset}-{model}"), f"{path}.name")
+    options = _dataset_options(
+        dataset,
+        _table(table.get("dataset_options", {}), f"{path}.dataset_options"),
+        f"{path}.dataset_options",
+    )
+    task_epochs = _scalar(table.get("epochs", epochs), f"{path}.epochs", Rule("int", at_least=1))
+    overrides = {
+        key: _section(table.get(key, {}), f"{path}.{key}", sections[key], rules)
+        for key, rules in SECTION_RULES.items()
+    }
+    task = Task(
+        name, path, dataset, options, model, widths, activation, batchnorm, task_epochs, **overrides
+    )
+    try:
+        task.model_config(dataset_spec(dataset))
+    except ValueError as exc:
+        raise SuiteError(f"{path}: {exc}") from None
+    if task.growth.first_epoch >= task_epochs:
+        raise SuiteError(
+            f"{path} ({name}): growth.first_epoch = {task.growth.first_epoch} must be less than "
+            f"epochs = {task_epochs}, since a net grows after an epoch and trains after that"
+        )
+    return task
+
+
+def _dataset_options(dataset: str, options: dict[str, Any], path: str) -> dict[str, Any]:
+    defaults = dataset_options(dataset)
+    checked = {}
+    for key, value in options.items():
+        if key not in defaults:
+            valid = ", ".join(defaults) or "(none)"
+            raise SuiteError(
+                f"{path}.{key}: dataset {dataset!r} has no option {key!r}; its options: {valid}"
+            )
+        checked[key] = _like_default(value, defaults[key], f"{path}.{key}")
+    return checked
+
+
+def _section(value: Any, path: str, base: Any, rules: dict[str, Rule]) -> Any:
+    """A [training]/[growth]/[budget] table checked key by key and laid over ``base``."""
+    table = _table(value, path)
+    _reject_unknown(table, tuple(rules), path)
+    checked = {key: _scalar(table[key], f"{path}.{key}", rules[key]) for key in table}
+    return dataclasses.replace(base, **checked)
+
+
+# ----------------------------------------------------------------------- field checks
+def _reject_unknown(table: Mapping[str, Any], allowed: tuple[str, ...], path: str) -> None:
+    for key in table:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else key
+            raise SuiteError(f"unknown field {where}; valid fields here: {', '.join(allowed)}")
+
+
+def _table(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SuiteError(f"{path} must be a table, got {value!r}")
+    return value
+
+
+def _string(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise SuiteError(f"{path} must be a string, got {value!r} ({type(value).__name__})")
+    return value
+
+
+TYPE_NAMES = {"int": "an integer", "number": "a number", "str": "a string", "bool": "true or false"}
+
+
+def _scalar(value: Any, path: str, rule: Rule) -> Any:
+    """Check one value against ``rule``; numbers come back as floats so hashes are canonical."""
+    is_bool = isinstance(value, bool)
+    valid_type = {
+        "int": isinstance(value, int) and not is_bool,
+        "number": isinstance(value, (int, float)) and not is_bool,
+        "str": isinstance(value, str),
+        "bool": is_bool,
+    }[rule.kind]
+    if not valid_type:
+        raise SuiteError(
+            f"{path} must be {TYPE_NAMES[rule.kind]}, got {value!r} ({type(value).__name__})"
+        )
+    if rule.kind == "number":
+        value = float(value)
+    if rule.choices and value not in rule.choices:
+        raise SuiteError(
+            f"{path} must be one of {', '.join(map(repr, rule.choices))}, got {value!r}"
+        )
+    if rule.at_least is not None and value < rule.at_least:
+        raise SuiteError(f"{path} must be at least {rule.at_least:g}, got {value!r}")
+    if rule.above is not None and not value > rule.above:
+        raise SuiteError(f"{path} must be greater than {rule.above:g}, got {value!r}")
+    if rule.below is not None and not value < rule.below:
+        raise SuiteError(f"{path} must be less than {rule.below:g}, got {value!r}")
+    return value
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dicts to ``{"a.b": "value"}``; lists and scalars become their JSON text."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value if isinstance(value, str) else json.dumps(value, default=str)
+    return flat
+
+
+__all__ = [
+    "Budget",
+    "CellConfig",
+    "Growth",
+    "Suite",
+    "SuiteError",
+    "Task",
+    "Training",
+    "load_suite",
+    "packaged_suites",
+    "parse_suite",
+    "resolve_suite_path",
+]

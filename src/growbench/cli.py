@@ -1,0 +1,174 @@
+"""The ``growbench`` command: run suites, list methods and datasets, open the MLflow UI.
+
+Mistakes a user can make (a bad suite file, an unknown method or dataset, missing data, cuda
+asked for without one) end in one line, ``growbench: error: <what is wrong>``, and exit status 2,
+never a traceback. Ctrl-C during a run exits 130 with the finished cells kept in the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+USER_ERRORS = (ValueError, FileNotFoundError)  # SuiteError is a ValueError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``growbench`` console script; returns 0 or raises ``SystemExit``."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.command(args)
+    except USER_ERRORS as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the exception held
+        print(f"growbench: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(
+            "growbench: interrupted; finished cells are kept, run the same command to do the rest",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="growbench",
+        description="Benchmark methods that grow neural networks while they train.",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a suite (finished cells are skipped)")
+    run.add_argument("--suite", required=True, help="a packaged suite's name or a TOML file")
+    run.add_argument("--methods", help="comma-separated subset of the suite's methods")
+    run.add_argument("--datasets", help="comma-separated subset of the suite's datasets or tasks")
+    run.add_argument("--seeds", type=int, help="run seeds 0..N-1 instead of the suite's")
+    run.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    run.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: fastest for small nets)",
+    )
+    _add_tracking_uri(run)
+    run.add_argument("--dry-run", action="store_true", help="check and list cells, write nothing")
+    run.set_defaults(command=_run)
+
+    methods = commands.add_parser("methods", help="list the registered growth methods")
+    methods.set_defaults(command=_methods)
+
+    datasets = commands.add_parser("datasets", help="list the registered datasets")
+    datasets.set_defaults(command=_datasets)
+
+    ui = commands.add_parser("ui", help="open the MLflow UI on 127.0.0.1 over the store")
+    ui.add_argument("--port", type=int, default=5000)
+    _add_tracking_uri(ui)
+    ui.set_defaults(command=_ui)
+    return parser
+
+
+def _add_tracking_uri(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)",
+    )
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from growbench.benchmarks.executor import dry_run, run_suite
+    from growbench.benchmarks.suite import load_suite
+    from growbench.benchmarks.summary import format_summary, summarise
+    from growbench.benchmarks.tracking import resolve_tracking_uri
+
+    suite = load_suite(args.suite).select(_names(args.methods), _names(args.datasets), args.seeds)
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if args.dry_run:
+        planned = dry_run(suite, uri, args.device)
+        print(f"suite {suite.name}: {len(planned)} cells, store {uri} (dry run: nothing written)")
+        width = max((len(item.cell.label) for item in planned), default=0)
+        for item in planned:
+            note = f"  ({item.reason})" if item.reason else ""
+            label = item.cell.label.ljust(width)
+            print(f"  {item.status:<12} {label}  {item.cell.config_hash()[:12]}{note}")
+        return 0
+    _quiet_mlflow()
+    outcome = run_suite(suite, uri, args.device, progress=True, threads=args.threads)
+    print(
+        f"suite {suite.name}: {len(outcome.finished)} cells trained, {len(outcome.skipped)} "
+        f"already done, {len(outcome.failed)} failed, {len(outcome.unsupported)} unsupported"
+    )
+    for label in outcome.failed:
+        print(f"  FAILED {label} (traceback.txt in its MLflow run)")
+    for line in outcome.unsupported:
+        print(f"  skipped {line}")
+    print(format_summary(summarise(uri, suite.name, suite.cells())))
+    print(f"runs are in {uri}; browse them with `growbench ui`")
+    return 0
+
+
+def _quiet_mlflow() -> None:
+    """MLflow and alembic announce every table they create; the user needs none of it."""
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _methods(args: argparse.Namespace) -> int:
+    from growbench.methods import available_methods
+
+    for name, cls in available_methods().items():
+        options = ", ".join(f"{f.name}={_default_text(f)}" for f in dataclasses.fields(cls.Config))
+        print(f"{name}  (preserves function: {cls.preserves_function})")
+        print(f"    {cls.description or '(no description)'}")
+        print(f"    options: {options or '(none)'}")
+    return 0
+
+
+def _default_text(config_field: dataclasses.Field) -> str:
+    if config_field.default is not dataclasses.MISSING:
+        return repr(config_field.default)
+    if config_field.default_factory is not dataclasses.MISSING:
+        return repr(config_field.default_factory())
+    return "(required)"
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    from growbench.datasets import dataset_names, dataset_options, dataset_spec
+
+    rows = [("name", "task", "input shape", "outputs", "source")]
+    for name in dataset_names():
+        spec = dataset_spec(name)
+        shape = "x".join(map(str, spec.input_shape))
+        rows.append((name, spec.task, shape, str(spec.num_outputs), spec.source))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+    print()
+    for name in dataset_names():
+        options = ", ".join(f"{k}={v!r}" for k, v in dataset_options(name).items())
+        print(f"{name} options: {options or '(none)'}")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from growbench.benchmarks.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    beside_python = Path(sys.executable).parent / "mlflow"
+    program = str(beside_python) if beside_python.exists() else "mlflow"
+    command = [program, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1"]
+    command += ["--port", str(args.port)]
+    print(" ".join(command), file=sys.stderr)
+    os.execvp(program, command)
+    return 0  # not reached: exec replaced this process
+
+
+if __name__ == "__main__":
+    sys.exit(main())
