@@ -30,10 +30,12 @@ def _shared_env(session: nox.Session) -> Path:
     if not python.exists():
         session.run(sys.executable, "-m", "venv", str(SHARED_ENV), external=True)
     if not stamp.exists() or stamp.read_text() != wanted:
-        session.run(str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip",
-                    external=True)
-        session.run(str(python), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev]",
-                    external=True)
+        session.run(
+            str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip", external=True
+        )
+        session.run(
+            str(python), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev]", external=True
+        )
         stamp.write_text(wanted)
     return bin_dir
 

@@ -42,8 +42,9 @@ def training_throughput(model: str, repeats: int, epochs: int, batch_size: int =
     """Harness samples/s over bare-loop samples/s (1.0 = no overhead)."""
     data = load_dataset("digits")
     widths = (32, 32) if model == "mlp" else (16, 32)
-    config = ModelConfig(model, data.spec.input_shape, data.spec.num_outputs, widths,
-                         batchnorm=model == "cnn")
+    config = ModelConfig(
+        model, data.spec.input_shape, data.spec.num_outputs, widths, batchnorm=model == "cnn"
+    )
     bare_net, harness_net = build_model(config, seed=0), build_model(config, seed=0)
     bare_optimizer = torch.optim.SGD(bare_net.parameters(), lr=0.05, momentum=0.9)
     harness_optimizer = torch.optim.SGD(harness_net.parameters(), lr=0.05, momentum=0.9)
@@ -79,8 +80,10 @@ def main() -> None:
     print(f"growbench bench (torch {torch.__version__}, {torch.get_num_threads()} threads)")
     for model in ("mlp", "cnn"):
         ratio = training_throughput(model, args.repeats, args.epochs)
-        print(f"training throughput, harness / bare loop, digits {model}: {ratio:.3f} "
-              "(target >= 0.95)")
+        print(
+            f"training throughput, harness / bare loop, digits {model}: {ratio:.3f} "
+            "(target >= 0.95)"
+        )
 
 
 if __name__ == "__main__":

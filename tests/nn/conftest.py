@@ -147,13 +147,3 @@ def make_net() -> Callable[..., GrowableNet]:
         return BUILDERS[kind](batchnorm, activation, seed)
 
     return make
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The nets are tiny: intra-op threads only add overhead, and they spin (10× slower) when
-    the 2 cores are shared with another job. Restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
