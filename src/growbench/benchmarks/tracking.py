@@ -167,7 +167,11 @@ class SuiteTracker:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             self.experiment_id = self.client.create_experiment(
-                name, artifact_location=artifact_location(self.uri, self.suite.name)
+                name,
+                artifact_location=artifact_location(self.uri, self.suite.name),
+                # MLflow 3's UI opens an experiment on its GenAI pages unless told it holds
+                # model training runs.
+                tags={"mlflow.experimentKind": "custom_model_development"},
             )
         else:
             self.experiment_id = experiment.experiment_id
