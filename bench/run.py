@@ -7,11 +7,14 @@ medians. Run with ``nox -s bench`` (or ``python bench/run.py``).
 Figures:
 * harness training throughput / a bare PyTorch loop, on the same model, data, optimizer and
   batch order (target ≥ 0.95): what the harness's epoch loop costs on top of torch.
+* a GrowableNet training step / the same layers as a plain ``nn.Sequential``: what growth
+  sites and the (switched-off) statistics taps cost an ordinary training step.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -71,18 +74,60 @@ def training_throughput(model: str, repeats: int, epochs: int, batch_size: int =
     return bare_seconds / harness_seconds
 
 
+def growable_overhead(model: str, repeats: int, steps: int = 50, batch_size: int = 64) -> float:
+    """Plain nn.Sequential step time over GrowableNet step time (1.0 = no overhead)."""
+    data = load_dataset("digits")
+    widths = (32, 32) if model == "mlp" else (16, 32)
+    config = ModelConfig(
+        model, data.spec.input_shape, data.spec.num_outputs, widths, batchnorm=model == "cnn"
+    )
+    growable = build_model(config, seed=0)
+    layers: list[torch.nn.Module] = [torch.nn.Flatten()] if growable.flatten_input else []
+    for block in copy.deepcopy(growable).blocks:
+        layers += [block.layer, *([block.norm] if block.norm is not None else []), block.act]
+        layers.append(block.post)
+    plain = torch.nn.Sequential(*layers)
+    inputs = data.train_inputs[:batch_size]
+    targets = data.train_targets[:batch_size]
+
+    def stepper(net: torch.nn.Module) -> Callable[[], None]:
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+        def steps_of_training() -> None:
+            for _ in range(steps):
+                optimizer.zero_grad()
+                classification_loss(net(inputs), targets, reduction="mean").backward()
+                optimizer.step()
+
+        return steps_of_training
+
+    plain_seconds, growable_seconds = interleaved_medians(
+        stepper(plain), stepper(growable), repeats
+    )
+    return plain_seconds / growable_seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (the harness's default is 1)"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     print(f"growbench bench (torch {torch.__version__}, {torch.get_num_threads()} threads)")
     for model in ("mlp", "cnn"):
         ratio = training_throughput(model, args.repeats, args.epochs)
         print(
             f"training throughput, harness / bare loop, digits {model}: {ratio:.3f} "
             "(target >= 0.95)"
+        )
+    for model in ("mlp", "cnn"):
+        ratio = growable_overhead(model, args.repeats)
+        print(
+            f"training step speed, GrowableNet / plain nn.Sequential, digits {model}: {ratio:.3f}"
         )
 
 

@@ -133,7 +133,7 @@ def train_one_epoch(
     count = 0
     for inputs, targets in batches:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(net(inputs), targets).mean()
+        loss = loss_fn(net(inputs), targets, reduction="mean")
         loss.backward()
         optimizer.step()
         if on_batch is not None:
