@@ -1,0 +1,245 @@
+"""The splitting machinery shared by ``s2d``, ``signed-s2d`` and ``fast-s2d``.
+
+All three score a unit j by its splitting matrix (shared/methods/s2d.md §3)
+
+    S_j = E[ g_j · σ''(z_j) · b_j² · x̃ x̃ᵀ ]
+
+with g_j the per-sample loss gradient w.r.t. the unit's output, b_j its eval-mode BatchNorm gain
+and x̃ the producer's input (an im2col patch for a conv) with the constant 1 last when the
+producer has a bias; E averages over samples and sums over positions. From the statistics taps
+this is, per site and unit, ``S_j = x̃ᵀ diag(c_j) x̃ / N`` with c_rj = g σ''(z) b² per row
+r (a sample, or a sample and position), so no double-backward per unit is ever run. ``fast-s2d``
+needs only products S_j v_j, which are ``x̃ᵀ (c ⊙ (x̃ Vᵀ)) / N``, never forming S.
+
+ReLU's σ'' is 0 almost everywhere, so its units are scored with the softplus(β = 3) surrogate
+(README convention 5) and the method's loss prediction is then a ranking heuristic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from growbench.methods.base import GrowthContext
+from growbench.nn import GrowableNet, Site, collect_taps
+
+RELU_SURROGATE_BETA = 3.0
+SURROGATE_ACTIVATIONS = frozenset({"relu", "leaky_relu", "elu", "selu"})
+
+
+def second_derivative(activation: str, z: Tensor) -> Tensor:
+    """σ''(z) for the S2D family (README convention 5); surrogates where σ'' is 0 or a kink."""
+    if activation == "tanh":
+        t = torch.tanh(z)
+        return -2 * t * (1 - t * t)
+    if activation == "silu":
+        s = torch.sigmoid(z)
+        return s * (1 - s) * (2 + z * (1 - 2 * s))
+    if activation == "gelu":
+        return torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) * (2 - z * z)
+    if activation == "sigmoid":
+        s = torch.sigmoid(z)
+        return s * (1 - s) * (1 - 2 * s)
+    if activation == "softplus":
+        s = torch.sigmoid(z)
+        return s * (1 - s)
+    if activation in ("relu", "leaky_relu"):
+        slope_change = 1.0 if activation == "relu" else 0.99
+        s = torch.sigmoid(RELU_SURROGATE_BETA * z)
+        return slope_change * RELU_SURROGATE_BETA * s * (1 - s)
+    if activation == "elu":
+        return torch.where(z < 0, torch.exp(z.clamp_max(0)), torch.zeros_like(z))
+    if activation == "selu":
+        alpha, scale = 1.6732632423543772, 1.0507009873554805
+        return torch.where(z < 0, scale * alpha * torch.exp(z.clamp_max(0)), torch.zeros_like(z))
+    if activation == "identity":
+        return torch.zeros_like(z)
+    raise ValueError(f"no second derivative known for activation {activation!r}")
+
+
+def splittable_sites(net: GrowableNet) -> list[Site]:
+    """Hidden sites whose activation has curvature (linear units are never split)."""
+    return [site for site in net.sites if site.activation != "identity"]
+
+
+def uses_surrogate(sites: list[Site]) -> bool:
+    return any(site.activation in SURROGATE_ACTIVATIONS for site in sites)
+
+
+@dataclass
+class SiteRows:
+    """One batch of a site as rows: x̃ (rows × p) and c = g·σ''(z)·b² (rows × n)."""
+
+    inputs: Tensor
+    coefficients: Tensor
+
+
+def site_rows(site: Site, block_input: Tensor, pre: Tensor, grad_post: Tensor) -> SiteRows:
+    """Rows of x̃ and c for one batch of taps at ``site`` (conv: one row per sample and position)."""
+    producer = site.producer
+    if isinstance(producer, nn.Conv2d):
+        if producer.groups != 1:
+            raise ValueError(f"site {site.name!r}: grouped convolutions are not supported")
+        patches = F.unfold(
+            block_input,
+            producer.kernel_size,
+            dilation=producer.dilation,
+            padding=producer.padding,
+            stride=producer.stride,
+        )
+        inputs = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        pre = pre.permute(0, 2, 3, 1).reshape(-1, site.width)
+        grad_post = grad_post.permute(0, 2, 3, 1).reshape(-1, site.width)
+    else:
+        inputs = block_input
+    if producer.bias is not None:
+        inputs = torch.cat([inputs, inputs.new_ones(inputs.shape[0], 1)], dim=1)
+    gain = bn_gain(site).to(pre)
+    coefficients = grad_post * second_derivative(site.activation, pre) * gain * gain
+    return SiteRows(inputs, coefficients)
+
+
+def bn_gain(site: Site) -> Tensor:
+    """b_j = γ_j / sqrt(var_j + eps) of the eval-mode BatchNorm after the producer (1 without)."""
+    norm = site.norm
+    weight = site.producer.weight
+    if norm is None:
+        return torch.ones(site.width, dtype=weight.dtype, device=weight.device)
+    gain = 1.0 / torch.sqrt(norm.running_var + norm.eps)
+    if norm.affine:
+        gain = gain * norm.weight.detach()
+    return gain
+
+
+def iterate_site_rows(
+    net: GrowableNet, ctx: GrowthContext, sites: list[Site]
+) -> Iterator[tuple[int, dict[str, SiteRows]]]:
+    """Per batch of the statistics set: its size and the rows of every site (eval-mode taps)."""
+    names = [site.name for site in sites]
+    for inputs, targets in ctx.batches():
+        taps, _ = collect_taps(net, inputs, targets, ctx.loss_fn, blocks=names)
+        rows = {
+            site.name: site_rows(
+                site, taps[site.name].input, taps[site.name].pre, taps[site.name].grad_post
+            )
+            for site in sites
+        }
+        yield len(inputs), rows
+
+
+def unit_chunks(site: Site, max_stat_bytes: int) -> list[range]:
+    """Ranges of units whose float64 splitting matrices fit in ``max_stat_bytes`` together."""
+    per_unit = site.fan_in_size**2 * 8
+    size = max(1, max_stat_bytes // per_unit)
+    return [range(start, min(start + size, site.width)) for start in range(0, site.width, size)]
+
+
+def splitting_matrices(net: GrowableNet, ctx: GrowthContext, site: Site, units: range) -> Tensor:
+    """S_j for ``units`` of ``site`` (len × p × p, float64) over the whole statistics set."""
+    total = None
+    count = 0
+    for batch_size, rows in iterate_site_rows(net, ctx, [site]):
+        part = rows[site.name]
+        inputs = part.inputs
+        # one (p × rows)(rows × p) product per unit: an einsum over three operands would build a
+        # rows × units × p intermediate
+        product = torch.stack(
+            [(inputs * part.coefficients[:, j, None]).T @ inputs for j in units]
+        ).double()
+        total = product if total is None else total + product
+        count += batch_size
+    return (total / count + total.transpose(1, 2) / count) / 2
+
+
+def splitting_products(rows: SiteRows, directions: Tensor, batch_size: int) -> Tensor:
+    """S_B v_j for every unit j of one batch (n × p): x̃ᵀ (c ⊙ (x̃ Vᵀ)) / |B|, S never formed."""
+    projections = rows.inputs @ directions.T.to(rows.inputs)  # rows × n
+    weighted = rows.coefficients * projections
+    return (weighted.T @ rows.inputs).double() / batch_size
+
+
+def canonical_sign(vectors: Tensor) -> Tensor:
+    """Flip each row so its largest-magnitude entry (first on ties) is positive (convention 6)."""
+    index = vectors.abs().argmax(dim=-1, keepdim=True)
+    signs = torch.sign(torch.gather(vectors, -1, index))
+    signs[signs == 0] = 1
+    return vectors * signs
+
+
+@dataclass
+class Eigen:
+    """Extreme eigenpairs of every unit's splitting matrix (float64, unit vectors, canonical)."""
+
+    lambda_min: Tensor
+    vector_min: Tensor
+    lambda_max: Tensor
+    vector_max: Tensor
+    matrix_norm: Tensor  # spectral norm of each S_j, for relative tolerances
+
+
+def extreme_eigenpairs(matrices: Tensor) -> Eigen:
+    symmetric = (matrices + matrices.transpose(1, 2)) / 2
+    values, vectors = torch.linalg.eigh(symmetric.double())
+    return Eigen(
+        lambda_min=values[:, 0],
+        vector_min=canonical_sign(vectors[:, :, 0]),
+        lambda_max=values[:, -1],
+        vector_max=canonical_sign(vectors[:, :, -1]),
+        matrix_norm=values.abs().max(dim=1).values,
+    )
+
+
+def site_eigen(
+    net: GrowableNet, ctx: GrowthContext, site: Site, max_stat_bytes: int
+) -> tuple[Eigen, int]:
+    """Eigenpairs of every unit of ``site``, chunked so at most ``max_stat_bytes`` of splitting
+    matrices are held at once; also returns the peak bytes held."""
+    parts = []
+    peak = 0
+    for units in unit_chunks(site, max_stat_bytes):
+        matrices = splitting_matrices(net, ctx, site, units)
+        peak = max(peak, matrices.numel() * matrices.element_size())
+        parts.append(extreme_eigenpairs(matrices))
+        del matrices
+    eigen = Eigen(*(torch.cat([getattr(p, f) for p in parts]) for f in Eigen.__dataclass_fields__))
+    return eigen, peak
+
+
+@dataclass
+class PlannedSplit:
+    """One unit to split: offspring fan-in deltas (m × p) and fan-out weights (m,)."""
+
+    site: str
+    unit: int
+    deltas: Tensor
+    weights: Tensor
+    kind: str
+
+
+def apply_splits(net: GrowableNet, splits: list[PlannedSplit]) -> dict[str, list]:
+    """Apply the planned splits site by site from the output side to the input side (README
+    convention 9), so directions computed on the old net never need re-indexing. Returns the
+    event's ``selected`` entries."""
+    selected: dict[str, list] = {}
+    by_site: dict[str, list[PlannedSplit]] = {}
+    for split in splits:
+        by_site.setdefault(split.site, []).append(split)
+    for site in reversed(net.sites):
+        planned = by_site.get(site.name)
+        if not planned:
+            continue
+        copies = {len(split.weights) for split in planned}
+        for m in sorted(copies):  # one split call per offspring count
+            group = [split for split in planned if len(split.weights) == m]
+            site.split(
+                [split.unit for split in group],
+                torch.stack([split.deltas for split in group]),
+                torch.stack([split.weights for split in group]),
+            )
+        selected[site.name] = [[split.unit, split.kind] for split in planned]
+    return selected
