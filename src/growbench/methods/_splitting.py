@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from growbench.methods.base import GrowthContext
+from growbench.methods.base import GrowthContext, GrowthEvent
 from growbench.nn import GrowableNet, Site, collect_taps
 
 RELU_SURROGATE_BETA = 3.0
@@ -69,6 +70,16 @@ def splittable_sites(net: GrowableNet) -> list[Site]:
 
 def uses_surrogate(sites: list[Site]) -> bool:
     return any(site.activation in SURROGATE_ACTIVATIONS for site in sites)
+
+
+def prediction_is_heuristic(sites: list[Site]) -> bool:
+    """Whether the second-order prediction (ε²/2)·vᵀSv is only a ranking heuristic here: a
+    surrogate σ'' was used, or a max-pool follows a site (two copies of a channel may pick
+    different maxima when a pooling window holds near-ties, a first-order change S misses)."""
+    pooled = any(
+        isinstance(module, nn.MaxPool2d) for site in sites for module in site.block.post.modules()
+    )
+    return pooled or uses_surrogate(sites)
 
 
 @dataclass
@@ -195,19 +206,31 @@ def extreme_eigenpairs(matrices: Tensor) -> Eigen:
 
 
 def site_eigen(
-    net: GrowableNet, ctx: GrowthContext, site: Site, max_stat_bytes: int
+    net: GrowableNet,
+    ctx: GrowthContext,
+    site: Site,
+    max_stat_bytes: int,
+    event: GrowthEvent | None = None,
 ) -> tuple[Eigen, int]:
     """Eigenpairs of every unit of ``site``, chunked so at most ``max_stat_bytes`` of splitting
-    matrices are held at once; also returns the peak bytes held."""
+    matrices are held at once; also returns the bytes of the largest chunk of matrices (the
+    accumulation briefly holds about twice that). With an ``event``, the time spent forming the
+    matrices is charged to its ``stats`` phase and the eigen-decompositions to ``solve``."""
     parts = []
     peak = 0
     for units in unit_chunks(site, max_stat_bytes):
-        matrices = splitting_matrices(net, ctx, site, units)
+        with _phase(event, "stats"):
+            matrices = splitting_matrices(net, ctx, site, units)
         peak = max(peak, matrices.numel() * matrices.element_size())
-        parts.append(extreme_eigenpairs(matrices))
+        with _phase(event, "solve"):
+            parts.append(extreme_eigenpairs(matrices))
         del matrices
     eigen = Eigen(*(torch.cat([getattr(p, f) for p in parts]) for f in Eigen.__dataclass_fields__))
     return eigen, peak
+
+
+def _phase(event: GrowthEvent | None, name: str) -> AbstractContextManager:
+    return nullcontext() if event is None else event.phase(name)
 
 
 @dataclass

@@ -24,9 +24,9 @@ import torch
 from growbench.methods._splitting import (
     PlannedSplit,
     apply_splits,
+    prediction_is_heuristic,
     site_eigen,
     splittable_sites,
-    uses_surrogate,
 )
 from growbench.methods.base import (
     Grower,
@@ -70,8 +70,7 @@ class S2D(Grower):
         candidates = []  # (λ, site position, unit, direction)
         peak = 0
         for position, site in enumerate(sites):
-            with event.phase("stats"):
-                eigen, site_peak = site_eigen(net, ctx, site, config.max_stat_bytes)
+            eigen, site_peak = site_eigen(net, ctx, site, config.max_stat_bytes, event)
             peak = max(peak, site_peak)
             event.scores[site.name] = eigen.lambda_min.tolist()
             scale = float(eigen.matrix_norm.max())
@@ -90,7 +89,10 @@ class S2D(Grower):
             accepted = take_within_budget(net, ctx, [sites[c[1]].name for c in eligible])
             chosen = [c for c, ok in zip(eligible, accepted) if ok]
         if not eligible:
-            event.stop_reason = "splitting-stable"
+            # stable only when the sign rule left nothing; a zero quota is not stability
+            sign_rule = config.only_negative or config.selection == "most-negative"
+            if sign_rule and not any(c[0] < -tolerance for c in candidates):
+                event.stop_reason = "splitting-stable"
             return
         if not all(accepted):
             event.stop_reason = "budget exhausted"
@@ -108,7 +110,7 @@ class S2D(Grower):
             ]
             event.selected = apply_splits(net, plans)
         event.predicted_loss_change = sum(config.epsilon**2 / 2 * c[0] for c in chosen)
-        event.extras["prediction_is_heuristic"] = uses_surrogate(sites)
+        event.extras["prediction_is_heuristic"] = prediction_is_heuristic(sites)
         event.extras["peak_stat_bytes"] = peak
         event.extras["fraction_split_nonnegative"] = (
             sum(c[0] >= 0 for c in chosen) / len(chosen) if chosen else 0.0
