@@ -9,21 +9,33 @@ Figures:
   batch order (target ≥ 0.95): what the harness's epoch loop costs on top of torch.
 * a GrowableNet training step / the same layers as a plain ``nn.Sequential``: what growth
   sites and the (switched-off) statistics taps cost an ordinary training step.
+* ``s2d`` / ``fast-s2d`` growth step, time and peak memory, on a conv site with fan-in p = 1153
+  (target >= 10 on both): exact splitting matrices and eigh against Rayleigh-quotient descent.
+  Each ``grow()`` runs in a fresh subprocess so its peak resident memory can be read.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import math
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from scipy.stats import spearmanr
 
+import growbench.methods.fast_s2d  # noqa: F401  (registers fast-s2d)
 from growbench.benchmarks.runner import train_one_epoch
 from growbench.datasets import load_dataset
+from growbench.methods import GrowthContext, make_grower
 from growbench.nn import ModelConfig, build_model
 from growbench.nn.losses import classification_loss
 
@@ -107,6 +119,130 @@ def growable_overhead(model: str, repeats: int, steps: int = 50, batch_size: int
     return plain_seconds / growable_seconds
 
 
+SPLIT_CHANNELS = 128  # input channels of the conv site: p = 128·3·3 + 1 = 1153
+SPLIT_BATCH = 64  # fast-s2d's rq_batch_size
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_bytes(was_reset: bool) -> int:
+    if was_reset:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    # ru_maxrss is the lifetime peak: never below the true peak of the growth step
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def splitting_probe(method: str, steps: int, units: int, samples: int, threads: int) -> dict:
+    """In a fresh process: one ``grow()`` of ``method`` on a net whose one site is a 3×3 conv
+    with 128 input channels; its wall seconds, peak resident memory above the resident memory
+    just before it, and the per-unit scores. A warm-up grow on a tiny net first loads the lazy
+    parts of torch, LAPACK and HiGHS, so neither method is charged for them."""
+    torch.set_num_threads(threads)
+    options = {"rq_steps": steps} if method == "fast-s2d" else {}
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(samples, SPLIT_CHANNELS, 8, 8, generator=generator)
+    targets = torch.randint(0, 10, (samples,), generator=generator)
+
+    def context(count: int, channels: int) -> GrowthContext:
+        return GrowthContext(
+            inputs=inputs[:count, :channels],
+            targets=targets[:count],
+            loss_fn=classification_loss,
+            budget_metric="params",
+            remaining_budget=math.inf,
+            generator=torch.Generator().manual_seed(1),
+            batch_size=SPLIT_BATCH,
+        )
+
+    def net(channels: int, width: int):
+        config = ModelConfig("cnn", (channels, 8, 8), 10, (width,), activation="silu")
+        return build_model(config, seed=0)
+
+    warm_up = {**options, "rq_steps": 2} if method == "fast-s2d" else options
+    make_grower(method, warm_up).grow(net(4, 4), context(8, 4))
+    grower = make_grower(method, options)
+    growing, ctx = net(SPLIT_CHANNELS, units), context(samples, SPLIT_CHANNELS)
+    base = _resident_bytes()
+    was_reset = _reset_peak()
+    start = time.perf_counter()
+    event = grower.grow(growing, ctx)
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "peak_bytes": _peak_bytes(was_reset) - base,
+        "peak_reset": was_reset,
+        "scores": [value for values in event.scores.values() for value in values],
+    }
+
+
+def splitting_step_cost(
+    repeats: int,
+    threads: int,
+    units: int = 32,
+    samples: int = 256,
+    passes: tuple[int, ...] = (10, 50),
+) -> list[tuple[float, float, str]]:
+    """s2d / fast-s2d growth-step seconds and peak memory (ratios of medians), each grow() in
+    its own subprocess, alternating s2d, fast-s2d, fast-s2d, s2d, ... One fast-s2d setting per
+    entry of ``passes``: that many passes of batch 64 over the statistics set, i.e. rq_steps =
+    passes · samples / 64 (10: the official CIFAR code's 10 epochs; 50: the CPU default's 1,600
+    steps over its 2,048-sample set). The estimates are compared with s2d's exact λ_min."""
+    settings = {"s2d": 0} | {
+        f"fast-s2d@{count}": count * math.ceil(samples / SPLIT_BATCH) for count in passes
+    }
+    results: dict[str, list[dict]] = {name: [] for name in settings}
+    for _ in range(repeats):
+        for name, steps in settings.items():
+            command = [sys.executable, __file__, "--splitting-probe", name.split("@")[0]]
+            command += [str(steps), str(units), str(samples), str(threads)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            results[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(run[key] for run in results[name])
+
+    exact = results["s2d"][-1]["scores"]
+    lowest = sorted(range(len(exact)), key=exact.__getitem__)[: math.floor(0.3 * len(exact))]
+    figures = []
+    for count in passes:
+        name = f"fast-s2d@{count}"
+        estimated = results[name][-1]["scores"]
+        error = max(abs(estimated[j] - exact[j]) / abs(exact[j]) for j in lowest)
+        note = (
+            f"fast-s2d rq_steps={settings[name]} ({count} passes of {SPLIT_BATCH} over {samples} "
+            f"samples; default 1600), Spearman(λ̂, λ) {spearmanr(estimated, exact).statistic:.3f}, "
+            f"max rel. λ error of the 30 % lowest {error:.1%}; medians s2d "
+            f"{median('s2d', 'seconds'):.1f} s {median('s2d', 'peak_bytes') / 2**20:.0f} MiB, "
+            f"fast-s2d {median(name, 'seconds'):.1f} s "
+            f"{median(name, 'peak_bytes') / 2**20:.0f} MiB"
+            + ("" if results["s2d"][0]["peak_reset"] else "; peak = lifetime ru_maxrss")
+        )
+        figures.append(
+            (
+                median("s2d", "seconds") / median(name, "seconds"),
+                median("s2d", "peak_bytes") / median(name, "peak_bytes"),
+                note,
+            )
+        )
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
@@ -114,7 +250,15 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (the harness's default is 1)"
     )
+    parser.add_argument(
+        "--split-repeats", type=int, default=3, help="repeats of the s2d / fast-s2d figure"
+    )
+    parser.add_argument("--splitting-probe", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.splitting_probe:  # a child of splitting_step_cost
+        method, *numbers = args.splitting_probe
+        print(json.dumps(splitting_probe(method, *map(int, numbers))))
+        return
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     print(f"growbench bench (torch {torch.__version__}, {torch.get_num_threads()} threads)")
@@ -128,6 +272,12 @@ def main() -> None:
         ratio = growable_overhead(model, args.repeats)
         print(
             f"training step speed, GrowableNet / plain nn.Sequential, digits {model}: {ratio:.3f}"
+        )
+    for time_ratio, memory_ratio, note in splitting_step_cost(args.split_repeats, args.threads):
+        print(
+            f"growth step, s2d / fast-s2d, 3x3 conv site 128->32 channels (p = 1153): "
+            f"time {time_ratio:.1f}x, peak memory {memory_ratio:.1f}x (target >= 10 on both); "
+            f"{note}"
         )
 
 
