@@ -24,7 +24,8 @@ METHODS = sorted(available_methods())
 
 
 def grower_for(name: str, **overrides) -> Grower:
-    return make_grower(name, overrides)
+    """The method with its quick settings (checks here do not judge estimate quality)."""
+    return make_grower(name, {**get_method(name).quick_overrides, **overrides})
 
 
 def outputs(net, inputs):
@@ -125,7 +126,7 @@ def test_prediction_matches_realised_loss_change(name):
     cls = get_method(name)
     task = make_task("tanh_mlp")
     ctx = task.context()
-    grower = grower_for(name, **cls.small_step_overrides)
+    grower = make_grower(name, cls.small_step_overrides)  # full settings: judges the estimate
     before = ctx.loss(task.net)
     event = grower.grow(task.net, ctx)
     realised = ctx.loss(task.net) - before

@@ -145,7 +145,9 @@ class Grower:
     ``grow_step``. ``zero_step_overrides`` names the config values that make an ``at_zero_step``
     method preserve the function (e.g. ``{"epsilon": 0.0}``); ``small_step_overrides`` those that
     make its step small enough for its ``predicted_loss_change`` to match the realised change
-    within ``prediction_tolerance`` (relative), which the contract tests check.
+    within ``prediction_tolerance`` (relative), which the contract tests check;
+    ``quick_overrides`` those that make a step cheap (e.g. fewer estimator steps) for the contract
+    checks that do not depend on the quality of its estimates.
     """
 
     name: ClassVar[str] = ""
@@ -157,6 +159,7 @@ class Grower:
     zero_step_overrides: ClassVar[dict[str, Any]] = {}
     small_step_overrides: ClassVar[dict[str, Any]] = {}
     prediction_tolerance: ClassVar[float] = 1e-2
+    quick_overrides: ClassVar[dict[str, Any]] = {}
     description: ClassVar[str] = ""
 
     def __init__(self, config: GrowerConfig | None = None) -> None:

@@ -1,3 +1,10 @@
 """Imports every built-in method module so their ``@register`` decorators run."""
 
-from growbench.methods import baselines, random_add, random_split, s2d  # noqa: F401
+from growbench.methods import (  # noqa: F401
+    baselines,
+    fast_s2d,
+    random_add,
+    random_split,
+    s2d,
+    signed_s2d,
+)

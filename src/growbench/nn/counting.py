@@ -36,7 +36,7 @@ def count_flops(net: nn.Module, input_shape: Sequence[int]) -> int:
             net(sample)
     finally:
         for module, training in modes:  # per module: a mixed train/eval net stays mixed
-            module.train(training)
+            module.training = training  # not .train(): that recurses, n² over the tree
     return int(counter.get_total_flops())
 
 

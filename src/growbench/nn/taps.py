@@ -66,7 +66,7 @@ def collect_taps(
         for block in chosen:
             block.tap = None
         for module, training in modes:  # per module: a mixed train/eval net stays mixed
-            module.train(training)
+            module.training = training  # not .train(): that recurses, n² over the tree
     taps = {}
     for position, (name, recorder) in enumerate(recorders.items()):
         x, z, h = recorder.tensors

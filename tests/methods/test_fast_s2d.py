@@ -1,0 +1,678 @@
+"""Fidelity checks of ``fast-s2d`` (shared/methods/fast_s2d.md §7), float64.
+
+References are built here from the definitions: explicit splitting matrices (``splitting_matrices``
+of the shared machinery, itself checked against Hessians in test_splitting.py) with ``eigh``, the
+official code's dummy-variable route through forward hooks, autograd of the Rayleigh quotient,
+and brute-force enumeration of 0/1 selections for the LP. The README's contract checks that need
+this plugin's defaults are repeated at the end (until ``builtin.py`` registers it for
+test_contract.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from functools import cache
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from torch import Tensor
+
+import growbench.methods.fast_s2d as fast
+from growbench.methods import GrowthContext, make_grower
+from growbench.methods._splitting import (
+    RELU_SURROGATE_BETA,
+    PlannedSplit,
+    apply_splits,
+    splittable_sites,
+    splitting_matrices,
+)
+from growbench.nn import ModelConfig, Site, build_model
+from growbench.nn.losses import regression_loss
+
+from .conftest import TASKS, Task, make_task
+
+QUICK = {"rq_steps": 160}  # checks whose outcome does not depend on the estimates' quality
+
+
+# ----------------------------------------------------------------------------------- fixtures
+
+
+@cache
+def _wide_tanh() -> Task:
+    """A trained tanh MLP 12 → 16 → 12 → 2 (28 units, p = 13 and 17), for rank statistics."""
+    generator = torch.Generator().manual_seed(99)
+    net = build_model(ModelConfig("mlp", (12,), 2, (16, 12), activation="tanh"), seed=1).double()
+    inputs = torch.randn(512, 12, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(12, 2, generator=generator, dtype=torch.float64)
+    targets = torch.tanh(inputs @ teacher)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(300):
+        optimizer.zero_grad()
+        regression_loss(net(inputs), targets).mean().backward()
+        optimizer.step()
+    net.eval()
+    return Task(net, inputs, targets, regression_loss)
+
+
+def task_named(name: str) -> Task:
+    if name == "wide_tanh":
+        task = _wide_tanh()
+        return Task(copy.deepcopy(task.net), task.inputs, task.targets, task.loss_fn)
+    return make_task(name)
+
+
+@cache
+def searched(name: str, seed: int = 0) -> tuple[Task, dict[str, fast.RayleighEstimate]]:
+    """The CPU-default estimates on a task (shared by the tests; nobody mutates them)."""
+    task = task_named(name)
+    sites = splittable_sites(task.net)
+    estimates = fast.rayleigh_extremes(
+        task.net, task.context(seed=seed), sites, fast.FastS2DConfig().schedule()
+    )["min"]
+    return task, estimates
+
+
+@dataclasses.dataclass
+class Exact:
+    values: Tensor  # all eigenvalues, ascending (n × p)
+    vectors: Tensor  # eigenvectors of λ₁ (n × p)
+    matrices: Tensor
+
+
+def exact(task: Task, site: Site) -> Exact:
+    matrices = splitting_matrices(task.net, task.context(), site, range(site.width))
+    values, vectors = torch.linalg.eigh(matrices)
+    return Exact(values, vectors[:, :, 0], matrices)
+
+
+def lp_problem(sites: list[Site]) -> dict:
+    """The default selection problem built from its definition: τ = exact params per unit, one
+    group with budget 0.3·Σ n_l τ_l, caps C_l = n_l."""
+    tau = [float(site.cost_of_units(1)["params"]) for site in sites]
+    widths = [site.width for site in sites]
+    return {
+        "costs": np.repeat(tau, widths),
+        "groups": np.zeros(sum(widths), dtype=int),
+        "budgets": [0.3 * sum(t * n for t, n in zip(tau, widths))],
+        "caps": (np.repeat(np.arange(len(sites)), widths), widths),
+    }
+
+
+# ------------------------------------------------------------------------- §7.1 the Sv pass
+
+
+def smooth_activation(name: str):
+    if name == "relu":
+        return lambda z: F.softplus(z, beta=RELU_SURROGATE_BETA)
+    return {"tanh": torch.tanh, "silu": F.silu}[name]
+
+
+def autograd_second_derivative(name: str, z: Tensor) -> Tensor:
+    leaf = z.detach().clone().requires_grad_(True)
+    (first,) = torch.autograd.grad(smooth_activation(name)(leaf).sum(), leaf, create_graph=True)
+    (second,) = torch.autograd.grad(first.sum(), leaf)
+    return second
+
+
+def producer_projection(site: Site, x: Tensor, rows: Tensor) -> Tensor:
+    """θᵀx̃ for every row θ of ``rows`` (bias last), shaped like the producer's output."""
+    layer = site.producer
+    has_bias = layer.bias is not None
+    weight = rows[:, : rows.shape[1] - has_bias]
+    bias = rows[:, -1] if has_bias else None
+    if isinstance(layer, torch.nn.Conv2d):
+        kernel = weight.reshape(site.width, *layer.weight.shape[1:])
+        return F.conv2d(x, kernel, bias, layer.stride, layer.padding, layer.dilation)
+    return F.linear(x, weight, bias)
+
+
+def dummy_route_products(
+    task: Task, sites: list[Site], index: Tensor, directions: dict[str, Tensor]
+) -> dict[str, Tensor]:
+    """The official code's route: every unit's output gets + σ''(z)·(b·qᵀx̃)·(b·vᵀx̃) with a zero
+    leaf q shaped like the fan-in; then ∂L_B/∂q_j = S_B v_j (L_B the batch's mean loss)."""
+    net = task.net
+    net.eval()
+    leaves = {
+        s.name: torch.zeros(s.width, s.fan_in_size, dtype=torch.float64, requires_grad=True)
+        for s in sites
+    }
+    block_inputs: dict[str, Tensor] = {}
+    handles = []
+    for site in sites:
+        norm = site.norm
+        if norm is None:
+            gain = torch.ones(site.width, dtype=torch.float64)
+        else:
+            gain = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
+        shape = (1, -1, 1, 1) if isinstance(site.producer, torch.nn.Conv2d) else (1, -1)
+        gain = gain.reshape(shape)
+
+        def keep_input(module, args, name=site.name):
+            block_inputs[name] = args[0]
+
+        def add_dummy(module, args, output, site=site, gain=gain):
+            x, z = block_inputs[site.name], args[0]
+            q_part = producer_projection(site, x, leaves[site.name])
+            v_part = producer_projection(site, x, directions[site.name]).detach()
+            second = autograd_second_derivative(site.activation, z)
+            return output + second * (gain * q_part) * (gain * v_part)
+
+        handles.append(site.block.register_forward_pre_hook(keep_input))
+        handles.append(site.block.act.register_forward_hook(add_dummy))
+    try:
+        losses = task.loss_fn(net(task.inputs[index]), task.targets[index])
+        grads = torch.autograd.grad(losses.mean(), list(leaves.values()))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return dict(zip(leaves, grads))
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_sv_pass_equals_explicit_products_and_dummy_route(name):
+    task = make_task(name)
+    sites = splittable_sites(task.net)
+    ctx = task.context(seed=3)
+    generator = torch.Generator().manual_seed(11)
+    # one mini-batch of 24 of the estimator's own seeded order (a strict subset of every set)
+    index = next(fast.minibatch_indices(len(task.inputs), 24, 10, ctx.generator))
+    directions = {
+        s.name: torch.randn(s.width, s.fan_in_size, generator=generator, dtype=torch.float64)
+        for s in sites
+    }
+    directions = {
+        k: v / torch.linalg.vector_norm(v, dim=1, keepdim=True) for k, v in directions.items()
+    }
+    # the estimator's pass: one backward for all sites (conv sites: no unfolding)
+    batches = fast.site_batches(task.net, ctx, sites, task.inputs[index], task.targets[index])
+    batch = GrowthContext(
+        inputs=task.inputs[index],
+        targets=task.targets[index],
+        loss_fn=task.loss_fn,
+        budget_metric="params",
+        remaining_budget=math.inf,
+        generator=torch.Generator(),
+        batch_size=len(index),
+    )
+    dummy = dummy_route_products(task, sites, index, directions)
+    for site in sites:
+        v = directions[site.name]
+        product = batches[site.name].products(v)
+        assert product.dtype == torch.float64
+        matrices = splitting_matrices(task.net, batch, site, range(site.width))
+        expected = torch.einsum("jpq,jq->jp", matrices, v)
+        assert float(expected.abs().max()) > 1e-4  # not trivially zero
+        torch.testing.assert_close(product, expected, rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(dummy[site.name], expected, rtol=1e-10, atol=1e-14)
+
+
+# ------------------------------------------------------------- §7.2 estimates against exact
+
+
+def agreement(name: str) -> dict:
+    task, estimates = searched(name)
+    sites = splittable_sites(task.net)
+    cosines, errors, lam_hat, lam = [], [], [], []
+    for site in sites:
+        reference = exact(task, site)
+        lam1, lam2 = reference.values[:, 0], reference.values[:, 1]
+        gapped = (lam2 - lam1) >= 0.1 * lam1.abs()
+        estimate = estimates[site.name]
+        cosines += (estimate.vectors * reference.vectors).sum(1).abs()[gapped].tolist()
+        errors += ((estimate.values - lam1).abs() / lam1.abs())[gapped].tolist()
+        lam_hat.append(estimate.values)
+        lam.append(lam1)
+    lam_hat_all, lam_all = torch.cat(lam_hat).numpy(), torch.cat(lam).numpy()
+    problem = lp_problem(sites)
+    args = (problem["costs"], problem["groups"], problem["budgets"], problem["caps"], 0.99)
+    by_estimate, _ = fast.select_by_lp(lam_hat_all, *args)
+    by_exact, _ = fast.select_by_lp(lam_all, *args)
+    return {
+        "gapped": len(cosines),
+        "min_cos": min(cosines),
+        "max_error": max(errors),
+        "spearman": float(spearmanr(lam_hat_all, lam_all).statistic),
+        "jaccard": float(np.sum(by_estimate & by_exact) / np.sum(by_estimate | by_exact)),
+        "selected": int(by_exact.sum()),
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tanh_mlp",
+        "wide_tanh",
+        pytest.param("relu_mlp", marks=pytest.mark.slow),
+        pytest.param("conv_bn", marks=pytest.mark.slow),
+    ],
+)
+def test_rayleigh_estimates_agree_with_exact_eigenpairs(name):
+    report = agreement(name)
+    assert report["gapped"] >= 5
+    assert report["min_cos"] >= 0.99
+    assert report["max_error"] <= 0.05
+    assert report["spearman"] >= 0.9
+    assert report["selected"] >= 2
+    assert report["jaccard"] >= 0.8
+
+
+def test_exact_diagnostics_report_the_same_agreement():
+    """The opt-in per-event report (spec §10) equals the reference computed here."""
+    task = task_named("tanh_mlp")
+    event = make_grower("fast-s2d", {"exact_diagnostics": True}).grow(task.net, task.context())
+    report, reference = event.extras["exact_agreement"], agreement("tanh_mlp")
+    assert report["gapped_units"] == reference["gapped"]
+    for key, other in [("min_cos", "min_cos"), ("max_relative_error", "max_error")]:
+        assert math.isclose(report[key], reference[other], rel_tol=1e-9)
+    assert math.isclose(report["spearman"], reference["spearman"], rel_tol=1e-12)
+    assert report["jaccard"] == reference["jaccard"]
+    assert event.seconds["diagnostics"] >= 0
+
+
+def test_largest_eigenpairs_for_signed_splitting():
+    """``extremes=("max",)`` ascends R: v_max for signed-s2d."""
+    task = make_task("tanh_mlp")
+    sites = splittable_sites(task.net)
+    schedule = fast.FastS2DConfig().schedule()
+    both = fast.rayleigh_extremes(task.net, task.context(), sites, schedule, ("min", "max"))
+    for site in sites:
+        reference = exact(task, site)
+        values, vectors = torch.linalg.eigh(reference.matrices)
+        top, below = values[:, -1], values[:, -2]
+        gapped = (top - below) >= 0.1 * top.abs()
+        estimate = both["max"][site.name]
+        cos = (estimate.vectors * vectors[:, :, -1]).sum(1).abs()
+        assert bool(gapped.any())
+        assert float(cos[gapped].min()) >= 0.99
+        assert float(((estimate.values - top).abs() / top.abs())[gapped].max()) <= 0.05
+        assert bool((both["min"][site.name].values < estimate.values).all())
+    eigen = fast.rayleigh_eigen(task.net, task.context(), sites, schedule)  # same seed
+    for site in sites:
+        pairs = eigen[site.name]
+        assert torch.equal(pairs.lambda_min, both["min"][site.name].values)
+        assert torch.equal(pairs.vector_max, both["max"][site.name].vectors)
+        norms = torch.linalg.matrix_norm(exact(task, site).matrices, ord=2)
+        torch.testing.assert_close(pairs.matrix_norm, norms, rtol=0.05, atol=0)
+    with pytest.raises(ValueError, match="unknown extreme 'middle'"):
+        fast.rayleigh_extremes(task.net, task.context(), sites, schedule, ("middle",))
+
+
+@pytest.mark.slow
+def test_rayleigh_estimates_on_a_fan_in_of_65():
+    """A wider fan-in (spec §5: |cos| ≥ 0.995, λ errors ≤ 0.5 % seen up to p = 65).
+
+    The λ error is checked on the split candidates (λ < 0): this net has a unit with λ₁ = +2.7e-4
+    whose relative gap is 40, where λ̂ (the window mean of R_B along the still slightly jittering
+    iterate, ≥ λ₁ by (λ₂ − λ₁)·‖δ‖²) is 8 % above λ₁ although v̂ᵀSv̂ is within 1 %."""
+    generator = torch.Generator().manual_seed(5)
+    net = build_model(ModelConfig("mlp", (64,), 2, (16,), activation="tanh"), seed=2).double()
+    inputs = torch.randn(512, 64, generator=generator, dtype=torch.float64)
+    targets = torch.tanh(inputs @ torch.randn(64, 2, generator=generator, dtype=torch.float64))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(300):
+        optimizer.zero_grad()
+        regression_loss(net(inputs), targets).mean().backward()
+        optimizer.step()
+    task = Task(net.eval(), inputs, targets, regression_loss)
+    (site,) = splittable_sites(task.net)
+    estimate = fast.rayleigh_extremes(
+        task.net, task.context(), [site], fast.FastS2DConfig().schedule()
+    )["min"][site.name]
+    reference = exact(task, site)
+    lam1, lam2 = reference.values[:, 0], reference.values[:, 1]
+    gapped = (lam2 - lam1) >= 0.1 * lam1.abs()
+    assert int(gapped.sum()) >= 5
+    cos = (estimate.vectors * reference.vectors).sum(1).abs()
+    assert float(cos[gapped].min()) >= 0.99
+    candidates = gapped & (lam1 < 0)
+    errors = (estimate.values - lam1).abs() / lam1.abs()
+    assert float(errors[candidates].max()) <= 0.05
+    forms = torch.einsum("jp,jpq,jq->j", estimate.vectors, reference.matrices, estimate.vectors)
+    assert float(((forms - lam1).abs() / lam1.abs())[gapped].max()) <= 0.05
+    assert spearmanr(estimate.values.numpy(), lam1.numpy()).statistic >= 0.9
+
+
+# -------------------------------------------------------------------- §7.3 the hand gradient
+
+
+def test_hand_gradient_equals_autograd_of_the_rayleigh_quotient():
+    generator = torch.Generator().manual_seed(2)
+    n, p = 5, 7
+    raw = torch.randn(n, p, p, generator=generator, dtype=torch.float64)
+    matrices = (raw + raw.transpose(1, 2)) / 2
+    directions = 3 * torch.randn(n, p, generator=generator, dtype=torch.float64)  # not unit
+    products = torch.einsum("jpq,jq->jp", matrices, directions)
+    quotient, gradient = fast.rayleigh_gradient(directions, products)
+    leaf = directions.clone().requires_grad_(True)
+    rayleigh = torch.einsum("jp,jpq,jq->j", leaf, matrices, leaf) / (leaf * leaf).sum(1)
+    (expected,) = torch.autograd.grad(rayleigh.sum(), leaf)
+    torch.testing.assert_close(quotient, rayleigh.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(gradient, expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("steps", [1, 7, 50])
+def test_iterate_stays_unit_norm(steps):
+    """With one batch per pass and the smallest window, the window mean is the last iterate."""
+    task = make_task("tanh_mlp")
+    sites = splittable_sites(task.net)
+    schedule = fast.RayleighSchedule(steps=steps, batch_size=len(task.inputs), window=1e-9)
+    assert schedule.window_start(1) == steps - 1
+    estimates = fast.rayleigh_extremes(task.net, task.context(), sites, schedule)["min"]
+    for estimate in estimates.values():
+        torch.testing.assert_close(
+            estimate.mean_norms, torch.ones_like(estimate.mean_norms), rtol=0, atol=1e-12
+        )
+
+
+def test_minibatches_come_in_seeded_passes_that_end_with_the_run():
+    count, batch_size, steps = 10, 4, 10  # passes of 3 batches; the first pass is cut to 1
+    order = list(fast.minibatch_indices(count, batch_size, steps, torch.Generator().manual_seed(0)))
+    again = list(fast.minibatch_indices(count, batch_size, steps, torch.Generator().manual_seed(0)))
+    assert len(order) == steps
+    assert all(torch.equal(a, b) for a, b in zip(order, again))
+    assert [len(b) for b in order] == [4] + [4, 4, 2] * 3
+    for start in (1, 4, 7):  # every full pass visits every sample once
+        assert sorted(torch.cat(order[start : start + 3]).tolist()) == list(range(count))
+    schedule = fast.RayleighSchedule(steps=steps, window=0.1)
+    assert schedule.window_start(3) == 7  # 10 % of 10 steps, rounded up to one whole pass
+    assert fast.RayleighSchedule(steps=1600).window_start(32) == 1440  # spec defaults: 5 passes
+    lrs = [fast.RayleighSchedule(steps=100).lr_at(t) for t in (0, 19, 20, 40, 60, 80, 99)]
+    assert lrs == pytest.approx([1e-2, 1e-2, 2e-3, 4e-4, 8e-5, 1.6e-5, 1.6e-5], rel=1e-12)
+
+
+# -------------------------------------------------------------------------------- §7.4 the LP
+
+
+def random_instance(rng: np.random.Generator, n: int, groups: int = 2, sites: int = 4) -> dict:
+    site = rng.integers(0, sites, n)
+    site_cost = rng.uniform(1.0, 5.0, sites)
+    site_group = np.arange(sites) % groups
+    costs, group = site_cost[site], site_group[site]
+    budgets = [rng.uniform(0.2, 0.5) * costs[group == g].sum() for g in range(groups)]
+    caps = [int(rng.integers(1, max(2, np.sum(site == s)) + 1)) for s in range(sites)]
+    return {
+        "lambdas": rng.normal(size=n) - 0.3,
+        "costs": costs,
+        "groups": group,
+        "budgets": budgets,
+        "site": site,
+        "caps": caps,
+    }
+
+
+def best_binary(instance: dict) -> float:
+    n = len(instance["lambdas"])
+    choices = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
+    feasible = np.ones(len(choices), dtype=bool)
+    for g, budget in enumerate(instance["budgets"]):
+        feasible &= choices @ (instance["costs"] * (instance["groups"] == g)) <= budget + 1e-12
+    for s, cap in enumerate(instance["caps"]):
+        feasible &= choices @ (instance["site"] == s) <= cap
+    return float((choices[feasible] @ instance["lambdas"]).min())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lp_is_a_relaxation_with_a_vertex_solution(seed):
+    rng = np.random.default_rng(seed)
+    instance = random_instance(rng, n=14 if seed < 3 else 10)
+    lambdas, costs, groups = instance["lambdas"], instance["costs"], instance["groups"]
+    assert (lambdas < 0).any()
+    assert (lambdas >= 0).any()
+    mask, info = fast.select_by_lp(
+        lambdas, costs, groups, instance["budgets"], (instance["site"], instance["caps"]), 0.99
+    )
+    beta = np.array(info["beta"])
+    # (a) a relaxation: never worse than the best 0/1 choice
+    assert info["status"] == 0
+    assert info["objective"] <= best_binary(instance) + 1e-9
+    assert math.isclose(info["objective"], float(beta @ lambdas), rel_tol=1e-9, abs_tol=1e-12)
+    # (b) a vertex: at most as many fractional β as binding constraint rows
+    fractional = int(np.sum((beta > 0.01) & (beta < 0.99)))
+    assert fractional == info["fractional"] <= info["binding"]
+    # (d) units with λ ≥ 0 are never chosen
+    assert not mask[lambdas >= 0].any()
+    assert (beta[lambdas >= 0] == 0).all()
+    # (e) after thresholding each group overshoots its budget by at most one unit's cost
+    for g, budget in enumerate(instance["budgets"]):
+        used = float(costs[mask & (groups == g)].sum())
+        assert used == pytest.approx(info["used"][g])
+        assert used <= budget + costs[groups == g].max() + 1e-12
+    for s, cap in enumerate(instance["caps"]):
+        assert np.sum(mask & (instance["site"] == s)) <= cap
+    assert mask.tolist() == (beta >= 0.99).tolist()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lp_with_one_group_and_no_caps_is_greedy_by_ratio(seed):
+    rng = np.random.default_rng(100 + seed)
+    instance = random_instance(rng, n=14, groups=1)
+    lambdas, costs, (budget,) = instance["lambdas"], instance["costs"], instance["budgets"]
+    mask, info = fast.select_by_lp(lambdas, costs, instance["groups"], [budget], None, 0.99)
+    expected = np.zeros(len(lambdas), dtype=bool)
+    spent = 0.0
+    for j in sorted(np.flatnonzero(lambdas < 0), key=lambda j: lambdas[j] / costs[j]):
+        if spent + costs[j] <= budget:
+            expected[j] = True
+            spent += costs[j]
+        else:  # the one fractional unit of the knapsack relaxation
+            expected[j] = (budget - spent) / costs[j] >= 0.99
+            break
+    assert mask.tolist() == expected.tolist()
+    assert info["fractional"] <= 1
+
+
+def test_lp_without_negative_estimates_selects_nothing():
+    mask, info = fast.select_by_lp([0.5, 0.0, 2.0], [1.0, 1.0, 1.0], [0, 0, 0], [10.0])
+    assert not mask.any()
+    assert info["variables"] == 0
+    assert info["status"] is None
+    assert info["objective"] == 0.0
+    with pytest.raises(ValueError, match="costs must be positive"):
+        fast.select_by_lp([-1.0], [0.0], [0], [1.0])
+
+
+# --------------------------------------------------------------------------- §7.5 prediction
+
+
+def test_prediction_matches_the_realised_change_of_one_split():
+    task, estimates = searched("tanh_mlp")
+    sites = splittable_sites(task.net)
+    ctx = task.context()
+    site, unit = min(
+        ((s, j) for s in sites for j in range(s.width)),
+        key=lambda sj: float(estimates[sj[0].name].values[sj[1]]),
+    )
+    lam_hat = float(estimates[site.name].values[unit])
+    direction = estimates[site.name].vectors[unit]
+    matrix = exact(task, site).matrices[unit]
+    quadratic = float(direction @ matrix @ direction)
+    assert lam_hat < -1e-4
+    assert abs(lam_hat - quadratic) <= 0.05 * abs(lam_hat)
+    before = ctx.loss(task.net)
+    epsilons = [1e-1, 3e-2, 1e-2, 3e-3]
+    changes, ratios = [], []
+    for epsilon in epsilons:
+        net = copy.deepcopy(task.net)
+        deltas = torch.stack([epsilon * direction, -epsilon * direction])
+        half = torch.tensor([0.5, 0.5], dtype=torch.float64)
+        apply_splits(net, [PlannedSplit(site.name, unit, deltas, half, "split")])
+        change = ctx.loss(net) - before
+        changes.append(change)
+        ratios.append(change / (epsilon**2 / 2 * quadratic))
+    for epsilon, ratio in zip(epsilons, ratios):
+        if epsilon <= 1e-2:
+            assert abs(ratio - 1) <= 1e-3
+    log_eps = np.log(epsilons)
+    slope = np.polyfit(log_eps, np.log(np.abs(changes)), 1)[0]
+    assert abs(slope - 2) <= 0.05
+    error_slope = np.polyfit(log_eps, np.log(np.abs(np.array(ratios) - 1)), 1)[0]
+    assert abs(error_slope - 2) <= 0.3
+
+
+def test_event_prediction_with_a_small_step():
+    """README check 5 with the CPU defaults: realised / predicted within 5 % on tanh_mlp."""
+    task = make_task("tanh_mlp")
+    ctx = task.context()
+    grower = make_grower("fast-s2d", fast.FastS2D.small_step_overrides)
+    before = ctx.loss(task.net)
+    event = grower.grow(task.net, ctx)
+    realised = ctx.loss(task.net) - before
+    assert event.grew
+    assert event.predicted_loss_change < 0
+    assert abs(realised / event.predicted_loss_change - 1) <= fast.FastS2D.prediction_tolerance
+    assert event.extras["estimate_check"]["max_relative_gap_selected"] <= 0.05
+    assert event.extras["unconverged_units"] == {}
+    assert event.extras["prediction_is_heuristic"] is False
+    scores = [s for values in event.scores.values() for s in values]
+    assert len(scores) == sum(s.width for s in splittable_sites(make_task("tanh_mlp").net))
+    for phase in ("search", "solve", "select", "apply"):
+        assert event.seconds[phase] >= 0
+
+
+# -------------------------------------------------------------------------- §7.6 determinism
+
+
+def test_same_seed_gives_bitwise_equal_estimates():
+    task = make_task("conv_bn")
+    sites = splittable_sites(task.net)
+    schedule = fast.RayleighSchedule(steps=40, batch_size=24)
+    runs = [
+        fast.rayleigh_extremes(task.net, task.context(seed=seed), sites, schedule)["min"]
+        for seed in (4, 4, 5)
+    ]
+    for site in sites:
+        first, second, other = (run[site.name] for run in runs)
+        assert torch.equal(first.values, second.values)
+        assert torch.equal(first.vectors, second.vectors)
+        assert not torch.equal(first.vectors, other.vectors)
+
+
+# ------------------------------------------------------------------------ selection variants
+
+
+def test_cost_free_variant_splits_the_lowest_estimates_by_count():
+    task = make_task("tanh_mlp")
+    event = make_grower("fast-s2d", {**QUICK, "cost_free": True}).grow(task.net, task.context())
+    scores = sorted(
+        (value, name, j) for name, values in event.scores.items() for j, value in enumerate(values)
+    )
+    count = math.floor(0.3 * len(scores))
+    assert event.extras["lp"]["budgets"] == [count]
+    expected = {(name, j) for value, name, j in scores[:count] if value < 0}
+    chosen = {(name, j) for name, picks in event.selected.items() for j, _ in picks}
+    assert chosen == expected
+
+
+def test_groups_transforms_and_caps():
+    task = make_task("tanh_mlp")
+    options = {**QUICK, "groups": [["block1"]], "cost_transform": "sqrt", "site_cap_ratio": 0.34}
+    event = make_grower("fast-s2d", options).grow(task.net, task.context())
+    lp, costs = event.extras["lp"], event.extras["costs"]
+    assert costs == {"block0": [7, math.sqrt(7)], "block1": [7, math.sqrt(7)]}
+    assert lp["budgets"] == pytest.approx([0.3 * 3 * math.sqrt(7), 0.3 * 4 * math.sqrt(7)])
+    for name, picks in event.selected.items():  # caps floor(0.34 · n): block0 1, block1 1
+        assert len(picks) <= 1, name
+    with pytest.raises(ValueError, match="not splittable sites"):
+        make_grower("fast-s2d", {**QUICK, "groups": [["nope"]]}).grow(
+            make_task("tanh_mlp").net, task.context()
+        )
+    with pytest.raises(ValueError, match="unknown cost_transform 'cube'"):
+        make_grower("fast-s2d", {"cost_transform": "cube"})
+
+
+# ------------------------------------------------------ README contract checks, this plugin
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_function_is_preserved_at_zero_step(name):
+    task = make_task(name)
+    task.net.eval()
+    with torch.no_grad():
+        before = task.net(task.inputs)
+    grower = make_grower("fast-s2d", {**QUICK, **fast.FastS2D.zero_step_overrides})
+    event = grower.grow(task.net, task.context())
+    assert event.grew
+    with torch.no_grad():
+        assert float((task.net(task.inputs) - before).abs().max()) <= 1e-12
+    if name == "conv_bn":  # train mode: duplicated BN channels see the same batch statistics
+        reference = make_task(name)
+        reference.net.train()
+        task.net.train()
+        with torch.no_grad():
+            difference = task.net(task.inputs[:32]) - reference.net(task.inputs[:32])
+        assert float(difference.abs().max()) <= 1e-12
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_budget_of_zero_one_and_three_cheapest_units(name):
+    probe = make_task(name)
+    cheapest = min(probe.net.sites, key=lambda s: s.cost_of_units(1)["params"])
+    for count in (0, 1, 3):
+        task = make_task(name)
+        budget = cheapest.cost_of_units(count)["params"]
+        state = copy.deepcopy(task.net.state_dict())
+        params = task.net.params()
+        event = make_grower("fast-s2d", QUICK).grow(task.net, task.context(remaining_budget=budget))
+        assert task.net.params() - params <= budget
+        if count == 0:
+            assert event.stop_reason == "budget exhausted"
+            assert all(torch.equal(state[k], v) for k, v in task.net.state_dict().items())
+        if count == 1:
+            assert sum(event.units_added.values()) <= 1
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_same_seed_same_event_and_weights_without_side_effects(name):
+    results = []
+    rng = torch.get_rng_state()
+    for _ in range(2):
+        task = make_task(name)
+        task.net.train()
+        event = make_grower("fast-s2d", QUICK).grow(task.net, task.context(seed=7))
+        assert task.net.training
+        results.append((event.to_json(timings=False), task.net.state_dict()))
+    assert torch.equal(torch.get_rng_state(), rng)
+    (json_a, state_a), (json_b, state_b) = results
+    assert json_a == json_b
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_the_split_follows_the_estimate():
+    """Surgery as s2d: offspring fan-ins θ ± εv̂ (v̂ of this search), fan-out halved. A budget of
+    one unit makes it a single split, so no neighbouring split reshapes the rows."""
+    task = make_task("tanh_mlp")
+    epsilon = 0.05
+    before = {
+        s.name: (s.fan_in_matrix().clone(), s.fan_out_matrix().clone()) for s in task.net.sites
+    }
+    budget = max(s.cost_of_units(1)["params"] for s in task.net.sites)
+    grower = make_grower("fast-s2d", {**QUICK, "epsilon": epsilon})
+    event = grower.grow(task.net, task.context(remaining_budget=budget, seed=1))
+    reference = make_task("tanh_mlp")
+    sites = splittable_sites(reference.net)
+    schedule = fast.FastS2DConfig(**QUICK).schedule()
+    estimates = fast.rayleigh_extremes(reference.net, reference.context(seed=1), sites, schedule)
+    estimates = estimates["min"]
+    assert event.scores == {s.name: estimates[s.name].values.tolist() for s in sites}
+    ((name, picks),) = event.selected.items()
+    ((unit, kind),) = picks
+    assert kind == "split"
+    # the best ratio λ̂/τ of the LP's picks (equal τ here: the lowest λ̂ of all)
+    assert event.scores[name][unit] == min(min(v) for v in event.scores.values())
+    site = task.net.site(name)
+    old_in, old_out = before[name]
+    n = old_in.shape[0]
+    v = estimates[name].vectors[unit]
+    torch.testing.assert_close(site.fan_in_matrix()[unit], old_in[unit] + epsilon * v)
+    torch.testing.assert_close(site.fan_in_matrix()[n], old_in[unit] - epsilon * v)
+    torch.testing.assert_close(site.fan_out_matrix()[unit], old_out[unit] / 2)
+    torch.testing.assert_close(site.fan_out_matrix()[n], old_out[unit] / 2)
+    assert event.predicted_loss_change == pytest.approx(
+        epsilon**2 / 2 * event.scores[name][unit], rel=1e-15
+    )
