@@ -553,6 +553,44 @@ def test_same_seed_gives_bitwise_equal_estimates():
         assert not torch.equal(first.vectors, other.vectors)
 
 
+@pytest.mark.parametrize("name", TASKS)
+def test_cached_taps_give_the_per_batch_estimates(name):
+    """Taps of the whole set computed once and gathered per step (within ``cache_bytes``) give
+    the estimates of one taps pass per mini-batch (``cache_bytes = 0``) up to float rounding."""
+    task = make_task(name)
+    sites = splittable_sites(task.net)
+    runs = []
+    for cache_bytes in (2**27, 0):
+        schedule = fast.RayleighSchedule(steps=40, batch_size=24, cache_bytes=cache_bytes)
+        extremes = ("min", "max")
+        runs.append(
+            fast.rayleigh_extremes(task.net, task.context(seed=4), sites, schedule, extremes)
+        )
+    for extreme in ("min", "max"):
+        for site in sites:
+            cached, per_batch = (run[extreme][site.name] for run in runs)
+            torch.testing.assert_close(cached.values, per_batch.values, rtol=1e-12, atol=0)
+            torch.testing.assert_close(cached.vectors, per_batch.vectors, rtol=0, atol=1e-12)
+
+
+def test_statistics_set_taps_respect_the_byte_budget_and_gather_by_sample():
+    task = make_task("conv_bn")
+    sites = splittable_sites(task.net)
+    ctx = task.context()
+    whole = fast.statistics_set_batches(task.net, ctx, sites, 24, 2**27)
+    tensors = [t for part in whole.values() for t in (part.inputs, part.coefficients)]
+    size = sum(t.nelement() * t.element_size() for t in tensors)
+    assert all(len(t) == len(task.inputs) for t in tensors)
+    assert fast.statistics_set_batches(task.net, ctx, sites, 24, size) is not None
+    assert fast.statistics_set_batches(task.net, ctx, sites, 24, size - 1) is None
+    index = torch.tensor([5, 0, 63, 17, 5])
+    batch = fast.site_batches(task.net, ctx, sites, task.inputs[index], task.targets[index])
+    for site in sites:
+        taken, own = whole[site.name].take(index), batch[site.name]
+        torch.testing.assert_close(taken.inputs, own.inputs, rtol=1e-12, atol=0)
+        torch.testing.assert_close(taken.coefficients, own.coefficients, rtol=1e-12, atol=1e-15)
+
+
 # ------------------------------------------------------------------------ selection variants
 
 

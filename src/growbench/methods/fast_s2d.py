@@ -3,8 +3,11 @@
 Rule: S2D's split (θ ± εv, fan-out halved, loss change (ε²/2)·vᵀS_jv) with two changes
 (shared/methods/fast_s2d.md). (1) The splitting matrices are never formed: each unit's smallest
 eigenpair is estimated by stochastic descent on the Rayleigh quotient R(v) = vᵀSv / vᵀv, whose
-gradient needs only S_B·v_j, and one forward/backward of a mini-batch through the statistics taps
-gives S_B·v_j for every unit of every site at once (``x̃ᵀ (c ⊙ x̃Vᵀ)/|B|``). (2) Which units to
+gradient needs only S_B·v_j, and the statistics taps of a mini-batch (x̃ and c per sample) give
+S_B·v_j for every unit of every site at once (``x̃ᵀ (c ⊙ x̃Vᵀ)/|B|``). The net and the set stay
+fixed during the estimation, so one forward/backward pass per statistics sample gives taps that
+every step reuses, gathering its mini-batch, while they fit in ``rq_cache_bytes`` (else each step
+runs its mini-batch through the taps again; same estimates up to float rounding). (2) Which units to
 split is a knapsack over per-unit costs τ_j, relaxed to a linear program: minimise Σ β_j λ̂_j
 subject to a cost budget per group of sites and a cap per site, 0 ≤ β ≤ 1, only units with
 λ̂ < 0 as variables; units with β ≥ β_keep are split.
@@ -52,6 +55,7 @@ from torch.nn.grad import conv2d_weight
 from growbench.methods._splitting import (
     Eigen,
     PlannedSplit,
+    SiteRows,
     apply_splits,
     bn_gain,
     canonical_sign,
@@ -96,6 +100,7 @@ class RayleighSchedule:
     milestones: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     window: float = 0.1
     init_scale: float = 0.1
+    cache_bytes: int = 128 * 2**20  # the statistics set's per-sample quantities, if they fit
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -177,45 +182,56 @@ def minibatch_indices(
 
 
 class SiteBatch:
-    """The taps of one batch at one site, ready to give S_B·v_j for every unit j (spec §3).
+    """The per-sample quantities of one site for a set of samples (a mini-batch, or the whole
+    statistics set), ready to give S_B·v_j for every unit j (spec §3).
 
     Linear producers: rows x̃ and c, then ``x̃ᵀ (c ⊙ x̃Vᵀ) / |B|`` (``splitting_products``). Conv
     producers never unfold: x̃Vᵀ is a convolution of the site's input with V as kernels, and
     x̃ᵀ(c ⊙ ·) is that convolution's weight gradient (what autograd gives the code's zero dummy
     q), which is several times faster than building the im2col rows and uses no patch matrix.
-    Products run in the model dtype and come back in float64.
+    Both tensors are indexed by sample first (a conv's c is samples × n × H' × W'), so ``take``
+    gathers a mini-batch from a larger set. Products run in the model dtype and come back in
+    float64.
     """
 
-    def __init__(self, site: Site, taps: Taps, batch_size: int) -> None:
+    def __init__(self, site: Site, inputs: Tensor, coefficients: Tensor) -> None:
         self.site = site
-        self.batch_size = batch_size
         self.conv = isinstance(site.producer, nn.Conv2d)
-        if not self.conv:
-            self.rows = site_rows(site, taps.input, taps.pre, taps.grad_post)
-            return
+        self.inputs = inputs  # linear: rows x̃ (samples × p); conv: the producer's input
+        self.coefficients = coefficients  # c = g·σ''(z)·b²
+
+    @classmethod
+    def from_taps(cls, site: Site, taps: Taps) -> SiteBatch:
+        if not isinstance(site.producer, nn.Conv2d):
+            rows = site_rows(site, taps.input, taps.pre, taps.grad_post)
+            return cls(site, rows.inputs, rows.coefficients)
         if site.producer.groups != 1:
             raise ValueError(f"site {site.name!r}: grouped convolutions are not supported")
         gain = bn_gain(site).to(taps.pre).reshape(1, -1, 1, 1)
-        self.input = taps.input
-        self.coefficients = (
-            taps.grad_post * second_derivative(site.activation, taps.pre) * gain * gain
-        )
+        curvature = second_derivative(site.activation, taps.pre)
+        return cls(site, taps.input, taps.grad_post * curvature * gain * gain)
+
+    def take(self, index: Tensor) -> SiteBatch:
+        """The samples ``index`` of this set."""
+        picked = [t.index_select(0, index) for t in (self.inputs, self.coefficients)]
+        return SiteBatch(self.site, *picked)
 
     def products(self, directions: Tensor) -> Tensor:
         """S_B·v_j for the rows v_j of ``directions`` (n × p), float64."""
+        count = len(self.inputs)
         if not self.conv:
-            return splitting_products(self.rows, directions, self.batch_size)
+            return splitting_products(SiteRows(self.inputs, self.coefficients), directions, count)
         layer, width = self.site.producer, self.site.width
         has_bias = layer.bias is not None
-        v = directions.to(self.input)
+        v = directions.to(self.inputs)
         kernel = v[:, : v.shape[1] - has_bias].reshape(width, *layer.weight.shape[1:])
         bias = v[:, -1] if has_bias else None
         geometry = (layer.stride, layer.padding, layer.dilation)
-        weighted = self.coefficients * F.conv2d(self.input, kernel, bias, *geometry)
-        parts = [conv2d_weight(self.input, kernel.shape, weighted, *geometry).reshape(width, -1)]
+        weighted = self.coefficients * F.conv2d(self.inputs, kernel, bias, *geometry)
+        parts = [conv2d_weight(self.inputs, kernel.shape, weighted, *geometry).reshape(width, -1)]
         if has_bias:
             parts.append(weighted.sum(dim=(0, 2, 3))[:, None])
-        return torch.cat(parts, dim=1).double() / self.batch_size
+        return torch.cat(parts, dim=1).double() / count
 
 
 def site_batches(
@@ -224,7 +240,36 @@ def site_batches(
     """One eval-mode forward and ONE backward through the taps of all ``sites`` for a batch."""
     names = [site.name for site in sites]
     taps, _ = collect_taps(net, inputs, targets, ctx.loss_fn, blocks=names)
-    return {site.name: SiteBatch(site, taps[site.name], len(inputs)) for site in sites}
+    return {site.name: SiteBatch.from_taps(site, taps[site.name]) for site in sites}
+
+
+def statistics_set_batches(
+    net: GrowableNet, ctx: GrowthContext, sites: Sequence[Site], batch_size: int, max_bytes: int
+) -> dict[str, SiteBatch] | None:
+    """``site_batches`` of the whole statistics set, from one taps pass in batches of
+    ``batch_size``, or None when they would take more than ``max_bytes`` (judged from the first
+    batch, before anything else is computed)."""
+    count = len(ctx.inputs)
+    whole: dict[str, SiteBatch] = {}
+    for start in range(0, count, batch_size):
+        stop = min(start + batch_size, count)
+        batch = site_batches(net, ctx, sites, ctx.inputs[start:stop], ctx.targets[start:stop])
+        if start == 0:
+            tensors = [t for part in batch.values() for t in (part.inputs, part.coefficients)]
+            if sum(t[0].nelement() * t.element_size() for t in tensors) * count > max_bytes:
+                return None
+            whole = {
+                name: SiteBatch(
+                    part.site,
+                    part.inputs.new_empty(count, *part.inputs.shape[1:]),
+                    part.coefficients.new_empty(count, *part.coefficients.shape[1:]),
+                )
+                for name, part in batch.items()
+            }
+        for name, part in batch.items():
+            whole[name].inputs[start:stop] = part.inputs
+            whole[name].coefficients[start:stop] = part.coefficients
+    return whole
 
 
 def rayleigh_extremes(
@@ -237,11 +282,12 @@ def rayleigh_extremes(
     """Estimate the smallest (``"min"``) and/or largest (``"max"``, descent on R of −S) eigenpair
     of every unit's splitting matrix at ``sites`` (spec §3, §4 steps 2–4).
 
-    Every step draws one mini-batch of the statistics set (seeded order from ``ctx.generator``),
-    runs ONE forward/backward through the taps of all sites, forms S_B·v for every unit and every
-    requested extreme, sets ∇R by hand, takes an RMSprop step and renormalises. Directions start
-    U(−init_scale, init_scale) (drawn site by site, ``min`` before ``max``), normalised. Returns
-    ``{extreme: {site name: RayleighEstimate}}``.
+    The taps of all sites are taken once for the whole statistics set (``statistics_set_batches``,
+    within ``schedule.cache_bytes``; otherwise ONE forward/backward per step). Every step draws
+    one mini-batch (seeded order from ``ctx.generator``), gathers its taps, forms S_B·v for every
+    unit and every requested extreme, sets ∇R by hand, takes an RMSprop step and renormalises.
+    Directions start U(−init_scale, init_scale) (drawn site by site, ``min`` before ``max``),
+    normalised. Returns ``{extreme: {site name: RayleighEstimate}}``.
     """
     for extreme in extremes:
         if extreme not in EXTREMES:
@@ -262,9 +308,13 @@ def rayleigh_extremes(
     window_samples = 0
     window_start = schedule.window_start(math.ceil(len(ctx.inputs) / schedule.batch_size))
     batches = minibatch_indices(len(ctx.inputs), schedule.batch_size, schedule.steps, generator)
+    cached = statistics_set_batches(net, ctx, sites, schedule.batch_size, schedule.cache_bytes)
     for step, index in enumerate(batches):
         index = index.to(ctx.device)
-        batch = site_batches(net, ctx, sites, ctx.inputs[index], ctx.targets[index])
+        if cached is None:
+            batch = site_batches(net, ctx, sites, ctx.inputs[index], ctx.targets[index])
+        else:
+            batch = {name: whole.take(index) for name, whole in cached.items()}
         lr = schedule.lr_at(step)
         in_window = step >= window_start
         window_samples += len(index) if in_window else 0
@@ -426,6 +476,7 @@ class FastS2DConfig(GrowerConfig):
     rq_milestones: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     rq_window: float = 0.1  # the last 10 % of the steps
     rq_init_scale: float = 0.1
+    rq_cache_bytes: int = 128 * 2**20  # keep the taps of the whole set (else: per mini-batch)
     beta_keep: float = 0.99
     cost_transform: str = "identity"
     groups: tuple[tuple[str, ...], ...] = ()  # site names per group; unnamed sites: one more group
@@ -459,6 +510,7 @@ class FastS2DConfig(GrowerConfig):
             milestones=self.rq_milestones,
             window=self.rq_window,
             init_scale=self.rq_init_scale,
+            cache_bytes=self.rq_cache_bytes,
         )
 
 
