@@ -68,6 +68,7 @@ from typing import Any
 from growbench.datasets import dataset_names, dataset_options, dataset_spec
 from growbench.datasets.base import DatasetSpec
 from growbench.methods import Grower, available_methods, make_grower
+from growbench.methods.base import BUDGET_METRICS
 from growbench.nn import ACTIVATIONS, ModelConfig, build_model
 from growbench.nn.zoo import MODEL_KINDS
 
@@ -75,7 +76,6 @@ SUITES_PACKAGE = "growbench.benchmarks"
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine")
 AFTER_GROWTH = ("carry", "reset")
-BUDGET_METRICS = ("params", "flops")
 
 
 class SuiteError(ValueError):

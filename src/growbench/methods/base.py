@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from growbench.nn import GrowableNet, ModelConfig, Site
+from growbench.nn import GrowableNet, ModelConfig
 from growbench.nn.counting import growth_cost
 from growbench.nn.losses import PerSampleLoss
 
@@ -56,10 +56,6 @@ class GrowthContext:
         for start in range(0, len(self.inputs), self.batch_size):
             stop = start + self.batch_size
             yield self.inputs[start:stop], self.targets[start:stop]
-
-    def cost(self, site: Site, count: int) -> float:
-        """What ``count`` new units at ``site`` cost, in the budget's metric."""
-        return growth_cost(site.net, {site.name: count})[self.budget_metric]
 
     def loss(self, net: GrowableNet) -> float:
         """Mean loss over the statistics set, eval mode, summed in float64."""
