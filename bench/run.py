@@ -12,6 +12,10 @@ Figures:
 * ``s2d`` / ``fast-s2d`` growth step, time and peak memory, on a conv site with fan-in p = 1153
   (target >= 10 on both): exact splitting matrices and eigh against Rayleigh-quotient descent.
   Each ``grow()`` runs in a fresh subprocess so its peak resident memory can be read.
+* TINY growth step (statistics, solve, γ search, surgery) on the digits MLP, gromo / growbench
+  time ratio, measured in the same run (target >= 10): GroMo 0.1.0's recipe (float32 linear
+  algebra, 0 plus 100 log-spaced γ in [1e-6, 1] through ``extended_forward``, decade extension)
+  against ``tiny`` with its defaults. Skipped when gromo is not installed.
 """
 
 from __future__ import annotations
@@ -243,6 +247,95 @@ def splitting_step_cost(
     return figures
 
 
+def tiny_step_cost(repeats: int, samples: int = 2048, width: int = 32) -> tuple[float, str]:
+    """GroMo / growbench seconds of one TINY growth step (ratio of medians), same digits MLP,
+    same weights, same statistics set; fresh nets per repeat, built outside the timing."""
+    from gromo.containers.growing_mlp import GrowingMLP
+    from torch import nn
+
+    import growbench.methods.tiny
+
+    data = load_dataset("digits")
+    config = ModelConfig("mlp", data.spec.input_shape, data.spec.num_outputs, (width, width))
+    inputs, targets = data.train_inputs[:samples], data.train_targets[:samples]
+    batch_size = 512
+    max_added = math.ceil(0.3 * width)
+
+    def ours() -> tuple[object, Callable[[], None]]:
+        net = build_model(config, seed=0)
+        ctx = GrowthContext(
+            inputs,
+            targets,
+            classification_loss,
+            "params",
+            float("inf"),
+            torch.Generator().manual_seed(0),
+            batch_size=batch_size,
+        )
+        grower = make_grower("tiny")
+        return net, lambda: grower.grow(net, ctx)
+
+    def theirs() -> tuple[object, Callable[[], None]]:
+        net = build_model(config, seed=0)
+        model = GrowingMLP(
+            data.spec.input_shape, data.spec.num_outputs, width, 2, activation=nn.ReLU()
+        )
+        with torch.no_grad():
+            for block, layer in zip(net.blocks, model.layers, strict=True):
+                layer.layer.weight.copy_(block.layer.weight)
+                layer.layer.bias.copy_(block.layer.bias)
+
+        def loss_at(gamma: float) -> float:
+            model.set_scaling_factor(gamma)
+            total = 0.0
+            with torch.no_grad():
+                for start in range(0, len(inputs), batch_size):
+                    out = model.extended_forward(inputs[start : start + batch_size])
+                    total += float(
+                        F.cross_entropy(out, targets[start : start + batch_size], reduction="sum")
+                    )
+            return total / len(inputs)
+
+        def step() -> None:
+            model.eval()
+            model.init_computation()
+            for start in range(0, len(inputs), batch_size):
+                out = model(inputs[start : start + batch_size])
+                F.cross_entropy(
+                    out, targets[start : start + batch_size], reduction="sum"
+                ).backward()
+                model.update_computation()
+            model.compute_optimal_updates(maximum_added_neurons=max_added)
+            model.reset_computation()
+            model.select_best_update()
+            curve = [(0.0, loss_at(0.0))]
+            grid = torch.logspace(-6, 0, 100).tolist()
+            curve += [(g, loss_at(g)) for g in grid]
+            top = grid[-1]
+            while min(curve, key=lambda c: c[1])[0] == top and top < 1e3:
+                extra = torch.logspace(math.log10(top), math.log10(top) + 1, 17).tolist()[1:]
+                curve += [(g, loss_at(g)) for g in extra]
+                top = extra[-1]
+            model.set_scaling_factor(min(curve, key=lambda c: c[1])[0])
+            model.apply_change()
+
+        return model, step
+
+    times: dict[str, list[float]] = {"gromo": [], "growbench": []}
+    for _ in range(repeats):
+        for name, make in (("gromo", theirs), ("growbench", ours)):
+            _, work = make()
+            start = time.perf_counter()
+            work()
+            times[name].append(time.perf_counter() - start)
+    gromo, growbench = statistics.median(times["gromo"]), statistics.median(times["growbench"])
+    note = (
+        f"medians gromo {gromo * 1e3:.0f} ms, growbench {growbench * 1e3:.0f} ms, "
+        f"{len(inputs)} samples, widths {width}-{width}"
+    )
+    return gromo / growbench, note
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
@@ -278,6 +371,15 @@ def main() -> None:
             f"growth step, s2d / fast-s2d, 3x3 conv site 128->32 channels (p = 1153): "
             f"time {time_ratio:.1f}x, peak memory {memory_ratio:.1f}x (target >= 10 on both); "
             f"{note}"
+        )
+    try:
+        ratio, note = tiny_step_cost(args.repeats)
+    except ImportError:
+        print("TINY growth step: skipped (gromo not installed)")
+    else:
+        print(
+            "TINY growth step (statistics, solve, γ search, surgery) on the digits MLP, "
+            f"gromo / growbench time ratio: {ratio:.1f}x (target >= 10); {note}"
         )
 
 

@@ -3,8 +3,10 @@
 from growbench.methods import (  # noqa: F401
     baselines,
     fast_s2d,
+    gradmax,
     random_add,
     random_split,
     s2d,
     signed_s2d,
+    tiny,
 )
