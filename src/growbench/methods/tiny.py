@@ -12,11 +12,19 @@ N, eigen-thresholded S_x^{-1/2}, the significance threshold on s_k, the log-grid
 decade extension. Changed: all linear algebra in float64, a coarser grid, at most
 ceil(0.3·width) units per event, canonical SVD signs, and the first-order gain with the cross
 term −σ'(0)·tr(ωαPδᵀ) that GroMo omits (FO_exact; FO_homog, measured on the data, for positively
-homogeneous σ). Linear→Linear sites only so far.
+homogeneous σ).
+
+Sites (``_bottleneck.pair_kind``): Linear→Linear; Conv2d→global-average-pool→Linear, where the new
+unit's linearised contribution is ωα·mean_y(X_y) so x̃ is the position-averaged im2col patch;
+Conv2d→Conv2d without pooling between, with GroMo 0.1.0's full-conv coupling of producer patches
+and consumer kernel taps. A site whose pair is unsupported (a max-pool between two convs: the
+pooled map of a new unit is not linear in its fan-in) is left out of the candidates and recorded in
+``event.extras["excluded_sites"]``; with no candidate left the event stops with a reason.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -26,6 +34,7 @@ from torch import Tensor
 from growbench.methods._bottleneck import (
     BottleneckStatistics,
     inverse_sqrt,
+    pair_kind,
     site_statistics,
     with_ones,
 )
@@ -86,7 +95,7 @@ class SiteSolution:
 
     def cross_term(self, k: int, stats: BottleneckStatistics) -> float:
         """tr(ωαPδᵀ) over the first k units: FO_gromo − FO_exact = σ'(0)·this."""
-        return float((self.alpha[:k] @ stats.P @ self.delta.T * self.omega[:k]).sum())
+        return float((self.alpha[:k] @ stats.projected(self.delta) * self.omega[:k]).sum())
 
 
 def canonical_pairs(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -123,7 +132,7 @@ def solve_site(
     else:
         delta = torch.zeros_like(M_h.T)
         gain = 0.0
-    N = -stats.M_x + stats.P @ delta.T if config.use_projection else -stats.M_x
+    N = -stats.M_x + stats.projected(delta) if config.use_projection else -stats.M_x
     root, _ = inverse_sqrt(stats.S_x, config.numerical_threshold)
     u, s, vh = torch.linalg.svd(root @ N, full_matrices=False)
     u, v = canonical_pairs(u, vh.T)
@@ -139,7 +148,7 @@ class Tiny(Grower):
     name = "tiny"
     Config = TinyConfig
     preserves_function = "at_zero_step"
-    supported_kinds = frozenset({"Linear", "Linear+BN"})
+    supported_kinds = frozenset({"Linear", "Linear+BN", "Conv2d", "Conv2d+BN"})
     zero_step_overrides = {"gamma_fixed": 0.0}
     small_step_overrides = {"gamma_fixed": 1e-3}
     description = (
@@ -153,7 +162,20 @@ class Tiny(Grower):
 
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         config = self.config
-        sites = net.sites
+        all_sites = net.sites
+        excluded = {}
+        for site in all_sites:
+            reason = pair_kind(site)[1]
+            if reason is not None:
+                excluded[site.name] = reason
+        sites = [site for site in all_sites if site.name not in excluded]
+        if excluded:
+            event.extras["excluded_sites"] = excluded
+        if not sites:
+            event.stop_reason = "no supported site: " + "; ".join(
+                f"{name}: {reason}" for name, reason in excluded.items()
+            )
+            return
         for site in sites:
             info = activation_info(site.activation)
             if not info.zero_at_zero:
@@ -203,8 +225,12 @@ class Tiny(Grower):
             if config.site_selection == "best-fo":
                 order = sorted(range(len(sites)), key=lambda i: (-gains[sites[i].name], i))
             else:
-                start = self._round_robin % len(sites)
-                order = [(start + i) % len(sites) for i in range(len(sites))]
+                start = self._round_robin % len(all_sites)
+                names = [site.name for site in sites]
+                rotated = [
+                    all_sites[(start + i) % len(all_sites)].name for i in range(len(all_sites))
+                ]
+                order = [names.index(name) for name in rotated if name in names]
             chosen, k = None, 0
             for position in order:
                 site = sites[position]
@@ -264,7 +290,7 @@ class Tiny(Grower):
     ) -> tuple[float, list[list[float]]]:
         """L(γ) on a log grid (plus 0), extended by decades while its top is best."""
         config = self.config
-        evaluate = _LossAtGamma(net, ctx, site, alpha, omega, delta)
+        evaluate = loss_at_gamma(net, ctx, site, alpha, omega, delta)
         curve = [[0.0, evaluate([0.0])[0]]]
         grid = torch.logspace(
             math.log10(config.gamma_min), math.log10(config.gamma_top), config.gamma_points
@@ -286,13 +312,12 @@ class Tiny(Grower):
 
 
 def homogeneous_gain(site: Site, solution: SiteSolution, stats: BottleneckStatistics) -> float:
-    """FO_homog = Δ − E[g_aᵀ ω σ(αx̃)] for positively homogeneous σ, from the kept rows."""
-    x, g = stats.rows
+    """FO_homog = Δ − E[g_aᵀ ω σ(αx̃)] for positively homogeneous σ, from the kept rows (conv:
+    σ per hidden position, then pooled or read through the consumer kernel)."""
+    _, g = stats.rows
     k = solution.count
-    activity = site.block.act(x.double() @ solution.alpha[:k].T)
-    return solution.gain_delta - float(((activity @ solution.omega[:k]) * g.double()).sum()) / (
-        stats.count
-    )
+    output = stats.new_unit_output(site.block.act, solution.alpha[:k], solution.omega[:k])
+    return solution.gain_delta - float((output * g.double()).sum()) / stats.count
 
 
 def _truncated(solution: SiteSolution, k: int) -> SiteSolution:
@@ -306,6 +331,63 @@ def _truncated(solution: SiteSolution, k: int) -> SiteSolution:
         k,
         solution.slope,
     )
+
+
+def loss_at_gamma(
+    net: GrowableNet,
+    ctx: GrowthContext,
+    site: Site,
+    alpha: Tensor,
+    omega: Tensor,
+    delta: Tensor,
+):
+    """The batched L(γ) evaluator of a site: ``_LossAtGamma`` for Linear→Linear sites (fast,
+    prefix and consumer input cached), ``_GrownTailLoss`` for conv sites (the net from the
+    producer block on, grown on a copy at each γ)."""
+    if pair_kind(site)[0] == "linear":
+        return _LossAtGamma(net, ctx, site, alpha, omega, delta)
+    return _GrownTailLoss(net, ctx, site, alpha, omega, delta)
+
+
+class _GrownTailLoss:
+    """Mean loss on the statistics set, eval mode, of the net grown at amplitude γ, without
+    touching it: the input of the producer block is computed once; at each γ a copy of the
+    blocks from the producer on is grown with ``apply_tiny`` and run on it."""
+
+    def __init__(
+        self,
+        net: GrowableNet,
+        ctx: GrowthContext,
+        site: Site,
+        alpha: Tensor,
+        omega: Tensor,
+        delta: Tensor,
+    ) -> None:
+        self.ctx, self.count = ctx, len(ctx.inputs)
+        self.alpha, self.omega, self.delta = alpha, omega, delta
+        net.eval()  # stays in eval mode while the search runs; Grower.grow restores the mode
+        self.tail = list(net.blocks[site.index :])
+        self.cache = []
+        with torch.no_grad():
+            for inputs, targets in ctx.batches():
+                x = inputs.flatten(1) if net.flatten_input else inputs
+                for previous in net.blocks[: site.index]:
+                    x = previous(x)
+                self.cache.append((x, targets))
+
+    def __call__(self, gammas: list[float]) -> list[float]:
+        losses = []
+        with torch.no_grad():
+            for gamma in gammas:
+                tail = GrowableNet(copy.deepcopy(self.tail), (), flatten_input=False)
+                if gamma != 0.0:
+                    apply_tiny(Site(tail, 0), self.alpha, self.omega, self.delta, gamma)
+                tail.eval()
+                total = 0.0
+                for x, targets in self.cache:
+                    total += float(self.ctx.loss_fn(tail(x), targets).double().sum())
+                losses.append(total / self.count)
+        return losses
 
 
 class _LossAtGamma:
@@ -378,9 +460,10 @@ def apply_tiny(site: Site, alpha: Tensor, omega: Tensor, delta: Tensor, gamma: f
     fan_in = gamma * alpha[:, : p - has_bias]
     bias = gamma * alpha[:, -1] if has_bias else None
     if gamma != 0.0:
-        n = site.width
+        n = consumer.weight[0].numel()  # the consumer's fan-in (n·kh·kw for a conv)
         with torch.no_grad():
-            weight = consumer.weight.double() - gamma**2 * delta[:, :n]
+            flat = consumer.weight.double().reshape(consumer.weight.shape[0], -1)
+            weight = (flat - gamma**2 * delta[:, :n]).reshape(consumer.weight.shape)
             consumer.weight.copy_(weight.to(consumer.weight))
             if consumer.bias is not None:
                 b = consumer.bias.double() - gamma**2 * delta[:, n]
