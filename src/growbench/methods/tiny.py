@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from growbench.methods._amplitude import search_amplitude
 from growbench.methods._bottleneck import (
     BottleneckStatistics,
     inverse_sqrt,
@@ -44,6 +45,7 @@ from growbench.nn import GrowableNet, Site
 from growbench.nn.activations import activation_info
 
 SITE_SELECTIONS = ("best-fo", "round-robin")
+LINE_SEARCHES = ("grid", "refine")
 HOMOGENEOUS = frozenset({"relu", "leaky_relu", "identity"})
 MAX_SEARCH_ROWS = 2**16  # rows evaluated at once by the line search (γ values × samples)
 
@@ -61,12 +63,17 @@ class TinyConfig(GrowerConfig):
     gamma_points: int = 20
     gamma_max: float = 1e3
     gamma_fixed: float | None = None  # skip the line search and use this amplitude
+    line_search: str = "grid"  # "grid": GroMo's dense log grid; "refine": coarse grid + Brent
     site_selection: str = "best-fo"
 
     def __post_init__(self) -> None:
         if self.site_selection not in SITE_SELECTIONS:
             raise ValueError(
                 f"tiny: unknown site_selection {self.site_selection!r}; choose {SITE_SELECTIONS}"
+            )
+        if self.line_search not in LINE_SEARCHES:
+            raise ValueError(
+                f"tiny: unknown line_search {self.line_search!r}; choose {LINE_SEARCHES}"
             )
         if self.gamma_fixed is not None and self.gamma_fixed < 0:
             raise ValueError("tiny: gamma_fixed must be >= 0")
@@ -288,9 +295,16 @@ class Tiny(Grower):
         omega: Tensor,
         delta: Tensor,
     ) -> tuple[float, list[list[float]]]:
-        """L(γ) on a log grid (plus 0), extended by decades while its top is best."""
+        """L(γ) on a log grid (plus 0), extended by decades while its top is best; or, with
+        ``line_search = "refine"``, a one-point-per-decade grid refined by Brent's method in
+        log γ (``_amplitude.search_amplitude``: about a third of the loss evaluations)."""
         config = self.config
         evaluate = loss_at_gamma(net, ctx, site, alpha, omega, delta)
+        if config.line_search == "refine":
+            result = search_amplitude(
+                evaluate, config.gamma_min, config.gamma_top, config.gamma_max
+            )
+            return result.gamma, [list(point) for point in result.curve]
         curve = [[0.0, evaluate([0.0])[0]]]
         grid = torch.logspace(
             math.log10(config.gamma_min), math.log10(config.gamma_top), config.gamma_points
