@@ -165,13 +165,7 @@ def require_linear_pair(site: Site, method: str) -> None:
 
 def consumer_gain(site: Site) -> Tensor | None:
     """b of the eval-mode BatchNorm after the consumer layer (None without BN)."""
-    norm = site.consumer_block.norm
-    if norm is None:
-        return None
-    gain = 1.0 / torch.sqrt(norm.running_var + norm.eps)
-    if norm.affine:
-        gain = gain * norm.weight.detach()
-    return gain
+    return site.consumer_block.norm_gain()
 
 
 def with_ones(rows: Tensor, bias: bool) -> Tensor:
@@ -189,15 +183,7 @@ def _ones_channel(maps: Tensor, bias: bool) -> Tensor:
 
 def producer_patches(site: Site, block_input: Tensor) -> Tensor:
     """Producer im2col patches x̃ (N × p × hidden positions), constant 1 last with a bias."""
-    producer = site.producer
-    patches = F.unfold(
-        block_input,
-        producer.kernel_size,
-        dilation=producer.dilation,
-        padding=producer.padding,
-        stride=producer.stride,
-    )
-    return _ones_channel(patches, producer.bias is not None)
+    return _ones_channel(site.input_patches(block_input), site.producer.bias is not None)
 
 
 def _scaled_grad(site: Site, grad: Tensor) -> Tensor:

@@ -23,7 +23,6 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from growbench.methods.base import GrowthContext, GrowthEvent
@@ -96,13 +95,7 @@ def site_rows(site: Site, block_input: Tensor, pre: Tensor, grad_post: Tensor) -
     if isinstance(producer, nn.Conv2d):
         if producer.groups != 1:
             raise ValueError(f"site {site.name!r}: grouped convolutions are not supported")
-        patches = F.unfold(
-            block_input,
-            producer.kernel_size,
-            dilation=producer.dilation,
-            padding=producer.padding,
-            stride=producer.stride,
-        )
+        patches = site.input_patches(block_input)
         inputs = patches.transpose(1, 2).reshape(-1, patches.shape[1])
         pre = pre.permute(0, 2, 3, 1).reshape(-1, site.width)
         grad_post = grad_post.permute(0, 2, 3, 1).reshape(-1, site.width)
@@ -117,13 +110,10 @@ def site_rows(site: Site, block_input: Tensor, pre: Tensor, grad_post: Tensor) -
 
 def bn_gain(site: Site) -> Tensor:
     """b_j = γ_j / sqrt(var_j + eps) of the eval-mode BatchNorm after the producer (1 without)."""
-    norm = site.norm
-    weight = site.producer.weight
-    if norm is None:
+    gain = site.block.norm_gain()
+    if gain is None:
+        weight = site.producer.weight
         return torch.ones(site.width, dtype=weight.dtype, device=weight.device)
-    gain = 1.0 / torch.sqrt(norm.running_var + norm.eps)
-    if norm.affine:
-        gain = gain * norm.weight.detach()
     return gain
 
 

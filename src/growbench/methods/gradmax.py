@@ -173,17 +173,6 @@ def unsupported_reason(site: Site) -> str | None:
     return None
 
 
-def _consumer_gain(site: Site) -> Tensor | None:
-    """γ/sqrt(var + eps) of an eval-mode BatchNorm after the consumer, or None."""
-    norm = site.consumer_block.norm
-    if norm is None:
-        return None
-    gain = 1.0 / torch.sqrt(norm.running_var.double() + norm.eps)
-    if norm.affine:
-        gain = gain * norm.weight.detach().double()
-    return gain
-
-
 def gamma_from_taps(
     site: Site, block_input: Tensor, grad_consumer_pre: Tensor, count: int
 ) -> Tensor:
@@ -191,8 +180,9 @@ def gamma_from_taps(
     producer, consumer = site.producer, site.consumer
     x = block_input.double()
     grad = grad_consumer_pre.double()
-    gain = _consumer_gain(site)
+    gain = site.consumer_block.norm_gain()
     if gain is not None:
+        gain = gain.double()
         shape = (1, -1) + (1,) * (grad.ndim - 2)
         grad = grad * gain.reshape(shape)
     if isinstance(producer, nn.Conv2d):

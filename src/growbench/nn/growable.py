@@ -27,6 +27,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from growbench.nn.activations import Activation, activation_info
@@ -61,6 +62,15 @@ class Block(nn.Module):
     def kind(self) -> str:
         kind = type(self.layer).__name__
         return f"{kind}+BN" if self.norm is not None else kind
+
+    def norm_gain(self) -> Tensor | None:
+        """b = γ / sqrt(running_var + eps): the slope of the eval-mode BatchNorm (None without)."""
+        if self.norm is None:
+            return None
+        gain = 1.0 / torch.sqrt(self.norm.running_var + self.norm.eps)
+        if self.norm.affine:
+            gain = gain * self.norm.weight.detach()
+        return gain
 
     def forward(self, x: Tensor) -> Tensor:
         z = self.layer(x)
@@ -225,6 +235,20 @@ class Site:
     @property
     def fan_out_size(self) -> int:
         return self.consumer.weight.shape[0] * self.positions
+
+    def input_patches(self, block_input: Tensor) -> Tensor:
+        """The producer's im2col patches of ``block_input``, N × (C_in·kh·kw) × positions, each
+        laid out like a fan-in row without the bias (a Linear producer: one position)."""
+        producer = self.producer
+        if isinstance(producer, nn.Linear):
+            return block_input.reshape(block_input.shape[0], -1, 1)
+        return F.unfold(
+            block_input,
+            producer.kernel_size,
+            dilation=producer.dilation,
+            padding=producer.padding,
+            stride=producer.stride,
+        )
 
     def fan_in_matrix(self) -> Tensor:
         """W_in (n × p): row j is θ_j, bias last."""
