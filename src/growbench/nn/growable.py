@@ -126,9 +126,17 @@ class GrowableNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def flops(self, input_shape: Sequence[int] | None = None) -> int:
+        """Forward FLOPs of one sample; cached per architecture (the parameter shapes), since
+        counting runs a forward pass and growers and the runner ask before and after every step."""
         from growbench.nn.counting import count_flops
 
-        return count_flops(self, input_shape or self.input_shape)
+        shape = tuple(input_shape or self.input_shape)
+        key = (shape, tuple((name, tuple(p.shape)) for name, p in self.named_parameters()))
+        cached = self.__dict__.get("_flops_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, count_flops(self, shape))
+            self.__dict__["_flops_cache"] = cached
+        return cached[1]
 
     def describe(self) -> dict:
         """A JSON-ready description of the architecture."""
