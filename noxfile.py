@@ -51,6 +51,12 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(venv_backend="none")
+def oracle(session: nox.Session) -> None:
+    """The comparisons with gromo 0.1.0 (the TINY authors' library), live: TINY and GradMax."""
+    _run(session, "pytest", "-q", "-rs", "tests/methods", "-k", "gromo", *session.posargs)
+
+
+@nox.session(venv_backend="none")
 def benchmark(session: nox.Session) -> None:
     """Run a suite (default: ``default``) and print its results table."""
     args = list(session.posargs)
