@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from growbench.methods import GrowthContext, make_grower
-from growbench.methods._bottleneck import conv_pair_tensors, site_rows, site_statistics
+from growbench.methods._bottleneck import bottleneck_rows, conv_pair_tensors, site_statistics
 from growbench.methods.gradmax import compute_gamma
 from growbench.methods.tiny import (
     TinyConfig,
@@ -34,7 +34,7 @@ from .conftest import Task, make_task
 def rows(task, site):
     """Per-sample x̃, h̃, g_a of ``site`` over the whole statistics set."""
     taps, _ = collect_taps(task.net, task.inputs, task.targets, task.loss_fn)
-    return site_rows(site, taps[site.name], taps[site.consumer_block.name])
+    return bottleneck_rows(site, taps[site.name], taps[site.consumer_block.name])
 
 
 def solved(task, max_added=None):
@@ -312,7 +312,7 @@ def conv_rows(task, site):
     new unit's linear map is x̃ rows: N·L × p × T for conv→conv, N × p for conv→GAP."""
     taps, _ = collect_taps(task.net, task.inputs, task.targets, task.loss_fn)
     if site.name == "block1":
-        x, h, g = site_rows(site, taps[site.name], taps[site.consumer_block.name])
+        x, h, g = bottleneck_rows(site, taps[site.name], taps[site.consumer_block.name])
         return x[:, :, None], h, g
     big, h, g = conv_pair_tensors(site, taps[site.name], taps[site.consumer_block.name])
     # rows indexed by (sample, output position)

@@ -193,7 +193,7 @@ def _scaled_grad(site: Site, grad: Tensor) -> Tensor:
     return grad * gain.to(grad).reshape(1, -1, *[1] * (grad.ndim - 2))
 
 
-def site_rows(site: Site, producer_taps, consumer_taps) -> tuple[Tensor, Tensor, Tensor]:
+def bottleneck_rows(site: Site, producer_taps, consumer_taps) -> tuple[Tensor, Tensor, Tensor]:
     """x̃, h̃ and g_a rows (batch first) of one batch at a linear or conv-gap site."""
     kind = pair_kind(site)[0]
     if kind == "conv-gap":
@@ -258,7 +258,7 @@ def _batch_parts(site: Site, kind: str, producer_taps, consumer_taps, keep: bool
         ]
         rows = (big, g) if keep else None
     else:
-        x, h, g = site_rows(site, producer_taps, consumer_taps)
+        x, h, g = bottleneck_rows(site, producer_taps, consumer_taps)
         parts = [x.T @ x, h.T @ h, x.T @ g, h.T @ g, x.T @ h, (g * g).sum()]
         rows = None
         if keep:

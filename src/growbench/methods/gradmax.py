@@ -45,7 +45,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from growbench.methods.base import (
@@ -187,9 +186,7 @@ def gamma_from_taps(
         grad = grad * gain.reshape(shape)
     if isinstance(producer, nn.Conv2d):
         kernel = _pair(producer.kernel_size)
-        patches = F.unfold(
-            x, kernel, dilation=1, padding=_pair(producer.padding), stride=_pair(producer.stride)
-        )  # (B, d_in, H1·W1), d_in ordered (C_in, kh, kw) like the weight row
+        patches = site.input_patches(x)  # (B, d_in, H1·W1), laid out like a fan-in row
         padding, stride = _pair(producer.padding), _pair(producer.stride)
         height = (x.shape[2] + 2 * padding[0] - kernel[0]) // stride[0] + 1
         width = (x.shape[3] + 2 * padding[1] - kernel[1]) // stride[1] + 1
@@ -269,7 +266,6 @@ class GradMax(Grower):
     name = "gradmax"
     Config = GradMaxConfig
     preserves_function = "exact"
-    supported_kinds = frozenset({"Linear", "Linear+BN", "Conv2d", "Conv2d+BN"})
     description = (
         "add zero-fan-in units whose fan-out (top singular vectors of E[g_a xᵀ]) maximises "
         "their fan-in gradient (GradMax, arXiv 2201.05125)"

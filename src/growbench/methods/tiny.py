@@ -155,7 +155,6 @@ class Tiny(Grower):
     name = "tiny"
     Config = TinyConfig
     preserves_function = "at_zero_step"
-    supported_kinds = frozenset({"Linear", "Linear+BN", "Conv2d", "Conv2d+BN"})
     zero_step_overrides = {"gamma_fixed": 0.0}
     small_step_overrides = {"gamma_fixed": 1e-3}
     description = (
