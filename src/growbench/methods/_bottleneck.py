@@ -259,14 +259,19 @@ def _batch_parts(site: Site, kind: str, producer_taps, consumer_taps, keep: bool
         rows = (big, g) if keep else None
     else:
         x, h, g = bottleneck_rows(site, producer_taps, consumer_taps)
-        parts = [x.T @ x, h.T @ h, x.T @ g, h.T @ g, x.T @ h, (g * g).sum()]
+        p, m = x.shape[1], h.shape[1]
+        rows = torch.cat([x, h, g], dim=1)
+        gram = (rows.T @ rows).double()  # one product holds every block (and tr gᵀg)
+        x_, h_, g_ = slice(0, p), slice(p, p + m), slice(p + m, None)
+        parts = [gram[x_, x_], gram[h_, h_], gram[x_, g_], gram[h_, g_], gram[x_, h_]]
+        parts.append(gram[g_, g_].trace())
         rows = None
         if keep:
             if kind == "conv-gap":
                 rows = (producer_patches(site, producer_taps.input).transpose(1, 2), g)
             else:
                 rows = (x, g)
-    return [part.double() for part in parts], rows
+    return [part.double().contiguous() for part in parts], rows
 
 
 def site_statistics(

@@ -128,12 +128,10 @@ def solve_site(
 ) -> SiteSolution:
     S_h, M_h = stats.S_h, stats.M_h
     if config.compute_delta:
-        try:
-            delta = torch.linalg.solve(S_h, M_h).T
-            gain = float((delta.T * M_h).sum())
-            if not math.isfinite(gain) or gain < 0:
-                raise RuntimeError("negative or infinite gain")
-        except RuntimeError:
+        solution, info = torch.linalg.solve_ex(S_h, M_h)  # no exception to raise and catch
+        delta = solution.T
+        gain = float((delta.T * M_h).sum())
+        if int(info) != 0 or not math.isfinite(gain) or gain < 0:
             delta = (torch.linalg.pinv(S_h) @ M_h).T
             gain = float((delta.T * M_h).sum())
     else:
@@ -304,13 +302,12 @@ class Tiny(Grower):
                 evaluate, config.gamma_min, config.gamma_top, config.gamma_max
             )
             return result.gamma, [list(point) for point in result.curve]
-        curve = [[0.0, evaluate([0.0])[0]]]
         grid = torch.logspace(
             math.log10(config.gamma_min), math.log10(config.gamma_top), config.gamma_points
         ).tolist()
         decades = math.log10(config.gamma_top / config.gamma_min)
         per_decade = max(1, round((config.gamma_points - 1) / decades)) if decades > 0 else 1
-        curve += [list(pair) for pair in zip(grid, evaluate(grid), strict=True)]
+        curve = [list(pair) for pair in zip([0.0, *grid], evaluate([0.0, *grid]), strict=True)]
         top = grid[-1]
         while min(curve, key=lambda c: c[1])[0] == top and top * 10 <= config.gamma_max * (
             1 + 1e-12
@@ -434,6 +431,13 @@ class _LossAtGamma:
                 h_tilde = with_ones(h, consumer.bias is not None)
                 parts.append((consumer(h), x_tilde @ alpha_m.T, h_tilde @ delta_m.T, targets))
         self.cache = tuple(torch.cat(part) for part in zip(*parts, strict=True))
+        # σ positively homogeneous: σ(γu) = γσ(u) for γ ≥ 0, so the consumer's pre-activation
+        # is a0 + γ²·(σ(xα)ω − hδ), one direction computed once for every γ.
+        self.direction = None
+        if site.activation in HOMOGENEOUS:
+            _, x_alpha, h_delta, _ = self.cache
+            with torch.no_grad():
+                self.direction = block.post(block.act(x_alpha)) @ self.omega - h_delta
 
     def __call__(self, gammas: list[float]) -> list[float]:
         """L(γ) for every γ of ``gammas``, evaluated together in chunks of about
@@ -449,8 +453,11 @@ class _LossAtGamma:
             for start in range(0, len(gammas), per_chunk):
                 chunk = gammas[start : start + per_chunk]
                 g = torch.tensor(chunk, dtype=a0.dtype, device=a0.device)[:, None, None]
-                new = post(act(g * x_alpha))
-                a = a0 + g * (new @ self.omega) - g * g * h_delta
+                if self.direction is not None and min(chunk) >= 0:
+                    a = a0 + (g * g) * self.direction
+                else:
+                    new = post(act(g * x_alpha))
+                    a = a0 + g * (new @ self.omega) - g * g * h_delta
                 a = a.reshape(-1, a.shape[-1])
                 if consumer_block.norm is not None:
                     a = consumer_block.norm(a)

@@ -82,6 +82,9 @@ class Block(nn.Module):
         return self.post(h)
 
 
+_FLOPS_BY_ARCHITECTURE: dict[tuple, int] = {}  # see GrowableNet.flops
+
+
 class GrowableNet(nn.Module):
     """A chain of blocks; the last block is the output layer and is not a growth site."""
 
@@ -126,17 +129,19 @@ class GrowableNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def flops(self, input_shape: Sequence[int] | None = None) -> int:
-        """Forward FLOPs of one sample; cached per architecture (the parameter shapes), since
-        counting runs a forward pass and growers and the runner ask before and after every step."""
+        """Forward FLOPs of one sample. Counting runs a forward pass, and growers and the runner
+        ask before and after every step, so counts are cached per architecture (the modules'
+        reprs, which hold strides and paddings, and the parameter shapes), across nets."""
         from growbench.nn.counting import count_flops
 
         shape = tuple(input_shape or self.input_shape)
-        key = (shape, tuple((name, tuple(p.shape)) for name, p in self.named_parameters()))
-        cached = self.__dict__.get("_flops_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, count_flops(self, shape))
-            self.__dict__["_flops_cache"] = cached
-        return cached[1]
+        shapes = tuple((name, tuple(p.shape)) for name, p in self.named_parameters())
+        key = (shape, repr(self), shapes)
+        if key not in _FLOPS_BY_ARCHITECTURE:
+            if len(_FLOPS_BY_ARCHITECTURE) >= 4096:
+                _FLOPS_BY_ARCHITECTURE.clear()
+            _FLOPS_BY_ARCHITECTURE[key] = count_flops(self, shape)
+        return _FLOPS_BY_ARCHITECTURE[key]
 
     def describe(self) -> dict:
         """A JSON-ready description of the architecture."""

