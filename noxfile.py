@@ -58,11 +58,25 @@ def oracle(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def benchmark(session: nox.Session) -> None:
-    """Run a suite (default: ``default``) and print its results table."""
+    """Run a suite (default: ``default``), print its results table and write its report."""
     args = list(session.posargs)
     if "--suite" not in args:
         args = ["--suite", "default", *args]
     _run(session, "growbench", "run", *args)
+    suite = args[args.index("--suite") + 1]
+    report = ["--suite", suite]
+    if "--tracking-uri" in args:
+        report += ["--tracking-uri", args[args.index("--tracking-uri") + 1]]
+    _run(session, "growbench", "report", *report)
+
+
+@nox.session(venv_backend="none")
+def report(session: nox.Session) -> None:
+    """Write a suite's report (default: ``default``) from the runs in the store; trains nothing."""
+    args = list(session.posargs)
+    if "--suite" not in args:
+        args = ["--suite", "default", *args]
+    _run(session, "growbench", "report", *args)
 
 
 @nox.session(venv_backend="none")

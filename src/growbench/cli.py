@@ -1,4 +1,4 @@
-"""The ``growbench`` command: run suites, list methods and datasets, open the MLflow UI.
+"""The ``growbench`` command: run suites, write reports, list methods and datasets, open the UI.
 
 Mistakes a user can make (a bad suite file, an unknown method or dataset, missing data, cuda
 asked for without one) end in one line, ``growbench: error: <what is wrong>``, and exit status 2,
@@ -58,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="check and list cells, write nothing")
     run.set_defaults(command=_run)
 
+    report = commands.add_parser(
+        "report", help="write a suite's comparison report from its runs (trains nothing)"
+    )
+    report.add_argument("--suite", required=True, help="a packaged suite's name or a TOML file")
+    report.add_argument("--out", type=Path, help="output folder (default: reports/<suite>)")
+    _add_tracking_uri(report)
+    report.set_defaults(command=_report)
+
     methods = commands.add_parser("methods", help="list the registered growth methods")
     methods.set_defaults(command=_methods)
 
@@ -111,6 +119,20 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  skipped {line}")
     print(format_summary(summarise(uri, suite.name, suite.cells())))
     print(f"runs are in {uri}; browse them with `growbench ui`")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from growbench.benchmarks.suite import load_suite
+    from growbench.benchmarks.tracking import resolve_tracking_uri
+    from growbench.reports.build import write_report
+
+    suite = load_suite(args.suite)
+    uri = resolve_tracking_uri(args.tracking_uri)
+    out = args.out or Path("reports") / suite.name
+    _quiet_mlflow()
+    path = write_report(uri, suite, out)
+    print(f"report written: {path} (tables and figures beside it)")
     return 0
 
 

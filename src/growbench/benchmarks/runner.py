@@ -287,6 +287,7 @@ class _CellRun:
         self.schedule = make_schedule(self.optimizer, self.training, cell.task.epochs)
         self.data_order = seeded_generator(cell.seed, "data-order")
         self.seconds = {"train": 0.0, "growth": 0.0}
+        self.train_flops = 0.0  # 3 × forward FLOPs × samples trained on (forward + backward)
         self.history: list[dict[str, float]] = []
         self.events: list[dict[str, Any]] = []
         self.info = {
@@ -311,6 +312,7 @@ class _CellRun:
             start = time.perf_counter()
             train_loss = train_one_epoch(self.net, self.optimizer, batches, self.loss_fn, on_batch)
             self.seconds["train"] += time.perf_counter() - start
+            self.train_flops += 3.0 * self.sizes.flops * self.dataset.num_train
             if not math.isfinite(train_loss):
                 raise NonFiniteLossError(
                     f"{self.cell.label}: train loss became {train_loss} in epoch {epoch}; "
@@ -337,6 +339,7 @@ class _CellRun:
             ),
             "params": float(self.sizes.params),
             "flops": float(self.sizes.flops),
+            "train_flops": self.train_flops,
             "train_seconds": self.seconds["train"],
             "growth_seconds": self.seconds["growth"],
         }

@@ -78,6 +78,12 @@ LR_SCHEDULES = ("constant", "cosine")
 AFTER_GROWTH = ("carry", "reset")
 
 
+# Bump when the runner changes what a run produces or logs (a new metric, a changed training
+# step): it is part of every config hash, so runs of an older harness are never reused.
+# 2: the ``train_flops`` metric.
+HARNESS_VERSION = 2
+
+
 class SuiteError(ValueError):
     """A suite that cannot run; the message names the field and what would be valid."""
 
@@ -226,6 +232,7 @@ class CellConfig:
         task = self.task
         data_options = {**dataset_options(task.dataset), **task.dataset_options}
         return {
+            "harness": HARNESS_VERSION,
             "dataset": {"name": task.dataset, "options": data_options},
             "model": {
                 "kind": task.model,

@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pandas as pd
-from mlflow import MlflowClient
 
 from growbench.benchmarks.suite import CellConfig
-from growbench.benchmarks.tracking import HASH, cell_runs, experiment_name, store_exists
+from growbench.benchmarks.tracking import best_runs
 from growbench.datasets import dataset_spec
 
 COLUMNS = ["method", "task", "score", "mean", "std", "params", "finished", "failed", "missing"]
@@ -69,31 +68,18 @@ def _is_classification(dataset: str) -> bool:
 
 
 def _runs(tracking_uri: str, suite_name: str) -> dict[str, dict]:
-    """Per config hash, its newest FINISHED run, else its newest FAILED or other run."""
-    if not store_exists(tracking_uri):
-        return {}
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(experiment_name(suite_name))
-    if experiment is None:
-        return {}
-    best: dict[str, dict] = {}
-    for run in cell_runs(client, experiment.experiment_id):  # newest first
-        tags, metrics = run.data.tags, run.data.metrics
-        config_hash = tags.get(HASH)
-        if config_hash is None:
-            continue
-        known = best.get(config_hash)
-        if known is not None and (known["status"] == "FINISHED" or run.info.status != "FINISHED"):
-            continue
-        best[config_hash] = {
-            "method": tags.get("growbench.method", "?"),
-            "task": tags.get("growbench.task", "?"),
-            "dataset": tags.get("growbench.dataset", "?"),
+    """Per config hash, the facts of its best run (``tracking.best_runs``)."""
+    return {
+        config_hash: {
+            "method": run.data.tags.get("growbench.method", "?"),
+            "task": run.data.tags.get("growbench.task", "?"),
+            "dataset": run.data.tags.get("growbench.dataset", "?"),
             "status": run.info.status,
-            "score": metrics.get("test_accuracy", metrics.get("test_loss")),
-            "params": metrics.get("params"),
+            "score": run.data.metrics.get("test_accuracy", run.data.metrics.get("test_loss")),
+            "params": run.data.metrics.get("params"),
         }
-    return best
+        for config_hash, run in best_runs(tracking_uri, suite_name).items()
+    }
 
 
 def format_summary(frame: pd.DataFrame) -> str:

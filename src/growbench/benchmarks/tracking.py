@@ -133,6 +133,26 @@ def cell_runs(client: MlflowClient, experiment_id: str) -> Iterator[Run]:
             return
 
 
+def best_runs(uri: str, suite_name: str) -> dict[str, Run]:
+    """Per config hash, its newest FINISHED cell run, else its newest run of any other status
+    (FAILED, KILLED, RUNNING); empty when the store or the experiment does not exist."""
+    if not store_exists(uri):
+        return {}
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(experiment_name(suite_name))
+    if experiment is None:
+        return {}
+    best: dict[str, Run] = {}
+    for run in cell_runs(client, experiment.experiment_id):  # newest first
+        config_hash = run.data.tags.get(HASH)
+        if config_hash is None:
+            continue
+        known = best.get(config_hash)
+        if known is None or (known.info.status != "FINISHED" and run.info.status == "FINISHED"):
+            best[config_hash] = run
+    return best
+
+
 def finished_hashes(uri: str, suite_name: str) -> set[str]:
     """Config hashes of the suite's FINISHED cells; reads only, and creates no store."""
     if not store_exists(uri):

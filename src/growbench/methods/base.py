@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from growbench.claims import Claim
 from growbench.nn import GrowableNet, ModelConfig
 from growbench.nn.counting import growth_cost
 from growbench.nn.losses import PerSampleLoss
@@ -157,6 +158,7 @@ class Grower:
     prediction_tolerance: ClassVar[float] = 1e-2
     quick_overrides: ClassVar[dict[str, Any]] = {}
     description: ClassVar[str] = ""
+    claims: ClassVar[tuple[Claim, ...]] = ()
 
     def __init__(self, config: GrowerConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from growbench.claims import Claim
 from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
 from growbench.methods.registry import register
 from growbench.nn import GrowableNet, ModelConfig
@@ -37,6 +38,14 @@ class StaticBudgetNet(Grower):
     Config = StaticConfig
     preserves_function = "exact"
     description = "the budget-size net trained from scratch (upper reference)"
+    claims = (
+        Claim(
+            paper="growbench sanity check (no paper)",
+            statement="Training at the budget's size beats the unchanged starting network",
+            method="static",
+            baseline="none",
+        ),
+    )
 
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         event.stop_reason = "method static never grows"

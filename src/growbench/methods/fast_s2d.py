@@ -52,6 +52,7 @@ from scipy.stats import spearmanr
 from torch import Tensor, nn
 from torch.nn.grad import conv2d_weight
 
+from growbench.claims import Claim
 from growbench.methods._splitting import (
     Eigen,
     PlannedSplit,
@@ -526,6 +527,24 @@ class FastS2D(Grower):
     description = (
         "energy-aware fast splitting: Rayleigh-quotient SGD for each unit's v_min, "
         "units chosen by a cost-budget LP"
+    )
+    claims = (
+        Claim(
+            paper="Wang, Wu, Li, Chandra & Liu 2019, arXiv:1910.03103",
+            statement="Fast splitting matches S2D's accuracy",
+            method="fast-s2d",
+            baseline="s2d",
+            relation="non_inferior",
+            margin=0.01,
+        ),
+        Claim(
+            paper="Wang, Wu, Li, Chandra & Liu 2019, arXiv:1910.03103",
+            statement="Fast splitting spends less time growing than S2D",
+            method="fast-s2d",
+            baseline="s2d",
+            metric="growth_seconds",
+            higher_is_better=False,
+        ),
     )
 
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from growbench.claims import Claim
 from growbench.methods.base import (
     Grower,
     GrowerConfig,
@@ -269,6 +270,15 @@ class GradMax(Grower):
     description = (
         "add zero-fan-in units whose fan-out (top singular vectors of E[g_a xᵀ]) maximises "
         "their fan-in gradient (GradMax, arXiv 2201.05125)"
+    )
+    claims = (
+        Claim(
+            paper="Evci et al., ICLR 2022, arXiv:2201.05125",
+            statement="GradMax's gradient-maximising new units train better than random new units",
+            method="gradmax",
+            baseline="random-add",
+            tasks=("teacher-student",),
+        ),
     )
 
     def __init__(self, config: GrowerConfig | None = None) -> None:

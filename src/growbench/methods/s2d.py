@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from growbench.claims import Claim
 from growbench.methods._splitting import (
     PlannedSplit,
     apply_splits,
@@ -63,6 +64,17 @@ class S2D(Grower):
     zero_step_overrides = {"epsilon": 0.0}
     small_step_overrides = {"epsilon": 1e-3}
     description = "splitting steepest descent: split units along their splitting matrix's v_min"
+    claims = (
+        Claim(
+            paper="Liu, Wu & Wang, NeurIPS 2019, arXiv:1910.02366",
+            statement=(
+                "Splitting along the splitting matrix's minimum eigenvector beats random splitting "
+                "at an equal parameter budget"
+            ),
+            method="s2d",
+            baseline="random-split",
+        ),
+    )
 
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         config = self.config

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from growbench.claims import Claim
 from growbench.methods._splitting import (
     PlannedSplit,
     apply_splits,
@@ -145,6 +146,16 @@ class SignedS2D(Grower):
     description = (
         "signed splitting (S3D): 3-copy splits with negative fan-out weights along v_min or v_max, "
         "greedy by predicted loss decrease per unit of cost"
+    )
+    claims = (
+        Claim(
+            paper="Wu, Ye, Lei, Lee & Liu 2020, arXiv:2003.10392",
+            statement="Signed splitting is at least as good as S2D at equal parameters",
+            method="signed-s2d",
+            baseline="s2d",
+            relation="non_inferior",
+            margin=0.01,
+        ),
     )
 
     def _estimates(self, site: Site) -> bool:

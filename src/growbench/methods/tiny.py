@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from growbench.claims import Claim
 from growbench.methods._amplitude import search_amplitude
 from growbench.methods._bottleneck import (
     BottleneckStatistics,
@@ -158,6 +159,19 @@ class Tiny(Grower):
     description = (
         "TINY: add units whose fan-in/fan-out best fit the expressivity bottleneck (one SVD), "
         "with the consumer's best update, scaled by a line-searched amplitude"
+    )
+    claims = (
+        Claim(
+            paper="Verbockhaven et al., TMLR 2024, arXiv:2405.19816",
+            statement=(
+                "Growing with TINY reaches the accuracy of the same-size network trained from "
+                "scratch"
+            ),
+            method="tiny",
+            baseline="static",
+            relation="non_inferior",
+            margin=0.01,
+        ),
     )
 
     def __init__(self, config: GrowerConfig | None = None) -> None:

@@ -1,0 +1,211 @@
+"""The statistics behind a report's rankings and claims: intervals and paired tests over seeds.
+
+Seeds are paired across methods (the same seed gives the same data order and initialisation), so
+two methods are compared by the per-seed differences of their numbers, never by two independent
+means. Everything here works on the ``cells`` table of ``growbench.reports.tables`` and states
+which test it ran, so a report can print it beside the number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+Alternative = Literal["two-sided", "greater", "less"]
+ALTERNATIVES = ("two-sided", "greater", "less")
+FINISHED = "FINISHED"
+NOT_DONE = ("FAILED", "KILLED", "RUNNING")
+MISSING = "MISSING"
+CONFIDENCE = 0.95
+ROUNDING = 1e-12  # differences spread less than this × the values' size count as constant
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with its 95 % Student-t interval over ``n`` values (NaN bounds when n < 2)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired t-test of ``a`` against ``b`` over the ``n`` seeds both have.
+
+    ``mean_diff`` is the mean of a − b, ``low``/``high`` its 95 % two-sided Student-t interval,
+    ``p_value`` the test's p for the alternative named in ``test``.
+    """
+
+    n: int
+    mean_a: float
+    mean_b: float
+    mean_diff: float
+    low: float
+    high: float
+    p_value: float
+    test: str
+
+
+def mean_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> Interval:
+    """Mean and Student-t interval of ``values``, NaNs ignored."""
+    array = np.asarray(list(values), dtype=float)
+    array = array[~np.isnan(array)]
+    n = int(array.size)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    mean = float(array.mean())
+    if n < 2:
+        return Interval(mean, math.nan, math.nan, n)
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * float(array.std(ddof=1)) / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n)
+
+
+def aligned(a: pd.Series, b: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """``a`` and ``b`` restricted to the seeds (index values) where both are not NaN, sorted."""
+    for name, series in (("a", a), ("b", b)):
+        if series.index.has_duplicates:
+            raise ValueError(f"paired: series {name} has repeated seeds in its index")
+    a = pd.to_numeric(a, errors="coerce").dropna()
+    b = pd.to_numeric(b, errors="coerce").dropna()
+    common = a.index.intersection(b.index).sort_values()
+    return a.loc[common].astype(float), b.loc[common].astype(float)
+
+
+def describe_test(alternative: Alternative) -> str:
+    """The text naming the test ``paired`` runs for ``alternative``."""
+    sides = "two-sided" if alternative == "two-sided" else "one-sided"
+    return f"paired t-test (scipy.stats.ttest_rel), {sides}"
+
+
+def paired(a: pd.Series, b: pd.Series, alternative: Alternative = "two-sided") -> PairedTest:
+    """Paired t-test of ``a`` against ``b`` (series indexed by seed) on the seeds both have.
+
+    ``alternative`` is scipy's: ``"greater"`` tests mean(a − b) > 0. With n < 2 the p-value is
+    NaN. When every difference is the same number d (zero variance up to float rounding, where
+    scipy returns NaN or an unreliable p) the p-value is set by rule: one-sided, 0.0 if d lies
+    strictly on the alternative's side of 0, else 1.0; two-sided, 0.0 if d ≠ 0, else 1.0 (a d
+    within rounding of 0 counts as 0). ``test`` then says so.
+    """
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+    a, b = aligned(a, b)
+    n = len(a)
+    diff = (a - b).to_numpy()
+    interval = mean_interval(diff)
+    test = describe_test(alternative)
+    mean_a = float(a.mean()) if n else math.nan
+    mean_b = float(b.mean()) if n else math.nan
+    if n < 2:
+        p_value = math.nan
+    elif np.ptp(diff) <= (tol := ROUNDING * max(np.abs(a).max(), np.abs(b).max())):
+        d = float(diff.mean())
+        d = 0.0 if abs(d) <= tol else d
+        if alternative == "greater":
+            p_value = 0.0 if d > 0 else 1.0
+        elif alternative == "less":
+            p_value = 0.0 if d < 0 else 1.0
+        else:
+            p_value = 0.0 if d != 0 else 1.0
+        test += "; differences constant, p set by their sign"
+    else:
+        p_value = float(stats.ttest_rel(a.to_numpy(), b.to_numpy(), alternative=alternative).pvalue)
+    return PairedTest(
+        n=n,
+        mean_a=mean_a,
+        mean_b=mean_b,
+        mean_diff=interval.mean,
+        low=interval.low,
+        high=interval.high,
+        p_value=p_value,
+        test=test,
+    )
+
+
+def task_direction(rows: pd.DataFrame, task: str) -> bool | None:
+    """The task's ``higher_is_better`` (None when no row states it)."""
+    values = {_as_bool(value) for value in rows["higher_is_better"] if not _is_missing(value)}
+    if len(values) > 1:
+        raise ValueError(f"task {task!r} mixes higher_is_better values")
+    return values.pop() if values else None
+
+
+def by_seed(rows: pd.DataFrame, column: str, what: str) -> pd.Series:
+    """``column`` of the FINISHED rows, indexed by seed (one row per seed expected)."""
+    done = rows[rows["status"] == FINISHED]
+    series = pd.Series(
+        pd.to_numeric(done[column], errors="coerce").to_numpy(float), index=done["seed"].to_numpy()
+    )
+    if series.index.has_duplicates:
+        raise ValueError(f"{what} has more than one row for one seed")
+    return series
+
+
+def ranking(
+    cells: pd.DataFrame, task: str, references: Sequence[str] = ("static", "none")
+) -> pd.DataFrame:
+    """One row per method of ``task``, best mean score first (methods without scores last).
+
+    Columns: method, finished, failed (FAILED, KILLED or RUNNING cells), missing, score with its
+    95 % interval (low, high), the means of params, flops, train_flops and
+    growth_share, and for each reference ``r`` among the task's methods ``diff_vs_<r>`` (mean
+    paired score difference method − r) and ``p_vs_<r>`` (two-sided paired t-test), NaN in the
+    reference's own row.
+    """
+    rows = cells[cells["task"] == task]
+    if rows.empty:
+        raise ValueError(f"no cells for task {task!r}")
+    higher = task_direction(rows, task)
+    methods = sorted(rows["method"].unique())
+    present = [ref for ref in references if ref in methods]
+    scores = {m: by_seed(rows[rows["method"] == m], "score", f"{task}/{m}") for m in methods}
+    records = []
+    for method in methods:
+        own = rows[rows["method"] == method]
+        done = own[own["status"] == FINISHED]
+        interval = mean_interval(scores[method].to_numpy())
+        record = {
+            "method": method,
+            "finished": len(done),
+            "failed": int(own["status"].isin(NOT_DONE).sum()),
+            "missing": int((own["status"] == MISSING).sum()),
+            "score": interval.mean,
+            "low": interval.low,
+            "high": interval.high,
+        }
+        for column in ("params", "flops", "train_flops", "growth_share"):
+            record[column] = mean_interval(pd.to_numeric(done[column], errors="coerce")).mean
+        for ref in present:
+            if method == ref:
+                record[f"diff_vs_{ref}"] = record[f"p_vs_{ref}"] = math.nan
+                continue
+            test = paired(scores[method], scores[ref], "two-sided")
+            record[f"diff_vs_{ref}"] = test.mean_diff
+            record[f"p_vs_{ref}"] = test.p_value
+        records.append(record)
+    table = pd.DataFrame.from_records(records)
+    table = table.sort_values(
+        ["score", "method"], ascending=[higher is False, True], na_position="last"
+    )
+    return table.reset_index(drop=True)
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _as_bool(value: object) -> bool:
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if isinstance(value, int | float | np.integer | np.floating) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"higher_is_better must be a boolean, got {value!r}")

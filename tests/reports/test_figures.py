@@ -1,0 +1,164 @@
+"""Tests of the report figures: every PNG is written, reproducible to the byte, and honest
+about failed and missing cells, also on empty tables and tasks without a finished run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from growbench.reports import figures
+from growbench.reports.tables import (
+    ACCURACY_SCORE,
+    CELL_COLUMNS,
+    EVENT_COLUMNS,
+    HISTORY_COLUMNS,
+    LOSS_SCORE,
+    WIDTH_COLUMNS,
+)
+
+TASKS = {"cls": (ACCURACY_SCORE, True), "reg": (LOSS_SCORE, False)}
+METHODS = ["alpha", "beta", "gamma"]
+SEEDS = [0, 1, 2]
+# (task, method, seed) -> status; everything else FINISHED.
+STATUS = {("cls", "beta", 1): "FAILED", ("cls", "gamma", 2): "MISSING"}
+NAN = math.nan
+
+
+def _status(task: str, method: str, seed: int) -> str:
+    return STATUS.get((task, method, seed), "FINISHED")
+
+
+def make_frames() -> dict[str, pd.DataFrame]:
+    """Two tasks, three methods, three seeds; one failed and one missing cell in "cls"."""
+    cells, history, events, widths = [], [], [], []
+    for task, (score_name, higher) in TASKS.items():
+        for m, method in enumerate(METHODS):
+            for seed in SEEDS:
+                status = _status(task, method, seed)
+                done = status == "FINISHED"
+                base = 80.0 + 3 * m + seed if higher else 0.5 - 0.05 * m + 0.01 * seed
+                params = 1000.0 * (m + 1) + 50 * seed
+                numbers = {
+                    "score": base,
+                    "params": params,
+                    "flops": 2 * params,
+                    "train_flops": 3e5 * (m + 1),
+                    "train_seconds": 10.0 + seed,
+                    "growth_seconds": 1.0 + m,
+                    "epochs": 3,
+                }
+                cells.append(
+                    {
+                        **dict(zip(CELL_COLUMNS, [task, method, seed, "ds", "mlp", status])),
+                        "run_id": f"{task}-{method}-{seed}",
+                        "score_name": score_name,
+                        "higher_is_better": higher,
+                        **(numbers if done else {}),
+                    }
+                )
+                if status == "MISSING":
+                    continue
+                for epoch in range(4):
+                    p = params * (0.4 + 0.2 * epoch)
+                    history.append(
+                        {
+                            **dict(zip(HISTORY_COLUMNS, [task, method, seed, epoch])),
+                            "score": base * (0.5 + epoch / 6),
+                            "params": p,
+                            "flops": 2 * p,
+                            "train_flops": 3e4 * epoch,
+                            "train_seconds": float(epoch),
+                            "growth_seconds": 0.1 * epoch,
+                        }
+                    )
+                predicted = [-0.1 * (seed + 1), -0.001] if method != "gamma" else [NAN, NAN]
+                for rnd, pred in enumerate(predicted):
+                    real = -0.08 * (seed + 1) if rnd == 0 else 0.0005
+                    events.append([task, method, seed, rnd, rnd + 1, True, 4, pred, real, 0.2, ""])
+                for index, site in enumerate(["fc1", "fc2"]):
+                    widths.append([task, method, seed, site, index, 8 + 4 * m + seed + index])
+    return {
+        "cells": pd.DataFrame(cells).reindex(columns=CELL_COLUMNS),
+        "history": pd.DataFrame(history).reindex(columns=HISTORY_COLUMNS),
+        "events": pd.DataFrame(events, columns=EVENT_COLUMNS),
+        "widths": pd.DataFrame(widths, columns=WIDTH_COLUMNS),
+    }
+
+
+def _draw(frames: dict[str, pd.DataFrame], out: Path) -> list[Path]:
+    return figures.draw_all(
+        frames["cells"], frames["history"], frames["events"], frames["widths"], out
+    )
+
+
+def _is_png(path: Path) -> bool:
+    return path.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return _draw(make_frames(), tmp_path_factory.mktemp("first"))
+
+
+def test_every_figure_is_a_png(drawn: list[Path]):
+    assert [p.name for p in drawn] == [info.file for info in figures.FIGURES]
+    assert all(_is_png(p) for p in drawn)
+
+
+def test_figures_are_byte_identical_when_redrawn(drawn: list[Path], tmp_path: Path):
+    again = _draw(make_frames(), tmp_path)
+    for first, second in zip(drawn, again):
+        assert first.read_bytes() == second.read_bytes(), first.name
+
+
+def test_row_order_does_not_change_the_figure(drawn: list[Path], tmp_path: Path):
+    frames = {k: v.sample(frac=1.0, random_state=3) for k, v in make_frames().items()}
+    again = _draw(frames, tmp_path)
+    for first, second in zip(drawn, again):
+        assert first.read_bytes() == second.read_bytes(), first.name
+
+
+def test_legend_label_counts_cells_not_finished():
+    cells = make_frames()["cells"]
+    assert figures.legend_label(cells, "cls", "alpha") == "alpha"
+    assert figures.legend_label(cells, "cls", "beta") == "beta (1 failed)"
+    assert figures.legend_label(cells, "cls", "gamma") == "gamma (1 missing)"
+    assert figures.legend_label(cells, "reg", "beta") == "beta"
+    extra = pd.DataFrame(
+        {
+            "task": ["t"] * 4,
+            "method": ["m"] * 4,
+            "status": ["MISSING", "KILLED", "FAILED", "MISSING"],
+        }
+    )
+    assert figures.legend_label(extra, "t", "m") == "m (1 failed, 1 killed, 2 missing)"
+
+
+def test_mean_interval_uses_student_t():
+    mean, half = figures.mean_interval([1.0, 2.0, 3.0, NAN])
+    assert mean == pytest.approx(2.0)
+    assert half == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
+    assert math.isnan(figures.mean_interval([5.0])[1])
+    assert math.isnan(figures.mean_interval([])[0])
+
+
+def test_task_with_no_finished_cell_and_empty_tables(tmp_path: Path):
+    frames = make_frames()
+    failed = frames["cells"][frames["cells"]["task"] == "cls"].assign(task="dead", status="FAILED")
+    for column in ["score", "params", "flops", "train_flops"]:
+        failed[column] = np.nan
+    frames["cells"] = pd.concat([frames["cells"], failed], ignore_index=True)
+    frames["events"] = frames["events"].iloc[0:0]
+    assert figures.legend_label(frames["cells"], "dead", "gamma") == "gamma (3 failed)"
+    assert all(_is_png(p) for p in _draw(frames, tmp_path / "dead"))
+    empty = {
+        "cells": pd.DataFrame(columns=CELL_COLUMNS),
+        "history": pd.DataFrame(columns=HISTORY_COLUMNS),
+        "events": pd.DataFrame(columns=EVENT_COLUMNS),
+        "widths": pd.DataFrame(columns=WIDTH_COLUMNS),
+    }
+    assert all(_is_png(p) for p in _draw(empty, tmp_path / "empty"))
