@@ -29,7 +29,7 @@ from growbench.reports.tables import (
 
 REFERENCES = ("static", "none")
 REPORT_FILE = "report.md"
-PAIRED_TEST = "paired t-test over seeds (`scipy.stats.ttest_rel`, two-sided)"
+PAIRED_TEST = "p from a paired t-test over seeds (`scipy.stats.ttest_rel`, two-sided)"
 
 
 def write_report(tracking_uri: str, suite: Suite, out: Path) -> Path:
@@ -85,7 +85,7 @@ def _markdown(
     lines += [
         "## Ranking per task",
         "",
-        f"Differences against `static` and `none`: {PAIRED_TEST}.",
+        f"Δ = method − reference (`static`, `none`) in the task's score, {PAIRED_TEST}.",
         "",
     ]
     for task in sorted(ran["task"].unique()):

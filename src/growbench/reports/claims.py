@@ -150,7 +150,8 @@ def _evaluate(rows: pd.DataFrame, claim: Claim, task: str) -> dict[str, object]:
     )
     # Oriented so that larger is better; a non-inferiority test shifts the method by the margin,
     # a fraction of the baseline's mean over the paired seeds.
-    test = paired(sign * ours, sign * theirs, "greater")
+    # The numbers reported come from the unshifted comparison (no rounding from the shift).
+    plain = test = paired(sign * ours, sign * theirs, "greater")
     shift = 0.0
     if claim.relation == "non_inferior" and test.n:
         shift = claim.margin * abs(test.mean_b)
@@ -158,11 +159,11 @@ def _evaluate(rows: pd.DataFrame, claim: Claim, task: str) -> dict[str, object]:
     row.update(
         test=_test_text(test.test, claim, unit),
         n_pairs=test.n,
-        method_mean=sign * (test.mean_a - shift),
-        baseline_mean=sign * test.mean_b,
-        diff=test.mean_diff - shift,
-        diff_low=test.low - shift,
-        diff_high=test.high - shift,
+        method_mean=sign * plain.mean_a,
+        baseline_mean=sign * plain.mean_b,
+        diff=plain.mean_diff,
+        diff_low=plain.low,
+        diff_high=plain.high,
         p_value=test.p_value,
     )
     direction = "higher" if higher else "lower"

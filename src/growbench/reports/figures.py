@@ -27,6 +27,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from scipy import stats
 
 from growbench.reports.tables import (
@@ -174,9 +175,16 @@ def _score_label(task_cells: pd.DataFrame) -> str:
     named = task_cells.dropna(subset=["score_name"])
     if named.empty:
         return "score"
-    row = named.iloc[0]
-    higher = str(row["higher_is_better"]).strip().lower() in ("true", "1", "1.0")
-    return f"{row['score_name']} ({'higher' if higher else 'lower'} is better)"
+    higher = _higher_is_better(named)
+    return f"{named.iloc[0]['score_name']} ({'higher' if higher else 'lower'} is better)"
+
+
+def _higher_is_better(task_cells: pd.DataFrame) -> bool:
+    """The task's score direction (an accuracy): True, False, or True-like text from a CSV."""
+    if task_cells.empty:
+        return True
+    value = task_cells.iloc[0]["higher_is_better"]
+    return str(value).strip().lower() in ("true", "1", "1.0")
 
 
 def _note(ax: Axes, text: str) -> None:
@@ -254,6 +262,23 @@ def _draw(
     return out
 
 
+def _log_axis(ax: Axes, which: str) -> None:
+    """A log ``which`` ("x" or "y") axis labelled at 1, 2, 5 × 10^k in compact numbers (1.2k,
+    50M), no minor labels: matplotlib's defaults overlap on axes spanning less than a decade."""
+    getattr(ax, f"set_{which}scale")("log")
+    axis = getattr(ax, f"{which}axis")
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: _compact(value)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _compact(value: float) -> str:
+    for size, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:g}{suffix}"
+    return f"{value:g}"
+
+
 def _pareto(cells: pd.DataFrame, x: str, xlabel: str, file: str, out: Path) -> Path:
     """Draw final score against the final value of cells column ``x``, one point per method."""
     cells = _tidy(cells, CELL_COLUMNS)
@@ -271,14 +296,17 @@ def _pareto(cells: pd.DataFrame, x: str, xlabel: str, file: str, out: Path) -> P
             my, hy = mean_interval(rows["score"])
             # On the log axis an interval reaching below zero is cut at 1 % of the mean.
             xerr = None if math.isnan(hx) else [[min(hx, 0.99 * mx)], [hx]]
-            yerr = None if math.isnan(hy) else [[hy], [hy]]
+            # Bars stay inside the score's range (0–100 %, a loss ≥ 0): few seeds make wide
+            # Student-t intervals.
+            top = 100.0 if _higher_is_better(task_cells) else math.inf
+            yerr = None if math.isnan(hy) else [[min(hy, my)], [min(hy, top - my)]]
             colour, marker = styles[method]
             ax.errorbar(
                 [mx], [my], xerr=xerr, yerr=yerr, color=colour, marker=marker, capsize=3, ls="none"
             )
             plotted = True
         if plotted:
-            ax.set_xscale("log")
+            _log_axis(ax, "x")
         else:
             _note(ax, f"no finished run logged {x}")
         ax.set_xlabel(xlabel)
@@ -313,7 +341,7 @@ def _curves(
         rows = history[(history["task"] == task) & np.isfinite(history[column])]
         # Bands stay inside the quantity's range (few seeds make Student-t intervals wide).
         task_cells = cells[cells["task"] == task]
-        accuracy = column == "score" and bool(task_cells["higher_is_better"].any())
+        accuracy = column == "score" and _higher_is_better(task_cells)
         top = 100.0 if accuracy else np.inf
         if rows.empty:
             _note(ax, f"no {column} logged")
@@ -329,7 +357,7 @@ def _curves(
             low, high = np.clip(mean - half, 0.0, top), np.clip(mean + half, 0.0, top)
             ax.fill_between(epochs, low, high, color=colour, alpha=0.15, lw=0)
         if log and (rows[column] > 0).any():
-            ax.set_yscale("log")
+            _log_axis(ax, "y")
         ax.set_xlabel("epoch")
         ax.set_ylabel(
             _score_label(cells[cells["task"] == task]) if column == "score" else "parameters"
@@ -432,8 +460,8 @@ def prediction(cells: pd.DataFrame, events: pd.DataFrame, out: Path) -> Path:
         if shown.any():
             lo, hi = float(drops[shown].min()), float(drops[shown].max())
             ax.plot([lo, hi], [lo, hi], color="black", ls="--", lw=0.8)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+            _log_axis(ax, "x")
+            _log_axis(ax, "y")
         hidden = int((~shown).sum())
         if hidden:
             ax.text(
