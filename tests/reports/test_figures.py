@@ -138,14 +138,6 @@ def test_legend_label_counts_cells_not_finished():
     assert figures.legend_label(extra, "t", "m") == "m (1 failed, 1 killed, 2 missing)"
 
 
-def test_mean_interval_uses_student_t():
-    mean, half = figures.mean_interval([1.0, 2.0, 3.0, NAN])
-    assert mean == pytest.approx(2.0)
-    assert half == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
-    assert math.isnan(figures.mean_interval([5.0])[1])
-    assert math.isnan(figures.mean_interval([])[0])
-
-
 def test_task_with_no_finished_cell_and_empty_tables(tmp_path: Path):
     frames = make_frames()
     failed = frames["cells"][frames["cells"]["task"] == "cls"].assign(task="dead", status="FAILED")

@@ -243,7 +243,9 @@ def check_per_sample(losses: Tensor, batch: int) -> None:
 
 
 def _batch_parts(site: Site, kind: str, producer_taps, consumer_taps, keep: bool):
-    """Per-batch sums [S_x, S_h, M_x, M_h, P, ‖g‖²] in float64, and the rows to keep."""
+    """Per-batch sums in float64, and the rows to keep: [S_x, S_h, M_x, M_h, P, ‖g‖²] for a
+    conv-conv pair; for the others one Gram matrix of [x̃ | h̃ | g_a], which holds all of them
+    (``_gram_parts`` cuts it once the batches are summed), and the sizes of x̃ and h̃."""
     if kind == "conv-conv":
         big, h, g = conv_pair_tensors(site, producer_taps, consumer_taps)
         p = big.shape[1]
@@ -256,22 +258,28 @@ def _batch_parts(site: Site, kind: str, producer_taps, consumer_taps, keep: bool
             torch.einsum("iatl,iel->tae", big, h),
             (g * g).sum(),
         ]
+        parts = [part.double() for part in parts]
         rows = (big, g) if keep else None
     else:
         x, h, g = bottleneck_rows(site, producer_taps, consumer_taps)
         p, m = x.shape[1], h.shape[1]
-        rows = torch.cat([x, h, g], dim=1)
-        gram = (rows.T @ rows).double()  # one product holds every block (and tr gᵀg)
-        x_, h_, g_ = slice(0, p), slice(p, p + m), slice(p + m, None)
-        parts = [gram[x_, x_], gram[h_, h_], gram[x_, g_], gram[h_, g_], gram[x_, h_]]
-        parts.append(gram[g_, g_].trace())
+        joined = torch.cat([x, h, g], dim=1)
+        parts = [(joined.T @ joined).double(), (p, m)]
         rows = None
         if keep:
             if kind == "conv-gap":
                 rows = (producer_patches(site, producer_taps.input).transpose(1, 2), g)
             else:
                 rows = (x, g)
-    return [part.double().contiguous() for part in parts], rows
+    return parts, rows
+
+
+def _gram_parts(gram: Tensor, sizes: tuple[int, int]) -> list[Tensor]:
+    """[S_x, S_h, M_x, M_h, P, ‖g‖²] cut from the summed Gram matrix of [x̃ | h̃ | g_a]."""
+    p, m = sizes
+    x, h, g = slice(0, p), slice(p, p + m), slice(p + m, None)
+    blocks = [gram[x, x], gram[h, h], gram[x, g], gram[h, g], gram[x, h], gram[g, g].trace()]
+    return [block.contiguous() for block in blocks]
 
 
 def site_statistics(
@@ -309,11 +317,16 @@ def site_statistics(
                 kept[site.name].append(rows)
             if site.name not in sums:
                 sums[site.name] = parts
-            else:
+            elif kinds[site.name] == "conv-conv":
                 sums[site.name] = [a + b for a, b in zip(sums[site.name], parts, strict=True)]
+            else:  # [Gram, sizes]
+                sums[site.name][0] = sums[site.name][0] + parts[0]
     result = {}
     for site in sites:
-        S_x, S_h, M_x, M_h, P, G = (part / count for part in sums[site.name])
+        parts = sums[site.name]
+        if kinds[site.name] != "conv-conv":
+            parts = _gram_parts(*parts)
+        S_x, S_h, M_x, M_h, P, G = (part / count for part in parts)
         rows = None
         if site.name in kept:
             rows = (

@@ -28,8 +28,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-from scipy import stats
 
+from growbench.reports.statistics import mean_interval
 from growbench.reports.tables import (
     CELL_COLUMNS,
     EVENT_COLUMNS,
@@ -138,19 +138,10 @@ def legend_label(cells: pd.DataFrame, task: str, method: str) -> str:
     return f"{method} ({', '.join(parts)})" if parts else method
 
 
-def mean_interval(values: Iterable[float]) -> tuple[float, float]:
-    """Return the mean of the finite values and the half-width of its 95 % Student-t interval.
-
-    The half-width is NaN for fewer than two values (no interval), the mean NaN for none.
-    """
-    v = np.asarray(list(values), dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return math.nan, math.nan
-    if v.size == 1:
-        return float(v[0]), math.nan
-    half = stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
-    return float(v.mean()), float(half)
+def _mean_half(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95 % Student-t interval (NaN half-width below 2 values)."""
+    interval = mean_interval(values)
+    return interval.mean, (interval.high - interval.mean)
 
 
 def _tidy(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -292,8 +283,8 @@ def _pareto(cells: pd.DataFrame, x: str, xlabel: str, file: str, out: Path) -> P
             rows = rows[np.isfinite(rows["score"]) & np.isfinite(rows[x]) & (rows[x] > 0)]
             if rows.empty:
                 continue
-            mx, hx = mean_interval(rows[x])
-            my, hy = mean_interval(rows["score"])
+            mx, hx = _mean_half(rows[x])
+            my, hy = _mean_half(rows["score"])
             # On the log axis an interval reaching below zero is cut at 1 % of the mean.
             xerr = None if math.isnan(hx) else [[min(hx, 0.99 * mx)], [hx]]
             # Bars stay inside the score's range (0–100 %, a loss ≥ 0): few seeds make wide
@@ -349,7 +340,7 @@ def _curves(
             per_epoch = rows[rows["method"] == method].groupby("epoch")[column]
             epochs = np.asarray(sorted(per_epoch.groups), dtype=float)
             summary = np.array(
-                [mean_interval(per_epoch.get_group(e)) for e in sorted(per_epoch.groups)]
+                [_mean_half(per_epoch.get_group(e)) for e in sorted(per_epoch.groups)]
             )
             mean, half = summary[:, 0], np.nan_to_num(summary[:, 1])
             colour, marker = styles[method]
@@ -424,7 +415,7 @@ def growth_share(cells: pd.DataFrame, out: Path) -> Path:
         share = (100 * done["growth_seconds"] / total.where(total > 0)).to_numpy(dtype=float)
         methods = sorted(done["method"].unique())
         for i, method in enumerate(methods):
-            mean, half = mean_interval(share[(done["method"] == method).to_numpy()])
+            mean, half = _mean_half(share[(done["method"] == method).to_numpy()])
             if math.isnan(mean):
                 continue
             xerr = None if math.isnan(half) else [[min(half, mean)], [half]]
