@@ -131,7 +131,7 @@ def _report(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     out = args.out or Path("reports") / suite.name
     _quiet_mlflow()
-    path = write_report(uri, suite, out)
+    path = write_report(uri, suite, out, progress=True)
     print(f"report written: {path} (tables and figures beside it)")
     return 0
 

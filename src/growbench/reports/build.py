@@ -32,14 +32,14 @@ REPORT_FILE = "report.md"
 PAIRED_TEST = "p from a paired t-test over seeds (`scipy.stats.ttest_rel`, two-sided)"
 
 
-def write_report(tracking_uri: str, suite: Suite, out: Path) -> Path:
+def write_report(tracking_uri: str, suite: Suite, out: Path, progress: bool = False) -> Path:
     """Read the suite's runs into ``out``'s tables and build the report there."""
     if not best_runs(tracking_uri, suite.name):
         raise ValueError(
             f"no runs of suite {suite.name!r} in {tracking_uri}; run "
             f"`growbench run --suite {suite.name}` first (or pass --tracking-uri)"
         )
-    write_tables(read_runs(tracking_uri, suite.name, expected_cells(suite)), out)
+    write_tables(read_runs(tracking_uri, suite.name, expected_cells(suite), progress), out)
     return build_report(out, suite.name, suite.description)
 
 

@@ -35,6 +35,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
+from tqdm.auto import tqdm
 
 from growbench.benchmarks.executor import plan
 from growbench.benchmarks.suite import Suite
@@ -140,13 +141,16 @@ def expected_cells(suite: Suite) -> list[ExpectedCell]:
 
 
 def read_runs(
-    tracking_uri: str, suite_name: str, expected: Sequence[ExpectedCell] | None = None
+    tracking_uri: str,
+    suite_name: str,
+    expected: Sequence[ExpectedCell] | None = None,
+    progress: bool = False,
 ) -> ReportTables:
     """The four tables of a suite from the store (reads only). With ``expected`` (the suite's
     cells), a cell without a run is a MISSING row and runs of other configurations are left
     out; without it, every cell run of the experiment counts."""
     with _quiet_artifacts():
-        return _read_runs(tracking_uri, suite_name, expected)
+        return _read_runs(tracking_uri, suite_name, expected, progress)
 
 
 @contextmanager
@@ -165,14 +169,15 @@ def _quiet_artifacts() -> Iterator[None]:
 
 
 def _read_runs(
-    tracking_uri: str, suite_name: str, expected: Sequence[ExpectedCell] | None
+    tracking_uri: str, suite_name: str, expected: Sequence[ExpectedCell] | None, progress: bool
 ) -> ReportTables:
     runs = best_runs(tracking_uri, suite_name)
     if expected is None:
         expected = [_cell_of(config_hash, run) for config_hash, run in runs.items()]
     client = MlflowClient(tracking_uri) if runs else None
     cells, history, events, widths = [], [], [], []
-    for cell in expected:
+    bar = tqdm(expected, desc=f"reading {suite_name}", unit="cell", disable=not progress)
+    for cell in bar:
         key = {"task": cell.task, "method": cell.method, "seed": cell.seed}
         higher = _is_classification(cell.dataset)
         row = {
