@@ -30,13 +30,21 @@ identity on new units, σ linearised at 0) adds to the consumer pre-activation:
   (``projected``). GroMo's S_growth = E[Σ_{o,t} B_{o,t} B_{o,t}ᵀ] drops the cross-tap products
   (t ≠ t'), so the SVD solves a tap-decoupled quadratic; the first-order gain
   FO_exact = Δ − σ'(0)·tr(ωαM_x) is exact regardless.
+* ``conv-conv`` with a 2-D average or max pool between (``hidden_pool``): the statistics use the
+  producer patches pooled by the average pool, B_{o,t} = avgpool(X)_{y(o,t)}. For an average pool
+  that is exact (the pool is linear). A max pool is not linear in a new unit's fan-in (its window
+  maximum depends on α), so its *average* stands in for it when choosing α, ω: the directions
+  and FO_exact are then a surrogate (``pool_is_linear`` is False, and TINY flags the prediction
+  as heuristic). FO_homog stays exact: for positively homogeneous σ the new unit's map is
+  γ·maxpool(σ(αX)) exactly, which ``new_unit_output`` computes through the real pool.
 
-Pairs outside these (max-pool or other pooling between, a flatten with several positions, grouped
-or dilated convs, Linear → Conv2d) are unsupported: ``unsupported_reason`` says why.
+Pairs outside these (another pooling, a flatten with several positions, grouped or dilated
+convs, Linear → Conv2d) are unsupported: ``unsupported_reason`` says why.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +73,9 @@ class BottleneckStatistics:
     consumer_bias: bool
     rows: tuple[Tensor, Tensor] | None = None  # per-sample (x̃, g_a) when asked to keep them
     kind: str = "linear"
+    # conv-conv: new units' hidden maps (N × k × H × W) → what the consumer reads of them,
+    # N × k × T × L (the block's real pooling, then the consumer's kernel taps)
+    read_units: Callable[[Tensor], Tensor] | None = None
 
     def residual_norm(self, delta: Tensor) -> float:
         """E‖r‖² with r = −g_a + δh̃: the bottleneck left after the consumer update δ."""
@@ -88,11 +99,11 @@ class BottleneckStatistics:
             return act(x @ alpha.T) @ omega
         if self.kind == "conv-gap":  # x: N × positions × p
             return act(x @ alpha.T).mean(dim=1) @ omega
-        # conv-conv, x: N × p × T × L
+        # conv-conv, x: producer patch maps N × p × H × W
         k = alpha.shape[0]
-        activity = act(torch.einsum("iptl,kp->iktl", x, alpha))
-        kernels = omega.reshape(k, -1, x.shape[2])
-        return torch.einsum("iktl,kct->icl", activity, kernels)
+        taps = self.read_units(act(torch.einsum("iphw,kp->ikhw", x, alpha)))
+        kernels = omega.reshape(k, -1, taps.shape[2])
+        return torch.einsum("iktl,kct->icl", taps, kernels)
 
 
 def _pair(value) -> tuple[int, int]:
@@ -107,6 +118,37 @@ def _is_gap(post: nn.Module) -> bool:
         and _pair(post[0].output_size) == (1, 1)
         and isinstance(post[1], nn.Flatten)
     )
+
+
+POOLS = (nn.MaxPool2d, nn.AvgPool2d)
+
+
+def _plain_pool(pool: nn.Module) -> bool:
+    return (
+        _pair(getattr(pool, "dilation", 1)) == (1, 1)
+        and not pool.ceil_mode
+        and getattr(pool, "divisor_override", None) is None
+    )
+
+
+def hidden_pool(site: Site) -> nn.MaxPool2d | nn.AvgPool2d | None:
+    """The 2-D pool between a conv→conv pair's producer and consumer, if any."""
+    post = site.block.post
+    return post if isinstance(post, POOLS) else None
+
+
+def pool_is_linear(site: Site) -> bool:
+    """Whether what a new unit adds to the consumer is linear in its fan-in (not a max pool)."""
+    return not isinstance(hidden_pool(site), nn.MaxPool2d)
+
+
+def _linear_pool(pool: nn.MaxPool2d | nn.AvgPool2d | None, maps: Tensor) -> Tensor:
+    """``pool`` on maps if it is an average pool; a max pool's average stand-in otherwise (its
+    padding, like a max pool's, never counts in a window)."""
+    if pool is None:
+        return maps
+    include_pad = bool(getattr(pool, "count_include_pad", False))
+    return F.avg_pool2d(maps, pool.kernel_size, pool.stride, pool.padding, False, include_pad)
 
 
 def _plain_conv(conv: nn.Conv2d) -> bool:
@@ -141,11 +183,12 @@ def pair_kind(site: Site) -> tuple[str | None, str | None]:
         return None, f"consumer {type(consumer).__name__}"
     if not _plain_conv(consumer):
         return None, "grouped, dilated or non-zero-padded consumer conv"
+    if isinstance(post, POOLS):
+        if not _plain_pool(post):
+            return None, f"dilated or ceil-mode {type(post).__name__} between the convs"
+        return "conv-conv", None
     if not isinstance(post, (*ELEMENTWISE_POST, nn.Dropout2d)):
-        return None, (
-            f"{type(post).__name__} between producer and consumer (a new unit's pooled map is "
-            "not linear in its fan-in)"
-        )
+        return None, f"{type(post).__name__} between producer and consumer"
     return "conv-conv", None
 
 
@@ -207,28 +250,46 @@ def bottleneck_rows(site: Site, producer_taps, consumer_taps) -> tuple[Tensor, T
     return x, h, g
 
 
-def conv_pair_tensors(site: Site, producer_taps, consumer_taps) -> tuple[Tensor, Tensor, Tensor]:
-    """Conv→conv: B (N × p × T × L), h̃ (N × m × L), g_a (N × q × L); T kernel taps and L
-    output positions of the consumer."""
-    consumer = site.consumer
-    patches = producer_patches(site, producer_taps.input)
-    x = producer_taps.input
+def patch_maps(site: Site, block_input: Tensor) -> Tensor:
+    """Producer patches x̃ laid out as maps over the hidden positions, N × p × H × W."""
+    patches = producer_patches(site, block_input)
     producer = site.producer
     kernel, padding = _pair(producer.kernel_size), _pair(producer.padding)
     stride = _pair(producer.stride)
-    height = (x.shape[2] + 2 * padding[0] - kernel[0]) // stride[0] + 1
-    width = (x.shape[3] + 2 * padding[1] - kernel[1]) // stride[1] + 1
-    maps = patches.reshape(x.shape[0], patches.shape[1], height, width)
-    unfold = {
-        "kernel_size": consumer.kernel_size,
-        "dilation": consumer.dilation,
-        "padding": consumer.padding,
-        "stride": consumer.stride,
-    }
-    taps = _pair(consumer.kernel_size)[0] * _pair(consumer.kernel_size)[1]
-    big = F.unfold(maps, **unfold)
-    big = big.reshape(x.shape[0], maps.shape[1], taps, big.shape[-1])
-    h = _ones_channel(F.unfold(consumer_taps.input, **unfold), consumer.bias is not None)
+    height = (block_input.shape[2] + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    width = (block_input.shape[3] + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    return patches.reshape(block_input.shape[0], patches.shape[1], height, width)
+
+
+def kernel_taps(site: Site, maps: Tensor) -> Tensor:
+    """What the consumer conv reads of N × C × H' × W' maps: N × C × T × L (T kernel taps, L
+    output positions)."""
+    consumer = site.consumer
+    unfolded = F.unfold(
+        maps,
+        kernel_size=consumer.kernel_size,
+        dilation=consumer.dilation,
+        padding=consumer.padding,
+        stride=consumer.stride,
+    )
+    return unfolded.reshape(maps.shape[0], maps.shape[1], -1, unfolded.shape[-1])
+
+
+def unit_reader(site: Site) -> Callable[[Tensor], Tensor]:
+    """New units' hidden maps → their consumer taps, through the block's real pooling."""
+    pool = hidden_pool(site)
+    return lambda maps: kernel_taps(site, maps if pool is None else pool(maps))
+
+
+def conv_pair_tensors(site: Site, producer_taps, consumer_taps) -> tuple[Tensor, Tensor, Tensor]:
+    """Conv→conv: B (N × p × T × L), h̃ (N × m × L), g_a (N × q × L); T kernel taps and L
+    output positions of the consumer. With a pool between, B reads the (average-)pooled patches."""
+    consumer = site.consumer
+    maps = _linear_pool(hidden_pool(site), patch_maps(site, producer_taps.input))
+    big = kernel_taps(site, maps)
+    h = _ones_channel(
+        kernel_taps(site, consumer_taps.input).flatten(1, 2), consumer.bias is not None
+    )
     g = _scaled_grad(site, consumer_taps.grad_pre).flatten(2)
     return big, h, g
 
@@ -259,7 +320,7 @@ def _batch_parts(site: Site, kind: str, producer_taps, consumer_taps, keep: bool
             (g * g).sum(),
         ]
         parts = [part.double() for part in parts]
-        rows = (big, g) if keep else None
+        rows = (patch_maps(site, producer_taps.input), g) if keep else None
     else:
         x, h, g = bottleneck_rows(site, producer_taps, consumer_taps)
         p, m = x.shape[1], h.shape[1]
@@ -291,7 +352,8 @@ def site_statistics(
 ) -> dict[str, BottleneckStatistics]:
     """One eval-mode pass over the statistics set; float64 means for every site. For the sites
     named in ``keep_rows`` the per-sample rows are kept too (model dtype): (x̃, g_a) for linear
-    sites, (patches N × positions × p, g_a) for conv-gap, (B, g_a) for conv-conv."""
+    sites, (patches N × positions × p, g_a) for conv-gap, (patch maps N × p × H × W, g_a) for
+    conv-conv."""
     kinds = {}
     for site in sites:
         require_linear_pair(site, method)
@@ -345,6 +407,7 @@ def site_statistics(
             site.consumer.bias is not None,
             rows,
             kinds[site.name],
+            unit_reader(site) if kinds[site.name] == "conv-conv" else None,
         )
     return result
 

@@ -16,9 +16,13 @@ homogeneous σ).
 
 Sites (``_bottleneck.pair_kind``): Linear→Linear; Conv2d→global-average-pool→Linear, where the new
 unit's linearised contribution is ωα·mean_y(X_y) so x̃ is the position-averaged im2col patch;
-Conv2d→Conv2d without pooling between, with GroMo 0.1.0's full-conv coupling of producer patches
-and consumer kernel taps. A site whose pair is unsupported (a max-pool between two convs: the
-pooled map of a new unit is not linear in its fan-in) is left out of the candidates and recorded in
+Conv2d→Conv2d, with GroMo 0.1.0's full-conv coupling of producer patches and consumer kernel
+taps, also across an average or max pool. Across a max pool a new unit's pooled map is not linear
+in its fan-in, so its average stands in for it when choosing the units (our decision, the method
+notes are silent); the first-order gain is then measured through the real max pool
+(``measured_gain``: FO_homog for ReLU, FO_max_pool for smooth σ), which keeps the prediction
+exact to first order.
+A site whose pair is unsupported is left out of the candidates and recorded in
 ``event.extras["excluded_sites"]``; with no candidate left the event stops with a reason.
 """
 
@@ -37,6 +41,7 @@ from growbench.methods._bottleneck import (
     BottleneckStatistics,
     inverse_sqrt,
     pair_kind,
+    pool_is_linear,
     site_statistics,
     with_ones,
 )
@@ -201,9 +206,9 @@ class Tiny(Grower):
                     f"tiny: site {site.name!r} uses activation {site.activation!r} with "
                     "σ(0) ≠ 0; TINY linearises new units at 0 and needs σ(0) = 0"
                 )
-        homogeneous = frozenset(s.name for s in sites if s.activation in HOMOGENEOUS)
+        measured = frozenset(s.name for s in sites if gain_is_measured(s))
         with event.phase("stats"):
-            statistics = site_statistics(net, ctx, sites, self.name, keep_rows=homogeneous)
+            statistics = site_statistics(net, ctx, sites, self.name, keep_rows=measured)
         solutions: dict[str, SiteSolution] = {}
         with event.phase("solve"):
             for site in sites:
@@ -213,10 +218,10 @@ class Tiny(Grower):
                 slope = activation_info(site.activation).slope_at_zero
                 solutions[site.name] = solve_site(statistics[site.name], config, limit, slope)
         with event.phase("solve"):
-            fo_homog = {
-                site.name: homogeneous_gain(site, solutions[site.name], statistics[site.name])
+            fo_measured = {
+                site.name: measured_gain(site, solutions[site.name], statistics[site.name])
                 for site in sites
-                if site.name in homogeneous
+                if site.name in measured
             }
         report = {}
         gains = {}
@@ -232,9 +237,10 @@ class Tiny(Grower):
                 "cross_term": solution.cross_term(k, stats),
                 "bottleneck_norm": stats.residual_norm(solution.delta),
             }
-            if site.name in fo_homog:
-                entry["fo_homog"] = fo_homog[site.name]
-            gains[site.name] = fo_homog.get(site.name, entry["fo_exact"])
+            if site.name in fo_measured:
+                key = "fo_homog" if site.activation in HOMOGENEOUS else "fo_max_pool"
+                entry[key] = fo_measured[site.name]
+            gains[site.name] = fo_measured.get(site.name, entry["fo_exact"])
             report[site.name] = entry
             event.scores[site.name] = solution.singular_values.tolist()
         event.extras["sites"] = report
@@ -271,11 +277,11 @@ class Tiny(Grower):
         if k < solution.count:
             event.stop_reason = "budget exhausted"
         alpha, omega = solution.alpha[:k], solution.omega[:k]
-        if chosen.activation in HOMOGENEOUS:
+        if chosen.name in measured:
             if k < solution.count:
-                fo = homogeneous_gain(chosen, _truncated(solution, k), stats)
+                fo = measured_gain(chosen, _truncated(solution, k), stats)
             else:
-                fo = fo_homog[chosen.name]
+                fo = fo_measured[chosen.name]
         else:
             fo = solution.fo_exact(k, stats)
         event.extras.update(site=chosen.name, K=k, first_order_gain=fo)
@@ -335,12 +341,24 @@ class Tiny(Grower):
         return best[0], curve
 
 
-def homogeneous_gain(site: Site, solution: SiteSolution, stats: BottleneckStatistics) -> float:
-    """FO_homog = Δ − E[g_aᵀ ω σ(αx̃)] for positively homogeneous σ, from the kept rows (conv:
-    σ per hidden position, then pooled or read through the consumer kernel)."""
+def gain_is_measured(site: Site) -> bool:
+    """Whether the site's first-order gain is measured on the kept rows (``measured_gain``)
+    rather than read from the closed form FO_exact: positively homogeneous σ, or a max pool."""
+    return site.activation in HOMOGENEOUS or not pool_is_linear(site)
+
+
+def measured_gain(site: Site, solution: SiteSolution, stats: BottleneckStatistics) -> float:
+    """Δ − E[g_aᵀ · what the new units add to the consumer at γ = 1], from the kept rows, the
+    new units' maps passing through the block's real pooling (conv) and consumer kernel.
+
+    FO_homog: positively homogeneous σ adds exactly γ²·ωσ(αx̃), so σ itself is used.
+    FO_max_pool: any other σ (σ(0) = 0, σ'(0) > 0, increasing near 0) commutes with a max pool,
+    so a new unit adds γ²·σ'(0)·ω·maxpool(αX) + O(γ³): σ is linearised. Both are exact to
+    first order although the units were chosen through the pool's average stand-in."""
     _, g = stats.rows
     k = solution.count
-    output = stats.new_unit_output(site.block.act, solution.alpha[:k], solution.omega[:k])
+    act = site.block.act if site.activation in HOMOGENEOUS else (lambda u: solution.slope * u)
+    output = stats.new_unit_output(act, solution.alpha[:k], solution.omega[:k])
     return solution.gain_delta - float((output * g.double()).sum()) / stats.count
 
 
