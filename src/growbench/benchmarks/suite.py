@@ -218,6 +218,7 @@ class CellConfig:
     method: str
     method_options: dict[str, Any]  # the method's full Config, defaults included
     seed: int
+    method_version: int = 1  # the method class's ``version``
 
     @property
     def label(self) -> str:
@@ -240,7 +241,11 @@ class CellConfig:
                 "activation": task.activation,
                 "batchnorm": task.batchnorm,
             },
-            "method": {"name": self.method, "options": dict(self.method_options)},
+            "method": {
+                "name": self.method,
+                "version": self.method_version,
+                "options": dict(self.method_options),
+            },
             "seed": self.seed,
             "epochs": task.epochs,
             "training": dataclasses.asdict(task.training),
@@ -279,8 +284,16 @@ class Suite:
 
     def cells(self) -> list[CellConfig]:
         """Every cell, seed by seed, so a stopped run has whole comparisons for the first seeds."""
+        classes = available_methods()
         return [
-            CellConfig(self.name, task, method, self.method_options[method], seed)
+            CellConfig(
+                self.name,
+                task,
+                method,
+                self.method_options[method],
+                seed,
+                classes[method].version,
+            )
             for seed in self.seeds
             for task in self.tasks
             for method in self.methods

@@ -159,6 +159,7 @@ class Tiny(Grower):
     name = "tiny"
     Config = TinyConfig
     preserves_function = "at_zero_step"
+    version = 2  # 2: grows across average and max pools between convs
     zero_step_overrides = {"gamma_fixed": 0.0}
     small_step_overrides = {"gamma_fixed": 1e-3}
     description = (
