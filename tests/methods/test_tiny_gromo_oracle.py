@@ -1,13 +1,15 @@
-"""TINY against the live GroMo 0.1.0 oracle (shared/methods/tiny.md §7.1).
+"""TINY against GroMo 0.1.0, the TINY authors' library (shared/methods/tiny.md §7.1).
 
-The same tanh MLP 8→3→3→4 (float64) and the same batch of 64 samples are given to growbench and to
-gromo's ``GrowingMLP`` (built from growbench's detached weights). Statistics, δ, Δ, N, singular
-values, per-unit products ω_kα_kᵀ, FO_gromo and the chosen site must agree to 1e-10.
+MLP: the tanh MLP 8→3→3→4 (float64) and 64 samples of ``fixtures/make_gromo_fixture.py`` are
+given to growbench, and GroMo's ``GrowingMLP`` with the same weights computes its quantities:
+from the golden fixture file (always; GroMo need not be installed) and live (when it is).
+Statistics, δ, Δ, N, singular values, per-unit products ω_kα_kᵀ, FO_gromo and the chosen site
+must agree to 1e-10.
 
-Conv→conv: growbench's site block0 of a cnn 3→4→5 (BN, SiLU, no max-pool between the convs)
-against gromo's ``Conv2dGrowingModule`` → ``FullConv2dGrowingModule`` with the same weights and
-eval-mode BN: S_x (S_growth), S_h, M_h, M_x (M_{-2}), the 3-tensor P, δ, Δ, N, s_k, ω_kα_kᵀ and
-FO_gromo agree to 1e-10.
+Conv→conv (live only): growbench's site block0 of a cnn 3→4→5 (BN, SiLU, no max-pool between
+the convs) against gromo's ``Conv2dGrowingModule`` → ``FullConv2dGrowingModule`` with the same
+weights and eval-mode BN: S_x (S_growth), S_h, M_h, M_x (M_{-2}), the 3-tensor P, δ, Δ, N, s_k,
+ω_kα_kᵀ and FO_gromo agree to 1e-10.
 """
 
 from __future__ import annotations
@@ -24,107 +26,90 @@ from growbench.methods.tiny import TinyConfig, solve_site
 from growbench.nn import ModelConfig, build_model
 from growbench.nn.losses import classification_loss, regression_loss
 
-gromo_mlp = pytest.importorskip("gromo.containers.growing_mlp")
+from .fixtures.make_gromo_fixture import (
+    FIXTURE,
+    MAX_ADDED,
+    gromo_quantities,
+    tiny_problem,
+)
 
 RTOL = 1e-10
-MAX_ADDED = 3
 
 
 def close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
-    theirs = theirs.detach().double()
+    theirs = torch.as_tensor(theirs).detach().double()
     scale = max(float(theirs.abs().max()), 1e-300)
     assert ours.shape == theirs.shape
     assert float((ours - theirs).abs().max()) <= RTOL * scale
 
 
-@pytest.fixture(scope="module")
-def pair():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        net = build_model(ModelConfig("mlp", (8,), 4, (3, 3), activation="tanh"), seed=0).double()
-        torch.manual_seed(0)
-        theirs = gromo_mlp.GrowingMLP(8, 4, 3, 2, activation=nn.Tanh())
-        with torch.no_grad():
-            for block, layer in zip(net.blocks, theirs.layers, strict=True):
-                layer.layer.weight.copy_(block.layer.weight.detach())
-                layer.layer.bias.copy_(block.layer.bias.detach())
-        generator = torch.Generator().manual_seed(0)
-        inputs = torch.randn(64, 8, generator=generator)
-        targets = torch.randn(64, 4, generator=generator)
-        theirs.init_computation()
-        regression_loss(theirs(inputs), targets).sum().backward()
-        theirs.update_computation()
-        theirs.compute_optimal_updates(
-            dtype=torch.float64, compute_delta=True, maximum_added_neurons=MAX_ADDED
-        )
-    finally:
-        torch.set_default_dtype(previous)
+def growbench_side(net, inputs, targets):
     ctx = GrowthContext(
         inputs, targets, regression_loss, "params", float("inf"), torch.Generator(), batch_size=16
     )
     stats = site_statistics(net, ctx, net.sites)
     config = TinyConfig()
-    ours = {site.name: solve_site(stats[site.name], config, MAX_ADDED, 1.0) for site in net.sites}
-    # site i of growbench is consumed by gromo's layer i + 1
-    layers = {site.name: theirs.layers[site.index + 1] for site in net.sites}
-    return net, stats, ours, layers, theirs
+    return stats, {
+        site.name: solve_site(stats[site.name], config, MAX_ADDED, 1.0) for site in net.sites
+    }
 
 
-def test_statistics_match(pair):
-    net, stats, _, layers, _ = pair
+def assert_matches(net, stats, ours, theirs) -> None:
+    """Every quantity of ``theirs`` (``gromo_quantities``' layout) against growbench's."""
     for site in net.sites:
-        s, layer = stats[site.name], layers[site.name]
-        close(s.S_h, layer.tensor_s())
-        close(s.M_h, layer.tensor_m())
-        close(s.M_x, layer.tensor_m_prev())
-        close(s.P, layer.cross_covariance())
-        close(s.S_x, layer.tensor_s_growth())
-
-
-def test_delta_gain_and_projection_match(pair):
-    net, _, ours, layers, _ = pair
-    for site in net.sites:
-        solution, layer = ours[site.name], layers[site.name]
-        close(solution.delta, layer.delta_raw)
-        close(
-            torch.tensor(solution.gain_delta, dtype=torch.float64), layer.parameter_update_decrease
-        )
-        close(solution.N, layer.tensor_n)
-
-
-def test_singular_values_units_and_first_order_gain_match(pair):
-    net, _, ours, layers, theirs = pair
-    for site in net.sites:
-        solution, layer = ours[site.name], layers[site.name]
+        s, solution, gromo = stats[site.name], ours[site.name], theirs["sites"][site.name]
+        close(s.S_h, gromo["S_h"])
+        close(s.M_h, gromo["M_h"])
+        close(s.M_x, gromo["M_x"])
+        close(s.P, gromo["P"])
+        close(s.S_x, gromo["S_x"])
+        close(solution.delta, gromo["delta"])
+        close(torch.tensor(solution.gain_delta, dtype=torch.float64), gromo["gain"])
+        close(solution.N, gromo["N"])
         k = solution.count
-        values = layer.eigenvalues_extension.detach().double()
-        close(solution.singular_values[: len(values)], values)
+        values = gromo["singular_values"]
         assert k == len(values)
-        omega = layer.extended_input_layer.weight.detach().double()  # q × K
-        previous = layer.previous_module.extended_output_layer
-        alpha = torch.cat([previous.weight, previous.bias[:, None]], dim=1).detach().double()
-        for unit in range(k):
-            ours_product = torch.outer(solution.omega[unit], solution.alpha[unit])
-            close(ours_product, torch.outer(omega[:, unit], alpha[unit]))
-        close(
-            torch.tensor(solution.fo_gromo(k), dtype=torch.float64), layer.first_order_improvement
-        )
-    theirs_best = max(
-        range(len(net.sites)), key=lambda i: float(theirs.layers[i + 1].first_order_improvement)
-    )
-    ours_best = max(
-        range(len(net.sites)), key=lambda i: ours[net.sites[i].name].fo_gromo(MAX_ADDED)
-    )
-    assert ours_best == theirs_best
-
-
-def test_singular_values_are_distinct_so_units_compare(pair):
-    _, _, ours, _, _ = pair
-    for solution in ours.values():
-        s = solution.singular_values[: solution.count]
-        gaps = (s[:-1] - s[1:]).abs() / s[:-1]
+        close(solution.singular_values[:k], values)
+        # distinct singular values, so single units (not only rank-K sums) compare
+        gaps = (values[:-1] - values[1:]).abs() / values[:-1]
         assert bool((gaps > 1e-8).all())
+        for unit in range(k):
+            close(
+                torch.outer(solution.omega[unit], solution.alpha[unit]),
+                torch.outer(gromo["omega"][unit], gromo["alpha"][unit]),
+            )
+        close(torch.tensor(solution.fo_gromo(k), dtype=torch.float64), gromo["fo_gromo"])
+    ours_best = max(net.sites, key=lambda site: ours[site.name].fo_gromo(MAX_ADDED)).name
+    assert ours_best == theirs["best"]
+
+
+def test_matches_the_golden_gromo_fixture():
+    fixture = torch.load(FIXTURE, weights_only=True)
+    assert fixture["gromo_version"] == "0.1.0"
+    net, _, _ = tiny_problem()
+    net.load_state_dict(fixture["weights"])
+    inputs, targets = fixture["inputs"], fixture["targets"]
+    stats, ours = growbench_side(net, inputs, targets)
+    assert_matches(net, stats, ours, fixture)
+
+
+def test_matches_live_gromo():
+    pytest.importorskip("gromo.containers.growing_mlp")
+    net, inputs, targets = tiny_problem()
+    theirs = gromo_quantities(net, inputs, targets)
+    stats, ours = growbench_side(net, inputs, targets)
+    assert_matches(net, stats, ours, theirs)
+
+
+def test_fixture_problem_is_the_one_tiny_problem_builds():
+    """The fixture's net and data are what ``tiny_problem`` builds now (so the live and golden
+    comparisons test the same thing)."""
+    fixture = torch.load(FIXTURE, weights_only=True)
+    net, inputs, targets = tiny_problem()
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, fixture["weights"][key])
+    assert torch.equal(inputs, fixture["inputs"])
+    assert torch.equal(targets, fixture["targets"])
 
 
 # ------------------------------------------------------------- conv→conv oracle
