@@ -205,8 +205,9 @@ def _draw(
 ) -> Path:
     """Draw one panel per task with ``panel(ax, task, styles)`` and save the figure at ``out``.
 
-    Handles what every figure shares: the task grid, titles, the "no finished runs" note and a
-    legend of every method of the task (those in ``only`` when given) with its failure counts.
+    Handles what every figure shares: the task grid, titles naming each task's cells without a
+    finished run (method and counts), the "no finished runs" note, and one legend of every
+    method (those in ``only`` when given) beside the panels.
     """
     methods = sorted(set(cells["method"].dropna()) | set(frame["method"].dropna()))
     styles = {m: (_COLOURS[i % 10], _MARKERS[i % len(_MARKERS)]) for i, m in enumerate(methods)}
@@ -220,30 +221,27 @@ def _draw(
         FigureCanvasAgg(fig)
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         for ax, task in zip(axes, tasks):
-            ax.set_title(task)
             task_cells = cells[cells["task"] == task]
+            # Cells without a finished run are named under the task's title, never dropped.
+            gaps = [
+                legend_label(cells, task, m)
+                for m in sorted(set(task_cells["method"]))
+                if (task_cells.loc[task_cells["method"] == m, "status"] != FINISHED).any()
+            ]
+            ax.set_title(task + ("\nnot finished: " + "; ".join(gaps) if gaps else ""))
             if (task_cells["status"] == FINISHED).any():
                 panel(ax, task, styles)
             else:
                 _note(ax, "no finished runs")
                 ax.set_xticks([])
                 ax.set_yticks([])
-            shown = sorted(
-                set(task_cells["method"]) | set(frame.loc[frame["task"] == task, "method"])
-            )
-            handles = [
-                Line2D(
-                    [],
-                    [],
-                    color=styles[m][0],
-                    marker=styles[m][1],
-                    label=legend_label(cells, task, m),
-                )
-                for m in shown
-                if only is None or m in only
-            ]
-            if handles:
-                ax.legend(handles=handles, loc="best")
+        handles = [
+            Line2D([], [], color=styles[m][0], marker=styles[m][1], label=m)
+            for m in methods
+            if only is None or m in only
+        ]
+        if handles:
+            fig.legend(handles=handles, loc="outside right upper")
         for ax in axes[len(tasks) :]:
             ax.set_axis_off()
         if not tasks:
@@ -253,12 +251,15 @@ def _draw(
     return out
 
 
-def _log_axis(ax: Axes, which: str) -> None:
-    """A log ``which`` ("x" or "y") axis labelled at 1, 2, 5 × 10^k in compact numbers (1.2k,
-    50M), no minor labels: matplotlib's defaults overlap on axes spanning less than a decade."""
+def _log_axis(ax: Axes, which: str, values: Iterable[float]) -> None:
+    """A log ``which`` ("x" or "y") axis in compact numbers (1.2k, 50M), no minor labels
+    (matplotlib's defaults overlap on axes spanning less than a decade): labels at 1, 2, 5 ×
+    10^k when ``values`` (the positive data drawn) span up to 3 decades, else at powers of 10."""
     getattr(ax, f"set_{which}scale")("log")
     axis = getattr(ax, f"{which}axis")
-    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    drawn = np.asarray([v for v in values if v > 0 and math.isfinite(v)], dtype=float)
+    narrow = drawn.size == 0 or drawn.max() <= 1e3 * drawn.min()
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
     axis.set_major_formatter(FuncFormatter(lambda value, _: _compact(value)))
     axis.set_minor_formatter(NullFormatter())
 
@@ -297,7 +298,7 @@ def _pareto(cells: pd.DataFrame, x: str, xlabel: str, file: str, out: Path) -> P
             )
             plotted = True
         if plotted:
-            _log_axis(ax, "x")
+            _log_axis(ax, "x", done[x])
         else:
             _note(ax, f"no finished run logged {x}")
         ax.set_xlabel(xlabel)
@@ -348,7 +349,7 @@ def _curves(
             low, high = np.clip(mean - half, 0.0, top), np.clip(mean + half, 0.0, top)
             ax.fill_between(epochs, low, high, color=colour, alpha=0.15, lw=0)
         if log and (rows[column] > 0).any():
-            _log_axis(ax, "y")
+            _log_axis(ax, "y", rows[column])
         ax.set_xlabel("epoch")
         ax.set_ylabel(
             _score_label(cells[cells["task"] == task]) if column == "score" else "parameters"
@@ -451,8 +452,8 @@ def prediction(cells: pd.DataFrame, events: pd.DataFrame, out: Path) -> Path:
         if shown.any():
             lo, hi = float(drops[shown].min()), float(drops[shown].max())
             ax.plot([lo, hi], [lo, hi], color="black", ls="--", lw=0.8)
-            _log_axis(ax, "x")
-            _log_axis(ax, "y")
+            _log_axis(ax, "x", drops[shown].ravel())
+            _log_axis(ax, "y", drops[shown].ravel())
         hidden = int((~shown).sum())
         if hidden:
             ax.text(
