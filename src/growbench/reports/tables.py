@@ -97,14 +97,16 @@ HISTORY_METRICS = [
     "train_seconds",
     "growth_seconds",
 ]
-TEXT_COLUMNS = {"task", "method", "dataset", "model", "status", "run_id", "score_name", "site"}
-TEXT_COLUMNS |= {"stop_reason"}
-FILES = {"cells": "cells.csv", "history": "history.csv", "events": "events.csv"}
-FILES["widths"] = "widths.csv"
+TEXT_COLUMNS = frozenset(
+    {"task", "method", "dataset", "model", "status", "run_id", "score_name", "site", "stop_reason"}
+)
+FILES = {name: f"{name}.csv" for name in ("cells", "history", "events", "widths")}
 
 
 @dataclass
 class ReportTables:
+    """The four tables (see the module docstring), one attribute per file of ``FILES``."""
+
     cells: pd.DataFrame
     history: pd.DataFrame
     events: pd.DataFrame
