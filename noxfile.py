@@ -58,11 +58,12 @@ def oracle(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def benchmark(session: nox.Session) -> None:
-    """Run a suite (default: ``default``), print its results table and write its report."""
-    args = list(session.posargs)
-    if "--suite" not in args:
-        args = ["--suite", "default", *args]
+    """Run a suite (default: ``default``), print its results table and write its report (not
+    after ``--dry-run``)."""
+    args = _with_suite(session.posargs)
     _run(session, "growbench", "run", *args)
+    if "--dry-run" in args:
+        return
     suite = args[args.index("--suite") + 1]
     report = ["--suite", suite]
     if "--tracking-uri" in args:
@@ -73,10 +74,12 @@ def benchmark(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 def report(session: nox.Session) -> None:
     """Write a suite's report (default: ``default``) from the runs in the store; trains nothing."""
-    args = list(session.posargs)
-    if "--suite" not in args:
-        args = ["--suite", "default", *args]
-    _run(session, "growbench", "report", *args)
+    _run(session, "growbench", "report", *_with_suite(session.posargs))
+
+
+def _with_suite(args: list[str]) -> list[str]:
+    """The session's arguments, with ``--suite default`` unless they name a suite."""
+    return list(args) if "--suite" in args else ["--suite", "default", *args]
 
 
 @nox.session(venv_backend="none")

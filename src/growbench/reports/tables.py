@@ -60,10 +60,8 @@ CELL_COLUMNS = [
     "growth_share",
     "epochs",
 ]
-HISTORY_COLUMNS = [
-    *KEY,
-    "epoch",
-    "score",
+# The metrics the runner logs per epoch that a report reads.
+HISTORY_METRICS = [
     "test_loss",
     "test_accuracy",
     "train_loss",
@@ -73,6 +71,7 @@ HISTORY_COLUMNS = [
     "train_seconds",
     "growth_seconds",
 ]
+HISTORY_COLUMNS = [*KEY, "epoch", "score", *HISTORY_METRICS]
 EVENT_COLUMNS = [
     *KEY,
     "round",
@@ -87,16 +86,6 @@ EVENT_COLUMNS = [
 WIDTH_COLUMNS = [*KEY, "site", "site_index", "width"]
 ACCURACY_SCORE = "test accuracy %"
 LOSS_SCORE = "test loss"
-HISTORY_METRICS = [
-    "test_loss",
-    "test_accuracy",
-    "train_loss",
-    "params",
-    "flops",
-    "train_flops",
-    "train_seconds",
-    "growth_seconds",
-]
 TEXT_COLUMNS = frozenset(
     {"task", "method", "dataset", "model", "status", "run_id", "score_name", "site", "stop_reason"}
 )
