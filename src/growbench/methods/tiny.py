@@ -392,6 +392,16 @@ def loss_at_gamma(
     return _GrownTailLoss(net, ctx, site, alpha, omega, delta)
 
 
+def _producer_inputs(net: GrowableNet, ctx: GrowthContext, site: Site):
+    """(input of the site's producer block, targets) per batch of the statistics set."""
+    for inputs, targets in ctx.batches():
+        with torch.no_grad():  # not around the yield: grad mode is global state
+            x = inputs.flatten(1) if net.flatten_input else inputs
+            for previous in net.blocks[: site.index]:
+                x = previous(x)
+        yield x, targets
+
+
 class _GrownTailLoss:
     """Mean loss on the statistics set, eval mode, of the net grown at amplitude γ, without
     touching it: the input of the producer block is computed once; at each γ a copy of the
@@ -410,13 +420,7 @@ class _GrownTailLoss:
         self.alpha, self.omega, self.delta = alpha, omega, delta
         net.eval()  # stays in eval mode while the search runs; Grower.grow restores the mode
         self.tail = list(net.blocks[site.index :])
-        self.cache = []
-        with torch.no_grad():
-            for inputs, targets in ctx.batches():
-                x = inputs.flatten(1) if net.flatten_input else inputs
-                for previous in net.blocks[: site.index]:
-                    x = previous(x)
-                self.cache.append((x, targets))
+        self.cache = list(_producer_inputs(net, ctx, site))
 
     def __call__(self, gammas: list[float]) -> list[float]:
         losses = []
@@ -455,10 +459,7 @@ class _LossAtGamma:
         self.omega = omega.to(dtype)
         parts = []
         with torch.no_grad():
-            for inputs, targets in ctx.batches():
-                x = inputs.flatten(1) if net.flatten_input else inputs
-                for previous in net.blocks[: site.index]:
-                    x = previous(x)
+            for x, targets in _producer_inputs(net, ctx, site):
                 h = block(x)  # post is elementwise (Identity or Dropout, checked)
                 x_tilde = with_ones(x, site.producer.bias is not None)
                 h_tilde = with_ones(h, consumer.bias is not None)
