@@ -5,21 +5,26 @@
 
 from growbench.nn.activations import ACTIVATIONS, Activation, activation_info
 from growbench.nn.counting import count_flops, count_params
-from growbench.nn.growable import Block, GrowableNet, Site, insert_layer
+from growbench.nn.growable import GrowableNet, Site, insert_layer
 from growbench.nn.losses import loss_for_task
 from growbench.nn.optim import carry_optimizer_state
-from growbench.nn.taps import Taps, collect_taps
-from growbench.nn.zoo import ModelConfig, build_model
+from growbench.nn.taps import NonFiniteStatisticsError, Taps, collect_taps
+from growbench.nn.units import DepthwiseConv2d, Slot, UnitChange
+from growbench.nn.zoo import ModelConfig, available_models, build_model, register_model
 
 __all__ = [
     "ACTIVATIONS",
     "Activation",
-    "Block",
+    "DepthwiseConv2d",
     "GrowableNet",
     "ModelConfig",
+    "NonFiniteStatisticsError",
     "Site",
+    "Slot",
     "Taps",
+    "UnitChange",
     "activation_info",
+    "available_models",
     "build_model",
     "carry_optimizer_state",
     "collect_taps",
@@ -27,4 +32,5 @@ __all__ = [
     "count_params",
     "insert_layer",
     "loss_for_task",
+    "register_model",
 ]

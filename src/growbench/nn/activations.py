@@ -28,6 +28,7 @@ class ActivationInfo:
     zero_at_zero: bool  # σ(0) == 0
     slope_at_zero: float  # autograd's σ'(0)
     idempotent: bool  # σ(σ(z)) == σ(z) for all z
+    identity_at_init: bool = False  # the activation is the identity at its initial parameters
 
 
 def _relu(z: Tensor) -> Tensor:
@@ -67,7 +68,7 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
     "selu": ActivationInfo(_selu, True, 1.0507009873554805, False),
     "sigmoid": ActivationInfo(torch.sigmoid, False, 0.25, False),
     "softplus": ActivationInfo(F.softplus, False, 0.5, False),
-    "identity": ActivationInfo(_identity, True, 1.0, True),
+    "identity": ActivationInfo(_identity, True, 1.0, True, identity_at_init=True),
 }
 
 

@@ -8,8 +8,6 @@ budget checks and reported costs can never disagree.
 
 from __future__ import annotations
 
-import copy
-import itertools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -43,31 +41,44 @@ def count_flops(net: nn.Module, input_shape: Sequence[int]) -> int:
 def growth_cost(net: GrowableNet, additions: Mapping[str, int]) -> dict[str, int]:
     """Exact params and FLOPs that adding ``additions[site]`` units at each named site adds.
 
-    A chain net's params and FLOPs are affine in each site's width alone, with products only of
-    adjacent widths (a layer's weights join its input and output widths). So the cost of any
-    growth is Σ_s u_s·Δ_s + Σ_s x_s·Δ_s·Δ_(s+1), with per-unit costs u and cross terms x
-    measured once per architecture on grown copies of the net (cached until the widths change).
+    Params and FLOPs of a growable net are affine in each site's width, with products only of
+    the widths of two *coupled* sites, where one site's consumer is the other's producer (that
+    layer's weights join both widths); per-unit modules (BatchNorm, a depthwise conv) are affine
+    in one width. So the cost of any growth is Σ_s u_s·Δ_s + Σ_(s,t) x_st·Δ_s·Δ_t over the coupled
+    pairs, with per-unit costs u and cross terms x measured once per architecture on grown
+    copies of the net (cached until the architecture changes). The measurement also grows every
+    site by two units and checks that the cost is affine, so a model that breaks the assumption
+    fails loudly here instead of being charged wrongly.
     """
     per_unit, cross = _cost_coefficients(net)
-    names = list(per_unit)
-    unknown = set(additions) - set(names)
+    unknown = set(additions) - set(per_unit)
     if unknown:
-        raise KeyError(f"no site named {sorted(unknown)}; sites are {names}")
+        raise KeyError(f"no site named {sorted(unknown)}; sites are {list(per_unit)}")
     total = {"params": 0, "flops": 0}
     for metric in total:
-        for position, name in enumerate(names):
-            count = int(additions.get(name, 0))
-            total[metric] += per_unit[name][metric] * count
-            if position + 1 < len(names):
-                following = int(additions.get(names[position + 1], 0))
-                total[metric] += cross[name][metric] * count * following
+        for name, cost in per_unit.items():
+            total[metric] += cost[metric] * int(additions.get(name, 0))
+        for (first, second), cost in cross.items():
+            count = int(additions.get(first, 0)) * int(additions.get(second, 0))
+            total[metric] += cost[metric] * count
     return total
+
+
+def coupled_sites(net: GrowableNet) -> list[tuple[str, str]]:
+    """Pairs (s, t) of sites where s's consumer is t's producer."""
+    sites = net.sites
+    return [
+        (first.name, second.name)
+        for first in sites
+        for second in sites
+        if first is not second and first.consumer is second.producer
+    ]
 
 
 def _cost_coefficients(
     net: GrowableNet,
-) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
-    key = (tuple(net.widths().items()), net.input_shape, tuple(b.kind for b in net.blocks))
+) -> tuple[dict[str, dict[str, int]], dict[tuple[str, str], dict[str, int]]]:
+    key = (tuple(net.widths().items()), net.input_shape, tuple(s.kind for s in net.sites))
     cached = getattr(net, "_cost_cache", None)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -75,10 +86,17 @@ def _cost_coefficients(
     base = _measure(net, {})
     single = {name: _measure(net, {name: 1}) for name in names}
     per_unit = {name: _difference(single[name], base) for name in names}
+    for name in names:
+        double = _difference(_measure(net, {name: 2}), base)
+        if any(double[m] != 2 * per_unit[name][m] for m in base):
+            raise ValueError(
+                f"the cost of units at site {name!r} is not affine in its width (1 unit adds "
+                f"{per_unit[name]}, 2 add {double}): growth_cost cannot price this model"
+            )
     cross = {}
-    for first, second in itertools.pairwise(names):
+    for first, second in coupled_sites(net):
         both = _measure(net, {first: 1, second: 1})
-        cross[first] = {
+        cross[(first, second)] = {
             metric: both[metric] - single[first][metric] - single[second][metric] + base[metric]
             for metric in base
         }
@@ -95,8 +113,7 @@ def _measure(net: GrowableNet, additions: Mapping[str, int]) -> dict[str, int]:
     """Params and FLOPs of a copy of ``net`` grown by zero-initialised units."""
     trial = net
     if additions:
-        trial = copy.deepcopy(net)
-        trial.__dict__.pop("_cost_cache", None)
+        trial = net.clone()
         for name, count in additions.items():
             site = trial.site(name)
             reference = site.producer.weight

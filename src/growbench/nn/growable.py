@@ -1,12 +1,24 @@
-"""Growable networks: blocks, growth sites and the three surgery operations.
+"""Growable networks: named growth sites, the surgery on them, and depth growth.
 
-A ``GrowableNet`` is a chain of ``Block``s (layer, optional BatchNorm, activation, optional
-pooling). The units a block produces form a *growth site*: the block's layer is their fan-in
-(producer), the next block's layer their fan-out (consumer). Every method changes a net only through
-``split``, ``add_units`` and ``insert_layer`` on a ``Site``, so those three are the code that has
-to be right, for every layer kind, once.
+A ``GrowableNet`` is an ordinary ``nn.Module`` run as a chain of *stages* (a stage is any module:
+a conv block, a ResNet basic block, a classifier head) plus the list of its growth *sites*, which
+the model builder enumerates and names. A site is a group of units between:
 
-Flat layouts used by the operations (the notation of ``shared/methods/README.md``):
+* a **producer** (``nn.Linear`` or an ungrouped ``nn.Conv2d``) whose output rows are the units'
+  fan-in,
+* the **per-unit path** (``Site.between``): every module the units pass through on their way to
+  the consumer, each acting on each unit separately (BatchNorm, the site's activation, an
+  insertion ``Slot``, a depthwise conv with its BatchNorm and activation, pooling, dropout, a
+  flatten); ``growbench.nn.units`` says how each one resizes,
+* a **consumer** (``nn.Linear`` or an ungrouped ``nn.Conv2d``) whose input columns are the units'
+  fan-out.
+
+Sites are found by name (``net.site("layer3.0")``), never by walking a chain, so they can sit
+inside residual blocks (the inner width conv1 → conv2 of a basic block) or span two stages (a
+MobileNet pointwise conv, the next depthwise conv, the next pointwise conv). Every method changes
+a net only through ``Site.split``, ``Site.add_units`` and ``insert_layer``.
+
+Flat layouts used by the operations (the notation of the method specifications):
 
 * fan-in row of unit j: ``θ_j`` = the producer weight row flattened (``C_in·k·k`` for a conv),
   with the bias appended last when the producer has one; ``Site.fan_in_size`` is its length.
@@ -23,213 +35,111 @@ offspring and new units are appended at the end, in the order the caller gave th
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from growbench.nn.activations import Activation, activation_info
+from growbench.nn.units import (
+    DepthwiseConv2d,
+    Slot,
+    UnitChange,
+    ZeroBranchResidual,
+    is_max_pool,
+    new_unit_forward,
+    replace_parameter,
+    resize_units,
+)
 
 ParamLineage = dict[nn.Parameter, tuple[nn.Parameter, list[Tensor | None]]]
+LAYER_TYPES = (nn.Linear, nn.Conv2d)
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-class Block(nn.Module):
-    """``post(activation(norm(layer(x))))``, with an optional statistics tap."""
+def _check_layer(layer: nn.Module, role: str, site: str) -> None:
+    if not isinstance(layer, LAYER_TYPES) or isinstance(layer, DepthwiseConv2d):
+        raise TypeError(
+            f"site {site!r}: the {role} must be an nn.Linear or nn.Conv2d, got {type(layer).__name__}"
+        )
+    if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+        raise TypeError(f"site {site!r}: the {role} is a grouped conv (groups={layer.groups})")
+
+
+class Site:
+    """The units between ``producer`` and ``consumer``, with the per-unit modules ``between``
+    them in forward order. ``slot`` is where ``insert_layer`` puts a layer at this site (right
+    after the site's activation); ``stage`` is the index of the net's stage holding the producer
+    (``forward_until`` / ``forward_from`` cut the net there)."""
 
     def __init__(
         self,
         name: str,
-        layer: nn.Linear | nn.Conv2d,
-        norm: nn.BatchNorm1d | nn.BatchNorm2d | None,
-        activation: str,
-        post: nn.Module | None = None,
+        producer: nn.Linear | nn.Conv2d,
+        between: Sequence[nn.Module],
+        consumer: nn.Linear | nn.Conv2d,
+        slot: Slot | None = None,
     ) -> None:
-        super().__init__()
+        _check_layer(producer, "producer", name)
+        _check_layer(consumer, "consumer", name)
         self.name = name
-        self.layer = layer
-        self.norm = norm
-        self.act = Activation(activation)
-        self.post = post if post is not None else nn.Identity()
-        self.tap = None  # a taps.Recorder while statistics are being collected
+        self.producer = producer
+        self.between = list(between)
+        self.consumer = consumer
+        self.slot = slot
+        self.stage = -1  # set by GrowableNet
+        self.net: GrowableNet | None = None
+        if not any(isinstance(m, Activation) for m in self.between):
+            raise TypeError(f"site {name!r}: no Activation between its producer and consumer")
+        if self.consumer.weight[0].numel() % self.width:
+            raise TypeError(
+                f"site {name!r}: the consumer reads {self.consumer.weight[0].numel()} inputs, "
+                f"not a multiple of the site's {self.width} units"
+            )
+
+    def __repr__(self) -> str:
+        return f"Site({self.name!r}, {self.kind}, width={self.width})"
+
+    # --------------------------------------------------------------------- description
+    @property
+    def norm(self) -> nn.BatchNorm1d | nn.BatchNorm2d | None:
+        """The BatchNorm right after the producer, if any (its gain is the b of the notation)."""
+        first = self.between[0]
+        return first if isinstance(first, NORM_TYPES) else None
+
+    @property
+    def act(self) -> Activation:
+        """The site's activation: the first one on the per-unit path."""
+        return next(m for m in self.between if isinstance(m, Activation))
 
     @property
     def activation(self) -> str:
         return self.act.name
 
     @property
+    def activations(self) -> list[Activation]:
+        """Every activation on the per-unit path (two after a MobileNet pointwise conv)."""
+        return [m for m in self.between if isinstance(m, Activation)]
+
+    @property
     def kind(self) -> str:
-        kind = type(self.layer).__name__
-        return f"{kind}+BN" if self.norm is not None else kind
-
-    def norm_gain(self) -> Tensor | None:
-        """b = γ / sqrt(running_var + eps): the slope of the eval-mode BatchNorm (None without)."""
-        if self.norm is None:
-            return None
-        gain = 1.0 / torch.sqrt(self.norm.running_var + self.norm.eps)
-        if self.norm.affine:
-            gain = gain * self.norm.weight.detach()
-        return gain
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.layer(x)
+        """``Linear`` or ``Conv2d``, ``+BN`` with a BatchNorm after the producer, ``+depthwise``
+        when a depthwise conv lies on the path (MobileNet)."""
+        kind = type(self.producer).__name__
         if self.norm is not None:
-            z = self.norm(z)
-        h = self.act(z)
-        if self.tap is not None:
-            self.tap.record(x, z, h)
-        return self.post(h)
-
-
-_FLOPS_BY_ARCHITECTURE: dict[tuple, int] = {}  # see GrowableNet.flops
-
-
-class GrowableNet(nn.Module):
-    """A chain of blocks; the last block is the output layer and is not a growth site."""
-
-    def __init__(
-        self, blocks: Sequence[Block], input_shape: Sequence[int], flatten_input: bool
-    ) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(blocks)
-        self.input_shape = tuple(input_shape)
-        self.flatten_input = flatten_input
-        self.lineage: ParamLineage = {}
-        self._next_block_id = len(blocks)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.flatten_input:
-            x = x.flatten(1)
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-    # ----------------------------------------------------------------- sites and description
-    @property
-    def sites(self) -> list[Site]:
-        return [Site(self, i) for i in range(len(self.blocks) - 1)]
-
-    def site(self, key: int | str) -> Site:
-        """The site at position ``key`` or whose producer block is named ``key``."""
-        sites = self.sites
-        if isinstance(key, int):
-            if not -len(sites) <= key < len(sites):
-                raise IndexError(f"site index {key} out of range: the net has {len(sites)} sites")
-            return sites[key]
-        for site in sites:
-            if site.name == key:
-                return site
-        raise KeyError(f"no site named {key!r}; sites are {[s.name for s in sites]}")
-
-    def widths(self) -> dict[str, int]:
-        return {site.name: site.width for site in self.sites}
-
-    def params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def flops(self, input_shape: Sequence[int] | None = None) -> int:
-        """Forward FLOPs of one sample. Counting runs a forward pass, and growers and the runner
-        ask before and after every step, so counts are cached per architecture (the modules'
-        reprs, which hold strides and paddings, and the parameter shapes), across nets."""
-        from growbench.nn.counting import count_flops
-
-        shape = tuple(input_shape or self.input_shape)
-        shapes = tuple((name, tuple(p.shape)) for name, p in self.named_parameters())
-        key = (shape, repr(self), shapes)
-        if key not in _FLOPS_BY_ARCHITECTURE:
-            if len(_FLOPS_BY_ARCHITECTURE) >= 4096:
-                _FLOPS_BY_ARCHITECTURE.clear()
-            _FLOPS_BY_ARCHITECTURE[key] = count_flops(self, shape)
-        return _FLOPS_BY_ARCHITECTURE[key]
-
-    def describe(self) -> dict:
-        """A JSON-ready description of the architecture."""
-        return {
-            "input_shape": list(self.input_shape),
-            "blocks": [
-                {
-                    "name": block.name,
-                    "kind": block.kind,
-                    "layer": repr(block.layer),
-                    "activation": block.activation,
-                    "post": repr(block.post),
-                }
-                for block in self.blocks
-            ],
-            "widths": self.widths(),
-            "params": self.params(),
-        }
-
-    def new_block_name(self) -> str:
-        name = f"block{self._next_block_id}"
-        self._next_block_id += 1
-        return name
-
-    # ------------------------------------------------------------------------ lineage
-    def record_lineage(
-        self, new: nn.Parameter, old: nn.Parameter, maps: list[Tensor | None]
-    ) -> None:
-        """Remember that ``new`` continues ``old``; compose with ``old``'s own lineage."""
-        if old in self.lineage:
-            root, root_maps = self.lineage.pop(old)
-            composed = []
-            for outer, inner in zip(maps, root_maps, strict=True):
-                if outer is None:
-                    composed.append(inner)
-                elif inner is None:
-                    composed.append(outer)
-                else:
-                    composed.append(torch.where(outer >= 0, inner[outer.clamp_min(0)], -1))
-            old, maps = root, composed
-        self.lineage[new] = (old, maps)
-
-    def pop_lineage(self) -> ParamLineage:
-        lineage, self.lineage = self.lineage, {}
-        return lineage
-
-
-class Site:
-    """A view of the units between block ``index`` (producer) and block ``index + 1`` (consumer)."""
-
-    def __init__(self, net: GrowableNet, index: int) -> None:
-        self.net = net
-        self.index = index
-
-    def __repr__(self) -> str:
-        return f"Site({self.name!r}, {self.kind}, width={self.width})"
+            kind += "+BN"
+        if any(isinstance(m, DepthwiseConv2d) for m in self.between):
+            kind += "+depthwise"
+        return kind
 
     @property
-    def block(self) -> Block:
-        return self.net.blocks[self.index]
-
-    @property
-    def consumer_block(self) -> Block:
-        return self.net.blocks[self.index + 1]
-
-    @property
-    def name(self) -> str:
-        return self.block.name
-
-    @property
-    def producer(self) -> nn.Linear | nn.Conv2d:
-        return self.block.layer
-
-    @property
-    def norm(self) -> nn.BatchNorm1d | nn.BatchNorm2d | None:
-        return self.block.norm
-
-    @property
-    def consumer(self) -> nn.Linear | nn.Conv2d:
-        return self.consumer_block.layer
-
-    @property
-    def kind(self) -> str:
-        return self.block.kind
-
-    @property
-    def activation(self) -> str:
-        return self.block.activation
+    def max_pooled(self) -> bool:
+        """Whether a max pool (local or global) lies between producer and consumer."""
+        return any(is_max_pool(m) for m in self.between)
 
     @property
     def width(self) -> int:
@@ -242,26 +152,65 @@ class Site:
 
     @property
     def positions(self) -> int:
-        """How many consumer inputs read each unit (kernel taps, or flattened pixels)."""
+        """How many consumer inputs read each unit (kernel taps, or flattened positions)."""
         return self.consumer.weight[0].numel() // self.width
 
     @property
     def fan_out_size(self) -> int:
         return self.consumer.weight.shape[0] * self.positions
 
-    def input_patches(self, block_input: Tensor) -> Tensor:
-        """The producer's im2col patches of ``block_input``, N × (C_in·kh·kw) × positions, each
-        laid out like a fan-in row without the bias (a Linear producer: one position)."""
+    def norm_gain(self) -> Tensor | None:
+        """b = γ / sqrt(running_var + eps): the slope of the eval-mode BatchNorm (None without)."""
+        norm = self.norm
+        if norm is None:
+            return None
+        gain = 1.0 / torch.sqrt(norm.running_var + norm.eps)
+        if norm.affine:
+            gain = gain * norm.weight.detach()
+        return gain
+
+    def input_patches(self, producer_input: Tensor) -> Tensor:
+        """The producer's im2col patches of its input, N × (C_in·kh·kw) × positions, each laid
+        out like a fan-in row without the bias (a Linear producer: one position)."""
         producer = self.producer
         if isinstance(producer, nn.Linear):
-            return block_input.reshape(block_input.shape[0], -1, 1)
+            return producer_input.reshape(producer_input.shape[0], -1, 1)
         return F.unfold(
-            block_input,
+            producer_input,
             producer.kernel_size,
             dilation=producer.dilation,
             padding=producer.padding,
             stride=producer.stride,
         )
+
+    def run_between(self, maps: Tensor) -> Tensor:
+        """The per-unit path applied to the producer's output (what the consumer reads)."""
+        for module in self.between:
+            maps = module(maps)
+        return maps
+
+    def unit_path(self, maps: Tensor, linear_activations: bool = False) -> Tensor:
+        """What the per-unit path computes, in eval mode, on brand-new units whose producer
+        outputs are ``maps`` (N × k × ..., any k): BatchNorms and depthwise filters at their
+        new-unit (identity) entries, activations and pools as they are. Stops before a flatten,
+        so the result keeps one channel per unit (N × k × positions... for a Linear consumer
+        after a flatten). ``linear_activations`` skips the activations (their slopes at 0 are
+        ``path_slope``)."""
+        for module in self.between:
+            if isinstance(module, nn.Flatten):
+                break
+            if linear_activations and isinstance(module, Activation):
+                continue
+            maps = new_unit_forward(module, maps)
+        return maps
+
+    def path_slope(self) -> float:
+        """Product of σ'(0) over the activations on the path: the slope at 0 of a new unit's
+        path apart from its linear (pooling, subsampling) part."""
+        slope = 1.0
+        for act in self.activations:
+            slope *= activation_info(act.name).slope_at_zero
+        return slope
 
     def fan_in_matrix(self) -> Tensor:
         """W_in (n × p): row j is θ_j, bias last."""
@@ -295,8 +244,9 @@ class Site:
 
         ``fan_in_deltas`` (k × m × p) is added to the parent's fan-in row θ (bias last);
         ``fan_out_weights`` (k × m) multiplies its fan-out column. Weights summing to 1 with zero
-        deltas keep the function. BatchNorm entries are copied. Returns, per parent, the indices
-        of its offspring (offspring 0 keeps the parent's index).
+        deltas keep the function. Per-unit modules (BatchNorm, a depthwise filter) copy the
+        parent's entries. Returns, per parent, the indices of its offspring (offspring 0 keeps the
+        parent's index).
         """
         ids = [int(i) for i in neuron_ids]
         n, p = self.width, self.fan_in_size
@@ -319,11 +269,12 @@ class Site:
         if k == 0 or m < 1:
             return [[i] for i in ids]
         weight = self.producer.weight
+        device = weight.device
         deltas = fan_in_deltas.to(weight)
         scale = fan_out_weights.to(weight)
-        parents = torch.tensor(ids, dtype=torch.long, device=weight.device)
+        parents = torch.tensor(ids, dtype=torch.long, device=device)
         extra_parents = parents.repeat_interleave(m - 1)
-        source = torch.cat([torch.arange(n, device=weight.device), extra_parents])
+        source = torch.cat([torch.arange(n, device=device), extra_parents])
 
         rows = self.fan_in_matrix()[source].clone()
         rows[parents] += deltas[:, 0]
@@ -331,7 +282,7 @@ class Site:
         columns = self._consumer_view()[:, source].clone()
         columns[:, parents] *= scale[:, 0][None, :, None]
         columns[:, n:] *= scale[:, 1:].reshape(-1)[None, :, None]
-        self._rebuild(rows, columns, norm_source=source, new_count=k * (m - 1))
+        self._rebuild(rows, columns, source)
         offspring = []
         for parent_pos, parent in enumerate(ids):
             start = n + parent_pos * (m - 1)
@@ -343,8 +294,9 @@ class Site:
 
         ``fan_in`` (k × d) are the new producer weight rows without bias (d = ``fan_in_size``
         minus the bias entry), ``bias`` (k,) defaults to 0, ``fan_out`` (k × out·positions) their
-        consumer columns. New BatchNorm entries are the identity in eval mode (mean 0, var 1,
-        γ = sqrt(1 + eps), β = 0). Returns the new units' indices.
+        consumer columns. Per-unit modules give them their new-unit entries, which are the
+        identity in eval mode (BatchNorm: mean 0, var 1, γ = sqrt(1 + eps), β = 0; a depthwise
+        conv: the identity filter). Returns the new units' indices.
         """
         n = self.width
         weight = self.producer.weight
@@ -378,54 +330,48 @@ class Site:
         out = self.consumer.weight.shape[0]
         new_columns = fan_out.to(weight).reshape(k, out, self.positions).permute(1, 0, 2)
         columns = torch.cat([self._consumer_view(), new_columns], dim=1)
-        source = torch.cat(
-            [torch.arange(n, device=weight.device), torch.full((k,), -1, device=weight.device)]
-        )
-        self._rebuild(rows, columns, norm_source=source, new_count=k)
+        device = weight.device
+        source = torch.cat([torch.arange(n, device=device), torch.full((k,), -1, device=device)])
+        self._rebuild(rows, columns, source)
         return list(range(n, n + k))
 
-    def _rebuild(self, rows: Tensor, columns: Tensor, norm_source: Tensor, new_count: int) -> None:
-        """Install new producer rows, consumer columns and BN entries; record lineage.
-
-        ``norm_source`` gives, per new unit, the old unit whose BN entries it copies (-1: identity
-        entries). Lineage maps keep old units at their index and mark the ``new_count`` appended
-        units as new.
-        """
+    def _rebuild(self, rows: Tensor, columns: Tensor, source: Tensor) -> None:
+        """Install new producer rows and consumer columns, resize the per-unit modules and
+        record lineage. ``source`` gives, per new unit, the old unit whose per-unit entries it
+        copies (-1: new-unit entries); old units keep their index and state, the appended ones
+        start with fresh optimizer state."""
         net, producer, consumer = self.net, self.producer, self.consumer
         n_old, positions = self.width, self.positions
         n_new = rows.shape[0]
         device = rows.device
-        survivors = torch.cat(
-            [torch.arange(n_old, device=device), torch.full((new_count,), -1, device=device)]
+        state = torch.cat(
+            [torch.arange(n_old, device=device), torch.full((n_new - n_old,), -1, device=device)]
         )
+        change = UnitChange(net, source, state)
         has_bias = producer.bias is not None
         weight_rows = rows[:, : rows.shape[1] - has_bias]
-        _replace(
-            net,
-            producer,
-            "weight",
-            weight_rows.reshape(n_new, *producer.weight.shape[1:]),
-            [survivors] + [None] * (producer.weight.ndim - 1),
-        )
+        change.replace(producer, "weight", weight_rows.reshape(n_new, *producer.weight.shape[1:]))
         if has_bias:
-            _replace(net, producer, "bias", rows[:, -1], [survivors])
+            change.replace(producer, "bias", rows[:, -1])
         if isinstance(producer, nn.Linear):
             producer.out_features = n_new
         else:
             producer.out_channels = n_new
+        for module in self.between:
+            resize_units(module, change)
 
         if isinstance(consumer, nn.Conv2d):
             consumer_shape = (consumer.weight.shape[0], n_new, *consumer.weight.shape[2:])
-            consumer_map = survivors
+            consumer_map = state
             consumer.in_channels = n_new
         else:
             consumer_shape = (consumer.weight.shape[0], n_new * positions)
             offsets = torch.arange(positions, device=device)
             consumer_map = torch.where(
-                survivors[:, None] >= 0, survivors[:, None] * positions + offsets, -1
+                state[:, None] >= 0, state[:, None] * positions + offsets, -1
             ).reshape(-1)
             consumer.in_features = n_new * positions
-        _replace(
+        replace_parameter(
             net,
             consumer,
             "weight",
@@ -433,71 +379,356 @@ class Site:
             [None, consumer_map] + [None] * (consumer.weight.ndim - 2),
         )
 
-        norm = self.norm
-        if norm is not None:
-            copied = norm_source.clamp_min(0)
-            fresh = norm_source < 0
-            mean = torch.where(fresh, 0.0, norm.running_mean[copied])
-            var = torch.where(fresh, 1.0, norm.running_var[copied])
-            norm.running_mean = mean
-            norm.running_var = var
-            if norm.affine:
-                identity_gamma = math.sqrt(1.0 + norm.eps)
-                gamma = torch.where(fresh, identity_gamma, norm.weight.detach()[copied])
-                beta = torch.where(fresh, 0.0, norm.bias.detach()[copied])
-                _replace(net, norm, "weight", gamma, [survivors])
-                _replace(net, norm, "bias", beta, [survivors])
-            norm.num_features = n_new
+
+@dataclass
+class FreeSlot:
+    """An insertion point that belongs to no site (an MLP's input, before its first layer)."""
+
+    slot: Slot
+    consumer: nn.Linear | nn.Conv2d
+    width: int
+    stage: int
 
 
-def _replace(
-    net: GrowableNet, module: nn.Module, name: str, value: Tensor, maps: list[Tensor | None]
-) -> None:
-    old = getattr(module, name)
-    new = nn.Parameter(value.detach().clone().contiguous(), requires_grad=old.requires_grad)
-    setattr(module, name, new)
-    net.record_lineage(new, old, maps)
+_FLOPS_BY_ARCHITECTURE: dict[tuple, int] = {}  # see GrowableNet.flops
 
 
-def insert_layer(net: GrowableNet, site: Site | int | str, init: str = "identity") -> Block:
-    """Insert a width-preserving block right after the producer block of ``site``.
+class GrowableNet(nn.Module):
+    """``stages`` run in order; ``sites`` are the growth sites the builder enumerated, in forward
+    order (the output layer is never a site). ``free_slots`` names insertion points outside any
+    site (``{"input": (slot, first layer)}`` for an MLP, so depth can grow from no hidden layer)."""
 
-    The new block repeats the site's layer kind (Linear, or a 3×3 same-padding conv), BatchNorm
-    and activation, initialised to the identity, and takes over the producer block's pooling.
-    The function is unchanged when the activation is idempotent (relu, identity): σ(σ(z)) = σ(z).
-    Returns the new block; its units form a new site right after ``site``.
+    def __init__(
+        self,
+        stages: Sequence[nn.Module],
+        sites: Sequence[Site],
+        input_shape: Sequence[int],
+        free_slots: dict[str, tuple[Slot, nn.Module]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.input_shape = tuple(input_shape)
+        self.lineage: ParamLineage = {}
+        self._sites: list[Site] = []
+        self._inserted = 0
+        for site in sites:
+            self._attach(site)
+        names = [site.name for site in self._sites]
+        if len(set(names)) != len(names):
+            raise ValueError(f"site names must be unique, got {names}")
+        self.free_slots: dict[str, FreeSlot] = {}
+        for name, (slot, consumer) in (free_slots or {}).items():
+            width = consumer.weight.shape[1]
+            self.free_slots[name] = FreeSlot(slot, consumer, width, self._stage_of(slot))
+
+    def _stage_of(self, module: nn.Module) -> int:
+        for index, stage in enumerate(self.stages):
+            if any(m is module for m in stage.modules()):
+                return index
+        raise ValueError(f"{type(module).__name__} is in none of the net's stages")
+
+    def _attach(self, site: Site) -> None:
+        site.net = self
+        site.stage = self._stage_of(site.producer)
+        self._sites.append(site)
+
+    def _sort_sites(self) -> None:
+        """Sites in forward order: the order their producers are registered in, which is the
+        order they run in for the zoo's models (and must be for a model that grows deeper)."""
+        order = {module: index for index, module in enumerate(self.modules())}
+        self._sites.sort(key=lambda site: order[site.producer])
+
+    def forward(self, x: Tensor) -> Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    # ------------------------------------------------------------- partial forward passes
+    def forward_until(self, site: Site | str, x: Tensor) -> Tensor:
+        """The input of the stage that holds ``site``'s producer; ``forward_from`` goes on."""
+        site = self._resolve(site)
+        for stage in self.stages[: site.stage]:
+            x = stage(x)
+        return x
+
+    def forward_from(self, site: Site | str, state: Tensor) -> Tensor:
+        """The net's output from what ``forward_until(site, ·)`` returned."""
+        site = self._resolve(site)
+        for stage in self.stages[site.stage :]:
+            state = stage(state)
+        return state
+
+    def copy_from(self, site: Site | str) -> GrowableNet:
+        """A copy of the net in which the stages before ``site``'s are shared, not copied: the
+        cheap way to try a change at ``site`` and run ``forward_from`` on the copy."""
+        site = self._resolve(site)
+        memo: dict[int, object] = {}
+        for stage in self.stages[: site.stage]:
+            for module in stage.modules():
+                memo[id(module)] = module
+        return self.clone(memo)
+
+    def clone(self, memo: dict[int, object] | None = None) -> GrowableNet:
+        """A deep copy without the pending lineage (it refers to replaced parameters)."""
+        lineage, self.lineage = self.lineage, {}
+        try:
+            copied = copy.deepcopy(self, memo if memo is not None else {})
+        finally:
+            self.lineage = lineage
+        copied.__dict__.pop("_cost_cache", None)
+        return copied
+
+    # ----------------------------------------------------------------- sites and description
+    @property
+    def sites(self) -> list[Site]:
+        return list(self._sites)
+
+    def _resolve(self, key: Site | int | str) -> Site:
+        return key if isinstance(key, Site) else self.site(key)
+
+    def site(self, key: int | str) -> Site:
+        """The site at position ``key`` or named ``key``."""
+        sites = self._sites
+        if isinstance(key, int):
+            if not -len(sites) <= key < len(sites):
+                raise IndexError(f"site index {key} out of range: the net has {len(sites)} sites")
+            return sites[key]
+        for site in sites:
+            if site.name == key:
+                return site
+        raise KeyError(f"no site named {key!r}; sites are {[s.name for s in sites]}")
+
+    def widths(self) -> dict[str, int]:
+        return {site.name: site.width for site in self._sites}
+
+    def params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops(self, input_shape: Sequence[int] | None = None) -> int:
+        """Forward FLOPs of one sample (a multiply-add is 2 FLOPs). Counting runs a forward pass,
+        and growers and the runner ask before and after every step, so counts are cached per
+        architecture (the modules' reprs, which hold strides and paddings, and the parameter
+        shapes), across nets."""
+        from growbench.nn.counting import count_flops
+
+        shape = tuple(input_shape or self.input_shape)
+        shapes = tuple((name, tuple(p.shape)) for name, p in self.named_parameters())
+        key = (shape, repr(self), shapes)
+        if key not in _FLOPS_BY_ARCHITECTURE:
+            if len(_FLOPS_BY_ARCHITECTURE) >= 4096:
+                _FLOPS_BY_ARCHITECTURE.clear()
+            _FLOPS_BY_ARCHITECTURE[key] = count_flops(self, shape)
+        return _FLOPS_BY_ARCHITECTURE[key]
+
+    def macs(self, input_shape: Sequence[int] | None = None) -> int:
+        """Multiply-accumulates of one forward pass: FLOPs / 2, since torch's counter counts
+        exactly the matrix multiplies and convolutions, two FLOPs per multiply-add (the CIFAR
+        splitting code reports 2×MACs, the ImageNet tables MACs)."""
+        return self.flops(input_shape) // 2
+
+    def describe(self) -> dict:
+        """A JSON-ready description of the architecture."""
+        paths = {module: name for name, module in self.named_modules()}
+        return {
+            "input_shape": list(self.input_shape),
+            "sites": [
+                {
+                    "name": site.name,
+                    "kind": site.kind,
+                    "width": site.width,
+                    "activation": site.activation,
+                    "producer": paths.get(site.producer, "?"),
+                    "consumer": paths.get(site.consumer, "?"),
+                }
+                for site in self._sites
+            ],
+            "widths": self.widths(),
+            "params": self.params(),
+            "modules": repr(self),
+        }
+
+    # ------------------------------------------------------------------------ lineage
+    def record_lineage(
+        self, new: nn.Parameter, old: nn.Parameter, maps: list[Tensor | None]
+    ) -> None:
+        """Remember that ``new`` continues ``old``; compose with ``old``'s own lineage."""
+        if old in self.lineage:
+            root, root_maps = self.lineage.pop(old)
+            composed = []
+            for outer, inner in zip(maps, root_maps, strict=True):
+                if outer is None:
+                    composed.append(inner)
+                elif inner is None:
+                    composed.append(outer)
+                else:
+                    composed.append(torch.where(outer >= 0, inner[outer.clamp_min(0)], -1))
+            old, maps = root, composed
+        self.lineage[new] = (old, maps)
+
+    def pop_lineage(self) -> ParamLineage:
+        lineage, self.lineage = self.lineage, {}
+        return lineage
+
+
+# ---------------------------------------------------------------------------- depth growth
+INSERT_INITS = ("identity", "zero-branch")
+
+
+def insert_layer(
+    net: GrowableNet,
+    where: Site | str,
+    init: str = "identity",
+    activation: str | None = None,
+    kernel_size: int | None = None,
+    batchnorm: bool | None = None,
+    width: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Site:
+    """Grow ``net`` one layer deeper at a site (right after its activation) or at a free slot
+    (``"input"``); returns the new layer's site.
+
+    ``init="identity"``: a width-preserving layer of the site's kind (Linear, or a conv of
+    ``kernel_size``, default the producer's when odd, else 1, with "same" padding; 1×1 keeps
+    point-wise data point-wise), initialised to the identity, followed by a BatchNorm (default:
+    when the site has one) at identity entries and ``activation`` (default: the site's). The
+    function is unchanged when the new activation is the identity at its initial parameters, or
+    is the site's own activation and idempotent (relu: σ(σ(z)) = σ(z)); otherwise it is refused.
+    The site's consumer becomes the new layer; the new site reads into the old consumer.
+
+    ``init="zero-branch"``: a residual block ``h + L2(σ(BN(L1 h)))`` with ``L1`` (``width`` units,
+    default the site's) drawn from ``generator`` and ``L2`` zero, so it starts as the identity
+    for any activation. The new site is the branch's inner width (L1 → L2). The old site's units
+    then feed both the branch and, through the skip, the old consumer: a residual stream, which is
+    not growable, so the old site leaves ``net.sites``.
+
+    Exact in eval mode. In train mode a new BatchNorm normalises with the batch's statistics
+    instead of its identity entries, so the output moves at once (by several per cent on the zoo
+    nets); pass ``batchnorm=False`` for a layer that is exact in both modes.
     """
-    if init != "identity":
-        raise ValueError(f"insert_layer: unknown init {init!r}; the only choice is 'identity'")
-    if not isinstance(site, Site):
-        site = net.site(site)
-    block = site.block
-    if not activation_info(block.activation).idempotent:
+    if init not in INSERT_INITS:
+        raise ValueError(f"insert_layer: unknown init {init!r}; choose one of {INSERT_INITS}")
+    site = where if isinstance(where, Site) else None
+    free = None
+    if site is None:
+        if where in net.free_slots:
+            free = net.free_slots[where]
+        else:
+            site = net.site(where)
+    place = site.name if site is not None else where
+    slot = site.slot if site is not None else free.slot
+    if slot is None:
+        raise ValueError(f"insert_layer at {place!r}: the model builder gave this site no slot")
+    consumer = site.consumer if site is not None else free.consumer
+    reference = site.producer if site is not None else free.consumer
+    units = site.width if site is not None else free.width
+    previous = site.activation if site is not None else None
+    new_activation = activation or previous
+    if new_activation is None:
+        raise ValueError(f"insert_layer at {place!r}: name the new layer's activation")
+    info = activation_info(new_activation)
+    if init == "identity" and not (
+        info.identity_at_init or (new_activation == previous and info.idempotent)
+    ):
+        after = f"after activation {previous!r}" if previous else "at the input"
         raise ValueError(
-            f"insert_layer at site {site.name!r}: an identity layer after activation "
-            f"{block.activation!r} would change the function; use relu or identity"
+            f"insert_layer at {place!r}: an identity layer with activation {new_activation!r} "
+            f"{after} would change the function; use an idempotent activation (relu) at a relu "
+            "site, activation='identity', or init='zero-branch'"
         )
-    width = site.width
-    weight = block.layer.weight
-    factory = {"dtype": weight.dtype, "device": weight.device}
-    if isinstance(block.layer, nn.Conv2d):
-        layer = nn.Conv2d(width, width, 3, padding=1, bias=block.layer.bias is not None, **factory)
-        with torch.no_grad():
-            layer.weight.zero_()
-            layer.weight[:, :, 1, 1] = torch.eye(width, **factory)
-    else:
-        layer = nn.Linear(width, width, bias=block.layer.bias is not None, **factory)
-        with torch.no_grad():
-            layer.weight.copy_(torch.eye(width, **factory))
-    if layer.bias is not None:
-        nn.init.zeros_(layer.bias)
+    if init == "zero-branch" and site is None:
+        raise ValueError("insert_layer: init='zero-branch' needs a site, not a free slot")
+    if init == "zero-branch" and generator is None:
+        raise ValueError("insert_layer: init='zero-branch' draws its first layer from `generator`")
+    use_norm = (site is not None and site.norm is not None) if batchnorm is None else batchnorm
+    factory = {"dtype": reference.weight.dtype, "device": reference.weight.device}
+    conv = isinstance(reference, nn.Conv2d)
+    if kernel_size is None:
+        kernel_size = 1
+        if site is not None and conv and site.producer.kernel_size[0] % 2 == 1:
+            kernel_size = site.producer.kernel_size[0]
+    if kernel_size % 2 != 1:
+        raise ValueError(f"insert_layer: kernel_size must be odd, got {kernel_size}")
+    bias = reference.bias is not None if site is not None else True
+    inner = units if width is None else int(width)
+    first = _new_layer(conv, units, inner, kernel_size, bias, factory)
     norm = None
-    if block.norm is not None:
-        norm = type(block.norm)(width, eps=block.norm.eps, momentum=block.norm.momentum, **factory)
+    if use_norm:
+        norm_type = nn.BatchNorm2d if conv else nn.BatchNorm1d
+        norm = norm_type(inner, **factory)
         with torch.no_grad():
             norm.weight.fill_(math.sqrt(1.0 + norm.eps))
-    new_block = Block(net.new_block_name(), layer, norm, block.activation, post=block.post)
-    new_block.train(block.training)
-    block.post = nn.Identity()
-    net.blocks.insert(site.index + 1, new_block)
-    return new_block
+    act = Activation(new_activation)
+    inner_slot = Slot()
+    if init == "identity":
+        _identity_(first)
+        new_slot = Slot(list(slot.contents))
+        chain = [m for m in (norm, act) if m is not None]
+        slot.contents = nn.ModuleList([first, *chain, new_slot])
+        new_between = [*chain, new_slot]
+        new_consumer, new_site_slot = consumer, new_slot
+        if not new_slot.empty:  # the slot held an earlier insertion: its layer reads on
+            new_between = chain
+            new_consumer = new_slot.contents[0]
+        elif site is not None:
+            cut = next(i for i, m in enumerate(site.between) if m is slot)
+            new_between = [*chain, new_slot, *site.between[cut + 1 :]]
+            site.between = site.between[:cut]
+    else:
+        with torch.no_grad():
+            nn.init.kaiming_uniform_(first.weight, a=math.sqrt(5), generator=generator)
+            if first.bias is not None:
+                first.bias.zero_()
+        second = _new_layer(conv, inner, units, kernel_size, bias, factory)
+        with torch.no_grad():
+            second.weight.zero_()
+            if second.bias is not None:
+                second.bias.zero_()
+        chain = [m for m in (norm, act) if m is not None]
+        residual = ZeroBranchResidual([first, *chain, inner_slot, second])
+        slot.contents = nn.ModuleList([residual, Slot(list(slot.contents))])
+        new_between, new_consumer, new_site_slot = [*chain, inner_slot], second, inner_slot
+    mode = reference.training  # new modules follow the net's mode; moved ones keep theirs
+    for module in (first, norm, act, inner_slot):
+        if module is not None:
+            module.train(mode)
+    if init == "identity":
+        new_slot.training = mode
+    else:
+        residual.train(mode)
+
+    net._inserted += 1
+    new_site = Site(f"{place}+{net._inserted}", first, new_between, new_consumer, new_site_slot)
+    if site is None:
+        free.consumer = first
+    elif init == "identity":
+        site.consumer = first
+    else:
+        net._sites.remove(site)
+    net._attach(new_site)
+    net._sort_sites()
+    net.__dict__.pop("_cost_cache", None)
+    return new_site
+
+
+def _new_layer(
+    conv: bool, in_units: int, out_units: int, kernel_size: int, bias: bool, factory: dict
+) -> nn.Linear | nn.Conv2d:
+    if conv:
+        return nn.Conv2d(
+            in_units, out_units, kernel_size, padding=kernel_size // 2, bias=bias, **factory
+        )
+    return nn.Linear(in_units, out_units, bias=bias, **factory)
+
+
+def _identity_(layer: nn.Linear | nn.Conv2d) -> None:
+    with torch.no_grad():
+        layer.weight.zero_()
+        width = layer.weight.shape[0]
+        eye = torch.eye(width, dtype=layer.weight.dtype, device=layer.weight.device)
+        if isinstance(layer, nn.Conv2d):
+            k = layer.kernel_size
+            layer.weight[:, :, k[0] // 2, k[1] // 2] = eye
+        else:
+            layer.weight.copy_(eye)
+        if layer.bias is not None:
+            layer.bias.zero_()
