@@ -39,7 +39,7 @@ factor = 2.0
 [[tasks]]
 dataset = "spirals"
 model = "mlp"
-widths = [4]
+model_options = { widths = [4] }
 dataset_options = { n_train = 200, n_test = 100 }
 """
 

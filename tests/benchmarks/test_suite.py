@@ -14,7 +14,7 @@ from growbench.benchmarks.suite import (
 from growbench.methods import available_methods
 from tests.benchmarks.conftest import TINY_SUITE
 
-TASK = '[[tasks]]\ndataset = "spirals"\nmodel = "mlp"\nwidths = [4]\n'
+TASK = '[[tasks]]\ndataset = "spirals"\nmodel = "mlp"\nmodel_options = { widths = [4] }\n'
 
 
 def suite_text(top: str = "", sections: str = "", tasks: str = TASK) -> str:

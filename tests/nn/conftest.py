@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from growbench.nn import Block, GrowableNet, ModelConfig, build_model
+from growbench.nn import GrowableNet, ModelConfig, build_model
+from growbench.nn.zoo.layers import chain_sites, unit_stage
 
 DTYPE = torch.float64
 NUM_OUTPUTS = 3
@@ -38,7 +39,7 @@ def randomize_batchnorm(net: nn.Module, seed: int) -> None:
 
 def make_mlp(batchnorm: bool = False, activation: str = "tanh", seed: int = 0) -> GrowableNet:
     """5 → 4 → 6 → 3."""
-    config = ModelConfig("mlp", (5,), NUM_OUTPUTS, (4, 6), activation, batchnorm)
+    config = ModelConfig("mlp", (5,), NUM_OUTPUTS, (4, 6), activation=activation, batchnorm=batchnorm)
     net = build_model(config, seed=seed).double()
     randomize_batchnorm(net, seed + 100)
     return net
@@ -46,7 +47,7 @@ def make_mlp(batchnorm: bool = False, activation: str = "tanh", seed: int = 0) -
 
 def make_cnn(batchnorm: bool = False, activation: str = "tanh", seed: int = 0) -> GrowableNet:
     """2×6×6 → conv 3 → max-pool → conv 4 → global average pool → linear 3."""
-    config = ModelConfig("cnn", (2, 6, 6), NUM_OUTPUTS, (3, 4), activation, batchnorm)
+    config = ModelConfig("cnn", (2, 6, 6), NUM_OUTPUTS, (3, 4), activation=activation, batchnorm=batchnorm)
     net = build_model(config, seed=seed).double()
     randomize_batchnorm(net, seed + 100)
     return net
@@ -56,15 +57,16 @@ def make_flat_cnn(batchnorm: bool = False, activation: str = "tanh", seed: int =
     """2×4×4 → conv 3 → max-pool → flatten (3·2·2) → linear 5 → linear 3, built by hand."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        conv = nn.Conv2d(2, 3, 3, padding=1, bias=not batchnorm)
-        norm = nn.BatchNorm2d(3) if batchnorm else None
-        post = nn.Sequential(nn.MaxPool2d(2), nn.Flatten())
-        blocks = [
-            Block("conv", conv, norm, activation, post),
-            Block("fc", nn.Linear(3 * 2 * 2, 5), None, activation),
-            Block("head", nn.Linear(5, NUM_OUTPUTS), None, "identity"),
-        ]
-    net = GrowableNet(blocks, (2, 4, 4), flatten_input=False).double()
+        conv = unit_stage(
+            nn.Conv2d(2, 3, 3, padding=1, bias=not batchnorm),
+            activation,
+            batchnorm,
+            [("pool", nn.MaxPool2d(2)), ("flatten", nn.Flatten())],
+        )
+        fc = unit_stage(nn.Linear(3 * 2 * 2, 5), activation, False)
+        head = nn.Linear(5, NUM_OUTPUTS)
+    sites = chain_sites(["conv", "fc"], [conv, fc], [fc.layer, head])
+    net = GrowableNet([conv.module, fc.module, head], sites, (2, 4, 4)).double()
     randomize_batchnorm(net, seed + 100)
     return net
 

@@ -163,7 +163,7 @@ def test_growth_cost_rejects_unknown_sites(make_net):
 
 def test_counting_restores_mixed_modes_and_pending_lineage(make_net):
     net = make_net("cnn", batchnorm=True).train()
-    net.blocks[1].norm.eval()
+    net.site(1).norm.eval()
     modes = {name: module.training for name, module in net.named_modules()}
     site = net.site(0)
     site.split([1], torch.zeros(1, 2, site.fan_in_size, dtype=DTYPE), torch.full((1, 2), 0.5))

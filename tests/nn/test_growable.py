@@ -105,8 +105,8 @@ def test_site_layout_matches_raw_weights(case):
 def test_site_lookup_by_index_and_name(make_net):
     net = make_net("mlp")
     assert [s.name for s in net.sites] == ["block0", "block1"]
-    assert net.site("block1").index == 1
-    assert net.site(-1).index == 1
+    assert net.site("block1") is net.sites[1]
+    assert net.site(-1) is net.sites[1]
     with pytest.raises(KeyError, match="block7"):
         net.site("block7")
     with pytest.raises(IndexError):
@@ -201,37 +201,41 @@ def test_insert_layer_identity_preserves_function(case):
     before = outputs(net, x)
     widths = net.widths()
     old_site = net.site(case.site)
-    old_block, width = old_site.block, old_site.width
-    new_block = insert_layer(net, case.site)
+    old_consumer, width = old_site.consumer, old_site.width
+    new_site = insert_layer(net, case.site)
 
-    assert net.blocks[case.site] is old_block
-    assert net.blocks[case.site + 1] is new_block
-    assert new_block.activation == "relu"
-    assert new_block.kind == old_block.kind
-    assert new_block.layer.weight.dtype == DTYPE
-    assert isinstance(old_block.post, nn.Identity)
+    assert old_site.consumer is new_site.producer
+    assert new_site.consumer is old_consumer
+    assert new_site.activation == "relu"
+    assert new_site.kind == old_site.kind
+    assert new_site.producer.weight.dtype == DTYPE
+    assert old_site.between == old_site.between[: old_site.between.index(old_site.act) + 1]
     new_names = list(net.widths())
-    assert new_names.index(new_block.name) == new_names.index(old_block.name) + 1
-    assert net.widths() == {**widths, new_block.name: width}
-    assert net.describe()["blocks"][case.site + 1]["name"] == new_block.name
+    assert new_names.index(new_site.name) == new_names.index(old_site.name) + 1
+    assert net.widths() == {**widths, new_site.name: width}
+    assert [s["name"] for s in net.describe()["sites"]] == new_names
     assert max_diff(outputs(net, x), before) <= TOL
 
-    # The inserted block is an ordinary site: surgery on it keeps the function too.
-    new_site = net.site(new_block.name)
+    # The inserted layer is an ordinary site: surgery on it keeps the function too.
     assert new_site.width == width
     new_site.split(
         [0, 1],
         torch.zeros(2, 2, new_site.fan_in_size, dtype=DTYPE),
         torch.tensor([[0.3, 0.7], [-0.5, 1.5]], dtype=DTYPE),
     )
+    # and so does growing the old site, whose consumer is now the inserted layer
+    old_site.add_units(
+        random(2, old_site.fan_in_size - (old_site.producer.bias is not None), seed=3),
+        torch.zeros(2, old_site.fan_out_size, dtype=DTYPE),
+    )
     assert max_diff(outputs(net, x), before) <= TOL
 
 
-def test_insert_layer_keeps_the_blocks_mode(make_net):
+def test_insert_layer_keeps_the_nets_mode(make_net):
     net = make_net("mlp", batchnorm=True, activation="relu").train()
-    assert insert_layer(net, 0).training
+    assert insert_layer(net, 0).producer.training
     net.eval()
-    assert not insert_layer(net, 0).training
+    assert not insert_layer(net, 0).producer.training
 
 
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "leaky_relu"])
@@ -240,7 +244,7 @@ def test_insert_layer_rejects_non_idempotent_activation(make_net, activation):
     before = snapshot(net)
     with pytest.raises(ValueError, match=rf"'block0'.*{activation}|{activation}.*'block0'"):
         insert_layer(net, 0)
-    assert len(net.blocks) == 3
+    assert len(net.sites) == 2
     assert_unchanged(net, before)
 
 
@@ -248,7 +252,7 @@ def test_insert_layer_rejects_unknown_init(make_net):
     net = make_net("mlp", activation="relu")
     with pytest.raises(ValueError, match="zeros"):
         insert_layer(net, 0, init="zeros")
-    assert len(net.blocks) == 3
+    assert len(net.sites) == 2
 
 
 # ----------------------------------------------------------------------- surgery semantics
@@ -388,8 +392,8 @@ def test_surgery_updates_attributes_widths_and_describe(case):
     description = net.describe()
     assert description["widths"] == net.widths()
     assert description["params"] == sum(q.numel() for q in net.parameters())
-    assert description["blocks"][case.site]["layer"] == repr(producer)
-    assert description["blocks"][case.site + 1]["layer"] == repr(consumer)
+    assert description["sites"][case.site]["width"] == width
+    assert repr(producer) in description["modules"] and repr(consumer) in description["modules"]
     # the grown net still runs on a batch
     assert outputs(net, case.inputs(net)).shape == (16, 3)
 
@@ -478,9 +482,8 @@ def hand_split(
 ) -> GrowableNet:
     """A copy of ``net`` with unit ``parent`` of site ``index`` split, edited by hand."""
     net = copy.deepcopy(net)
-    producer = net.blocks[index].layer
-    norm = net.blocks[index].norm
-    consumer = net.blocks[index + 1].layer
+    site = net.site(index)
+    producer, norm, consumer = site.producer, site.norm, site.consumer
     m = len(weights)
     n = producer.weight.shape[0]
     weight = producer.weight.detach()

@@ -250,13 +250,13 @@ def test_parameter_groups_are_kept(make_net, inputs_for, targets_for):
     groups = {key: expected.group(optimizer, m, n) for m, n in slots(net) for key in [(id(m), n)]}
     split(net, 1, [0, 5], 2, seed=12)
     add(net, 0, 2, seed=13)
-    new_block = insert_layer(net, 1)
+    new_site = insert_layer(net, 1)
     carry_optimizer_state(optimizer, net)
 
     assert_holds_exactly_the_net(optimizer, net)
     for module, name in slots(net):
         param = getattr(module, name)
-        if module in (new_block.layer, new_block.norm):
+        if module in (new_site.producer, new_site.norm):
             assert group_of(optimizer, param) == 0
         else:
             assert group_of(optimizer, param) == groups[(id(module), name)]

@@ -33,13 +33,12 @@ methods = ["none", "static", "s2d", "random-split"]
 [[tasks]]
 dataset = "digits"
 model = "mlp"
-widths = [8]
+model_options = { widths = [8] }
 
 [[tasks]]
 dataset = "teacher-student"
 model = "mlp"
-widths = [5]
-activation = "relu"
+model_options = { widths = [5], activation = "relu" }
 """
 FAILED = ("digits-mlp", "s2d", 2)  # its run fails in epoch 2
 MISSING = ("teacher-student-mlp", "random-split", 1)  # never run

@@ -22,7 +22,7 @@ from growbench.benchmarks.runner import CellObserver, cpu_threads, resolve_devic
 from growbench.benchmarks.suite import CellConfig, Suite, SuiteError, Task, unsupported_reason
 from growbench.benchmarks.tracking import CellTracker, SuiteTracker, finished_hashes
 from growbench.datasets import Dataset, load_dataset
-from growbench.methods import available_methods
+from growbench.nn import build_model
 
 
 @dataclass
@@ -73,11 +73,10 @@ def _check_model(task: Task, dataset: Dataset) -> None:
 
 def plan(suite: Suite, done: set[str]) -> list[PlannedCell]:
     """Each cell with what a run would do with it: ``todo``, ``done`` or ``unsupported``."""
-    site_kinds = {task.name: task.site_kinds() for task in suite.tasks}
-    methods = available_methods()
+    nets = {task.name: build_model(task.model_config()) for task in suite.tasks}
     planned = []
     for cell in suite.cells():
-        reason = unsupported_reason(methods[cell.method], site_kinds[cell.task.name])
+        reason = unsupported_reason(cell.make_grower(), nets[cell.task.name])
         if reason is not None:
             planned.append(PlannedCell(cell, "unsupported", reason))
         elif cell.config_hash() in done:

@@ -294,9 +294,10 @@ class _CellRun:
             "budget.limit": self.budget_limit,
             "model.input_shape": list(common.input_shape),
             "model.num_outputs": common.num_outputs,
-            "start.widths": list(start.widths),
+            "start.widths": dict(self.net.widths()),
             "start.params": self.sizes.params,
             "start.flops": self.sizes.flops,
+            "refused_sites": self.grower.refusals(self.net),
         }
 
     def run(self) -> CellResult:
@@ -339,6 +340,7 @@ class _CellRun:
             ),
             "params": float(self.sizes.params),
             "flops": float(self.sizes.flops),
+            "macs": float(self.sizes.flops // 2),
             "train_flops": self.train_flops,
             "train_seconds": self.seconds["train"],
             "growth_seconds": self.seconds["growth"],

@@ -38,16 +38,15 @@ defaults, except where a comment says "example"::
 
     [[tasks]]                     # at least one
     dataset = "digits"            # required: a name from `growbench datasets`
-    model = "mlp"                 # required: "mlp" | "cnn"
-    widths = [16]                 # required: start widths of the hidden layers
-    activation = "relu"           # a name from growbench.nn.ACTIVATIONS
-    batchnorm = false
+    model = "mlp"                 # required: a name from `growbench models`
+    model_options = { widths = [16], activation = "relu" }  # the model's options (example)
     name = "digits-mlp"           # default "<dataset>-<model>"; unique within the suite
     dataset_options = {}          # the dataset's load options (`growbench datasets`)
     epochs = 20                   # example override; also training/growth/budget = { ... }
 
 Per-method options live in ``[method_options.NAME]``, not ``[methods.NAME]``: TOML cannot make
-``methods`` both the list of names and a table. A growth schedule that never fires
+``methods`` both the list of names and a table. Every model takes ``widths`` (the start width of
+each growth site, in site order) and ``activation``; ``growbench models`` lists the rest. A growth schedule that never fires
 (``first_epoch >= epochs``) is an error. Dataset names, option keys and model shapes are checked
 here against the dataset's default spec; option *values* are checked when the data is loaded,
 which the harness also does before it touches the tracking store.
@@ -69,8 +68,9 @@ from growbench.datasets import dataset_names, dataset_options, dataset_spec
 from growbench.datasets.base import DatasetSpec
 from growbench.methods import Grower, available_methods, make_grower
 from growbench.methods.base import BUDGET_METRICS
-from growbench.nn import ACTIVATIONS, ModelConfig, build_model
-from growbench.nn.zoo import MODEL_KINDS
+from growbench.methods.fingerprint import method_fingerprint
+from growbench.nn import GrowableNet, ModelConfig
+from growbench.nn.zoo import available_models, model_options
 
 SUITES_PACKAGE = "growbench.benchmarks"
 OPTIMIZERS = ("sgd", "adam")
@@ -79,9 +79,10 @@ AFTER_GROWTH = ("carry", "reset")
 
 
 # Bump when the runner changes what a run produces or logs (a new metric, a changed training
-# step): it is part of every config hash, so runs of an older harness are never reused.
-# 2: the ``train_flops`` metric.
-HARNESS_VERSION = 2
+# step): it is part of every config hash, so runs of an older harness are never reused. Methods
+# need no such number: their part of the hash is the fingerprint of their code.
+# 2: the ``train_flops`` metric. 3: named sites, model options, ``macs``, refusals recorded.
+HARNESS_VERSION = 3
 
 
 class SuiteError(ValueError):
@@ -163,9 +164,7 @@ TOP_LEVEL_FIELDS = (
 TASK_FIELDS = (
     "dataset",
     "model",
-    "widths",
-    "activation",
-    "batchnorm",
+    "model_options",
     "name",
     "dataset_options",
     "epochs",
@@ -184,29 +183,16 @@ class Task:
     dataset: str
     dataset_options: dict[str, Any]
     model: str
-    widths: tuple[int, ...]
-    activation: str
-    batchnorm: bool
+    model_options: dict[str, Any]  # as the suite gives them; ModelConfig fills in the rest
     epochs: int
     training: Training
     growth: Growth
     budget: Budget
 
-    def model_config(self, spec: DatasetSpec) -> ModelConfig:
-        """The common start architecture, shaped for the dataset that was loaded."""
-        return ModelConfig(
-            kind=self.model,
-            input_shape=spec.input_shape,
-            num_outputs=spec.num_outputs,
-            widths=self.widths,
-            activation=self.activation,
-            batchnorm=self.batchnorm,
-        )
-
-    def site_kinds(self) -> set[str]:
-        """Layer kinds of the growth sites (``Linear``, ``Conv2d+BN``, ...)."""
-        net = build_model(self.model_config(dataset_spec(self.dataset)))
-        return {site.kind for site in net.sites}
+    def model_config(self, spec: DatasetSpec | None = None) -> ModelConfig:
+        """The common start architecture, shaped for the dataset (default: its default spec)."""
+        spec = spec or dataset_spec(self.dataset)
+        return ModelConfig(self.model, spec.input_shape, spec.num_outputs, **self.model_options)
 
 
 @dataclass(frozen=True)
@@ -218,7 +204,7 @@ class CellConfig:
     method: str
     method_options: dict[str, Any]  # the method's full Config, defaults included
     seed: int
-    method_version: int = 1  # the method class's ``version``
+    method_code: str = ""  # ``fingerprint.method_fingerprint`` of the method's class
 
     @property
     def label(self) -> str:
@@ -235,15 +221,10 @@ class CellConfig:
         return {
             "harness": HARNESS_VERSION,
             "dataset": {"name": task.dataset, "options": data_options},
-            "model": {
-                "kind": task.model,
-                "widths": list(task.widths),
-                "activation": task.activation,
-                "batchnorm": task.batchnorm,
-            },
+            "model": task.model_config().to_dict(),
             "method": {
                 "name": self.method,
-                "version": self.method_version,
+                "code": self.method_code,
                 "options": dict(self.method_options),
             },
             "seed": self.seed,
@@ -263,12 +244,15 @@ class CellConfig:
         return flatten(self.resolved())
 
 
-def unsupported_reason(method: type[Grower], site_kinds: set[str]) -> str | None:
-    """Why ``method`` cannot grow sites of these layer kinds, or None when it can."""
-    missing = sorted(site_kinds - set(method.supported_kinds))
-    if not missing:
+def unsupported_reason(grower: Grower, net: GrowableNet) -> str | None:
+    """Why ``grower`` can grow no site of ``net`` at all, or None when it can grow one (sites it
+    refuses among others are recorded in its growth events)."""
+    refused = grower.refusals(net)
+    if not net.sites or len(refused) < len(net.sites):
         return None
-    return f"method {method.name!r} does not support {', '.join(missing)} layers"
+    return f"method {grower.name!r} can grow none of the sites: " + "; ".join(
+        f"{name}: {reason}" for name, reason in refused.items()
+    )
 
 
 @dataclass(frozen=True)
@@ -292,7 +276,7 @@ class Suite:
                 method,
                 self.method_options[method],
                 seed,
-                classes[method].version,
+                method_fingerprint(classes[method]),
             )
             for seed in self.seeds
             for task in self.tasks
@@ -518,19 +502,12 @@ def _task(table: dict[str, Any], path: str, epochs: int, sections: dict[str, Any
         raise SuiteError(
             f"{path}.dataset: unknown dataset {dataset!r}; choose from {', '.join(names)}"
         )
-    model = _scalar(table["model"], f"{path}.model", Rule("str", choices=MODEL_KINDS))
-    widths = table["widths"]
-    if not isinstance(widths, list) or not widths:
-        raise SuiteError(f"{path}.widths must be a non-empty list of widths, got {widths!r}")
-    widths = tuple(
-        _scalar(w, f"{path}.widths[{j}]", Rule("int", at_least=1)) for j, w in enumerate(widths)
+    model = _scalar(
+        table["model"], f"{path}.model", Rule("str", choices=tuple(available_models()))
     )
-    activation = _scalar(
-        table.get("activation", "relu"),
-        f"{path}.activation",
-        Rule("str", choices=tuple(sorted(ACTIVATIONS))),
+    chosen = _model_options(
+        model, _table(table.get("model_options", {}), f"{path}.model_options"), path
     )
-    batchnorm = _scalar(table.get("batchnorm", False), f"{path}.batchnorm", Rule("bool"))
     name = _string(table.get("name", f"{dataset}-{model}"), f"{path}.name")
     options = _dataset_options(
         dataset,
@@ -542,9 +519,7 @@ def _task(table: dict[str, Any], path: str, epochs: int, sections: dict[str, Any
         key: _section(table.get(key, {}), f"{path}.{key}", sections[key], rules)
         for key, rules in SECTION_RULES.items()
     }
-    task = Task(
-        name, path, dataset, options, model, widths, activation, batchnorm, task_epochs, **overrides
-    )
+    task = Task(name, path, dataset, options, model, chosen, task_epochs, **overrides)
     try:
         task.model_config(dataset_spec(dataset))
     except ValueError as exc:
@@ -555,6 +530,22 @@ def _task(table: dict[str, Any], path: str, epochs: int, sections: dict[str, Any
             f"epochs = {task_epochs}, since a net grows after an epoch and trains after that"
         )
     return task
+
+
+def _model_options(model: str, options: dict[str, Any], path: str) -> dict[str, Any]:
+    """A model's options from the suite, each typed like its default (lists become tuples);
+    the values themselves are checked when the task builds its ModelConfig."""
+    defaults = model_options(model)
+    checked = {}
+    for key, value in options.items():
+        where = f"{path}.model_options.{key}"
+        if key not in defaults:
+            valid = ", ".join(defaults)
+            raise SuiteError(f"{where}: model {model!r} has no option {key!r}; its options: {valid}")
+        checked[key] = _like_default(value, defaults[key], where)
+        if isinstance(checked[key], list):
+            checked[key] = tuple(checked[key])
+    return checked
 
 
 def _dataset_options(dataset: str, options: dict[str, Any], path: str) -> dict[str, Any]:
@@ -583,7 +574,12 @@ def _reject_unknown(table: Mapping[str, Any], allowed: tuple[str, ...], path: st
     for key in table:
         if key not in allowed:
             where = f"{path}.{key}" if path else key
-            raise SuiteError(f"unknown field {where}; valid fields here: {', '.join(allowed)}")
+            hint = ""
+            if key in ("widths", "activation", "batchnorm") and "model_options" in allowed:
+                hint = f"; model options go in {path}.model_options = {{ {key} = ... }}"
+            raise SuiteError(
+                f"unknown field {where}; valid fields here: {', '.join(allowed)}{hint}"
+            )
 
 
 def _table(value: Any, path: str) -> dict[str, Any]:

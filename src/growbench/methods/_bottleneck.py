@@ -1,50 +1,41 @@
-"""Second-moment statistics of a growth site shared by TINY and GradMax.
+"""What a site's new units would add to its consumer: the statistics TINY and GradMax share.
 
-For one site (producer block i, consumer block i + 1), with the notation of
-``shared/methods/README.md`` (x̃ the producer input with the constant 1 last when the producer has
-a bias, h̃ the consumer input with the constant 1 last when the consumer has a bias, g_a the
-per-sample gradient of the sum-reduced loss with respect to the consumer's pre-activation a):
+A new unit at a site has fan-in α (a row over the producer's patches x̃, the constant 1 last
+when the producer has a bias) and fan-out ω. Its producer output αX runs through the site's
+per-unit path at the new-unit entries (BatchNorm and depthwise filters are the identity for it)
+and is read by the consumer. Linearised at 0, the path is the slope ∏σ'(0) of its activations
+times a *linear part* ``linear_path``: pooling, the depthwise conv's strided identity, nothing for
+BatchNorm, dropout and the slot. Where the path holds a max pool, which is not linear in α, a
+method picks how it stands in: ``"average"`` (the pool's average over the same windows, TINY's
+choice for choosing α and ω) or ``"first"`` (where autograd routes the gradient of an all-zero
+input: each window's first element, which is exact for GradMax's zero-fan-in units).
 
-    S_x = E[x̃ x̃ᵀ]   S_h = E[h̃ h̃ᵀ]   M_x = E[x̃ g_aᵀ]   M_h = E[h̃ g_aᵀ]   P = E[x̃ h̃ᵀ]
+Let B = what the consumer reads of the linear part applied to the producer patch maps: for a
+conv consumer its im2col taps, N × p × T × O (T kernel taps, O output positions); for a Linear
+consumer after a flatten, the positions of each unit, N × p × T × 1 (T = positions, 1 for a
+global pool). With h̃ the consumer's input (its taps for a conv, the constant 1 last with a bias)
+and g_a the per-sample gradient at the consumer's output, E the mean over samples and the sum
+over output positions (notation of the method specifications):
 
-E is the mean over the samples of the statistics set and the sum over the consumer's output
-positions. Per-batch products run in the model dtype and are summed across batches in float64
-(README convention 3). With BatchNorm after the consumer layer, g_a = b ⊙ ∂ℓ/∂z with b the
-eval-mode BN gain. ``inverse_sqrt`` gives the eigenvalue-thresholded S^{-1/2} (float64).
+    S_x = E[Σ_t B_t B_tᵀ]   S_h = E[h̃ h̃ᵀ]   M_x[a, (c, t)] = E[B_{t,a} g_c]   M_h = E[h̃ g_aᵀ]
+    P[t, a, e] = E[B_{t,a} h̃_e]   (with T = 1 simply P = E[x̃ h̃ᵀ])
 
-Three pair kinds (``pair_kind``); a new unit with fan-in α (eval-mode BN after the producer is the
-identity on new units, σ linearised at 0) adds to the consumer pre-activation:
+so a new unit adds σ'(0)·Σ_t ω[:, t] α·B_t to the consumer's output, to first order. This covers
+Linear→Linear (T = O = 1), conv → global pool → Linear (B = the position-averaged patch), conv →
+[pool] → conv (GroMo 0.1.0's ``FullConv2dGrowingModule`` definitions, whose S_growth drops the
+cross-tap products t ≠ t', so the SVD solves a tap-decoupled quadratic; the first-order gain
+FO_exact = Δ − σ'(0)·tr(ωαM_x) is exact regardless), a conv read by a Linear at several flattened
+positions, and the MobileNet path through a depthwise conv. With T = 1 every statistic is one
+Gram matrix of [B | h̃ | g_a] rows (sample and position), summed across batches in float64 and cut
+once; T > 1 uses the tensor products. Per-batch products run in the model dtype (README
+convention 3).
 
-* ``linear`` (Linear → Linear): σ'(0)·ω α x̃.
-* ``conv-gap`` (Conv2d → global average pool → Linear): the unit's map σ'(0)·α·X_y is averaged
-  over the hidden positions y, so the contribution is σ'(0)·ω α x̄ with x̄ = mean_y X_y (the
-  position-averaged im2col patch, constant 1 last when the producer has a bias). The site is then
-  exactly a Linear→Linear site with x̃ := x̄; h̃ is the pooled activation the Linear reads, so δ and
-  the cross term tr(ωαPδᵀ) keep their Linear form with P = E[x̄ h̃ᵀ].
-* ``conv-conv`` (Conv2d → Conv2d, no pooling between), GroMo 0.1.0's ``FullConv2dGrowingModule``
-  definitions: at consumer output position o and kernel tap t the consumer reads hidden position
-  y(o, t), whose producer patch is B_{o,t} (zero where y falls in the consumer's zero padding).
-  The unit adds σ'(0)·Σ_t ω[:, t] α·B_{o,t} at o, ω laid out (out, kh, kw) like the fan-out.
-  Then M_x[a, (c, t)] = E[Σ_o B_{o,t,a} g_{o,c}] (p × out·kh·kw, the fan-out layout),
-  P is the 3-tensor P[t, a, e] = E[Σ_o B_{o,t,a} h̃_{o,e}] and "Pδᵀ" is Σ_e P[t, a, e] δ[c, e]
-  (``projected``). GroMo's S_growth = E[Σ_{o,t} B_{o,t} B_{o,t}ᵀ] drops the cross-tap products
-  (t ≠ t'), so the SVD solves a tap-decoupled quadratic; the first-order gain
-  FO_exact = Δ − σ'(0)·tr(ωαM_x) is exact regardless.
-* ``conv-conv`` with a 2-D average or max pool between (``hidden_pool``): the statistics use the
-  producer patches pooled by the average pool, B_{o,t} = avgpool(X)_{y(o,t)}. For an average pool
-  that is exact (the pool is linear). A max pool is not linear in a new unit's fan-in (its window
-  maximum depends on α), so its *average* stands in for it when choosing α, ω: the directions
-  and FO_exact are then a surrogate (``pool_is_linear`` is False, and TINY flags the prediction
-  as heuristic). FO_homog stays exact: for positively homogeneous σ the new unit's map is
-  γ·maxpool(σ(αX)) exactly, which ``new_unit_output`` computes through the real pool.
-
-Pairs outside these (another pooling, a flatten with several positions, grouped or dilated
-convs, Linear → Conv2d) are unsupported: ``unsupported_reason`` says why.
+``unsupported_reason`` says why a site cannot be described this way (a module on the path whose
+linear part is unknown, a Linear producer read by a conv, σ(0) ≠ 0, ...).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -52,10 +43,160 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from growbench.methods.base import GrowthContext
-from growbench.nn import GrowableNet, Site, collect_taps
+from growbench.nn import Activation, DepthwiseConv2d, GrowableNet, Site, Slot, collect_taps
+from growbench.nn.activations import activation_info
+from growbench.nn.growable import eval_mode
+from growbench.nn.units import new_unit_forward
 
 LINEAR_KINDS = frozenset({"Linear", "Linear+BN"})
-ELEMENTWISE_POST = (nn.Identity, nn.Dropout)
+MAX_POOL_RULES = ("average", "first")
+_PER_UNIT = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    Activation,
+    Slot,
+    DepthwiseConv2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.MaxPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+    nn.Flatten,
+)
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def _plain_conv(conv: nn.Conv2d) -> bool:
+    return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
+def unsupported_reason(site: Site) -> str | None:
+    """Why a site's new units cannot be described by these statistics (None when they can)."""
+    producer, consumer = site.producer, site.consumer
+    if isinstance(producer, nn.Conv2d) and not _plain_conv(producer):
+        return "producer conv with padding other than explicit zeros"
+    if isinstance(consumer, nn.Conv2d):
+        if not isinstance(producer, nn.Conv2d):
+            return "Linear producer read by a Conv2d consumer"
+        if not _plain_conv(consumer):
+            return "consumer conv with padding other than explicit zeros"
+    for position, module in enumerate(site.between):
+        if not isinstance(module, _PER_UNIT):
+            return f"{type(module).__name__} on the path between producer and consumer"
+        if isinstance(module, nn.MaxPool2d) and (
+            _pair(module.dilation) != (1, 1) or module.ceil_mode
+        ):
+            return "a dilated or ceil-mode max pool between producer and consumer"
+        if isinstance(module, nn.AvgPool2d) and (
+            module.ceil_mode or module.divisor_override is not None
+        ):
+            return "a ceil-mode or divisor-override average pool between producer and consumer"
+        if isinstance(module, nn.Flatten) and position != len(site.between) - 1:
+            return "modules after the flatten between producer and consumer"
+    if isinstance(producer, nn.Conv2d) and isinstance(consumer, nn.Linear):
+        if not isinstance(site.between[-1], nn.Flatten):
+            return "a conv producer read by a Linear consumer without a flatten"
+    for act in site.activations:
+        if not activation_info(act.name).zero_at_zero:
+            return f"activation {act.name!r} has σ(0) ≠ 0, so new units cannot start silent"
+    return None
+
+
+def linear_path(site: Site, maps: Tensor, max_pool: str) -> Tensor:
+    """The linear part of the new-unit path (activations dropped, max pools by ``max_pool``),
+    applied in eval mode to N × C × H × W maps; stops before a flatten."""
+    if max_pool not in MAX_POOL_RULES:
+        raise ValueError(f"unknown max_pool rule {max_pool!r}; choose one of {MAX_POOL_RULES}")
+    with eval_mode(site.between):
+        for module in site.between:
+            if isinstance(module, nn.Flatten):
+                break
+            if isinstance(module, Activation):
+                continue
+            if isinstance(module, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
+                maps = _max_pool_stand_in(module, maps, max_pool)
+            else:
+                maps = new_unit_forward(module, maps)
+    return maps
+
+
+def _max_pool_stand_in(pool: nn.Module, maps: Tensor, rule: str) -> Tensor:
+    if rule == "first":  # the derivative at an all-zero input: autograd's routing on ties
+        zeros = torch.zeros_like(maps[:1, :1])
+        if isinstance(pool, nn.AdaptiveMaxPool2d):
+            _, index = F.adaptive_max_pool2d(zeros, pool.output_size, return_indices=True)
+        else:
+            _, index = F.max_pool2d(
+                zeros, pool.kernel_size, pool.stride, pool.padding, pool.dilation,
+                pool.ceil_mode, return_indices=True,
+            )  # fmt: skip
+        flat = index.flatten(2).expand(maps.shape[0], maps.shape[1], -1)
+        picked = maps.flatten(2).gather(2, flat)
+        return picked.reshape(*maps.shape[:2], *index.shape[2:])
+    if isinstance(pool, nn.AdaptiveMaxPool2d):
+        return F.adaptive_avg_pool2d(maps, pool.output_size)
+    # a max pool's padding never wins a window, so it never counts in the average either
+    return F.avg_pool2d(maps, pool.kernel_size, pool.stride, pool.padding, False, False)
+
+
+def consumer_taps(site: Site, maps: Tensor) -> Tensor:
+    """What the consumer reads of N × C × H' × W' maps at the end of the path: N × C × T × O."""
+    consumer = site.consumer
+    if isinstance(consumer, nn.Linear):
+        return maps.reshape(maps.shape[0], maps.shape[1], -1, 1)
+    unfolded = F.unfold(
+        maps,
+        kernel_size=consumer.kernel_size,
+        dilation=consumer.dilation,
+        padding=consumer.padding,
+        stride=consumer.stride,
+    )
+    return unfolded.reshape(maps.shape[0], maps.shape[1], -1, unfolded.shape[-1])
+
+
+def _ones_channel(maps: Tensor, bias: bool) -> Tensor:
+    """Append a constant-1 channel (dim 1) to N × C × ... maps when ``bias``."""
+    if not bias:
+        return maps
+    return torch.cat([maps, maps.new_ones(maps.shape[0], 1, *maps.shape[2:])], dim=1)
+
+
+def patch_maps(site: Site, producer_input: Tensor, bias: bool = True) -> Tensor:
+    """Producer patches x̃ laid out as maps over the producer's output positions, N × p × H × W
+    (constant 1 last when the producer has a bias and ``bias``; a Linear producer: 1 × 1)."""
+    patches = site.input_patches(producer_input)
+    if bias:
+        patches = _ones_channel(patches, site.producer.bias is not None)
+    producer = site.producer
+    if isinstance(producer, nn.Linear):
+        return patches.reshape(patches.shape[0], patches.shape[1], 1, 1)
+    kernel, padding = _pair(producer.kernel_size), _pair(producer.padding)
+    stride, dilation = _pair(producer.stride), _pair(producer.dilation)
+    size = []
+    for axis in range(2):
+        span = dilation[axis] * (kernel[axis] - 1) + 1
+        size.append((producer_input.shape[2 + axis] + 2 * padding[axis] - span) // stride[axis] + 1)
+    return patches.reshape(patches.shape[0], patches.shape[1], *size)
+
+
+def consumer_rows(site: Site, consumer_input: Tensor) -> Tensor:
+    """h̃ as N × m × O: the consumer's input taps (constant 1 last with a bias)."""
+    consumer = site.consumer
+    if isinstance(consumer, nn.Linear):
+        rows = consumer_input.flatten(1)[:, :, None]
+    else:
+        rows = consumer_taps(site, consumer_input).flatten(1, 2)
+    return _ones_channel(rows, consumer.bias is not None)
+
+
+def output_rows(grad_output: Tensor) -> Tensor:
+    """g_a as N × q × O."""
+    return grad_output.reshape(grad_output.shape[0], grad_output.shape[1], -1)
 
 
 @dataclass
@@ -64,18 +205,13 @@ class BottleneckStatistics:
 
     S_x: Tensor  # p × p
     S_h: Tensor  # m × m, m = consumer fan-in (+1 for its bias)
-    M_x: Tensor  # p × F, F the fan-out size (out · positions)
+    M_x: Tensor  # p × F, F the fan-out size (out · T)
     M_h: Tensor  # m × q
-    P: Tensor  # p × m (linear, conv-gap) or T × p × m (conv-conv)
+    P: Tensor  # p × m (T = 1) or T × p × m
     G_trace: float  # E[‖g_a‖²]
     count: int
     producer_bias: bool
     consumer_bias: bool
-    rows: tuple[Tensor, Tensor] | None = None  # per-sample (x̃, g_a) when asked to keep them
-    kind: str = "linear"
-    # conv-conv: new units' hidden maps (N × k × H × W) → what the consumer reads of them,
-    # N × k × T × L (the block's real pooling, then the consumer's kernel taps)
-    read_units: Callable[[Tensor], Tensor] | None = None
 
     def residual_norm(self, delta: Tensor) -> float:
         """E‖r‖² with r = −g_a + δh̃: the bottleneck left after the consumer update δ."""
@@ -91,208 +227,6 @@ class BottleneckStatistics:
             return self.P @ delta.T
         return torch.einsum("tae,ce->act", self.P, delta).reshape(self.P.shape[1], -1)
 
-    def new_unit_output(self, act, alpha: Tensor, omega: Tensor) -> Tensor:
-        """Σ_k ω_k σ(α_k x̃) per kept row, laid out like the kept g_a rows (float64)."""
-        x, _ = self.rows
-        x = x.double()
-        if self.kind == "linear":
-            return act(x @ alpha.T) @ omega
-        if self.kind == "conv-gap":  # x: N × positions × p
-            return act(x @ alpha.T).mean(dim=1) @ omega
-        # conv-conv, x: producer patch maps N × p × H × W
-        k = alpha.shape[0]
-        taps = self.read_units(act(torch.einsum("iphw,kp->ikhw", x, alpha)))
-        kernels = omega.reshape(k, -1, taps.shape[2])
-        return torch.einsum("iktl,kct->icl", taps, kernels)
-
-
-def _pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-
-
-def _is_gap(post: nn.Module) -> bool:
-    return (
-        isinstance(post, nn.Sequential)
-        and len(post) == 2
-        and isinstance(post[0], nn.AdaptiveAvgPool2d)
-        and _pair(post[0].output_size) == (1, 1)
-        and isinstance(post[1], nn.Flatten)
-    )
-
-
-POOLS = (nn.MaxPool2d, nn.AvgPool2d)
-
-
-def _plain_pool(pool: nn.Module) -> bool:
-    return (
-        _pair(getattr(pool, "dilation", 1)) == (1, 1)
-        and not pool.ceil_mode
-        and getattr(pool, "divisor_override", None) is None
-    )
-
-
-def hidden_pool(site: Site) -> nn.MaxPool2d | nn.AvgPool2d | None:
-    """The 2-D pool between a conv→conv pair's producer and consumer, if any."""
-    post = site.block.post
-    return post if isinstance(post, POOLS) else None
-
-
-def pool_is_linear(site: Site) -> bool:
-    """Whether what a new unit adds to the consumer is linear in its fan-in (not a max pool)."""
-    return not isinstance(hidden_pool(site), nn.MaxPool2d)
-
-
-def _linear_pool(pool: nn.MaxPool2d | nn.AvgPool2d | None, maps: Tensor) -> Tensor:
-    """``pool`` on maps if it is an average pool; a max pool's average stand-in otherwise (its
-    padding, like a max pool's, never counts in a window)."""
-    if pool is None:
-        return maps
-    include_pad = bool(getattr(pool, "count_include_pad", False))
-    return F.avg_pool2d(maps, pool.kernel_size, pool.stride, pool.padding, False, include_pad)
-
-
-def _plain_conv(conv: nn.Conv2d) -> bool:
-    return (
-        conv.groups == 1
-        and _pair(conv.dilation) == (1, 1)
-        and conv.padding_mode == "zeros"
-        and not isinstance(conv.padding, str)
-    )
-
-
-def pair_kind(site: Site) -> tuple[str | None, str | None]:
-    """(kind, None) for a supported pair, (None, reason) otherwise."""
-    producer, consumer, post = site.producer, site.consumer, site.block.post
-    if isinstance(producer, nn.Linear):
-        if not isinstance(consumer, nn.Linear):
-            return None, f"Linear producer read by a {type(consumer).__name__} consumer"
-        if site.positions != 1:
-            return None, f"{site.positions} positions per unit"
-        if not isinstance(post, ELEMENTWISE_POST):
-            return None, f"non-elementwise post module {type(post).__name__}"
-        return "linear", None
-    if not isinstance(producer, nn.Conv2d):
-        return None, f"producer {type(producer).__name__}"
-    if not _plain_conv(producer):
-        return None, "grouped, dilated or non-zero-padded producer conv"
-    if isinstance(consumer, nn.Linear):
-        if _is_gap(post):
-            return "conv-gap", None
-        return None, f"Conv2d read by a Linear through {type(post).__name__} (not a global pool)"
-    if not isinstance(consumer, nn.Conv2d):
-        return None, f"consumer {type(consumer).__name__}"
-    if not _plain_conv(consumer):
-        return None, "grouped, dilated or non-zero-padded consumer conv"
-    if isinstance(post, POOLS):
-        if not _plain_pool(post):
-            return None, f"dilated or ceil-mode {type(post).__name__} between the convs"
-        return "conv-conv", None
-    if not isinstance(post, (*ELEMENTWISE_POST, nn.Dropout2d)):
-        return None, f"{type(post).__name__} between producer and consumer"
-    return "conv-conv", None
-
-
-def unsupported_reason(site: Site) -> str | None:
-    return pair_kind(site)[1]
-
-
-def require_linear_pair(site: Site, method: str) -> None:
-    """One clear error for a site this module cannot describe (any supported pair passes)."""
-    reason = unsupported_reason(site)
-    if reason is not None:
-        raise ValueError(
-            f"method {method!r}: site {site.name!r} ({site.kind} → "
-            f"{type(site.consumer).__name__}) is not supported: {reason}"
-        )
-
-
-def consumer_gain(site: Site) -> Tensor | None:
-    """b of the eval-mode BatchNorm after the consumer layer (None without BN)."""
-    return site.consumer_block.norm_gain()
-
-
-def with_ones(rows: Tensor, bias: bool) -> Tensor:
-    if not bias:
-        return rows
-    return torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
-
-
-def _ones_channel(maps: Tensor, bias: bool) -> Tensor:
-    """Append a constant-1 channel (dim 1) to N × C × ... maps when ``bias``."""
-    if not bias:
-        return maps
-    return torch.cat([maps, maps.new_ones(maps.shape[0], 1, *maps.shape[2:])], dim=1)
-
-
-def producer_patches(site: Site, block_input: Tensor) -> Tensor:
-    """Producer im2col patches x̃ (N × p × hidden positions), constant 1 last with a bias."""
-    return _ones_channel(site.input_patches(block_input), site.producer.bias is not None)
-
-
-def _scaled_grad(site: Site, grad: Tensor) -> Tensor:
-    gain = consumer_gain(site)
-    if gain is None:
-        return grad
-    return grad * gain.to(grad).reshape(1, -1, *[1] * (grad.ndim - 2))
-
-
-def bottleneck_rows(site: Site, producer_taps, consumer_taps) -> tuple[Tensor, Tensor, Tensor]:
-    """x̃, h̃ and g_a rows (batch first) of one batch at a linear or conv-gap site."""
-    kind = pair_kind(site)[0]
-    if kind == "conv-gap":
-        x = producer_patches(site, producer_taps.input).mean(dim=2)
-    elif kind == "linear":
-        x = with_ones(producer_taps.input.flatten(1), site.producer.bias is not None)
-    else:
-        raise ValueError(f"site {site.name!r}: per-sample rows exist for linear and conv-gap")
-    h = with_ones(consumer_taps.input.flatten(1), site.consumer.bias is not None)
-    g = _scaled_grad(site, consumer_taps.grad_pre)
-    return x, h, g
-
-
-def patch_maps(site: Site, block_input: Tensor) -> Tensor:
-    """Producer patches x̃ laid out as maps over the hidden positions, N × p × H × W."""
-    patches = producer_patches(site, block_input)
-    producer = site.producer
-    kernel, padding = _pair(producer.kernel_size), _pair(producer.padding)
-    stride = _pair(producer.stride)
-    height = (block_input.shape[2] + 2 * padding[0] - kernel[0]) // stride[0] + 1
-    width = (block_input.shape[3] + 2 * padding[1] - kernel[1]) // stride[1] + 1
-    return patches.reshape(block_input.shape[0], patches.shape[1], height, width)
-
-
-def kernel_taps(site: Site, maps: Tensor) -> Tensor:
-    """What the consumer conv reads of N × C × H' × W' maps: N × C × T × L (T kernel taps, L
-    output positions)."""
-    consumer = site.consumer
-    unfolded = F.unfold(
-        maps,
-        kernel_size=consumer.kernel_size,
-        dilation=consumer.dilation,
-        padding=consumer.padding,
-        stride=consumer.stride,
-    )
-    return unfolded.reshape(maps.shape[0], maps.shape[1], -1, unfolded.shape[-1])
-
-
-def unit_reader(site: Site) -> Callable[[Tensor], Tensor]:
-    """New units' hidden maps → their consumer taps, through the block's real pooling."""
-    pool = hidden_pool(site)
-    return lambda maps: kernel_taps(site, maps if pool is None else pool(maps))
-
-
-def conv_pair_tensors(site: Site, producer_taps, consumer_taps) -> tuple[Tensor, Tensor, Tensor]:
-    """Conv→conv: B (N × p × T × L), h̃ (N × m × L), g_a (N × q × L); T kernel taps and L
-    output positions of the consumer. With a pool between, B reads the (average-)pooled patches."""
-    consumer = site.consumer
-    maps = _linear_pool(hidden_pool(site), patch_maps(site, producer_taps.input))
-    big = kernel_taps(site, maps)
-    h = _ones_channel(
-        kernel_taps(site, consumer_taps.input).flatten(1, 2), consumer.bias is not None
-    )
-    g = _scaled_grad(site, consumer_taps.grad_pre).flatten(2)
-    return big, h, g
-
 
 def check_per_sample(losses: Tensor, batch: int) -> None:
     if losses.ndim != 1 or losses.shape[0] != batch:
@@ -303,98 +237,47 @@ def check_per_sample(losses: Tensor, batch: int) -> None:
         )
 
 
-def _batch_parts(site: Site, kind: str, producer_taps, consumer_taps, keep: bool):
-    """Per-batch sums in float64, and the rows to keep: [S_x, S_h, M_x, M_h, P, ‖g‖²] for a
-    conv-conv pair; for the others one Gram matrix of [x̃ | h̃ | g_a], which holds all of them
-    (``_gram_parts`` cuts it once the batches are summed), and the sizes of x̃ and h̃."""
-    if kind == "conv-conv":
-        big, h, g = conv_pair_tensors(site, producer_taps, consumer_taps)
-        p = big.shape[1]
-        flat = big.flatten(2)
-        parts = [
-            torch.einsum("iaz,ibz->ab", flat, flat),
-            torch.einsum("iel,ifl->ef", h, h),
-            torch.einsum("iatl,icl->act", big, g).reshape(p, -1),
-            torch.einsum("iel,icl->ec", h, g),
-            torch.einsum("iatl,iel->tae", big, h),
-            (g * g).sum(),
-        ]
-        parts = [part.double() for part in parts]
-        rows = (patch_maps(site, producer_taps.input), g) if keep else None
-    else:
-        x, h, g = bottleneck_rows(site, producer_taps, consumer_taps)
-        p, m = x.shape[1], h.shape[1]
-        joined = torch.cat([x, h, g], dim=1)
-        parts = [(joined.T @ joined).double(), (p, m)]
-        rows = None
-        if keep:
-            if kind == "conv-gap":
-                rows = (producer_patches(site, producer_taps.input).transpose(1, 2), g)
-            else:
-                rows = (x, g)
-    return parts, rows
+def require_supported(site: Site, method: str) -> None:
+    """One clear error for a site this module cannot describe."""
+    reason = unsupported_reason(site)
+    if reason is not None:
+        raise ValueError(
+            f"method {method!r}: site {site.name!r} ({site.kind} → "
+            f"{type(site.consumer).__name__}) is not supported: {reason}"
+        )
 
 
-def _gram_parts(gram: Tensor, sizes: tuple[int, int]) -> list[Tensor]:
-    """[S_x, S_h, M_x, M_h, P, ‖g‖²] cut from the summed Gram matrix of [x̃ | h̃ | g_a]."""
-    p, m = sizes
-    x, h, g = slice(0, p), slice(p, p + m), slice(p + m, None)
-    blocks = [gram[x, x], gram[h, h], gram[x, g], gram[h, g], gram[x, h], gram[g, g].trace()]
-    return [block.contiguous() for block in blocks]
+BOTTLENECK_TAPS = ("input", "consumer_input", "grad_output")
 
 
 def site_statistics(
-    net: GrowableNet,
-    ctx: GrowthContext,
-    sites: list[Site],
-    method: str = "tiny",
-    keep_rows: frozenset[str] = frozenset(),
+    net: GrowableNet, ctx: GrowthContext, sites: list[Site], method: str = "tiny"
 ) -> dict[str, BottleneckStatistics]:
-    """One eval-mode pass over the statistics set; float64 means for every site. For the sites
-    named in ``keep_rows`` the per-sample rows are kept too (model dtype): (x̃, g_a) for linear
-    sites, (patches N × positions × p, g_a) for conv-gap, (patch maps N × p × H × W, g_a) for
-    conv-conv."""
-    kinds = {}
+    """One eval-mode pass over the statistics set; float64 means for every site."""
     for site in sites:
-        require_linear_pair(site, method)
-        kinds[site.name] = pair_kind(site)[0]
-    blocks = sorted({b for s in sites for b in (s.index, s.index + 1)})
-    names = [net.blocks[i].name for i in blocks]
+        require_supported(site, method)
     sums: dict[str, list[Tensor]] = {}
-    kept: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name in keep_rows}
+    sizes: dict[str, tuple[int, int] | None] = {}
     count = 0
     for inputs, targets in ctx.batches():
-        taps, losses = collect_taps(net, inputs, targets, ctx.loss_fn, blocks=names)
+        taps, losses = collect_taps(
+            net, inputs, targets, ctx.loss_fn, sites=sites, want=BOTTLENECK_TAPS
+        )
         check_per_sample(losses, len(inputs))
         count += len(inputs)
         for site in sites:
-            parts, rows = _batch_parts(
-                site,
-                kinds[site.name],
-                taps[site.name],
-                taps[site.consumer_block.name],
-                site.name in kept,
-            )
-            if rows is not None:
-                kept[site.name].append(rows)
+            parts, size = _batch_parts(site, taps[site.name])
+            sizes[site.name] = size
             if site.name not in sums:
                 sums[site.name] = parts
-            elif kinds[site.name] == "conv-conv":
+            else:
                 sums[site.name] = [a + b for a, b in zip(sums[site.name], parts, strict=True)]
-            else:  # [Gram, sizes]
-                sums[site.name][0] = sums[site.name][0] + parts[0]
     result = {}
     for site in sites:
         parts = sums[site.name]
-        if kinds[site.name] != "conv-conv":
-            parts = _gram_parts(*parts)
+        if sizes[site.name] is not None:
+            parts = _gram_parts(parts[0], sizes[site.name])
         S_x, S_h, M_x, M_h, P, G = (part / count for part in parts)
-        rows = None
-        if site.name in kept:
-            rows = (
-                torch.cat([x for x, _ in kept[site.name]]),
-                torch.cat([g for _, g in kept[site.name]]),
-            )
         result[site.name] = BottleneckStatistics(
             (S_x + S_x.T) / 2,
             (S_h + S_h.T) / 2,
@@ -405,11 +288,56 @@ def site_statistics(
             count,
             site.producer.bias is not None,
             site.consumer.bias is not None,
-            rows,
-            kinds[site.name],
-            unit_reader(site) if kinds[site.name] == "conv-conv" else None,
         )
     return result
+
+
+def _batch_parts(site: Site, taps) -> tuple[list[Tensor], tuple[int, int] | None]:
+    """Per-batch sums in float64: one Gram matrix of [B | h̃ | g_a] rows and the sizes of B and
+    h̃ when T = 1 (``_gram_parts`` cuts it once the batches are summed), else
+    [S_x, S_h, M_x, M_h, P, ‖g‖²]."""
+    big = consumer_taps(site, linear_path(site, patch_maps(site, taps.input), "average"))
+    h = consumer_rows(site, taps.consumer_input)
+    g = output_rows(taps.grad_output)
+    p = big.shape[1]
+    if big.shape[2] == 1:
+        x = big[:, :, 0]
+        rows = torch.cat([x, h, g], dim=1).transpose(1, 2).reshape(-1, p + h.shape[1] + g.shape[1])
+        return [(rows.T @ rows).double()], (p, h.shape[1])
+    flat = big.flatten(2)
+    parts = [
+        torch.einsum("iaz,ibz->ab", flat, flat),
+        torch.einsum("iel,ifl->ef", h, h),
+        torch.einsum("iatl,icl->act", big, g).reshape(p, -1),
+        torch.einsum("iel,icl->ec", h, g),
+        torch.einsum("iatl,iel->tae", big, h),
+        (g * g).sum(),
+    ]
+    return [part.double() for part in parts], None
+
+
+def _gram_parts(gram: Tensor, sizes: tuple[int, int]) -> list[Tensor]:
+    """[S_x, S_h, M_x, M_h, P, ‖g‖²] cut from the summed Gram matrix of [x̃ | h̃ | g_a]."""
+    p, m = sizes
+    x, h, g = slice(0, p), slice(p, p + m), slice(p + m, None)
+    blocks = [gram[x, x], gram[h, h], gram[x, g], gram[h, g], gram[x, h], gram[g, g].trace()]
+    return [block.contiguous() for block in blocks]
+
+
+def new_unit_contribution(
+    site: Site, producer_input: Tensor, alpha: Tensor, omega: Tensor, linearised: bool
+) -> Tensor:
+    """What new units (fan-in rows α over x̃, fan-out rows ω) add to the consumer's output,
+    N × q × O: their producer output through the real new-unit path (real max pools; real
+    activations, or ``linearised`` ones times the path slope) and the consumer's reading."""
+    maps = patch_maps(site, producer_input).double()
+    units = torch.einsum("iphw,kp->ikhw", maps, alpha.double())
+    path = site.unit_path(units, linear_activations=linearised)
+    if linearised:
+        path = path * site.path_slope()
+    read = consumer_taps(site, path)  # N × k × T × O
+    kernels = omega.double().reshape(alpha.shape[0], -1, read.shape[2])
+    return torch.einsum("iktl,kct->icl", read, kernels)
 
 
 def inverse_sqrt(matrix: Tensor, threshold: float) -> tuple[Tensor, int]:

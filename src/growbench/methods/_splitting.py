@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from growbench.methods.base import GrowthContext, GrowthEvent
-from growbench.nn import GrowableNet, Site, collect_taps
+from growbench.nn import Activation, GrowableNet, Site, collect_taps
+from growbench.nn.growable import eval_mode
 
 RELU_SURROGATE_BETA = 3.0
 SURROGATE_ACTIVATIONS = frozenset({"relu", "leaky_relu", "elu", "selu"})
@@ -62,23 +63,83 @@ def second_derivative(activation: str, z: Tensor) -> Tensor:
     raise ValueError(f"no second derivative known for activation {activation!r}")
 
 
-def splittable_sites(net: GrowableNet) -> list[Site]:
-    """Hidden sites whose activation has curvature (linear units are never split)."""
-    return [site for site in net.sites if site.activation != "identity"]
+def splittable_sites(sites: list[Site]) -> list[Site]:
+    """Sites whose activation has curvature (linear units are never split)."""
+    return [site for site in sites if site.activation != "identity"]
 
 
 def uses_surrogate(sites: list[Site]) -> bool:
-    return any(site.activation in SURROGATE_ACTIVATIONS for site in sites)
+    return any(act.name in SURROGATE_ACTIVATIONS for site in sites for act in site.activations)
 
 
 def prediction_is_heuristic(sites: list[Site]) -> bool:
     """Whether the second-order prediction (ε²/2)·vᵀSv is only a ranking heuristic here: a
-    surrogate σ'' was used, or a max-pool follows a site (two copies of a channel may pick
-    different maxima when a pooling window holds near-ties, a first-order change S misses)."""
-    pooled = any(
-        isinstance(module, nn.MaxPool2d) for site in sites for module in site.block.post.modules()
-    )
-    return pooled or uses_surrogate(sites)
+    surrogate σ'' was used, or a max pool (local or global) follows a site (two copies of a
+    channel may pick different maxima when a pooling window holds near-ties, a first-order
+    change S misses)."""
+    return any(site.max_pooled for site in sites) or uses_surrogate(sites)
+
+
+def closed_form(site: Site) -> bool:
+    """Whether S_j = E[g_j σ''(z_j) b_j² x̃x̃ᵀ] is the whole Hessian of the unit's path: its only
+    curved module is its activation, with at most the producer's BatchNorm before it (what comes
+    after is linear or piecewise linear per unit, so g at the activation's output carries it).
+    A MobileNet site's path has a second activation after the depthwise conv: then S comes from
+    Hessian-vector products through the whole path (``PathCurvature``)."""
+    curved = [m for m in site.between if isinstance(m, Activation) and m.name != "identity"]
+    return len(curved) <= 1 and site.between.index(site.act) <= (site.norm is not None)
+
+
+class _RectifierCurvature(torch.autograd.Function):
+    """A (leaky) rectifier with its true value and slope and, for second derivatives, the
+    softplus(β = 3) surrogate's curvature (README convention 5): the backward pass is written in
+    differentiable ops whose derivative in z is the surrogate σ''."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, leak: float) -> Tensor:
+        ctx.save_for_backward(z)
+        ctx.leak = leak
+        return torch.where(z < 0, leak * z, z)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (z,) = ctx.saved_tensors
+        slope = torch.where(z < 0, ctx.leak, 1.0).to(z)
+        smooth = (1 - ctx.leak) * torch.sigmoid(RELU_SURROGATE_BETA * z)
+        return grad * (slope + smooth - smooth.detach()), None
+
+
+def curvature_forward(module: nn.Module, maps: Tensor) -> Tensor:
+    """``module(maps)``, with rectifiers given the surrogate curvature for double backward."""
+    if isinstance(module, Activation) and module.name in ("relu", "leaky_relu"):
+        return _RectifierCurvature.apply(maps, 0.0 if module.name == "relu" else 0.01)
+    return module(maps)
+
+
+class PathCurvature:
+    """The curvature of a site's whole per-unit path for one batch: H_U, the Hessian of
+    Ψ(U) = Σ_samples ĝ · path(U) in the producer's output U (ĝ = the gradient at the consumer's
+    input, held fixed). It is block-diagonal over units, so S_j v_j = J_jᵀ H_U (J V) for every unit
+    at once, with J the (linear) producer map: Hessian-vector products by double backward."""
+
+    def __init__(self, site: Site, producer_input: Tensor, path_grad: Tensor) -> None:
+        self.site = site
+        with torch.no_grad():
+            outputs = site.producer(producer_input)
+        self.outputs = outputs.detach().requires_grad_(True)
+        with torch.enable_grad(), eval_mode(site.between):
+            maps = self.outputs
+            for module in site.between:
+                maps = curvature_forward(module, maps)
+            value = (maps * path_grad).sum()
+            (self.gradient,) = torch.autograd.grad(value, self.outputs, create_graph=True)
+
+    def times(self, direction: Tensor) -> Tensor:
+        """H_U · direction (shaped like U)."""
+        (product,) = torch.autograd.grad(
+            self.gradient, self.outputs, grad_outputs=direction, retain_graph=True
+        )
+        return product
 
 
 @dataclass
@@ -89,48 +150,47 @@ class SiteRows:
     coefficients: Tensor
 
 
-def site_rows(site: Site, block_input: Tensor, pre: Tensor, grad_post: Tensor) -> SiteRows:
+def site_rows(site: Site, producer_input: Tensor, pre: Tensor, grad_post: Tensor) -> SiteRows:
     """Rows of x̃ and c for one batch of taps at ``site`` (conv: one row per sample and position)."""
-    producer = site.producer
-    if isinstance(producer, nn.Conv2d):
-        if producer.groups != 1:
-            raise ValueError(f"site {site.name!r}: grouped convolutions are not supported")
-        patches = site.input_patches(block_input)
+    if isinstance(site.producer, nn.Conv2d):
+        patches = site.input_patches(producer_input)
         inputs = patches.transpose(1, 2).reshape(-1, patches.shape[1])
         pre = pre.permute(0, 2, 3, 1).reshape(-1, site.width)
         grad_post = grad_post.permute(0, 2, 3, 1).reshape(-1, site.width)
     else:
-        inputs = block_input
-    if producer.bias is not None:
-        inputs = torch.cat([inputs, inputs.new_ones(inputs.shape[0], 1)], dim=1)
+        inputs = producer_input
+    inputs = with_bias_column(site, inputs)
     gain = bn_gain(site).to(pre)
     coefficients = grad_post * second_derivative(site.activation, pre) * gain * gain
     return SiteRows(inputs, coefficients)
 
 
+def with_bias_column(site: Site, rows: Tensor) -> Tensor:
+    if site.producer.bias is None:
+        return rows
+    return torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+
+
 def bn_gain(site: Site) -> Tensor:
     """b_j = γ_j / sqrt(var_j + eps) of the eval-mode BatchNorm after the producer (1 without)."""
-    gain = site.block.norm_gain()
+    gain = site.norm_gain()
     if gain is None:
         weight = site.producer.weight
         return torch.ones(site.width, dtype=weight.dtype, device=weight.device)
     return gain
 
 
-def iterate_site_rows(
-    net: GrowableNet, ctx: GrowthContext, sites: list[Site]
-) -> Iterator[tuple[int, dict[str, SiteRows]]]:
-    """Per batch of the statistics set: its size and the rows of every site (eval-mode taps)."""
-    names = [site.name for site in sites]
-    for inputs, targets in ctx.batches():
-        taps, _ = collect_taps(net, inputs, targets, ctx.loss_fn, blocks=names)
-        rows = {
-            site.name: site_rows(
-                site, taps[site.name].input, taps[site.name].pre, taps[site.name].grad_post
-            )
-            for site in sites
-        }
-        yield len(inputs), rows
+CLOSED_FORM_TAPS = ("input", "pre", "grad_post")
+PATH_TAPS = ("input", "grad_consumer_input")
+
+
+def site_taps(net: GrowableNet, ctx: GrowthContext, sites: list[Site], inputs, targets) -> dict:
+    """One eval-mode taps pass with what the splitting matrices of ``sites`` need."""
+    want = set()
+    for site in sites:
+        want.update(CLOSED_FORM_TAPS if closed_form(site) else PATH_TAPS)
+    taps, _ = collect_taps(net, inputs, targets, ctx.loss_fn, sites=sites, want=want)
+    return taps
 
 
 def unit_chunks(site: Site, max_stat_bytes: int) -> list[range]:
@@ -144,17 +204,42 @@ def splitting_matrices(net: GrowableNet, ctx: GrowthContext, site: Site, units: 
     """S_j for ``units`` of ``site`` (len × p × p, float64) over the whole statistics set."""
     total = None
     count = 0
-    for batch_size, rows in iterate_site_rows(net, ctx, [site]):
-        part = rows[site.name]
-        inputs = part.inputs
-        # one (p × rows)(rows × p) product per unit: an einsum over three operands would build a
-        # rows × units × p intermediate
-        product = torch.stack(
-            [(inputs * part.coefficients[:, j, None]).T @ inputs for j in units]
-        ).double()
+    for inputs, targets in ctx.batches():
+        taps = site_taps(net, ctx, [site], inputs, targets)[site.name]
+        if closed_form(site):
+            rows = site_rows(site, taps.input, taps.pre, taps.grad_post)
+            # one (p × rows)(rows × p) product per unit: an einsum over three operands would
+            # build a rows × units × p intermediate
+            product = torch.stack(
+                [(rows.inputs * rows.coefficients[:, j, None]).T @ rows.inputs for j in units]
+            ).double()
+        else:
+            product = _path_matrices(site, taps.input, taps.grad_consumer_input, units)
         total = product if total is None else total + product
-        count += batch_size
+        count += len(inputs)
     return (total / count + total.transpose(1, 2) / count) / 2
+
+
+def _path_matrices(site: Site, producer_input: Tensor, path_grad: Tensor, units: range) -> Tensor:
+    """Σ_batch S_j (float64) from p Hessian-vector products through the path: the direction e_a
+    for every unit at once gives column a of every S_j."""
+    curvature = PathCurvature(site, producer_input, path_grad)
+    patches = with_bias_channel(site, site.input_patches(producer_input))  # N × p × positions
+    shape = curvature.outputs.shape
+    columns = []
+    for a in range(patches.shape[1]):
+        direction = patches[:, a : a + 1].expand(-1, site.width, -1).reshape(shape)
+        product = curvature.times(direction).reshape(shape[0], site.width, -1)[:, list(units)]
+        columns.append(torch.einsum("njl,npl->jp", product, patches))
+    return torch.stack(columns, dim=2).double()
+
+
+def with_bias_channel(site: Site, patches: Tensor) -> Tensor:
+    """Patches N × d × positions with a constant-1 channel last when the producer has a bias."""
+    if site.producer.bias is None:
+        return patches
+    ones = patches.new_ones(patches.shape[0], 1, patches.shape[2])
+    return torch.cat([patches, ones], dim=1)
 
 
 def splitting_products(rows: SiteRows, directions: Tensor, batch_size: int) -> Tensor:
@@ -242,7 +327,7 @@ def apply_splits(net: GrowableNet, splits: list[PlannedSplit]) -> dict[str, list
     by_site: dict[str, list[PlannedSplit]] = {}
     for split in splits:
         by_site.setdefault(split.site, []).append(split)
-    for site in reversed(net.sites):
+    for site in reversed(net.sites):  # output side first
         planned = by_site.get(site.name)
         if not planned:
             continue

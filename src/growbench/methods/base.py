@@ -23,11 +23,15 @@ import torch
 from torch import Tensor
 
 from growbench.claims import Claim
-from growbench.nn import GrowableNet, ModelConfig
+from growbench.nn import GrowableNet, ModelConfig, Site
 from growbench.nn.counting import growth_cost
 from growbench.nn.losses import PerSampleLoss
 
 BUDGET_METRICS = ("params", "flops")
+# Every site kind the zoo's models have (``Site.kind``): the default a method supports.
+SITE_KINDS = frozenset(
+    {"Linear", "Linear+BN", "Conv2d", "Conv2d+BN", "Conv2d+depthwise", "Conv2d+BN+depthwise"}
+)
 FUNCTION_PRESERVATION = ("exact", "at_zero_step", "no")
 
 
@@ -138,8 +142,10 @@ class Grower:
     """Base class of every growth method and baseline.
 
     Subclasses set ``name``, ``Config``, ``preserves_function`` (``exact``, ``at_zero_step`` or
-    ``no``), ``supported_kinds`` (site kinds such as ``Linear``, ``Conv2d+BN``), and implement
-    ``grow_step``. ``zero_step_overrides`` names the config values that make an ``at_zero_step``
+    ``no``), ``supported_kinds`` (site kinds such as ``Linear``, ``Conv2d+BN``; default: every kind
+    of the zoo), and implement ``grow_step``, growing only ``growable_sites(net)``. A method that
+    cannot grow some sites says why in ``refusal(site)``; ``grow`` records the refusals in the
+    event, and a net whose every site is refused gets an event that says so, never a crash. ``zero_step_overrides`` names the config values that make an ``at_zero_step``
     method preserve the function (e.g. ``{"epsilon": 0.0}``); ``small_step_overrides`` those that
     make its step small enough for its ``predicted_loss_change`` to match the realised change
     within ``prediction_tolerance`` (relative), which the contract tests check;
@@ -150,9 +156,7 @@ class Grower:
     name: ClassVar[str] = ""
     Config: ClassVar[type[GrowerConfig]] = GrowerConfig
     preserves_function: ClassVar[str] = "no"
-    supported_kinds: ClassVar[frozenset[str]] = frozenset(
-        {"Linear", "Linear+BN", "Conv2d", "Conv2d+BN"}
-    )
+    supported_kinds: ClassVar[frozenset[str]] = SITE_KINDS
     zero_step_overrides: ClassVar[dict[str, Any]] = {}
     small_step_overrides: ClassVar[dict[str, Any]] = {}
     prediction_tolerance: ClassVar[float] = 1e-2
@@ -179,15 +183,31 @@ class Grower:
     def on_batch(self, net: GrowableNet, inputs: Tensor, targets: Tensor) -> None:
         """Called after each training step, for methods that accumulate statistics as they train."""
 
+    def refusal(self, site: Site) -> str | None:
+        """Why this method cannot grow ``site``, or None when it can (the default: the site's
+        kind is not among ``supported_kinds``)."""
+        if site.kind not in self.supported_kinds:
+            return (
+                f"site kind {site.kind!r} is not supported (supported: "
+                f"{', '.join(sorted(self.supported_kinds))})"
+            )
+        return None
+
+    def refusals(self, net: GrowableNet) -> dict[str, str]:
+        """The reason for every site of ``net`` this method cannot grow."""
+        reasons = {site.name: self.refusal(site) for site in net.sites}
+        return {name: reason for name, reason in reasons.items() if reason is not None}
+
+    def growable_sites(self, net: GrowableNet) -> list[Site]:
+        """The sites of ``net`` this method grows, in forward order."""
+        return [site for site in net.sites if self.refusal(site) is None]
+
     # ------------------------------------------------------------------- the contract
     def grow(self, net: GrowableNet, ctx: GrowthContext) -> GrowthEvent:
         event = GrowthEvent(method=self.name)
-        for site in net.sites:
-            if site.kind not in self.supported_kinds:
-                raise ValueError(
-                    f"method {self.name!r} does not support site {site.name!r} of kind "
-                    f"{site.kind!r}; it supports {sorted(self.supported_kinds)}"
-                )
+        refused = self.refusals(net)
+        if refused:
+            event.extras["refused_sites"] = refused
         widths_before = net.widths()
         params_before, flops_before = net.params(), net.flops()
         was_training = net.training
@@ -195,17 +215,25 @@ class Grower:
         try:
             if ctx.remaining_budget <= 0:
                 event.stop_reason = "budget exhausted"
+            elif net.sites and len(refused) == len(net.sites):
+                event.stop_reason = f"method {self.name!r} can grow none of the sites: " + "; ".join(
+                    f"{name}: {reason}" for name, reason in refused.items()
+                )
             else:
                 self.grow_step(net, ctx, event)
         finally:
             net.train(was_training)
         event.wall_seconds = time.perf_counter() - start
         widths_after = net.widths()
-        event.units_added = {
-            name: width - widths_before.get(name, 0)
+        event.units_added = {  # units of the sites that existed before; new layers apart
+            name: width - widths_before[name]
             for name, width in widths_after.items()
-            if width != widths_before.get(name, 0)
+            if name in widths_before and width != widths_before[name]
         }
+        event.layers_inserted = [name for name in widths_after if name not in widths_before]
+        removed = [name for name in widths_before if name not in widths_after]
+        if removed:
+            event.extras["sites_removed"] = removed
         event.cost_added = {
             "params": net.params() - params_before,
             "flops": net.flops() - flops_before,

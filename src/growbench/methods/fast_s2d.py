@@ -55,18 +55,21 @@ from torch.nn.grad import conv2d_weight
 from growbench.claims import Claim
 from growbench.methods._splitting import (
     Eigen,
+    PathCurvature,
     PlannedSplit,
     SiteRows,
     apply_splits,
     bn_gain,
     canonical_sign,
+    closed_form,
+    prediction_is_heuristic,
     second_derivative,
     site_rows,
+    site_taps,
     splittable_sites,
     splitting_matrices,
     splitting_products,
     unit_chunks,
-    uses_surrogate,
 )
 from growbench.methods.base import (
     Grower,
@@ -76,7 +79,7 @@ from growbench.methods.base import (
     take_within_budget,
 )
 from growbench.methods.registry import register
-from growbench.nn import GrowableNet, Site, Taps, collect_taps
+from growbench.nn import GrowableNet, Site, Taps
 
 COST_TRANSFORMS = ("identity", "sqrt", "log")
 EXTREMES = ("min", "max")
@@ -186,52 +189,81 @@ class SiteBatch:
     """The per-sample quantities of one site for a set of samples (a mini-batch, or the whole
     statistics set), ready to give S_B·v_j for every unit j (spec §3).
 
-    Linear producers: rows x̃ and c, then ``x̃ᵀ (c ⊙ x̃Vᵀ) / |B|`` (``splitting_products``). Conv
-    producers never unfold: x̃Vᵀ is a convolution of the site's input with V as kernels, and
-    x̃ᵀ(c ⊙ ·) is that convolution's weight gradient (what autograd gives the code's zero dummy
-    q), which is several times faster than building the im2col rows and uses no patch matrix.
-    Both tensors are indexed by sample first (a conv's c is samples × n × H' × W'), so ``take``
-    gathers a mini-batch from a larger set. Products run in the model dtype and come back in
-    float64.
+    Closed form (``_splitting.closed_form``), Linear producers: rows x̃ and c, then
+    ``x̃ᵀ (c ⊙ x̃Vᵀ) / |B|`` (``splitting_products``). Conv producers never unfold: x̃Vᵀ is a
+    convolution of the site's input with V as kernels, and x̃ᵀ(c ⊙ ·) is that convolution's weight
+    gradient (what autograd gives the code's zero dummy q), which is several times faster than
+    building the im2col rows and uses no patch matrix. A site whose path has a second curvature
+    (MobileNet) keeps the producer's input and the gradient at the consumer's input instead, and
+    takes c ⊙ · as a Hessian-vector product through the path (``PathCurvature``). Every tensor is
+    indexed by sample first, so ``take`` gathers a mini-batch from a larger set. Products run in
+    the model dtype and come back in float64.
     """
 
-    def __init__(self, site: Site, inputs: Tensor, coefficients: Tensor) -> None:
+    def __init__(
+        self,
+        site: Site,
+        inputs: Tensor,
+        coefficients: Tensor | None = None,
+        path_grad: Tensor | None = None,
+    ) -> None:
         self.site = site
         self.conv = isinstance(site.producer, nn.Conv2d)
-        self.inputs = inputs  # linear: rows x̃ (samples × p); conv: the producer's input
+        self.inputs = inputs  # closed-form linear: rows x̃ (samples × p); else the producer input
         self.coefficients = coefficients  # c = g·σ''(z)·b²
+        self.path_grad = path_grad  # ĝ at the consumer's input (the path route)
+        self._curvature: PathCurvature | None = None  # built once, for every extreme
 
     @classmethod
     def from_taps(cls, site: Site, taps: Taps) -> SiteBatch:
+        if not closed_form(site):
+            return cls(site, taps.input, path_grad=taps.grad_consumer_input)
         if not isinstance(site.producer, nn.Conv2d):
             rows = site_rows(site, taps.input, taps.pre, taps.grad_post)
             return cls(site, rows.inputs, rows.coefficients)
-        if site.producer.groups != 1:
-            raise ValueError(f"site {site.name!r}: grouped convolutions are not supported")
         gain = bn_gain(site).to(taps.pre).reshape(1, -1, 1, 1)
         curvature = second_derivative(site.activation, taps.pre)
         return cls(site, taps.input, taps.grad_post * curvature * gain * gain)
 
+    def tensors(self) -> dict[str, Tensor]:
+        names = ("inputs", "coefficients", "path_grad")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
     def take(self, index: Tensor) -> SiteBatch:
         """The samples ``index`` of this set."""
-        picked = [t.index_select(0, index) for t in (self.inputs, self.coefficients)]
-        return SiteBatch(self.site, *picked)
+        picked = {name: t.index_select(0, index) for name, t in self.tensors().items()}
+        return SiteBatch(self.site, **picked)
 
     def products(self, directions: Tensor) -> Tensor:
         """S_B·v_j for the rows v_j of ``directions`` (n × p), float64."""
         count = len(self.inputs)
-        if not self.conv:
+        if not self.conv and self.path_grad is None:
             return splitting_products(SiteRows(self.inputs, self.coefficients), directions, count)
         layer, width = self.site.producer, self.site.width
         has_bias = layer.bias is not None
         v = directions.to(self.inputs)
-        kernel = v[:, : v.shape[1] - has_bias].reshape(width, *layer.weight.shape[1:])
+        weight = v[:, : v.shape[1] - has_bias].reshape(width, *layer.weight.shape[1:])
         bias = v[:, -1] if has_bias else None
-        geometry = (layer.stride, layer.padding, layer.dilation)
-        weighted = self.coefficients * F.conv2d(self.inputs, kernel, bias, *geometry)
-        parts = [conv2d_weight(self.inputs, kernel.shape, weighted, *geometry).reshape(width, -1)]
+        if self.conv:
+            geometry = (layer.stride, layer.padding, layer.dilation)
+            along = F.conv2d(self.inputs, weight, bias, *geometry)
+        else:
+            along = F.linear(self.inputs, weight, bias)
+        if self.path_grad is None:
+            weighted = self.coefficients * along
+        else:
+            if self._curvature is None:
+                self._curvature = PathCurvature(self.site, self.inputs, self.path_grad)
+            weighted = self._curvature.times(along)
+        if self.conv:
+            gradient = conv2d_weight(self.inputs, weight.shape, weighted, *geometry)
+            parts = [gradient.reshape(width, -1)]
+            bias_part = weighted.sum(dim=(0, 2, 3))
+        else:
+            parts = [weighted.T @ self.inputs]
+            bias_part = weighted.sum(dim=0)
         if has_bias:
-            parts.append(weighted.sum(dim=(0, 2, 3))[:, None])
+            parts.append(bias_part[:, None])
         return torch.cat(parts, dim=1).double() / count
 
 
@@ -239,8 +271,7 @@ def site_batches(
     net: GrowableNet, ctx: GrowthContext, sites: Sequence[Site], inputs: Tensor, targets: Tensor
 ) -> dict[str, SiteBatch]:
     """One eval-mode forward and ONE backward through the taps of all ``sites`` for a batch."""
-    names = [site.name for site in sites]
-    taps, _ = collect_taps(net, inputs, targets, ctx.loss_fn, blocks=names)
+    taps = site_taps(net, ctx, list(sites), inputs, targets)
     return {site.name: SiteBatch.from_taps(site, taps[site.name]) for site in sites}
 
 
@@ -256,20 +287,23 @@ def statistics_set_batches(
         stop = min(start + batch_size, count)
         batch = site_batches(net, ctx, sites, ctx.inputs[start:stop], ctx.targets[start:stop])
         if start == 0:
-            tensors = [t for part in batch.values() for t in (part.inputs, part.coefficients)]
+            tensors = [t for part in batch.values() for t in part.tensors().values()]
             if sum(t[0].nelement() * t.element_size() for t in tensors) * count > max_bytes:
                 return None
             whole = {
                 name: SiteBatch(
                     part.site,
-                    part.inputs.new_empty(count, *part.inputs.shape[1:]),
-                    part.coefficients.new_empty(count, *part.coefficients.shape[1:]),
+                    **{
+                        key: t.new_empty(count, *t.shape[1:])
+                        for key, t in part.tensors().items()
+                    },
                 )
                 for name, part in batch.items()
             }
         for name, part in batch.items():
-            whole[name].inputs[start:stop] = part.inputs
-            whole[name].coefficients[start:stop] = part.coefficients
+            target = whole[name].tensors()
+            for key, t in part.tensors().items():
+                target[key][start:stop] = t
     return whole
 
 
@@ -549,7 +583,7 @@ class FastS2D(Grower):
 
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         config = self.config
-        sites = splittable_sites(net)
+        sites = splittable_sites(self.growable_sites(net))
         if not sites:
             event.stop_reason = "no splittable site"
             return
@@ -591,7 +625,7 @@ class FastS2D(Grower):
             site.name: [problem["raw_costs"][k], problem["site_costs"][k]]
             for k, site in enumerate(sites)
         }
-        event.extras["prediction_is_heuristic"] = uses_surrogate(sites)
+        event.extras["prediction_is_heuristic"] = prediction_is_heuristic(sites)
         # diagnostics of the estimates, not the method's own work: timed apart
         with event.phase("diagnostics"):
             if config.exact_diagnostics:

@@ -10,26 +10,21 @@ g_a the consumer pre-activation gradient (per sample, at every consumer output p
 producer input without the constant 1. Among orthogonal fan-outs of norm c, Σ_k ‖∇_{α_k} L‖² is
 largest for ω_k = c·u_k, u_k the top-K left singular vectors of Γ, and is σ'(0)²c²Σ_k s_k².
 
-How Γ is computed for each pair (all from one batch of taps, eval mode, float64):
+How Γ is computed (one batch of taps, eval mode, float64): the producer input becomes *patch
+maps* P (batch × d_in × H₁ × W₁, one "channel" per fan-in entry: x itself for a Linear producer,
+H₁ = W₁ = 1; the im2col patch X_q that produces hidden position q for a conv). A zero-fan-in unit's
+path to the consumer is linear at 0 (``_bottleneck.linear_path`` with the ``"first"`` rule): new
+BatchNorm entries and depthwise identity filters pass P through (strided), a global average pool
+averages it, and a max pool routes a constant-zero channel's gradient to each window's first
+element (autograd's choice on ties, which PyTorch's max-pool kernels make by keeping the first
+maximum; checked against autograd by the tests). The consumer then reads the result as it reads
+h, so Γ is the consumer's weight gradient with that input and output gradient g_a (taken at the
+consumer's output, before any BatchNorm after it), laid out like the fan-out: (out, kh, kw) for a
+conv, (out, positions) for a Linear after a flatten, × d_in. The slope ∏σ'(0) of the path's
+activations, as autograd sees them, multiplies the prediction.
 
-* every producer input is first turned into *patch maps* P (batch × d_in × H₁ × W₁): for a Linear
-  producer P = x (H₁ = W₁ = 1), for a conv producer P holds the im2col patch X_q that produces
-  hidden position q. P has the layout of the hidden map h with one "channel" per fan-in entry.
-* the producer block's pooling acts on P as it acts, to first order, on a zero channel:
-  none (identity); global average pool (P is averaged over positions, ``conv→GAP→linear``:
-  Γ = E[g_a (mean_q X_q)ᵀ]); max-pool with kernel = stride and no padding (a constant-zero
-  channel ties in every window and autograd routes the gradient to the window's first element,
-  so P is subsampled at each window's top-left corner; this relies on PyTorch's max-pool
-  kernels keeping the first maximum on ties, checked against autograd by the tests).
-* the consumer then reads P as it reads h, so Γ[(o, t), i] = E[Σ_y g_a[o, y] P_i(s₂y + t − p₂)]
-  is the consumer's weight gradient with input P and output gradient g_a (``conv2d_weight`` for a
-  conv consumer; E[g_a Pᵀ] for a linear one), laid out like the fan-out: (out, kh, kw) × d_in.
-* a BatchNorm after the consumer (eval mode) scales g_a by γ/sqrt(var + eps) per channel, since
-  the taps give the gradient after it.
-
-Pairs outside these (grouped or dilated producers, a flatten with several positions, other
-pooling) fall back to ``random-add``'s zero-fan-in rule (U[0, 1) fan-out of norm c), recorded in
-``event.extras[site]["fallback"]``.
+A site this cannot describe, or whose activations have σ(0) ≠ 0 or autograd slope 0 at 0, is
+refused (``refusal``), recorded in the event.
 
 Decisions [ours]: sites whose activation is the identity are not grown (as ``random-add``);
 K per site is ceil(growth_fraction · the site's width at this grower's first ``grow()``), capped
@@ -48,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from growbench.claims import Claim
+from growbench.methods._bottleneck import linear_path, patch_maps, unsupported_reason
 from growbench.methods.base import (
     Grower,
     GrowerConfig,
@@ -61,7 +57,6 @@ from growbench.nn.losses import PerSampleLoss
 
 SCALE_METHODS = ("mean_norm", "fixed")
 SCHEDULES = ("all-at-once", "round-robin")
-FALLBACK = "random-add zero-fan-in"
 
 
 @dataclass
@@ -96,24 +91,35 @@ class GradMaxConfig(GrowerConfig):
 
 
 def slope_at_zero(site: Site) -> float:
-    """σ(0) = 0 and σ'(0) ≠ 0 as autograd sees the site's activation module, else one error."""
-    zero = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    value = site.block.act(zero)
-    (slope,) = torch.autograd.grad(value.sum(), zero)
-    value = value.detach()
-    if float(value) != 0.0:
-        raise ValueError(
-            f"gradmax at site {site.name!r}: activation {site.activation!r} has σ(0) = "
-            f"{float(value)} ≠ 0, so zero-fan-in units would change the function; use an "
-            "activation with σ(0) = 0 such as the zoo's relu or tanh"
-        )
-    if float(slope) == 0.0:
-        raise ValueError(
-            f"gradmax at site {site.name!r}: activation {site.activation!r} has autograd "
-            "derivative 0 at 0 (as torch.relu / F.relu / clamp_min), so zero-fan-in units never "
-            "move; use the zoo's relu (growbench.nn.activations, derivative 1 at 0)"
-        )
-    return float(slope)
+    """∏σ'(0) over the path's activations as autograd sees them (``activation_problem`` checks
+    that σ(0) = 0 and that no slope is 0)."""
+    slope = 1.0
+    for act in site.activations:
+        zero = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        (derivative,) = torch.autograd.grad(act(zero).sum(), zero)
+        slope *= float(derivative)
+    return slope
+
+
+def activation_problem(site: Site) -> str | None:
+    """Why zero-fan-in units at this site would change the function or never learn."""
+    for act in site.activations:
+        zero = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        value = act(zero)
+        (derivative,) = torch.autograd.grad(value.sum(), zero)
+        if float(value.detach()) != 0.0:
+            return (
+                f"activation {act.name!r} has σ(0) = {float(value.detach())} ≠ 0, so zero-fan-in "
+                "units would change the function; use one with σ(0) = 0 such as the zoo's relu "
+                "or tanh"
+            )
+        if float(derivative) == 0.0:
+            return (
+                f"activation {act.name!r} has autograd derivative 0 at 0 (as torch.relu / F.relu "
+                "/ clamp_min), so zero-fan-in units never move; use the zoo's relu "
+                "(growbench.nn.activations, derivative 1 at 0)"
+            )
+    return None
 
 
 def canonical_sign(vectors: Tensor) -> Tensor:
@@ -124,87 +130,17 @@ def canonical_sign(vectors: Tensor) -> Tensor:
     return vectors * signs
 
 
-def _pool_kind(post: nn.Module) -> str | None:
-    """How the producer block's pooling acts on a zero channel: 'none', 'gap', 'maxpool'."""
-    if isinstance(post, nn.Identity):
-        return "none"
-    if isinstance(post, nn.Sequential) and len(post) == 2:
-        pool, flatten = post[0], post[1]
-        if (
-            isinstance(pool, nn.AdaptiveAvgPool2d)
-            and pool.output_size in (1, (1, 1))
-            and isinstance(flatten, nn.Flatten)
-        ):
-            return "gap"
-    if isinstance(post, nn.MaxPool2d):
-        kernel, stride = _pair(post.kernel_size), _pair(post.stride)
-        plain = _pair(post.padding) == (0, 0) and _pair(post.dilation) == (1, 1)
-        if kernel == stride and plain and not post.ceil_mode:
-            return "maxpool"
-    return None
-
-
 def _pair(value) -> tuple[int, int]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
-def unsupported_reason(site: Site) -> str | None:
-    """Why Γ cannot be computed for this pair (None when it can)."""
-    producer, consumer = site.producer, site.consumer
-    pool = _pool_kind(site.block.post)
-    if pool is None:
-        return f"pooling {site.block.post!r} between producer and consumer"
-    if isinstance(producer, nn.Conv2d):
-        if producer.groups != 1 or _pair(producer.dilation) != (1, 1):
-            return "grouped or dilated producer conv"
-        if producer.padding_mode != "zeros" or isinstance(producer.padding, str):
-            return "producer conv padding other than explicit zeros"
-        if isinstance(consumer, nn.Linear) and pool != "gap":
-            return "conv producer read by a linear consumer without global pooling"
-    elif pool != "none":
-        return "pooling after a linear producer"
-    if isinstance(consumer, nn.Conv2d):
-        if consumer.groups != 1 or consumer.padding_mode != "zeros":
-            return "grouped consumer conv or non-zero padding"
-        if isinstance(consumer.padding, str):
-            return "consumer conv padding given as a string"
-        if not isinstance(producer, nn.Conv2d):
-            return "linear producer read by a conv consumer"
-    return None
-
-
-def gamma_from_taps(
-    site: Site, block_input: Tensor, grad_consumer_pre: Tensor, count: int
-) -> Tensor:
+def gamma_from_taps(site: Site, producer_input: Tensor, grad_output: Tensor, count: int) -> Tensor:
     """Γ (fan-out size × producer input size, float64) from one batch's taps; ``count`` is N."""
-    producer, consumer = site.producer, site.consumer
-    x = block_input.double()
-    grad = grad_consumer_pre.double()
-    gain = site.consumer_block.norm_gain()
-    if gain is not None:
-        gain = gain.double()
-        shape = (1, -1) + (1,) * (grad.ndim - 2)
-        grad = grad * gain.reshape(shape)
-    if isinstance(producer, nn.Conv2d):
-        kernel = _pair(producer.kernel_size)
-        patches = site.input_patches(x)  # (B, d_in, H1·W1), laid out like a fan-in row
-        padding, stride = _pair(producer.padding), _pair(producer.stride)
-        height = (x.shape[2] + 2 * padding[0] - kernel[0]) // stride[0] + 1
-        width = (x.shape[3] + 2 * padding[1] - kernel[1]) // stride[1] + 1
-        maps = patches.reshape(x.shape[0], patches.shape[1], height, width)
-    else:
-        maps = x.reshape(x.shape[0], -1, 1, 1)
-    pool = _pool_kind(site.block.post)
-    if pool == "gap":
-        maps = maps.mean(dim=(2, 3), keepdim=True)
-    elif pool == "maxpool":
-        post = site.block.post
-        kernel = _pair(post.kernel_size)
-        rows = (maps.shape[2] - kernel[0]) // kernel[0] + 1
-        cols = (maps.shape[3] - kernel[1]) // kernel[1] + 1
-        maps = maps[:, :, :: kernel[0], :: kernel[1]][:, :, :rows, :cols]
+    consumer = site.consumer
+    maps = linear_path(site, patch_maps(site, producer_input.double(), bias=False), "first")
+    grad = grad_output.double()
+    d_in = maps.shape[1]
     if isinstance(consumer, nn.Conv2d):
-        d_in = maps.shape[1]
         weight_grad = torch.nn.grad.conv2d_weight(
             maps,
             (consumer.out_channels, d_in, *_pair(consumer.kernel_size)),
@@ -214,8 +150,9 @@ def gamma_from_taps(
             dilation=_pair(consumer.dilation),
         )  # (out, d_in, kh, kw)
         gamma = weight_grad.permute(0, 2, 3, 1).reshape(-1, d_in)
-    else:
-        gamma = grad.reshape(grad.shape[0], -1).T @ maps.flatten(1)
+    else:  # (out, positions) × d_in
+        gamma = torch.einsum("no,nil->oli", grad.reshape(grad.shape[0], -1), maps.flatten(2))
+        gamma = gamma.reshape(-1, d_in)
     return gamma / count
 
 
@@ -233,11 +170,9 @@ def compute_gamma(
     if reason is not None:
         raise ValueError(f"gradmax: no Γ for site {site.name!r}: {reason}")
     taps, _ = collect_taps(
-        net, inputs, targets, loss_fn, blocks=[site.name, site.consumer_block.name]
+        net, inputs, targets, loss_fn, sites=[site], want=("input", "grad_output")
     )
-    return gamma_from_taps(
-        site, taps[site.name].input, taps[site.consumer_block.name].grad_pre, len(inputs)
-    )
+    return gamma_from_taps(site, taps[site.name].input, taps[site.name].grad_output, len(inputs))
 
 
 def fan_out_norm(site: Site, config: GradMaxConfig) -> float:
@@ -256,10 +191,8 @@ class _Plan:
     wanted: int
     c: float
     slope: float
-    directions: Tensor | None  # (K', fan-out size) unit rows, or None for the fallback
+    directions: Tensor  # (K', fan-out size) unit rows
     singular_values: list[float]
-    fallback: str | None
-    fan_out_size: int
 
 
 @register
@@ -286,8 +219,11 @@ class GradMax(Grower):
         self._initial_widths: dict[str, int] = {}  # plain ints: no tensor is ever kept
         self._round_robin_next = 0
 
+    def refusal(self, site: Site) -> str | None:
+        return super().refusal(site) or unsupported_reason(site) or activation_problem(site)
+
     def _chosen_sites(self, net: GrowableNet) -> list[Site]:
-        sites = [site for site in net.sites if site.activation != "identity"]
+        sites = [site for site in self.growable_sites(net) if site.activation != "identity"]
         for site in sites:
             self._initial_widths.setdefault(site.name, site.width)
         if self.config.schedule == "round-robin" and sites:
@@ -299,59 +235,34 @@ class GradMax(Grower):
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         config = self.config
         sites = self._chosen_sites(net)
-        slopes = {site.name: slope_at_zero(site) for site in sites}
         plans: list[_Plan] = []
         with event.phase("stats"):
-            supported = [site for site in sites if unsupported_reason(site) is None]
             gammas: dict[str, Tensor] = {}
-            if supported:
+            if sites:
                 inputs = ctx.inputs[: config.stats_samples]
                 targets = ctx.targets[: config.stats_samples]
-                names = sorted(
-                    {s.name for s in supported} | {s.consumer_block.name for s in supported},
-                    key=[b.name for b in net.blocks].index,
+                taps, _ = collect_taps(
+                    net, inputs, targets, ctx.loss_fn, sites=sites, want=("input", "grad_output")
                 )
-                taps, _ = collect_taps(net, inputs, targets, ctx.loss_fn, blocks=names)
-                for site in supported:
+                for site in sites:
                     gammas[site.name] = gamma_from_taps(
-                        site,
-                        taps[site.name].input,
-                        taps[site.consumer_block.name].grad_pre,
-                        len(inputs),
+                        site, taps[site.name].input, taps[site.name].grad_output, len(inputs)
                     )
                 del taps
         with event.phase("solve"):
             for site in sites:
                 wanted = math.ceil(config.growth_fraction * self._initial_widths[site.name])
                 wanted = min(wanted, site.fan_out_size)
-                c = fan_out_norm(site, config)
-                gamma = gammas.get(site.name)
-                if gamma is None:
-                    plans.append(
-                        _Plan(
-                            site.name,
-                            wanted,
-                            c,
-                            slopes[site.name],
-                            None,
-                            [],
-                            f"{FALLBACK}: {unsupported_reason(site)}",
-                            site.fan_out_size,
-                        )
-                    )
-                    continue
-                left, values, _ = torch.linalg.svd(gamma, full_matrices=True)
+                left, values, _ = torch.linalg.svd(gammas[site.name], full_matrices=True)
                 directions = canonical_sign(left[:, :wanted].T.contiguous())
                 plans.append(
                     _Plan(
                         site.name,
                         wanted,
-                        c,
-                        slopes[site.name],
+                        fan_out_norm(site, config),
+                        slope_at_zero(site),
                         directions,
                         values.tolist(),
-                        None,
-                        site.fan_out_size,
                     )
                 )
         with event.phase("select"):
@@ -365,40 +276,28 @@ class GradMax(Grower):
         event.predicted_loss_change = 0.0  # new units output exactly 0
         with event.phase("apply"):
             for plan in reversed(plans):  # output side first (README convention 9)
-                self._apply(net, ctx, event, plan, counts[plan.site_name])
+                self._apply(net, event, plan, counts[plan.site_name])
 
-    def _apply(
-        self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent, plan: _Plan, count: int
-    ) -> None:
+    def _apply(self, net: GrowableNet, event: GrowthEvent, plan: _Plan, count: int) -> None:
         site = net.site(plan.site_name)
-        extras = {
+        values = plan.singular_values
+        top = sum(value**2 for value in values[:count])
+        event.extras[site.name] = {
             "c": plan.c,
             "sigma_prime_zero": plan.slope,
             "wanted": plan.wanted,
             "added": count,
-            "fallback": plan.fallback,
+            "singular_values": values,
+            "predicted_grad_norm_sq": plan.slope**2 * plan.c**2 * top,
         }
-        if plan.directions is not None:
-            values = plan.singular_values
-            extras["singular_values"] = values
-            top = sum(value**2 for value in values[:count])
-            extras["predicted_grad_norm_sq"] = plan.slope**2 * plan.c**2 * top
-            event.scores[site.name] = values
-        event.extras[site.name] = extras
+        event.scores[site.name] = values
         if count == 0:
             return
-        if plan.directions is not None:
-            fan_out = plan.c * plan.directions[:count]
-        else:
-            size = plan.fan_out_size
-            fan_out = torch.rand(count, size, generator=ctx.generator, dtype=torch.float64)
-            fan_out *= plan.c / fan_out.norm(dim=1, keepdim=True)
-        fan_out = _pad_fan_out(site, fan_out)
+        fan_out = _pad_fan_out(site, plan.c * plan.directions[:count])
         d_in = site.fan_in_size - (site.producer.bias is not None)
         fan_in = torch.zeros(count, d_in, dtype=torch.float64)
         new_ids = site.add_units(fan_in, fan_out)
-        kind = "new" if plan.directions is not None else "random"
-        event.selected[site.name] = [[unit, kind] for unit in new_ids]
+        event.selected[site.name] = [[unit, "new"] for unit in new_ids]
 
 
 def _pad_fan_out(site: Site, fan_out: Tensor) -> Tensor:

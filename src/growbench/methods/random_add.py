@@ -22,7 +22,7 @@ from growbench.methods.base import (
     take_within_budget,
 )
 from growbench.methods.registry import register
-from growbench.nn import GrowableNet, activation_info
+from growbench.nn import GrowableNet, Site, activation_info
 
 MODES = ("zero-fan-out", "zero-fan-in")
 DIRECTIONS = ("uniform", "gaussian")
@@ -51,17 +51,21 @@ class RandomAdd(Grower):
     preserves_function = "exact"
     description = "add units with random fan-in and zero fan-out (control for TINY/GradMax/SENN)"
 
+    def refusal(self, site: Site) -> str | None:
+        reason = super().refusal(site)
+        if reason is None and self.config.mode == "zero-fan-in":
+            for act in site.activations:
+                info = activation_info(act.name)
+                if not info.zero_at_zero or info.slope_at_zero == 0:
+                    return (
+                        f"zero-fan-in units need σ(0) = 0 and σ'(0) ≠ 0, and activation "
+                        f"{act.name!r} does not have both; use relu or tanh"
+                    )
+        return reason
+
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         config = self.config
-        sites = [site for site in net.sites if site.activation != "identity"]
-        if config.mode == "zero-fan-in":
-            for site in sites:
-                info = activation_info(site.activation)
-                if not info.zero_at_zero or info.slope_at_zero == 0:
-                    raise ValueError(
-                        f"random-add zero-fan-in at site {site.name!r}: activation "
-                        f"{site.activation!r} needs σ(0) = 0 and σ'(0) ≠ 0; use relu or tanh"
-                    )
+        sites = [site for site in self.growable_sites(net) if site.activation != "identity"]
         with event.phase("select"):
             wanted = {site.name: max(1, round(config.growth_ratio * site.width)) for site in sites}
             candidates = [name for name, count in wanted.items() for _ in range(count)]

@@ -78,7 +78,7 @@ class S2D(Grower):
 
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         config = self.config
-        sites = splittable_sites(net)
+        sites = splittable_sites(self.growable_sites(net))
         candidates = []  # (λ, site position, unit, direction)
         peak = 0
         for position, site in enumerate(sites):

@@ -46,8 +46,8 @@ from growbench.methods._splitting import (
     PlannedSplit,
     apply_splits,
     site_eigen,
+    prediction_is_heuristic,
     splittable_sites,
-    uses_surrogate,
 )
 from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
 from growbench.methods.fast_s2d import FastS2DConfig, rayleigh_eigen
@@ -169,7 +169,7 @@ class SignedS2D(Grower):
         config = self.config
         c = float(config.weight_bound)
         units_per_split = 2 if c > 1 else 1
-        sites = splittable_sites(net)
+        sites = splittable_sites(self.growable_sites(net))
         peak = 0
         eigens = []
         estimated = [site for site in sites if self._estimates(site)]
@@ -220,7 +220,7 @@ class SignedS2D(Grower):
                     "copies_per_split": units_per_split + 1,
                     "s2d_stable_but_splittable": stable_but_splittable,
                     "four_copies_would_help": four_would_help,
-                    "prediction_is_heuristic": uses_surrogate(sites),
+                    "prediction_is_heuristic": prediction_is_heuristic(sites),
                     "peak_stat_bytes": peak,
                 }
             )

@@ -28,27 +28,26 @@ A site whose pair is unsupported is left out of the candidates and recorded in
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from growbench.claims import Claim
 from growbench.methods._amplitude import search_amplitude
 from growbench.methods._bottleneck import (
     BottleneckStatistics,
     inverse_sqrt,
-    pair_kind,
-    pool_is_linear,
+    new_unit_contribution,
+    output_rows,
     site_statistics,
-    with_ones,
+    unsupported_reason,
 )
 from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
 from growbench.methods.registry import register
-from growbench.nn import GrowableNet, Site
-from growbench.nn.activations import activation_info
+from growbench.nn import Activation, GrowableNet, Site, Slot, collect_taps
+from growbench.nn.taps import record_inputs
 
 SITE_SELECTIONS = ("best-fo", "round-robin")
 LINE_SEARCHES = ("grid", "refine")
@@ -159,7 +158,6 @@ class Tiny(Grower):
     name = "tiny"
     Config = TinyConfig
     preserves_function = "at_zero_step"
-    version = 2  # 2: grows across average and max pools between convs
     zero_step_overrides = {"gamma_fixed": 0.0}
     small_step_overrides = {"gamma_fixed": 1e-3}
     description = (
@@ -184,46 +182,27 @@ class Tiny(Grower):
         super().__init__(config)
         self._round_robin = 0
 
+    def refusal(self, site: Site) -> str | None:
+        return super().refusal(site) or unsupported_reason(site)
+
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         config = self.config
         all_sites = net.sites
-        excluded = {}
-        for site in all_sites:
-            reason = pair_kind(site)[1]
-            if reason is not None:
-                excluded[site.name] = reason
-        sites = [site for site in all_sites if site.name not in excluded]
-        if excluded:
-            event.extras["excluded_sites"] = excluded
-        if not sites:
-            event.stop_reason = "no supported site: " + "; ".join(
-                f"{name}: {reason}" for name, reason in excluded.items()
-            )
-            return
-        for site in sites:
-            info = activation_info(site.activation)
-            if not info.zero_at_zero:
-                raise ValueError(
-                    f"tiny: site {site.name!r} uses activation {site.activation!r} with "
-                    "σ(0) ≠ 0; TINY linearises new units at 0 and needs σ(0) = 0"
-                )
-        measured = frozenset(s.name for s in sites if gain_is_measured(s))
+        sites = self.growable_sites(net)
+        measured = [site for site in sites if gain_is_measured(site)]
         with event.phase("stats"):
-            statistics = site_statistics(net, ctx, sites, self.name, keep_rows=measured)
+            statistics = site_statistics(net, ctx, sites, self.name)
         solutions: dict[str, SiteSolution] = {}
         with event.phase("solve"):
             for site in sites:
                 limit = config.max_added
                 if limit is None:
                     limit = math.ceil(config.max_added_ratio * site.width)
-                slope = activation_info(site.activation).slope_at_zero
-                solutions[site.name] = solve_site(statistics[site.name], config, limit, slope)
+                solutions[site.name] = solve_site(
+                    statistics[site.name], config, limit, site.path_slope()
+                )
         with event.phase("solve"):
-            fo_measured = {
-                site.name: measured_gain(site, solutions[site.name], statistics[site.name])
-                for site in sites
-                if site.name in measured
-            }
+            fo_measured = measured_gains(net, ctx, measured, solutions)
         report = {}
         gains = {}
         for site in sites:
@@ -239,7 +218,7 @@ class Tiny(Grower):
                 "bottleneck_norm": stats.residual_norm(solution.delta),
             }
             if site.name in fo_measured:
-                key = "fo_homog" if site.activation in HOMOGENEOUS else "fo_max_pool"
+                key = "fo_homog" if homogeneous(site) else "fo_max_pool"
                 entry[key] = fo_measured[site.name]
             gains[site.name] = fo_measured.get(site.name, entry["fo_exact"])
             report[site.name] = entry
@@ -273,14 +252,15 @@ class Tiny(Grower):
             event.stop_reason = "budget exhausted"
             return
         if config.site_selection == "round-robin":
-            self._round_robin = chosen.index + 1
+            self._round_robin = all_sites.index(chosen) + 1
         solution, stats = solutions[chosen.name], statistics[chosen.name]
         if k < solution.count:
             event.stop_reason = "budget exhausted"
         alpha, omega = solution.alpha[:k], solution.omega[:k]
-        if chosen.name in measured:
+        if chosen.name in fo_measured:
             if k < solution.count:
-                fo = measured_gain(chosen, _truncated(solution, k), stats)
+                fo = measured_gains(net, ctx, [chosen], {chosen.name: _truncated(solution, k)})
+                fo = fo[chosen.name]
             else:
                 fo = fo_measured[chosen.name]
         else:
@@ -342,25 +322,50 @@ class Tiny(Grower):
         return best[0], curve
 
 
+def homogeneous(site: Site) -> bool:
+    """Whether every activation on the site's path is positively homogeneous (σ(γu) = γσ(u))."""
+    return all(act.name in HOMOGENEOUS for act in site.activations)
+
+
 def gain_is_measured(site: Site) -> bool:
-    """Whether the site's first-order gain is measured on the kept rows (``measured_gain``)
-    rather than read from the closed form FO_exact: positively homogeneous σ, or a max pool."""
-    return site.activation in HOMOGENEOUS or not pool_is_linear(site)
+    """Whether the site's first-order gain is measured on the statistics set
+    (``measured_gains``) rather than read from the closed form FO_exact: a positively
+    homogeneous path, or a max pool on it."""
+    return homogeneous(site) or site.max_pooled
 
 
-def measured_gain(site: Site, solution: SiteSolution, stats: BottleneckStatistics) -> float:
-    """Δ − E[g_aᵀ · what the new units add to the consumer at γ = 1], from the kept rows, the
-    new units' maps passing through the block's real pooling (conv) and consumer kernel.
+def measured_gains(
+    net: GrowableNet, ctx: GrowthContext, sites: list[Site], solutions: dict[str, SiteSolution]
+) -> dict[str, float]:
+    """Δ − E[g_aᵀ · what the new units add to the consumer at γ = 1] per site, in one taps pass
+    over the statistics set, the new units' maps passing through the site's real path (real max
+    pools, depthwise identity filters) and the consumer.
 
-    FO_homog: positively homogeneous σ adds exactly γ²·ωσ(αx̃), so σ itself is used.
+    FO_homog: a positively homogeneous path adds exactly γ²·ω·path(αx̃), so σ itself is used.
     FO_max_pool: any other σ (σ(0) = 0, σ'(0) > 0, increasing near 0) commutes with a max pool,
     so a new unit adds γ²·σ'(0)·ω·maxpool(αX) + O(γ³): σ is linearised. Both are exact to
     first order although the units were chosen through the pool's average stand-in."""
-    _, g = stats.rows
-    k = solution.count
-    act = site.block.act if site.activation in HOMOGENEOUS else (lambda u: solution.slope * u)
-    output = stats.new_unit_output(act, solution.alpha[:k], solution.omega[:k])
-    return solution.gain_delta - float((output * g.double()).sum()) / stats.count
+    if not sites:
+        return {}
+    totals = {site.name: 0.0 for site in sites}
+    for inputs, targets in ctx.batches():
+        taps, _ = collect_taps(
+            net, inputs, targets, ctx.loss_fn, sites=sites, want=("input", "grad_output")
+        )
+        for site in sites:
+            solution = solutions[site.name]
+            k = solution.count
+            added = new_unit_contribution(
+                site,
+                taps[site.name].input,
+                solution.alpha[:k],
+                solution.omega[:k],
+                linearised=not homogeneous(site),
+            )
+            grad = output_rows(taps[site.name].grad_output).double()
+            totals[site.name] += float((added * grad).sum())
+    count = len(ctx.inputs)
+    return {site.name: solutions[site.name].gain_delta - totals[site.name] / count for site in sites}
 
 
 def _truncated(solution: SiteSolution, k: int) -> SiteSolution:
@@ -376,6 +381,17 @@ def _truncated(solution: SiteSolution, k: int) -> SiteSolution:
     )
 
 
+def elementwise_pair(site: Site) -> bool:
+    """A Linear→Linear site whose path acts on each value alone (no pooling, no depthwise
+    conv): its new units' contribution is σ(x̃α)ω, cheap to evaluate for many γ at once."""
+    elementwise = (nn.BatchNorm1d, Activation, Slot, nn.Dropout, nn.Identity)
+    return (
+        isinstance(site.producer, nn.Linear)
+        and isinstance(site.consumer, nn.Linear)
+        and all(isinstance(module, elementwise) for module in site.between)
+    )
+
+
 def loss_at_gamma(
     net: GrowableNet,
     ctx: GrowthContext,
@@ -384,28 +400,28 @@ def loss_at_gamma(
     omega: Tensor,
     delta: Tensor,
 ):
-    """The batched L(γ) evaluator of a site: ``_LossAtGamma`` for Linear→Linear sites (fast,
-    prefix and consumer input cached), ``_GrownTailLoss`` for conv sites (the net from the
-    producer block on, grown on a copy at each γ)."""
-    if pair_kind(site)[0] == "linear":
+    """The batched L(γ) evaluator of a site: ``_LossAtGamma`` for elementwise Linear→Linear sites
+    (the new units' part of the consumer's output computed once, many γ per pass),
+    ``_GrownTailLoss`` otherwise (a copy grown at each γ)."""
+    if elementwise_pair(site):
         return _LossAtGamma(net, ctx, site, alpha, omega, delta)
     return _GrownTailLoss(net, ctx, site, alpha, omega, delta)
 
 
-def _producer_inputs(net: GrowableNet, ctx: GrowthContext, site: Site):
-    """(input of the site's producer block, targets) per batch of the statistics set."""
-    for inputs, targets in ctx.batches():
-        with torch.no_grad():  # not around the yield: grad mode is global state
-            x = inputs.flatten(1) if net.flatten_input else inputs
-            for previous in net.blocks[: site.index]:
-                x = previous(x)
-        yield x, targets
+def _states(net: GrowableNet, ctx: GrowthContext, site: Site) -> list[tuple[Tensor, Tensor]]:
+    """(what ``forward_until(site)`` gives, targets) per batch of the statistics set."""
+    states = []
+    with torch.no_grad():
+        for inputs, targets in ctx.batches():
+            states.append((net.forward_until(site, inputs), targets))
+    return states
 
 
 class _GrownTailLoss:
     """Mean loss on the statistics set, eval mode, of the net grown at amplitude γ, without
-    touching it: the input of the producer block is computed once; at each γ a copy of the
-    blocks from the producer on is grown with ``apply_tiny`` and run on it."""
+    touching it: the net up to the site's stage runs once; at each γ a copy in which only the
+    site's own layers are copied (``GrowableNet.copy_for``) is grown with ``apply_tiny`` and run
+    from there."""
 
     def __init__(
         self,
@@ -416,30 +432,31 @@ class _GrownTailLoss:
         omega: Tensor,
         delta: Tensor,
     ) -> None:
-        self.ctx, self.count = ctx, len(ctx.inputs)
+        self.net, self.site, self.ctx, self.count = net, site, ctx, len(ctx.inputs)
         self.alpha, self.omega, self.delta = alpha, omega, delta
         net.eval()  # stays in eval mode while the search runs; Grower.grow restores the mode
-        self.tail = list(net.blocks[site.index :])
-        self.cache = list(_producer_inputs(net, ctx, site))
+        self.cache = _states(net, ctx, site)
 
     def __call__(self, gammas: list[float]) -> list[float]:
         losses = []
         with torch.no_grad():
             for gamma in gammas:
-                tail = GrowableNet(copy.deepcopy(self.tail), (), flatten_input=False)
+                grown = self.net.copy_for(self.site)
                 if gamma != 0.0:
-                    apply_tiny(Site(tail, 0), self.alpha, self.omega, self.delta, gamma)
-                tail.eval()
+                    apply_tiny(grown.site(self.site.name), self.alpha, self.omega, self.delta, gamma)
                 total = 0.0
-                for x, targets in self.cache:
-                    total += float(self.ctx.loss_fn(tail(x), targets).double().sum())
+                for state, targets in self.cache:
+                    outputs = grown.forward_from(self.site.name, state)
+                    total += float(self.ctx.loss_fn(outputs, targets).double().sum())
                 losses.append(total / self.count)
         return losses
 
 
 class _LossAtGamma:
     """Mean loss on the statistics set, eval mode, of the net grown at amplitude γ, without
-    touching it: everything before the consumer's pre-activation is computed once."""
+    touching it: the new units' contribution x̃α and the consumer update's h̃δ are computed once;
+    each pass runs many γ at once from the site's stage, the consumer's output shifted by
+    γ·σ(γx̃α)ω/γ − γ²·h̃δ through a forward hook."""
 
     def __init__(
         self,
@@ -453,57 +470,66 @@ class _LossAtGamma:
         self.net, self.site, self.ctx = net, site, ctx
         self.count = len(ctx.inputs)
         net.eval()  # stays in eval mode while the search runs; Grower.grow restores the mode
-        block, consumer = site.block, site.consumer
         dtype = site.producer.weight.dtype
         alpha_m, delta_m = alpha.to(dtype), delta.to(dtype)
         self.omega = omega.to(dtype)
         parts = []
         with torch.no_grad():
-            for x, targets in _producer_inputs(net, ctx, site):
-                h = block(x)  # post is elementwise (Identity or Dropout, checked)
-                x_tilde = with_ones(x, site.producer.bias is not None)
-                h_tilde = with_ones(h, consumer.bias is not None)
-                parts.append((consumer(h), x_tilde @ alpha_m.T, h_tilde @ delta_m.T, targets))
+            for state, targets in _states(net, ctx, site):
+                with record_inputs([site.producer, site.consumer]) as seen:
+                    net.forward_from(site, state)
+                x_tilde = with_ones(seen[site.producer], site.producer.bias is not None)
+                h_tilde = with_ones(seen[site.consumer], site.consumer.bias is not None)
+                parts.append((state, x_tilde @ alpha_m.T, h_tilde @ delta_m.T, targets))
         self.cache = tuple(torch.cat(part) for part in zip(*parts, strict=True))
-        # σ positively homogeneous: σ(γu) = γσ(u) for γ ≥ 0, so the consumer's pre-activation
-        # is a0 + γ²·(σ(xα)ω − hδ), one direction computed once for every γ.
+        # σ positively homogeneous: σ(γu) = γσ(u) for γ ≥ 0, so the consumer's output moves by
+        # γ²·(σ(x̃α)ω − h̃δ), one direction computed once for every γ.
         self.direction = None
-        if site.activation in HOMOGENEOUS:
+        if homogeneous(site):
             _, x_alpha, h_delta, _ = self.cache
             with torch.no_grad():
-                self.direction = block.post(block.act(x_alpha)) @ self.omega - h_delta
+                self.direction = site.unit_path(x_alpha) @ self.omega - h_delta
 
     def __call__(self, gammas: list[float]) -> list[float]:
         """L(γ) for every γ of ``gammas``, evaluated together in chunks of about
         ``MAX_SEARCH_ROWS`` rows."""
         site = self.site
-        consumer_block = site.consumer_block
-        act, post = site.block.act, site.block.post
-        rest = self.net.blocks[site.index + 2 :]
-        a0, x_alpha, h_delta, targets = self.cache
+        states, x_alpha, h_delta, targets = self.cache
         per_chunk = max(1, MAX_SEARCH_ROWS // max(1, self.count))
         losses = []
         with torch.no_grad():
             for start in range(0, len(gammas), per_chunk):
                 chunk = gammas[start : start + per_chunk]
-                g = torch.tensor(chunk, dtype=a0.dtype, device=a0.device)[:, None, None]
+                g = torch.tensor(chunk, dtype=x_alpha.dtype, device=x_alpha.device)[:, None, None]
                 if self.direction is not None and min(chunk) >= 0:
-                    a = a0 + (g * g) * self.direction
+                    shift = (g * g) * self.direction
                 else:
-                    new = post(act(g * x_alpha))
-                    a = a0 + g * (new @ self.omega) - g * g * h_delta
-                a = a.reshape(-1, a.shape[-1])
-                if consumer_block.norm is not None:
-                    a = consumer_block.norm(a)
-                out = consumer_block.post(consumer_block.act(a))
-                for block in rest:
-                    out = block(out)
+                    new = site.unit_path((g * x_alpha).reshape(-1, x_alpha.shape[-1]))
+                    new = new.reshape(len(chunk), *x_alpha.shape) @ self.omega
+                    shift = g * new - g * g * h_delta
+                shift = shift.reshape(-1, shift.shape[-1])
+
+                def shifted(module, args, output, shift=shift):
+                    return output + shift
+
+                handle = site.consumer.register_forward_hook(shifted)
+                try:
+                    repeated = states.repeat(len(chunk), *[1] * (states.ndim - 1))
+                    out = self.net.forward_from(site, repeated)
+                finally:
+                    handle.remove()
                 per_sample = self.ctx.loss_fn(
                     out, targets.repeat(len(chunk), *[1] * (targets.ndim - 1))
                 )
                 totals = per_sample.double().reshape(len(chunk), -1).sum(dim=1)
                 losses += (totals / self.count).tolist()
         return losses
+
+
+def with_ones(rows: Tensor, bias: bool) -> Tensor:
+    if not bias:
+        return rows
+    return torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
 
 
 def apply_tiny(site: Site, alpha: Tensor, omega: Tensor, delta: Tensor, gamma: float) -> None:

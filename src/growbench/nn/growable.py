@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +60,20 @@ from growbench.nn.units import (
 ParamLineage = dict[nn.Parameter, tuple[nn.Parameter, list[Tensor | None]]]
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+@contextmanager
+def eval_mode(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Run ``modules`` (and their children) in eval mode inside the block; restore each one's
+    own mode after (per module: a mixed train/eval net stays mixed)."""
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    for module, _ in saved:
+        module.training = False
+    try:
+        yield
+    finally:
+        for module, training in saved:
+            module.training = training
 
 
 def _check_layer(layer: nn.Module, role: str, site: str) -> None:
@@ -184,9 +199,11 @@ class Site:
         )
 
     def run_between(self, maps: Tensor) -> Tensor:
-        """The per-unit path applied to the producer's output (what the consumer reads)."""
-        for module in self.between:
-            maps = module(maps)
+        """The per-unit path applied, in eval mode, to the producer's output (what the consumer
+        reads)."""
+        with eval_mode(self.between):
+            for module in self.between:
+                maps = module(maps)
         return maps
 
     def unit_path(self, maps: Tensor, linear_activations: bool = False) -> Tensor:
@@ -196,12 +213,13 @@ class Site:
         so the result keeps one channel per unit (N × k × positions... for a Linear consumer
         after a flatten). ``linear_activations`` skips the activations (their slopes at 0 are
         ``path_slope``)."""
-        for module in self.between:
-            if isinstance(module, nn.Flatten):
-                break
-            if linear_activations and isinstance(module, Activation):
-                continue
-            maps = new_unit_forward(module, maps)
+        with eval_mode(self.between):
+            for module in self.between:
+                if isinstance(module, nn.Flatten):
+                    break
+                if linear_activations and isinstance(module, Activation):
+                    continue
+                maps = new_unit_forward(module, maps)
         return maps
 
     def path_slope(self) -> float:
@@ -458,13 +476,15 @@ class GrowableNet(nn.Module):
             state = stage(state)
         return state
 
-    def copy_from(self, site: Site | str) -> GrowableNet:
-        """A copy of the net in which the stages before ``site``'s are shared, not copied: the
-        cheap way to try a change at ``site`` and run ``forward_from`` on the copy."""
+    def copy_for(self, site: Site | str) -> GrowableNet:
+        """A copy in which only ``site``'s producer, per-unit modules and consumer (and the
+        containers around them) are copied, and every other layer is shared: the cheap way to try
+        surgery at ``site`` and run ``forward_from`` on the result."""
         site = self._resolve(site)
+        own = {id(m) for module in (site.producer, *site.between, site.consumer) for m in module.modules()}
         memo: dict[int, object] = {}
-        for stage in self.stages[: site.stage]:
-            for module in stage.modules():
+        for module in self.modules():
+            if id(module) not in own and next(module.children(), None) is None:
                 memo[id(module)] = module
         return self.clone(memo)
 

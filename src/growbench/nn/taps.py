@@ -12,7 +12,8 @@ finite (a NaN or inf in the net or the batch) is one clear error, raised here fo
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import torch
@@ -147,3 +148,19 @@ def _hook(site: Site, record: dict[str, Tensor]) -> list[torch.utils.hooks.Remov
         site.act.register_forward_hook(on_activation),
         site.consumer.register_forward_hook(on_consumer),
     ]
+
+
+@contextmanager
+def record_inputs(modules: Iterable[nn.Module]) -> Iterator[dict[nn.Module, Tensor]]:
+    """Inside the block, the input of each of ``modules`` on its latest call, by module."""
+    seen: dict[nn.Module, Tensor] = {}
+
+    def store(module: nn.Module, args: tuple) -> None:
+        seen[module] = args[0]
+
+    handles = [module.register_forward_pre_hook(store) for module in modules]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,71 @@
+"""The activation table: values, autograd slopes at 0 and idempotence against torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from growbench.nn import ACTIVATIONS, Activation, activation_info
+
+DTYPE = torch.float64
+
+
+# --------------------------------------------------------------------------- activations
+def test_zoo_relu_has_derivative_one_at_zero():
+    z = torch.tensor([-1.0, 0.0, 2.0], dtype=DTYPE, requires_grad=True)
+    act = Activation("relu")
+    out = act(z)
+    (slope,) = torch.autograd.grad(out.sum(), z)
+    assert out.tolist() == [0.0, 0.0, 2.0]
+    assert slope.tolist() == [0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_table_matches_autograd(name):
+    info = activation_info(name)
+    z = torch.zeros(1, dtype=DTYPE, requires_grad=True)
+    value = info.function(z)
+    (slope,) = torch.autograd.grad(value.sum(), z)
+    assert slope.item() == pytest.approx(info.slope_at_zero, abs=1e-12)
+    assert (value.item() == 0.0) == info.zero_at_zero
+    grid = torch.linspace(-4, 4, 81, dtype=DTYPE)
+    twice = info.function(info.function(grid))
+    assert torch.allclose(twice, info.function(grid), rtol=0, atol=1e-15) == info.idempotent
+
+
+REFERENCES = {
+    "relu": F.relu,
+    "leaky_relu": F.leaky_relu,
+    "tanh": torch.tanh,
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "elu": F.elu,
+    "selu": F.selu,
+    "sigmoid": torch.sigmoid,
+    "softplus": F.softplus,
+    "identity": lambda z: z,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_values_match_torch(name):
+    z = torch.linspace(-30, 30, 2001, dtype=DTYPE)
+    torch.testing.assert_close(
+        ACTIVATIONS[name].function(z), REFERENCES[name](z), rtol=1e-14, atol=1e-15
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_gradients_are_finite_away_from_zero(name):
+    z = torch.tensor([-800.0, -3.0, -1e-3, 1e-3, 3.0, 800.0], dtype=DTYPE, requires_grad=True)
+    (slope,) = torch.autograd.grad(ACTIVATIONS[name].function(z).sum(), z)
+    assert torch.isfinite(slope).all()
+    reference = z.detach().clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(REFERENCES[name](reference).sum(), reference)
+    torch.testing.assert_close(slope, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_unknown_activation_lists_the_choices():
+    with pytest.raises(ValueError, match=r"unknown activation 'mish'.*gelu.*tanh"):
+        Activation("mish")
