@@ -3,7 +3,8 @@
 ``tanh_mlp`` 3→4→3→2 and ``relu_mlp`` on 400 Gaussian inputs with MSE to a random teacher, trained
 200 full-batch GD steps so statistics are not trivial; ``conv_bn`` two conv3×3+BN+SiLU blocks
 (3→4→5 channels) on 64 random 8×8 images, global average pool, linear 5→3, cross-entropy, with
-BN running statistics from a few train-mode passes. Each test gets a fresh copy.
+BN running statistics from a few train-mode passes; and the ``ZOO`` models at tiny widths on 24
+random inputs, 5 train-mode steps. Each test gets a fresh copy.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ from growbench.nn import GrowableNet, ModelConfig, build_model
 from growbench.nn.losses import PerSampleLoss, classification_loss, regression_loss
 
 TASKS = ("tanh_mlp", "relu_mlp", "conv_bn")
+# The papers' networks (and PointNet) at tiny widths, ReLU, 3 classes: the contract's zoo cases.
+ZOO = {
+    "vgg": ModelConfig("vgg", (3, 32, 32), 3, width_multiplier=1 / 32),
+    "mobilenetv1": ModelConfig("mobilenetv1", (3, 32, 32), 3, width_multiplier=1 / 32),
+    "resnet18": ModelConfig("resnet18", (3, 16, 16), 3, width_multiplier=1 / 16),
+    "pointnet": ModelConfig("pointnet", (16, 3), 3, width_multiplier=1 / 32),
+}
 
 
 @dataclass
@@ -56,6 +64,18 @@ def _trained(name: str) -> Task:
         loss_fn = regression_loss
         optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
         for _ in range(200):
+            optimizer.zero_grad()
+            loss_fn(net(inputs), targets).mean().backward()
+            optimizer.step()
+    elif name in ZOO:
+        config = ZOO[name]
+        net = build_model(config, seed=0).double()
+        inputs = torch.randn(24, *config.input_shape, generator=generator, dtype=torch.float64)
+        targets = torch.randint(0, 3, (24,), generator=generator)
+        loss_fn = classification_loss
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+        net.train()
+        for _ in range(5):
             optimizer.zero_grad()
             loss_fn(net(inputs), targets).mean().backward()
             optimizer.step()
