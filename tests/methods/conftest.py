@@ -24,7 +24,7 @@ TASKS = ("tanh_mlp", "relu_mlp", "conv_bn")
 # The papers' networks (and PointNet) at tiny widths, ReLU, 3 classes: the contract's zoo cases.
 ZOO = {
     "vgg": ModelConfig("vgg", (3, 32, 32), 3, width_multiplier=1 / 32),
-    "mobilenetv1": ModelConfig("mobilenetv1", (3, 32, 32), 3, width_multiplier=1 / 32),
+    "mobilenetv1": ModelConfig("mobilenetv1", (3, 32, 32), 3, width_multiplier=1 / 16),
     "resnet18": ModelConfig("resnet18", (3, 16, 16), 3, width_multiplier=1 / 16),
     "pointnet": ModelConfig("pointnet", (16, 3), 3, width_multiplier=1 / 32),
 }
@@ -67,8 +67,9 @@ def _trained(name: str) -> Task:
             optimizer.zero_grad()
             loss_fn(net(inputs), targets).mean().backward()
             optimizer.step()
-    elif name in ZOO:
-        config = ZOO[name]
+    elif name.split(":")[0] in ZOO:  # "resnet18", or "resnet18:tanh" for another activation
+        model, _, activation = name.partition(":")
+        config = ZOO[model].with_options(activation=activation or "relu")
         net = build_model(config, seed=0).double()
         inputs = torch.randn(24, *config.input_shape, generator=generator, dtype=torch.float64)
         targets = torch.randint(0, 3, (24,), generator=generator)
@@ -79,6 +80,15 @@ def _trained(name: str) -> Task:
             optimizer.zero_grad()
             loss_fn(net(inputs), targets).mean().backward()
             optimizer.step()
+        for module in net.modules():  # running statistics = the data's, so eval mode is sane
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                module.momentum = None
+        with torch.no_grad():
+            net(inputs)
+        for module in net.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.momentum = 0.1
     else:
         config = ModelConfig("cnn", (3, 8, 8), 3, (4, 5), activation="silu", batchnorm=True)
         net = build_model(config, seed=0).double()

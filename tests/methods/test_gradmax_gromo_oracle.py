@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from growbench.methods.gradmax import GradMax, GradMaxConfig
-from growbench.nn import Block, GrowableNet
 from growbench.nn.losses import regression_loss
+from growbench.nn.zoo.layers import ChainLayer, chain_net
 
 from .conftest import Task
 
@@ -26,15 +26,15 @@ K = 2
 def test_fan_outs_match_gromo_gradmax():
     torch.manual_seed(0)
     gromo = gromo_mlp.GrowingMLP(3, 2, 4, 2, activation=nn.Tanh(), use_bias=False).double()
-    blocks = [
-        Block("block0", nn.Linear(3, 4, bias=False), None, "tanh"),
-        Block("block1", nn.Linear(4, 4, bias=False), None, "tanh"),
-        Block("block2", nn.Linear(4, 2, bias=False), None, "identity"),
+    layers = [
+        ChainLayer("block0", nn.Linear(3, 4, bias=False), activation="tanh"),
+        ChainLayer("block1", nn.Linear(4, 4, bias=False), activation="tanh"),
+        ChainLayer("block2", nn.Linear(4, 2, bias=False)),
     ]
-    net = GrowableNet(blocks, (3,), flatten_input=True).double().eval()
+    net = chain_net(layers, (3,), flatten_input=True).double().eval()
     with torch.no_grad():
-        for block, layer in zip(net.blocks, gromo.layers, strict=True):
-            block.layer.weight.copy_(layer.layer.weight)
+        for ours, layer in zip(layers, gromo.layers, strict=True):
+            ours.layer.weight.copy_(layer.layer.weight)
     generator = torch.Generator().manual_seed(1)
     inputs = torch.randn(128, 3, generator=generator, dtype=torch.float64)
     targets = torch.randn(128, 2, generator=generator, dtype=torch.float64)

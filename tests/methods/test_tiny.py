@@ -13,29 +13,36 @@ import pytest
 import torch
 from torch import nn
 
+import torch.nn.functional as F
+
 from growbench.methods import GrowthContext, make_grower
-from growbench.methods._bottleneck import bottleneck_rows, conv_pair_tensors, site_statistics
+from growbench.methods._bottleneck import site_statistics
 from growbench.methods.gradmax import compute_gamma
 from growbench.methods.tiny import (
     TinyConfig,
     apply_tiny,
     canonical_pairs,
     gain_is_measured,
-    measured_gain,
+    measured_gains,
     significant_count,
     solve_site,
 )
-from growbench.nn import ModelConfig, build_model, collect_taps
-from growbench.nn.activations import activation_info
+from growbench.nn import DepthwiseConv2d, ModelConfig, build_model, collect_taps
 from growbench.nn.losses import classification_loss, regression_loss
+from growbench.nn.zoo.layers import ChainLayer, chain_net
 
 from .conftest import Task, make_task
 
 
+def ones(rows):
+    return torch.cat([rows, rows.new_ones(rows.shape[0], 1, *rows.shape[2:])], dim=1)
+
+
 def rows(task, site):
-    """Per-sample x̃, h̃, g_a of ``site`` over the whole statistics set."""
-    taps, _ = collect_taps(task.net, task.inputs, task.targets, task.loss_fn)
-    return bottleneck_rows(site, taps[site.name], taps[site.consumer_block.name])
+    """Per-sample x̃, h̃, g_a of a Linear → Linear ``site`` over the whole statistics set."""
+    taps, _ = collect_taps(task.net, task.inputs, task.targets, task.loss_fn, sites=[site])
+    tap = taps[site.name]
+    return ones(tap.input), ones(tap.consumer_input), tap.grad_output
 
 
 def solved(task, max_added=None):
@@ -247,8 +254,9 @@ def test_activation_must_vanish_at_zero():
     config = ModelConfig("mlp", (3,), 2, (4, 3), activation="sigmoid")
     net = build_model(config, seed=0).double()
     task = make_task("tanh_mlp")
-    with pytest.raises(ValueError, match="σ\\(0\\) = 0"):
-        make_grower("tiny").grow(net, task.context())
+    event = make_grower("tiny").grow(net, task.context())
+    assert not event.grew
+    assert all("σ(0) ≠ 0" in reason for reason in event.extras["refused_sites"].values())
 
 
 def test_budget_truncates_the_smallest_directions():
@@ -278,16 +286,23 @@ def test_default_max_added_is_thirty_percent_of_the_width():
 # ------------------------------------------------------------------ conv sites
 # Pair kinds: "gap" = Conv2d+BN → global average pool → Linear (block1 of the cnn), "conv" =
 # Conv2d+BN → Conv2d+BN with no pooling between (block0 of the cnn with its max-pool removed);
-# pool = "max" keeps the zoo's max-pool between them, "avg" puts a 2×2 average pool there.
-POOLS = {"none": nn.Identity, "avg": lambda: nn.AvgPool2d(2), "max": lambda: nn.MaxPool2d(2)}
+# pool = "max" keeps a max-pool between them, "avg" puts a 2×2 average pool there.
+POOLS = {"none": list, "avg": lambda: [nn.AvgPool2d(2)], "max": lambda: [nn.MaxPool2d(2)]}
 
 
 @cache
 def _conv_net(activation: str, pool: str = "none"):
     generator = torch.Generator().manual_seed(1234)
-    config = ModelConfig("cnn", (3, 8, 8), 3, (4, 5), activation=activation, batchnorm=True)
-    net = build_model(config, seed=0).double()
-    net.blocks[0].post = POOLS[pool]()  # what block1 reads of block0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        layers = [
+            ChainLayer("block0", nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4),
+                       activation, POOLS[pool]()),
+            ChainLayer("block1", nn.Conv2d(4, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5),
+                       activation, [nn.AdaptiveAvgPool2d(1), nn.Flatten()]),
+            ChainLayer("block2", nn.Linear(5, 3)),
+        ]  # fmt: skip
+        net = chain_net(layers, (3, 8, 8)).double()
     inputs = torch.randn(64, 3, 8, 8, generator=generator, dtype=torch.float64)
     targets = torch.randint(0, 3, (64,), generator=generator)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
@@ -310,24 +325,58 @@ def conv_task(activation: str = "silu", pool: str = "none") -> Task:
 CONV_SITES = {"conv": "block0", "gap": "block1"}
 
 
+def linear_stand_in(site, maps):
+    """The linear part of a new unit's path written out here: identity-filter depthwise convs
+    (strided), average pools, max pools as average pools of the same windows, global pools."""
+    for module in site.between:
+        if isinstance(module, DepthwiseConv2d):
+            kernel = torch.zeros(maps.shape[1], 1, 3, 3, dtype=maps.dtype)
+            kernel[:, 0, 1, 1] = 1
+            maps = F.conv2d(maps, kernel, None, module.stride, module.padding, groups=maps.shape[1])
+        elif isinstance(module, (nn.AvgPool2d, nn.MaxPool2d)):
+            maps = F.avg_pool2d(maps, module.kernel_size, module.stride, module.padding)
+        elif isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            maps = F.adaptive_avg_pool2d(maps, module.output_size)
+    return maps
+
+
 def conv_rows(task, site):
-    """Independent rows of a conv site: (x̃ rows, h̃ rows, g_a rows, r-fit operator) where the
-    new unit's linear map is x̃ rows: N·L × p × T for conv→conv, N × p for conv→GAP."""
-    taps, _ = collect_taps(task.net, task.inputs, task.targets, task.loss_fn)
-    if site.name == "block1":
-        x, h, g = bottleneck_rows(site, taps[site.name], taps[site.consumer_block.name])
-        return x[:, :, None], h, g
-    big, h, g = conv_pair_tensors(site, taps[site.name], taps[site.consumer_block.name])
-    # rows indexed by (sample, output position)
+    """Independent rows of a conv site: (x̃ rows × p × T, h̃ rows, g_a rows), rows indexed by
+    (sample, consumer output position), the new unit's linear map being x̃ read at T taps."""
+    taps, _ = collect_taps(task.net, task.inputs, task.targets, task.loss_fn, sites=[site])
+    tap = taps[site.name]
+    producer, consumer = site.producer, site.consumer
+    patches = F.unfold(tap.input, producer.kernel_size, padding=producer.padding,
+                       stride=producer.stride)  # fmt: skip
+    if producer.bias is not None:
+        patches = ones(patches)
+    side = int(math.isqrt(patches.shape[2]))
+    maps = linear_stand_in(site, patches.reshape(len(patches), -1, side, side))
+    g = tap.grad_output
+    if isinstance(consumer, nn.Linear):
+        x = maps.flatten(2)  # N × p × positions
+        h = tap.consumer_input if consumer.bias is None else ones(tap.consumer_input)
+        return x, h, g
+    big = F.unfold(maps, consumer.kernel_size, padding=consumer.padding, stride=consumer.stride)
+    big = big.reshape(len(maps), maps.shape[1], -1, big.shape[-1])  # N × p × T × L
+    h = F.unfold(tap.consumer_input, consumer.kernel_size, padding=consumer.padding,
+                 stride=consumer.stride)  # fmt: skip
+    if consumer.bias is not None:
+        h = ones(h)
     x = big.permute(0, 3, 1, 2).reshape(-1, big.shape[1], big.shape[2])
-    return x, h.transpose(1, 2).reshape(-1, h.shape[1]), g.transpose(1, 2).reshape(-1, g.shape[1])
+    return x, h.transpose(1, 2).reshape(-1, h.shape[1]), g.flatten(2).transpose(1, 2).reshape(
+        -1, g.shape[1]
+    )
 
 
 def conv_solved(task, name, max_added=3):
     site = task.net.site(name)
-    stats = site_statistics(task.net, task.context(), [site], keep_rows=frozenset({name}))[name]
-    slope = activation_info(site.activation).slope_at_zero
-    return site, stats, solve_site(stats, TinyConfig(), max_added, slope)
+    stats = site_statistics(task.net, task.context(), [site])[name]
+    return site, stats, solve_site(stats, TinyConfig(), max_added, site.path_slope())
+
+
+def measured_gain(task, site, solution):
+    return measured_gains(task.net, task.context(), [site], {site.name: solution})[site.name]
 
 
 def unit_fit(x, alpha, omega):
@@ -336,11 +385,14 @@ def unit_fit(x, alpha, omega):
     return torch.einsum("rpt,kp,kct->rc", x, alpha, omega.reshape(k, -1, taps))
 
 
-@pytest.mark.parametrize("pair", ["conv", "gap"])
-def test_conv_statistics_against_brute_force(pair):
-    task = conv_task()
-    site, stats, solution = conv_solved(task, CONV_SITES[pair])
-    assert stats.kind == {"conv": "conv-conv", "gap": "conv-gap"}[pair]
+ZOO_SITES = {  # (task, site): the papers' site kinds
+    "resnet": ("resnet18:tanh", "layer2.0"),  # strided conv1 → BN → tanh → conv2
+    "mobilenet": ("mobilenetv1:tanh", "pw1"),  # pw → BN → tanh → strided depthwise → ... → pw
+    "vgg": ("vgg:tanh", "conv8"),  # → max pool to 1×1 → flatten → Linear
+}
+
+
+def _statistics_against_brute_force(task, site, stats, solution, linear_site):
     x, h, g = conv_rows(task, site)
     count = len(task.inputs)
     # δ is the least-squares fit of h̃ → g_a over samples and positions
@@ -352,8 +404,10 @@ def test_conv_statistics_against_brute_force(pair):
         float((r * r).sum()) / count, rel=1e-10
     )
     # M_x is GradMax's Γ (computed independently with conv2d_weight), transposed
-    gamma = compute_gamma(task.net, site, task.inputs, task.targets, task.loss_fn)
-    assert torch.allclose(stats.M_x, gamma.T, rtol=1e-10, atol=1e-14)
+    if not site.max_pooled:  # (GradMax routes a max pool's zero input to a window's first)
+        gamma = compute_gamma(task.net, site, task.inputs, task.targets, task.loss_fn)
+        d = gamma.shape[1]  # Γ has no bias row
+        assert torch.allclose(stats.M_x[:d], gamma.T, rtol=1e-10, atol=1e-14)
     # N = E[Σ x̃ rᵀ] in the fan-out layout
     N = torch.einsum("rpt,rc->pct", x, r).reshape(x.shape[1], -1) / count
     assert torch.allclose(solution.N, N, rtol=1e-10, atol=1e-14)
@@ -376,7 +430,7 @@ def test_conv_statistics_against_brute_force(pair):
         a = alpha + scale * torch.randn(alpha.shape, generator=generator, dtype=alpha.dtype)
         w = omega + scale * torch.randn(omega.shape, generator=generator, dtype=omega.dtype)
         assert quadratic(a, w) >= best - 1e-15
-    if pair == "gap":  # a Linear site in x̄: the decoupled quadratic is the true residual
+    if linear_site:  # a Linear site in x̄: the decoupled quadratic is the true residual
         fitted = unit_fit(x, alpha, omega)
         assert float(((r - fitted) ** 2).sum()) / count == pytest.approx(
             float((r * r).sum()) / count + best, rel=1e-10
@@ -387,7 +441,39 @@ def test_conv_statistics_against_brute_force(pair):
     )
     assert solution.fo_exact(k, stats) == pytest.approx(second, abs=1e-12)
     cross = float((unit_fit(x, alpha, omega) * (h @ solution.delta.T)).sum()) / count
-    assert solution.cross_term(k, stats) == pytest.approx(cross, rel=1e-10, abs=1e-15)
+    scale = float(solution.alpha[:k].norm() * solution.omega[:k].norm())
+    assert solution.cross_term(k, stats) == pytest.approx(cross, rel=1e-10, abs=1e-13 * scale)
+
+
+@pytest.mark.parametrize("pair", ["conv", "gap"])
+def test_conv_statistics_against_brute_force(pair):
+    task = conv_task()
+    site, stats, solution = conv_solved(task, CONV_SITES[pair])
+    assert stats.P.ndim == {"conv": 3, "gap": 2}[pair]
+    _statistics_against_brute_force(task, site, stats, solution, pair == "gap")
+
+
+@pytest.mark.parametrize("case", sorted(ZOO_SITES))
+def test_zoo_site_statistics_against_brute_force(case):
+    task_name, site_name = ZOO_SITES[case]
+    task = make_task(task_name)
+    site, stats, solution = conv_solved(task, site_name)
+    _statistics_against_brute_force(task, site, stats, solution, case == "vgg")
+
+
+@pytest.mark.parametrize("case", sorted(ZOO_SITES))
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_zoo_site_loss_change_matches_first_order_gain(case, activation):
+    """Predicted against realised loss change at the papers' sites: FO_exact (tanh, no max
+    pool), FO_max_pool (tanh through VGG's last max pool), FO_homog (relu)."""
+    task_name, site_name = ZOO_SITES[case]
+    name = task_name.split(":")[0] + ("" if activation == "relu" else ":tanh")
+
+    def factory():
+        return make_task(name)
+
+    ratio, _ = loss_ratio(factory, site_name, 1e-3, activation)
+    assert abs(ratio - 1) <= 1e-2
 
 
 def loss_ratio(task_factory, name, gamma, activation):
@@ -397,7 +483,7 @@ def loss_ratio(task_factory, name, gamma, activation):
     before = ctx.loss(task.net)
     k = solution.count
     if gain_is_measured(site):  # ReLU, or a max pool between
-        fo = measured_gain(site, solution, stats)
+        fo = measured_gain(task, site, solution)
     else:
         fo = solution.fo_exact(k, stats)
     apply_tiny(site, solution.alpha[:k], solution.omega[:k], solution.delta, gamma)
@@ -460,7 +546,7 @@ def test_max_pool_gain_is_measured_not_the_surrogate_closed_form():
     task = conv_task("tanh", "max")
     default_limit = math.ceil(0.3 * task.net.site("block0").width)
     site, stats, solution = conv_solved(task, "block0", default_limit)
-    measured = measured_gain(site, solution, stats)
+    measured = measured_gain(task, site, solution)
     assert abs(solution.fo_exact(solution.count, stats) / measured - 1) > 0.1
     event = make_grower("tiny", {"site_selection": "round-robin"}).grow(task.net, task.context())
     assert event.extras["site"] == "block0"
@@ -474,7 +560,7 @@ def test_conv_bn_grows_across_its_max_pool():
     ctx = task.context()
     before = ctx.loss(task.net)
     event = make_grower("tiny").grow(task.net, ctx)
-    assert "excluded_sites" not in event.extras
+    assert "refused_sites" not in event.extras
     assert set(event.extras["sites"]) == {"block0", "block1"}
     assert event.grew
     curve = dict((g, loss) for g, loss in event.extras["line_search"])
@@ -492,7 +578,7 @@ def test_conv_conv_site_zero_amplitude_and_search(selection):
         task.net, ctx
     )
     assert event.grew
-    assert "excluded_sites" not in event.extras
+    assert "refused_sites" not in event.extras
     assert float((outputs(task.net, task.inputs) - before_out).abs().max()) <= 1e-12
     task = conv_task()
     before = ctx.loss(task.net)
@@ -507,18 +593,43 @@ def test_conv_conv_site_zero_amplitude_and_search(selection):
 
 
 def test_net_without_supported_site_stops_with_a_reason():
+    layers = [
+        ChainLayer("block0", nn.Conv2d(3, 4, 3, padding=1), None, "tanh",
+                   [nn.MaxPool2d(2, ceil_mode=True)]),
+        ChainLayer("block1", nn.Conv2d(4, 5, 3, padding=1), None, "tanh",
+                   [nn.ReplicationPad2d(1), nn.AdaptiveAvgPool2d(2), nn.Flatten()]),
+        ChainLayer("block2", nn.Linear(20, 3)),
+    ]  # fmt: skip
+    net = chain_net(layers, (3, 8, 8)).double()
     task = make_task("conv_bn")
-    net = task.net
-    net.blocks[0].post = nn.MaxPool2d(2, ceil_mode=True)
-    net.blocks[1].post = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten())
-    net.blocks[2].layer = nn.Linear(20, 3).double()
     before = copy.deepcopy(net.state_dict())
     event = make_grower("tiny").grow(net, task.context())
     assert not event.grew
-    assert event.stop_reason.startswith("no supported site")
-    assert set(event.extras["excluded_sites"]) == {"block0", "block1"}
+    assert event.stop_reason.startswith("method 'tiny' can grow none of the sites")
+    refused = event.extras["refused_sites"]
+    assert "ceil-mode max pool" in refused["block0"] and "ReplicationPad2d" in refused["block1"]
     after = net.state_dict()
     assert all(torch.equal(before[key], after[key]) for key in before)
+
+
+def test_a_linear_read_at_several_flattened_positions_grows():
+    """conv → average pool to 2×2 → flatten → Linear: four positions per unit, once refused."""
+    layers = [
+        ChainLayer("block0", nn.Conv2d(3, 4, 3, padding=1), None, "tanh",
+                   [nn.AdaptiveAvgPool2d(2), nn.Flatten()]),
+        ChainLayer("block1", nn.Linear(16, 3)),
+    ]  # fmt: skip
+    net = chain_net(layers, (3, 8, 8)).double().eval()
+    task = make_task("conv_bn")
+    task = Task(net, task.inputs, task.targets, task.loss_fn)
+    site, stats, solution = conv_solved(task, "block0")
+    assert stats.P.shape[0] == 4  # T = 4 positions
+    _statistics_against_brute_force(task, site, stats, solution, False)
+    def factory():
+        return Task(copy.deepcopy(net), task.inputs, task.targets, task.loss_fn)
+
+    ratio, _ = loss_ratio(factory, "block0", 1e-3, "tanh")
+    assert abs(ratio - 1) <= 1e-2
 
 
 @pytest.mark.parametrize("task_name", ["tanh_mlp", "conv_bn"])

@@ -220,7 +220,7 @@ class GradMax(Grower):
         self._round_robin_next = 0
 
     def refusal(self, site: Site) -> str | None:
-        return super().refusal(site) or unsupported_reason(site) or activation_problem(site)
+        return super().refusal(site) or activation_problem(site) or unsupported_reason(site)
 
     def _chosen_sites(self, net: GrowableNet) -> list[Site]:
         sites = [site for site in self.growable_sites(net) if site.activation != "identity"]

@@ -5,6 +5,8 @@ with named children (``layer``, ``norm``, ``act``, ``slot``, then the extras' na
 of modules after the layer, which is the start of the per-unit path of the site the layer
 produces. ``chain_sites`` turns a chain of unit stages into sites: the units of stage i run
 through its path (and any modules listed for the gap before the next layer) into layer i + 1.
+``chain_net`` builds a whole chain net from ``ChainLayer``s in one call: the simplest way to
+write a growable model of one's own.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from growbench.nn.activations import Activation
-from growbench.nn.growable import Site
+from growbench.nn.growable import GrowableNet, Site
 from growbench.nn.units import Slot
 
 
@@ -33,13 +35,16 @@ class UnitStage:
 def unit_stage(
     layer: nn.Linear | nn.Conv2d,
     activation: str,
-    batchnorm: bool,
+    batchnorm: bool | nn.Module,
     extras: Sequence[tuple[str, nn.Module]] = (),
 ) -> UnitStage:
-    """``layer → [BN] → activation → slot → extras``."""
+    """``layer → [BN] → activation → slot → extras`` (``batchnorm``: True for a new BatchNorm, or
+    the norm module itself)."""
     width = layer.weight.shape[0]
     children: list[tuple[str, nn.Module]] = [("layer", layer)]
-    if batchnorm:
+    if isinstance(batchnorm, nn.Module):
+        children.append(("norm", batchnorm))
+    elif batchnorm:
         norm = nn.BatchNorm2d(width) if isinstance(layer, nn.Conv2d) else nn.BatchNorm1d(width)
         children.append(("norm", norm))
     slot = Slot()
@@ -89,3 +94,41 @@ def check_image(model: str, input_shape: tuple[int, ...], smallest: int) -> None
         raise ValueError(
             f"{model} needs images of at least {smallest}×{smallest}, got {input_shape[1:]}"
         )
+
+
+@dataclass
+class ChainLayer:
+    """One layer of a chain net: the layer, an optional norm after it, its activation and the
+    per-unit modules after that (pools, a flatten, dropout)."""
+
+    name: str
+    layer: nn.Linear | nn.Conv2d
+    norm: nn.Module | None = None
+    activation: str = "identity"
+    post: Sequence[nn.Module] = ()
+
+
+def chain_net(
+    layers: Sequence[ChainLayer], input_shape: Sequence[int], flatten_input: bool = False
+) -> GrowableNet:
+    """A net running ``layers`` in order, each a stage; the units of every layer but the last
+    (the output layer) form a site named after the layer, read by the next layer. With
+    ``flatten_input`` the input is flattened first, behind an insertion slot named ``"input"``."""
+    stages, units = [], []
+    for position, spec in enumerate(layers):
+        post = list(spec.post.children()) if isinstance(spec.post, nn.Sequential) else spec.post
+        extras = [(f"post{i}", module) for i, module in enumerate(post)]
+        if position == len(layers) - 1:
+            children = [("layer", spec.layer), ("act", Activation(spec.activation)), *extras]
+            stages.append(nn.Sequential(OrderedDict(children)))
+            continue
+        units.append(unit_stage(spec.layer, spec.activation, spec.norm or False, extras))
+        stages.append(units[-1].module)
+    names = [spec.name for spec in layers[:-1]]
+    sites = chain_sites(names, units, [spec.layer for spec in layers[1:]])
+    free = None
+    if flatten_input:
+        entry = nn.Sequential(OrderedDict(flatten=nn.Flatten(), slot=Slot()))
+        stages.insert(0, entry)
+        free = {"input": (entry.slot, layers[0].layer)}
+    return GrowableNet(stages, sites, input_shape, free_slots=free)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from torch import nn
 
-from growbench.nn.growable import GrowableNet
-from growbench.nn.units import Slot
-from growbench.nn.zoo.layers import check_image, check_widths, chain_sites, unit_stage
+from growbench.nn.zoo.layers import ChainLayer, chain_net, check_image, check_widths
 from growbench.nn.zoo.registry import ZooModel, register_model
 
 
@@ -39,18 +36,13 @@ class MLP(ZooModel):
 
     @classmethod
     def build(cls, options: MLPOptions, input_shape: tuple[int, ...], num_outputs: int):
-        fan_in = math.prod(input_shape)
-        entry = nn.Sequential(OrderedDict(flatten=nn.Flatten(), slot=Slot()))
-        stages = []
-        for width in options.widths:
-            stages.append(unit_stage(nn.Linear(fan_in, width), options.activation, options.batchnorm))
+        fan_in, layers = math.prod(input_shape), []
+        for i, width in enumerate(options.widths):
+            norm = nn.BatchNorm1d(width) if options.batchnorm else None
+            layers.append(ChainLayer(f"block{i}", nn.Linear(fan_in, width), norm, options.activation))
             fan_in = width
-        head = nn.Linear(fan_in, num_outputs)
-        layers = [stage.layer for stage in stages] + [head]
-        names = [f"block{i}" for i in range(len(stages))]
-        sites = chain_sites(names, stages, layers[1:])
-        modules = [entry, *(stage.module for stage in stages), nn.Sequential(OrderedDict(layer=head))]
-        return GrowableNet(modules, sites, input_shape, free_slots={"input": (entry.slot, layers[0])})
+        layers.append(ChainLayer(f"block{len(layers)}", nn.Linear(fan_in, num_outputs)))
+        return chain_net(layers, input_shape, flatten_input=True)
 
 
 @dataclass(frozen=True)
@@ -94,19 +86,13 @@ class CNN(ZooModel):
 
     @classmethod
     def build(cls, options: CNNOptions, input_shape: tuple[int, ...], num_outputs: int):
-        channels = input_shape[0]
-        stages = []
+        channels, layers = input_shape[0], []
         last = len(options.widths) - 1
         for i, width in enumerate(options.widths):
             conv = nn.Conv2d(channels, width, 3, padding=1, bias=not options.batchnorm)
-            if i == last:
-                extras = [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten())]
-            else:
-                extras = [("pool", nn.MaxPool2d(2))]
-            stages.append(unit_stage(conv, options.activation, options.batchnorm, extras))
+            norm = nn.BatchNorm2d(width) if options.batchnorm else None
+            post = [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if i == last else [nn.MaxPool2d(2)]
+            layers.append(ChainLayer(f"block{i}", conv, norm, options.activation, post))
             channels = width
-        head = nn.Linear(channels, num_outputs)
-        names = [f"block{i}" for i in range(len(stages))]
-        sites = chain_sites(names, stages, [s.layer for s in stages[1:]] + [head])
-        modules = [*(stage.module for stage in stages), nn.Sequential(OrderedDict(layer=head))]
-        return GrowableNet(modules, sites, input_shape)
+        layers.append(ChainLayer(f"block{len(layers)}", nn.Linear(channels, num_outputs)))
+        return chain_net(layers, input_shape)
