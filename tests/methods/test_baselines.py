@@ -7,6 +7,7 @@ import torch
 from scipy.stats import chisquare
 
 from growbench.methods import make_grower
+from growbench.nn.taps import record_inputs
 from growbench.methods.baselines import scaled_to_budget
 from growbench.nn import ModelConfig, build_model
 
@@ -131,14 +132,11 @@ def test_random_add_zero_fan_out_gradient_is_the_cross_moment():
     consumer.weight.grad = None
     losses = task.loss_fn(net(task.inputs), task.targets)
     losses.mean().backward()
-    with torch.no_grad():
-        hidden = task.inputs
-        for block in net.blocks[: site.index + 1]:
-            hidden = block(hidden)
-        outputs = net.blocks[-1](hidden)
-        outputs.requires_grad_(True)
+    with torch.no_grad(), record_inputs([consumer]) as seen:
+        net(task.inputs)
+    hidden = seen[consumer]
     with torch.enable_grad():
-        outputs = net.blocks[-1].layer(hidden)
+        outputs = consumer(hidden)  # the output layer: the net's output
         g_a = torch.autograd.grad(task.loss_fn(outputs, task.targets).sum(), outputs)[0]
     expected = (hidden[:, n_old:].T @ g_a / len(task.inputs)).T
     torch.testing.assert_close(consumer.weight.grad[:, n_old:], expected, rtol=1e-12, atol=1e-15)
@@ -146,10 +144,11 @@ def test_random_add_zero_fan_out_gradient_is_the_cross_moment():
 
 def test_random_add_zero_fan_in_needs_a_silent_activation():
     task = make_task("relu_mlp")
-    for block in task.net.blocks[:-1]:
-        block.act.__init__("sigmoid")
-    with pytest.raises(ValueError, match="needs σ\\(0\\) = 0"):
-        make_grower("random-add", {"mode": "zero-fan-in"}).grow(task.net, task.context())
+    for site in task.net.sites:
+        site.act.__init__("sigmoid")
+    event = make_grower("random-add", {"mode": "zero-fan-in"}).grow(task.net, task.context())
+    assert not event.grew
+    assert all("need σ(0) = 0" in reason for reason in event.extras["refused_sites"].values())
 
 
 def test_random_add_rejects_unknown_mode():

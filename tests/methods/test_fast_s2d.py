@@ -70,7 +70,7 @@ def task_named(name: str) -> Task:
 def searched(name: str, seed: int = 0) -> tuple[Task, dict[str, fast.RayleighEstimate]]:
     """The CPU-default estimates on a task (shared by the tests; nobody mutates them)."""
     task = task_named(name)
-    sites = splittable_sites(task.net)
+    sites = splittable_sites(task.net.sites)
     estimates = fast.rayleigh_extremes(
         task.net, task.context(seed=seed), sites, fast.FastS2DConfig().schedule()
     )["min"]
@@ -163,8 +163,8 @@ def dummy_route_products(
             second = autograd_second_derivative(site.activation, z)
             return output + second * (gain * q_part) * (gain * v_part)
 
-        handles.append(site.block.register_forward_pre_hook(keep_input))
-        handles.append(site.block.act.register_forward_hook(add_dummy))
+        handles.append(site.producer.register_forward_pre_hook(keep_input))
+        handles.append(site.act.register_forward_hook(add_dummy))
     try:
         losses = task.loss_fn(net(task.inputs[index]), task.targets[index])
         grads = torch.autograd.grad(losses.mean(), list(leaves.values()))
@@ -177,7 +177,7 @@ def dummy_route_products(
 @pytest.mark.parametrize("name", TASKS)
 def test_sv_pass_equals_explicit_products_and_dummy_route(name):
     task = make_task(name)
-    sites = splittable_sites(task.net)
+    sites = splittable_sites(task.net.sites)
     ctx = task.context(seed=3)
     generator = torch.Generator().manual_seed(11)
     # one mini-batch of 24 of the estimator's own seeded order (a strict subset of every set)
@@ -217,7 +217,7 @@ def test_sv_pass_equals_explicit_products_and_dummy_route(name):
 
 def agreement(name: str) -> dict:
     task, estimates = searched(name)
-    sites = splittable_sites(task.net)
+    sites = splittable_sites(task.net.sites)
     cosines, errors, lam_hat, lam = [], [], [], []
     for site in sites:
         reference = exact(task, site)
@@ -278,7 +278,7 @@ def test_exact_diagnostics_report_the_same_agreement():
 def test_largest_eigenpairs_for_signed_splitting():
     """``extremes=("max",)`` ascends R: v_max for signed-s2d."""
     task = make_task("tanh_mlp")
-    sites = splittable_sites(task.net)
+    sites = splittable_sites(task.net.sites)
     schedule = fast.FastS2DConfig().schedule()
     both = fast.rayleigh_extremes(task.net, task.context(), sites, schedule, ("min", "max"))
     for site in sites:
@@ -320,7 +320,7 @@ def test_rayleigh_estimates_on_a_fan_in_of_65():
         regression_loss(net(inputs), targets).mean().backward()
         optimizer.step()
     task = Task(net.eval(), inputs, targets, regression_loss)
-    (site,) = splittable_sites(task.net)
+    (site,) = splittable_sites(task.net.sites)
     estimate = fast.rayleigh_extremes(
         task.net, task.context(), [site], fast.FastS2DConfig().schedule()
     )["min"][site.name]
@@ -360,7 +360,7 @@ def test_hand_gradient_equals_autograd_of_the_rayleigh_quotient():
 def test_iterate_stays_unit_norm(steps):
     """With one batch per pass and the smallest window, the window mean is the last iterate."""
     task = make_task("tanh_mlp")
-    sites = splittable_sites(task.net)
+    sites = splittable_sites(task.net.sites)
     schedule = fast.RayleighSchedule(steps=steps, batch_size=len(task.inputs), window=1e-9)
     assert schedule.window_start(1) == steps - 1
     estimates = fast.rayleigh_extremes(task.net, task.context(), sites, schedule)["min"]
@@ -482,7 +482,7 @@ def test_lp_without_negative_estimates_selects_nothing():
 
 def test_prediction_matches_the_realised_change_of_one_split():
     task, estimates = searched("tanh_mlp")
-    sites = splittable_sites(task.net)
+    sites = splittable_sites(task.net.sites)
     ctx = task.context()
     site, unit = min(
         ((s, j) for s in sites for j in range(s.width)),
@@ -530,7 +530,7 @@ def test_event_prediction_with_a_small_step():
     assert event.extras["unconverged_units"] == {}
     assert event.extras["prediction_is_heuristic"] is False
     scores = [s for values in event.scores.values() for s in values]
-    assert len(scores) == sum(s.width for s in splittable_sites(make_task("tanh_mlp").net))
+    assert len(scores) == sum(s.width for s in splittable_sites(make_task("tanh_mlp").net.sites))
     for phase in ("search", "solve", "select", "apply"):
         assert event.seconds[phase] >= 0
 
@@ -540,7 +540,7 @@ def test_event_prediction_with_a_small_step():
 
 def test_same_seed_gives_bitwise_equal_estimates():
     task = make_task("conv_bn")
-    sites = splittable_sites(task.net)
+    sites = splittable_sites(task.net.sites)
     schedule = fast.RayleighSchedule(steps=40, batch_size=24)
     runs = [
         fast.rayleigh_extremes(task.net, task.context(seed=seed), sites, schedule)["min"]
@@ -558,7 +558,7 @@ def test_cached_taps_give_the_per_batch_estimates(name):
     """Taps of the whole set computed once and gathered per step (within ``cache_bytes``) give
     the estimates of one taps pass per mini-batch (``cache_bytes = 0``) up to float rounding."""
     task = make_task(name)
-    sites = splittable_sites(task.net)
+    sites = splittable_sites(task.net.sites)
     runs = []
     for cache_bytes in (2**27, 0):
         schedule = fast.RayleighSchedule(steps=40, batch_size=24, cache_bytes=cache_bytes)
@@ -575,7 +575,7 @@ def test_cached_taps_give_the_per_batch_estimates(name):
 
 def test_statistics_set_taps_respect_the_byte_budget_and_gather_by_sample():
     task = make_task("conv_bn")
-    sites = splittable_sites(task.net)
+    sites = splittable_sites(task.net.sites)
     ctx = task.context()
     whole = fast.statistics_set_batches(task.net, ctx, sites, 24, 2**27)
     tensors = [t for part in whole.values() for t in (part.inputs, part.coefficients)]
@@ -693,7 +693,7 @@ def test_the_split_follows_the_estimate():
     grower = make_grower("fast-s2d", {**QUICK, "epsilon": epsilon})
     event = grower.grow(task.net, task.context(remaining_budget=budget, seed=1))
     reference = make_task("tanh_mlp")
-    sites = splittable_sites(reference.net)
+    sites = splittable_sites(reference.net.sites)
     schedule = fast.FastS2DConfig(**QUICK).schedule()
     estimates = fast.rayleigh_extremes(reference.net, reference.context(seed=1), sites, schedule)
     estimates = estimates["min"]

@@ -39,7 +39,7 @@ HALF = torch.tensor([0.5, 0.5], dtype=torch.float64)
 def ranked_units(task: Task, ctx: GrowthContext) -> list[tuple[float, int, int, torch.Tensor]]:
     """(λ_min, site position, unit, v_min) of every splittable unit, most negative first."""
     units = []
-    for position, site in enumerate(splittable_sites(task.net)):
+    for position, site in enumerate(splittable_sites(task.net.sites)):
         eigen, _ = site_eigen(task.net, ctx, site, 2**20)
         for unit in range(site.width):
             units.append((float(eigen.lambda_min[unit]), position, unit, eigen.vector_min[unit]))
@@ -79,6 +79,27 @@ def test_split_loss_change_is_second_order_with_predicted_coefficient():
     # symmetric ±v split: ΔL is even in ε, so ratio − 1 = O(ε²)
     error_slope = np.polyfit(np.log(epsilons), np.log(np.abs(ratios - 1)), 1)[0]
     assert abs(error_slope - 2) <= 0.3
+
+
+@pytest.mark.parametrize(
+    ("task_name", "site_name"),
+    [("mobilenetv1:tanh", "pw1"), ("mobilenetv1:tanh", "stem"), ("resnet18:tanh", "layer2.0")],
+)
+def test_zoo_split_loss_change_matches_the_prediction(task_name, site_name):
+    """At the papers' sites, through a depthwise conv or inside a residual block: the realised
+    change of splitting the most negative unit is (ε²/2)·λ_min to O(ε²) relative error."""
+    task = make_task(task_name)
+    ctx = task.context()
+    position = [site.name for site in task.net.sites].index(site_name)
+    lam, _, unit, vector = next(u for u in ranked_units(task, ctx) if u[1] == position)
+    assert lam < 0
+    before = ctx.loss(task.net)
+    ratios = []
+    for epsilon in (1e-2, 3e-3):
+        change = ctx.loss(split_copy(task.net, position, unit, vector, epsilon)) - before
+        ratios.append(change / (epsilon**2 / 2 * lam))
+    assert abs(ratios[-1] - 1) <= 1e-2
+    assert abs(ratios[-1] - 1) <= abs(ratios[0] - 1) + 1e-6  # closer as ε shrinks
 
 
 def test_split_along_another_direction_does_not_match_lambda_min():
@@ -310,7 +331,7 @@ def test_unknown_selection_is_a_clear_error():
 @pytest.mark.parametrize("name", ["tanh_mlp", "conv_bn"])
 def test_event_records_every_lambda_and_splits_the_lowest_along_v_min(name):
     task = make_task(name)
-    sites = splittable_sites(task.net)
+    sites = splittable_sites(task.net.sites)
     hessians = {site.name: hessian_matrices(task, site) for site in sites}
     old_rows = {site.name: site.fan_in_matrix().clone() for site in sites}
     widths = task.net.widths()
@@ -348,8 +369,8 @@ def test_event_records_every_lambda_and_splits_the_lowest_along_v_min(name):
     # offspring 0 = θ + ε v_min and the appended offspring = θ − ε v_min (checked where the
     # site's inputs were not split in the same event, i.e. the rows are comparable as they are)
     checked = 0
-    for site in task.net.sites:
-        below = task.net.sites[site.index - 1].name if site.index > 0 else None
+    for position, site in enumerate(task.net.sites):
+        below = task.net.sites[position - 1].name if position > 0 else None
         if below is not None and event.units_added.get(below):
             continue
         units = [unit for unit, _ in event.selected.get(site.name, [])]
@@ -375,7 +396,7 @@ def test_relu_split_without_sign_changes_leaves_the_loss_unchanged():
     picked = None
     for lam, position, unit, vector in ranked_units(task, ctx):
         site = task.net.sites[position]
-        x = site_input(task.net, site.index, task.inputs)
+        x = site_input(task.net, site, task.inputs)
         xt = torch.cat([x, x.new_ones(len(x), 1)], dim=1)
         u = xt @ site.fan_in_matrix()[unit]
         if bool((u.abs() > epsilon * (xt @ vector).abs()).all()):

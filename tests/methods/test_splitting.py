@@ -27,17 +27,21 @@ from torch import Tensor
 from growbench.methods._splitting import (
     RELU_SURROGATE_BETA,
     PlannedSplit,
+    _path_matrices,
     apply_splits,
     canonical_sign,
-    iterate_site_rows,
+    closed_form,
     second_derivative,
     site_eigen,
+    site_rows,
+    site_taps,
     splittable_sites,
     splitting_matrices,
     splitting_products,
     unit_chunks,
 )
 from growbench.nn import ACTIVATIONS, GrowableNet, Site
+from growbench.nn.taps import record_inputs
 
 from .conftest import Task, make_task
 
@@ -51,21 +55,28 @@ def smooth_activation(name: str):
     return {"tanh": torch.tanh, "silu": F.silu}[name]
 
 
-def site_input(net: GrowableNet, index: int, inputs: Tensor) -> Tensor:
-    """The producer's input of site ``index``, by running the blocks before it (eval mode)."""
-    x = inputs.flatten(1) if net.flatten_input else inputs
-    with torch.no_grad():
-        for block in net.blocks[:index]:
-            x = block(x)
-    return x
+def site_input(net: GrowableNet, site: Site, inputs: Tensor) -> Tensor:
+    """The producer's input of ``site``, caught by a forward hook (eval mode)."""
+    net.eval()
+    with torch.no_grad(), record_inputs([site.producer]) as seen:
+        net(inputs)
+    return seen[site.producer]
 
 
-def suffix(net: GrowableNet, index: int, h: Tensor) -> Tensor:
-    """The rest of the net after the activation of block ``index``."""
-    x = net.blocks[index].post(h)
-    for block in net.blocks[index + 1 :]:
-        x = block(x)
-    return x
+def suffix(net: GrowableNet, site: Site, inputs: Tensor, h: Tensor) -> Tensor:
+    """The net's output when the site's activation outputs ``h`` instead of what it computes."""
+    handle = site.act.register_forward_hook(lambda module, args, output: h)
+    try:
+        return net(inputs)
+    finally:
+        handle.remove()
+
+
+def batch_rows(net: GrowableNet, ctx, site: Site):
+    """(batch size, SiteRows) per batch of the statistics set."""
+    for inputs, targets in ctx.batches():
+        tap = site_taps(net, ctx, [site], inputs, targets)[site.name]
+        yield len(inputs), site_rows(site, tap.input, tap.pre, tap.grad_post)
 
 
 def bn_affine(site: Site) -> tuple[Tensor, Tensor, Tensor]:
@@ -106,15 +117,15 @@ def all_pre(site: Site, x: Tensor) -> Tensor:
 
 def output_gradients(task: Task, site: Site, x: Tensor) -> Tensor:
     """ĝ = per-sample ∂ℓ/∂h at the site (gradient of the sum-reduced loss), detached."""
-    h = site.block.act(all_pre(site, x)).detach().requires_grad_(True)
-    losses = task.loss_fn(suffix(task.net, site.index, h), task.targets)
+    h = site.act(all_pre(site, x)).detach().requires_grad_(True)
+    losses = task.loss_fn(suffix(task.net, site, task.inputs, h), task.targets)
     (grad,) = torch.autograd.grad(losses.sum(), h)
     return grad.detach()
 
 
 def hessian_matrices(task: Task, site: Site) -> Tensor:
     """S_j (n × p × p): the Hessian at θ_j of Φ(θ) = E[ĝ_j · σ̃(b_j(θᵀx̃ − μ_j) + β_j)]."""
-    x = site_input(task.net, site.index, task.inputs)
+    x = site_input(task.net, site, task.inputs)
     grads = output_gradients(task, site, x)
     gain, mean, beta = bn_affine(site)
     sigma = smooth_activation(site.activation)
@@ -135,7 +146,7 @@ def dummy_route_matrices(task: Task, site: Site) -> Tensor:
     """The official code's route: h_j += σ''(z_j)·(b_j x̃)ᵀ V_j (b_j x̃) with V = 0, S = ∂L/∂V."""
     net = task.net
     layer = site.producer
-    x = site_input(net, site.index, task.inputs)
+    x = site_input(net, site, task.inputs)
     z = all_pre(site, x).detach()
     # σ''(z) by double autograd of σ̃ (elementwise, so the gradient of a sum is the derivative)
     leaf = z.clone().requires_grad_(True)
@@ -155,8 +166,8 @@ def dummy_route_matrices(task: Task, site: Site) -> Tensor:
     else:
         xt = torch.cat([x, x.new_ones(len(x), 1)], dim=1) if layer.bias is not None else x
         quad = torch.einsum("sp,jpq,sq->sj", xt, dummy, xt) * (gain * gain)
-    h = site.block.act(z) + second * quad
-    loss = task.loss_fn(suffix(net, site.index, h), task.targets).mean()
+    h = site.act(z) + second * quad
+    loss = task.loss_fn(suffix(net, site, task.inputs, h), task.targets).mean()
     (grad,) = torch.autograd.grad(loss, dummy)
     return grad
 
@@ -206,8 +217,8 @@ def test_second_derivative_rejects_unknown_activation():
 def test_splittable_sites_are_all_hidden_sites_of_the_fixtures():
     for name in TASK_NAMES:
         net = make_task(name).net
-        assert [s.name for s in splittable_sites(net)] == [s.name for s in net.sites]
-        assert net.blocks[-1].activation == "identity"  # the output layer is never a site
+        assert [s.name for s in splittable_sites(net.sites)] == [s.name for s in net.sites]
+        assert all(site.consumer is not net.sites[-1].consumer for site in net.sites[:-1])
 
 
 # ------------------------------------------------------------------------- §7.1 S_j brute force
@@ -222,8 +233,8 @@ def test_splitting_matrices_equal_hessian_and_dummy_variable_route(name):
         last = task.net.sites[-1]
         assert isinstance(last.producer, torch.nn.Conv2d)
         assert isinstance(last.consumer, torch.nn.Linear)
-        assert isinstance(last.block.post[0], torch.nn.AdaptiveAvgPool2d)
-    for site in splittable_sites(task.net):
+        assert any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in last.between)
+    for site in splittable_sites(task.net.sites):
         n, p = site.width, site.fan_in_size
         computed = splitting_matrices(task.net, ctx, site, range(n))
         assert computed.dtype == torch.float64
@@ -262,23 +273,23 @@ def test_brute_force_references_are_sensitive():
 def test_splitting_products_equal_explicit_matrix_products(name):
     task = make_task(name)
     generator = torch.Generator().manual_seed(7)
-    for site in splittable_sites(task.net):
+    for site in splittable_sites(task.net.sites):
         n, p = site.width, site.fan_in_size
         directions = torch.randn(n, p, generator=generator, dtype=torch.float64)
         # one batch: S_B v = S v
         whole = context_with_batch(task, len(task.inputs))
         matrices = splitting_matrices(task.net, whole, site, range(n))
         expected = torch.einsum("jpq,jq->jp", matrices, directions)
-        ((size, rows),) = list(iterate_site_rows(task.net, whole, [site]))
-        product = splitting_products(rows[site.name], directions, size)
+        ((size, rows),) = list(batch_rows(task.net, whole, site))
+        product = splitting_products(rows, directions, size)
         assert product.dtype == torch.float64
         torch.testing.assert_close(product, expected, rtol=1e-10, atol=1e-14)
         # several unequal batches, each weighted by its size: Σ |B| S_B v / N = S v
         ctx = context_with_batch(task, BATCH_SIZES[name] if name == "conv_bn" else 96)
         total = torch.zeros(n, p, dtype=torch.float64)
         sizes = []
-        for size, rows in iterate_site_rows(task.net, ctx, [site]):
-            total += splitting_products(rows[site.name], directions, size) * size
+        for size, rows in batch_rows(task.net, ctx, site):
+            total += splitting_products(rows, directions, size) * size
             sizes.append(size)
         assert len(set(sizes)) > 1
         torch.testing.assert_close(total / len(task.inputs), expected, rtol=1e-10, atol=1e-14)
@@ -296,7 +307,7 @@ def canonical(vector: Tensor) -> bool:
 def test_site_eigen_gives_exact_canonical_extreme_eigenpairs(name):
     task = make_task(name)
     ctx = task.context()
-    for site in splittable_sites(task.net):
+    for site in splittable_sites(task.net.sites):
         n = site.width
         matrices = splitting_matrices(task.net, ctx, site, range(n))
         eigen, _ = site_eigen(task.net, ctx, site, 2**20)
@@ -335,7 +346,7 @@ def test_canonical_sign_flips_on_largest_magnitude_first_on_ties():
 def test_chunked_site_eigen_equals_one_chunk_and_respects_the_budget(name):
     task = make_task(name)
     ctx = task.context()
-    for site in splittable_sites(task.net):
+    for site in splittable_sites(task.net.sites):
         n, p = site.width, site.fan_in_size
         per_unit = p * p * 8
         assert [list(r) for r in unit_chunks(site, 10**9)] == [list(range(n))]
@@ -450,8 +461,8 @@ def test_consecutive_sites_in_one_event_equal_the_code_rule_by_hand(name):
         torch.stack([torch.stack([epsilon * naive[j], -epsilon * naive[j]]) for j in upper_units]),
         half.repeat(len(upper_units), 1),
     )
-    upper_weight = f"blocks.{upper.index}.layer.weight"
-    assert not torch.allclose(net_c.state_dict()[upper_weight], state_a[upper_weight], atol=1e-6)
+    upper_weight = net_c.sites[1].producer.weight
+    assert not torch.allclose(upper_weight, net_a.sites[1].producer.weight, atol=1e-6)
 
 
 def test_apply_splits_groups_offspring_counts_per_site():
@@ -477,3 +488,88 @@ def test_apply_splits_groups_offspring_counts_per_site():
     # m = 2 group first (sorted offspring counts), then m = 3
     torch.testing.assert_close(rows[4], before[3] + d2[1], rtol=0, atol=1e-15)
     torch.testing.assert_close(rows[5:], before[1] + d3[1:], rtol=0, atol=1e-15)
+
+
+# ----------------------------------------------- the whole per-unit path (MobileNet, ResNet)
+
+
+def path_hessians(task: Task, site: Site, units: range) -> Tensor:
+    """S_j as the Hessian at θ_j of Φ(θ) = E[ĝ · path(producer with row j = θ)(x)], ĝ the
+    gradient at the consumer's input (caught here with a hook, held fixed), for every module
+    of the path as the net runs it (so a second activation's curvature is in)."""
+    net = task.net.eval()
+    x = site_input(net, site, task.inputs)
+    with torch.no_grad(), record_inputs([site.consumer]) as seen:
+        net(task.inputs)
+    reads = seen[site.consumer].detach().requires_grad_(True)
+    handle = site.consumer.register_forward_pre_hook(lambda module, args: (reads,))
+    try:
+        losses = task.loss_fn(net(task.inputs), task.targets)
+    finally:
+        handle.remove()
+    (path_grad,) = torch.autograd.grad(losses.sum(), reads)
+    rows = site.fan_in_matrix()
+    layer, count = site.producer, len(task.inputs)
+    has_bias = layer.bias is not None
+    matrices = []
+    for j in units:
+
+        def phi(theta, j=j):
+            weights = torch.cat([rows[:j], theta[None], rows[j + 1 :]])
+            kernel = weights[:, : weights.shape[1] - has_bias].reshape(layer.weight.shape)
+            bias = weights[:, -1] if has_bias else None
+            if isinstance(layer, torch.nn.Conv2d):
+                u = F.conv2d(x, kernel, bias, layer.stride, layer.padding, layer.dilation)
+            else:
+                u = F.linear(x, kernel, bias)
+            return (site.run_between(u) * path_grad).sum() / count
+
+        matrices.append(torch.autograd.functional.hessian(phi, rows[j].clone(), vectorize=True))
+    return torch.stack(matrices)
+
+
+@pytest.mark.parametrize(
+    ("task_name", "site_name"),
+    [("mobilenetv1:tanh", "stem"), ("mobilenetv1:tanh", "pw1"), ("mobilenetv1:silu", "pw2"),
+     ("resnet18:tanh", "layer2.0"), ("resnet18:silu", "layer1.1"), ("vgg:tanh", "conv8")],
+)  # fmt: skip
+def test_zoo_splitting_matrices_equal_the_hessian_of_the_whole_path(task_name, site_name):
+    task = make_task(task_name)
+    site = task.net.site(site_name)
+    assert closed_form(site) == (not site_name.startswith(("stem", "pw")))
+    units = range(min(3, site.width))
+    computed = splitting_matrices(task.net, task.context(), site, units)
+    hessian = path_hessians(task, site, units)
+    assert float(hessian.abs().max()) > 1e-8
+    scale = float(hessian.abs().max())
+    torch.testing.assert_close(computed, hessian, rtol=1e-6, atol=1e-9 * scale)
+
+
+@pytest.mark.parametrize(
+    ("task_name", "site_name"),
+    [("tanh_mlp", "block0"), ("relu_mlp", "block1"), ("conv_bn", "block0"),
+     ("conv_bn", "block1"), ("resnet18", "layer1.0")],
+)  # fmt: skip
+def test_the_path_route_equals_the_closed_form_where_both_apply(task_name, site_name):
+    """Hessian-vector products through the path (ReLU given the surrogate's curvature) give the
+    closed form's S_j on sites with one activation."""
+    task = make_task(task_name)
+    site = task.net.site(site_name)
+    assert closed_form(site)
+    ctx = task.context()
+    inputs, targets = next(iter(ctx.batches()))
+    tap = site_taps(task.net, ctx, [site], inputs, targets)  # closed-form taps only
+    from growbench.nn import collect_taps
+
+    taps, _ = collect_taps(
+        task.net, inputs, targets, task.loss_fn, sites=[site], want=("input", "grad_consumer_input")
+    )
+    path = _path_matrices(site, taps[site.name].input, taps[site.name].grad_consumer_input,
+                          range(site.width)) / len(inputs)  # fmt: skip
+    rows = site_rows(site, tap[site.name].input, tap[site.name].pre, tap[site.name].grad_post)
+    closed = torch.stack(
+        [(rows.inputs * rows.coefficients[:, j, None]).T @ rows.inputs for j in range(site.width)]
+    ) / len(inputs)
+    scale = float(closed.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(path, closed.double(), rtol=1e-9, atol=1e-12 * scale)

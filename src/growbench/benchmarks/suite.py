@@ -3,7 +3,7 @@
 A suite is a TOML file. A mistake in it should cost one clear message, not a half-written MLflow
 store, so ``load_suite`` checks every field and raises one ``SuiteError`` naming the field by its
 dotted path (``training.optimizer``, ``tasks[1].dataset``) and what would be valid. Every field
-but ``epochs`` and the three task keys marked required is optional; the values shown are the
+but ``epochs`` and the two task keys marked required is optional; the values shown are the
 defaults, except where a comment says "example"::
 
     name = "default"              # experiment "growbench:<name>"; default: the file's stem
@@ -493,7 +493,7 @@ def _tasks(value: Any, epochs: int, sections: dict[str, Any]) -> tuple[Task, ...
 
 def _task(table: dict[str, Any], path: str, epochs: int, sections: dict[str, Any]) -> Task:
     _reject_unknown(table, TASK_FIELDS, path)
-    for key in ("dataset", "model", "widths"):
+    for key in ("dataset", "model"):
         if key not in table:
             raise SuiteError(f"{path}.{key} is required")
     names = dataset_names()
