@@ -1,4 +1,5 @@
-"""The ``growbench`` command: run suites, write reports, list methods and datasets, open the UI.
+"""The ``growbench`` command: run suites, write reports, list methods, models and datasets, open
+the UI.
 
 Mistakes a user can make (a bad suite file, an unknown method or dataset, missing data, cuda
 asked for without one) end in one line, ``growbench: error: <what is wrong>``, and exit status 2,
@@ -71,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
 
     datasets = commands.add_parser("datasets", help="list the registered datasets")
     datasets.set_defaults(command=_datasets)
+
+    models = commands.add_parser("models", help="list the model zoo with each model's options")
+    models.set_defaults(command=_models)
 
     ui = commands.add_parser("ui", help="open the MLflow UI on 127.0.0.1 over the store")
     ui.add_argument("--port", type=int, default=5000)
@@ -176,6 +180,17 @@ def _datasets(args: argparse.Namespace) -> int:
     for name in dataset_names():
         options = ", ".join(f"{k}={v!r}" for k, v in dataset_options(name).items())
         print(f"{name} options: {options or '(none)'}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from growbench.nn.zoo import available_models
+
+    for name, cls in available_models().items():
+        options = ", ".join(f"{f.name}={_default_text(f)}" for f in dataclasses.fields(cls.Options))
+        print(name)
+        print(f"    {cls.description or '(no description)'}")
+        print(f"    options: {options}")
     return 0
 
 

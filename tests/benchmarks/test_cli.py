@@ -87,6 +87,14 @@ def test_run_dry_run_and_rerun(write_suite, tmp_path, capsys) -> None:
     assert "todo         spirals-mlp/random-add/seed0" in out
 
 
+def test_models_lists_the_zoo_with_options(capsys) -> None:
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("mlp", "cnn", "vgg", "mobilenetv1", "resnet18", "pointnet"):
+        assert f"\n{name}\n" in f"\n{out}"
+    assert "depth=11" in out and "inner_ratio=1.0" in out and "input_transform=False" in out
+
+
 def test_methods_lists_every_method_with_options(capsys) -> None:
     assert main(["methods"]) == 0
     out = capsys.readouterr().out

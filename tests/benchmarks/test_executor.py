@@ -247,6 +247,7 @@ def test_cells_a_method_cannot_grow_are_reported_not_run(store, monkeypatch) -> 
     outcome = run_suite(suite, store, "cpu")
     assert outcome.finished == ["spirals-mlp/none/seed0"]
     assert outcome.unsupported == [
-        "spirals-mlp/conv-only/seed0: method 'conv-only' does not support Linear layers"
+        "spirals-mlp/conv-only/seed0: method 'conv-only' can grow none of the sites: block0: "
+        "site kind 'Linear' is not supported (supported: Conv2d+BN)"
     ]
     assert [run.info.run_name for run in cell_runs(store)] == outcome.finished

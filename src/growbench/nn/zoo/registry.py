@@ -79,11 +79,11 @@ def _validate(cls: type) -> None:
 
 
 def available_models() -> dict[str, type[ZooModel]]:
-    """Every model by name, built-ins first, then plugins in entry-point order. A plugin whose
-    module fails to load is a warning naming it, and the others stay available."""
+    """Every model by name, built-ins first (by name), then plugins in entry-point order. A plugin
+    whose module fails to load is a warning naming it, and the others stay available."""
     import growbench.nn.zoo.builtin  # noqa: F401  (registers the built-ins)
 
-    models = dict(_BUILTINS)
+    models = dict(sorted(_BUILTINS.items()))
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         try:
             cls = entry.load()
