@@ -92,7 +92,9 @@ def test_models_lists_the_zoo_with_options(capsys) -> None:
     out = capsys.readouterr().out
     for name in ("mlp", "cnn", "vgg", "mobilenetv1", "resnet18", "pointnet"):
         assert f"\n{name}\n" in f"\n{out}"
-    assert "depth=11" in out and "inner_ratio=1.0" in out and "input_transform=False" in out
+    assert "depth=11" in out
+    assert "inner_ratio=1.0" in out
+    assert "input_transform=False" in out
 
 
 def test_methods_lists_every_method_with_options(capsys) -> None:

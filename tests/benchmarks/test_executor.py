@@ -204,7 +204,8 @@ class Explodes(Grower):
 def test_failed_cells_keep_a_traceback_and_the_suite_goes_on(store, monkeypatch) -> None:
     monkeypatch.setitem(method_registry._BUILTINS, "explodes", Explodes)
     text = TINY_SUITE.replace('["none", "random-add"]', '["explodes", "none"]') + (
-        '\n[[tasks]]\nname = "diverges"\ndataset = "spirals"\nmodel = "mlp"\nmodel_options = { widths = [4] }\n'
+        '\n[[tasks]]\nname = "diverges"\ndataset = "spirals"\nmodel = "mlp"\n'
+        "model_options = { widths = [4] }\n"
         "dataset_options = { n_train = 200, n_test = 100 }\ntraining = { lr = 1e30 }\n"
     )
     suite = parse_suite(text, "tiny")

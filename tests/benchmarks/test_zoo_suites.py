@@ -77,7 +77,8 @@ def test_each_zoo_model_runs_from_a_suite(synthetic_data):
         if cell.method in ("none", "static"):
             assert final == start
         else:
-            assert result.events and final > start, cell.label
+            assert result.events, cell.label
+            assert final > start, cell.label
             assert final - start <= result.info["budget.limit"] - start + 1e-9
         assert result.final["macs"] * 2 == result.final["flops"]
         assert sorted(result.architecture["widths"]) == sorted(

@@ -7,9 +7,9 @@ import torch
 from scipy.stats import chisquare
 
 from growbench.methods import make_grower
-from growbench.nn.taps import record_inputs
 from growbench.methods.baselines import scaled_to_budget
 from growbench.nn import ModelConfig, build_model
+from growbench.nn.taps import record_inputs
 
 from .conftest import make_task
 

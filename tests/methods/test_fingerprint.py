@@ -6,8 +6,8 @@ import ast
 
 import pytest
 
-from growbench.methods import get_method
 from growbench.methods import fingerprint as fp
+from growbench.methods import get_method
 
 
 def modules_of(name: str) -> set[str]:
@@ -69,7 +69,8 @@ def test_only_module_level_imports_are_followed():
         "def lazy():\n    import growbench.methods.builtin\n"
     )
     found = fp._module_level_imports(tree, "growbench.methods", {"growbench"})
-    assert "growbench.nn.units" in found and "growbench.methods.base" in found
+    assert "growbench.nn.units" in found
+    assert "growbench.methods.base" in found
     assert not any("builtin" in name or name.endswith("tiny") for name in found)
     assert "os" not in found
 

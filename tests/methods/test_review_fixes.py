@@ -92,7 +92,8 @@ def test_depth_growth_is_reported_as_layers_and_units_count_units_only():
     widths = task.net.widths()
     event = Deepen().grow(task.net, task.context())
     (inserted,) = event.layers_inserted
-    assert inserted == "block0+1" and inserted not in widths
+    assert inserted == "block0+1"
+    assert inserted not in widths
     # block1 grew by one unit; the new layer (4 units, then 2 more) is a layer, not units
     assert event.units_added == {"block1": 1}
     assert task.net.widths()[inserted] == widths["block0"] + 2

@@ -11,9 +11,8 @@ from functools import cache
 
 import pytest
 import torch
-from torch import nn
-
 import torch.nn.functional as F
+from torch import nn
 
 from growbench.methods import GrowthContext, make_grower
 from growbench.methods._bottleneck import site_statistics
@@ -350,7 +349,7 @@ def conv_rows(task, site):
                        stride=producer.stride)  # fmt: skip
     if producer.bias is not None:
         patches = ones(patches)
-    side = int(math.isqrt(patches.shape[2]))
+    side = math.isqrt(patches.shape[2])
     maps = linear_stand_in(site, patches.reshape(len(patches), -1, side, side))
     g = tap.grad_output
     if isinstance(consumer, nn.Linear):
@@ -364,8 +363,10 @@ def conv_rows(task, site):
     if consumer.bias is not None:
         h = ones(h)
     x = big.permute(0, 3, 1, 2).reshape(-1, big.shape[1], big.shape[2])
-    return x, h.transpose(1, 2).reshape(-1, h.shape[1]), g.flatten(2).transpose(1, 2).reshape(
-        -1, g.shape[1]
+    return (
+        x,
+        h.transpose(1, 2).reshape(-1, h.shape[1]),
+        g.flatten(2).transpose(1, 2).reshape(-1, g.shape[1]),
     )
 
 
@@ -607,7 +608,8 @@ def test_net_without_supported_site_stops_with_a_reason():
     assert not event.grew
     assert event.stop_reason.startswith("method 'tiny' can grow none of the sites")
     refused = event.extras["refused_sites"]
-    assert "ceil-mode max pool" in refused["block0"] and "ReplicationPad2d" in refused["block1"]
+    assert "ceil-mode max pool" in refused["block0"]
+    assert "ReplicationPad2d" in refused["block1"]
     after = net.state_dict()
     assert all(torch.equal(before[key], after[key]) for key in before)
 
@@ -625,6 +627,7 @@ def test_a_linear_read_at_several_flattened_positions_grows():
     site, stats, solution = conv_solved(task, "block0")
     assert stats.P.shape[0] == 4  # T = 4 positions
     _statistics_against_brute_force(task, site, stats, solution, False)
+
     def factory():
         return Task(copy.deepcopy(net), task.inputs, task.targets, task.loss_fn)
 

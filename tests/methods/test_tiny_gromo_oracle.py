@@ -23,8 +23,8 @@ from torch import nn
 from growbench.methods import GrowthContext
 from growbench.methods._bottleneck import site_statistics
 from growbench.methods.tiny import TinyConfig, solve_site
-from growbench.nn.zoo.layers import ChainLayer, chain_net
 from growbench.nn.losses import classification_loss, regression_loss
+from growbench.nn.zoo.layers import ChainLayer, chain_net
 
 from .fixtures.make_gromo_fixture import (
     FIXTURE,

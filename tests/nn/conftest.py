@@ -39,7 +39,9 @@ def randomize_batchnorm(net: nn.Module, seed: int) -> None:
 
 def make_mlp(batchnorm: bool = False, activation: str = "tanh", seed: int = 0) -> GrowableNet:
     """5 → 4 → 6 → 3."""
-    config = ModelConfig("mlp", (5,), NUM_OUTPUTS, (4, 6), activation=activation, batchnorm=batchnorm)
+    config = ModelConfig(
+        "mlp", (5,), NUM_OUTPUTS, (4, 6), activation=activation, batchnorm=batchnorm
+    )
     net = build_model(config, seed=seed).double()
     randomize_batchnorm(net, seed + 100)
     return net
@@ -47,7 +49,9 @@ def make_mlp(batchnorm: bool = False, activation: str = "tanh", seed: int = 0) -
 
 def make_cnn(batchnorm: bool = False, activation: str = "tanh", seed: int = 0) -> GrowableNet:
     """2×6×6 → conv 3 → max-pool → conv 4 → global average pool → linear 3."""
-    config = ModelConfig("cnn", (2, 6, 6), NUM_OUTPUTS, (3, 4), activation=activation, batchnorm=batchnorm)
+    config = ModelConfig(
+        "cnn", (2, 6, 6), NUM_OUTPUTS, (3, 4), activation=activation, batchnorm=batchnorm
+    )
     net = build_model(config, seed=seed).double()
     randomize_batchnorm(net, seed + 100)
     return net

@@ -71,13 +71,13 @@ def per_sample_taps(net: GrowableNet, x, y, loss_fn) -> dict[str, dict[str, torc
         hooks = []
         for site in net.sites:
 
-            def producer_hook(_m, args, name=site.name):
+            def producer_hook(_m, args, name=site.name, seen=seen):
                 seen[(name, "input")] = args[0]
 
-            def act_hook(_m, args, out, name=site.name):
+            def act_hook(_m, args, out, name=site.name, seen=seen):
                 seen[(name, "pre")], seen[(name, "post")] = args[0], out
 
-            def consumer_hook(_m, args, out, name=site.name):
+            def consumer_hook(_m, args, out, name=site.name, seen=seen):
                 seen[(name, "consumer_input")], seen[(name, "out")] = args[0], out
 
             hooks += [
@@ -319,7 +319,8 @@ def test_chosen_sites_and_fields_only(make_net, inputs_for, targets_for):
         net, x, y, classification_loss, sites=[1, "block0"], want=("grad_pre", "input")
     )
     assert sorted(taps) == ["block0", "block1"]
-    assert taps["block0"].post is None and taps["block0"].grad_output is None
+    assert taps["block0"].post is None
+    assert taps["block0"].grad_output is None
     full, _ = collect_taps(net, x, y, classification_loss)
     for name, tap in taps.items():
         close(tap.grad_pre, full[name].grad_pre)
@@ -335,7 +336,7 @@ def test_non_finite_statistics_are_one_clear_error(make_net, inputs_for, targets
     net = make_net("mlp")
     x, y = inputs_for(net, 8), targets_for(8)
     x[3, 0] = float("nan")
-    with pytest.raises(NonFiniteStatisticsError, match="not finite.*lower the learning rate"):
+    with pytest.raises(NonFiniteStatisticsError, match=r"not finite.*lower the learning rate"):
         collect_taps(net, x, y, classification_loss)
     assert _no_hooks(net)
 

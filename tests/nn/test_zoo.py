@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from importlib.metadata import EntryPoint
@@ -61,7 +62,12 @@ def test_unknown_model_and_option_are_one_clear_error():
         ("vgg", (3, 32, 32), {"depth": 12}, r"depth must be one of \[11, 13, 16, 19\]"),
         ("vgg", (3, 16, 16), {}, r"at least 32×32"),
         ("vgg", (3, 32, 32), {"widths": (8,) * 7}, r"8 growth sites.*got 7"),
-        ("vgg", (3, 32, 32), {"width_multiplier": 0}, r"width_multiplier must be a positive number"),
+        (
+            "vgg",
+            (3, 32, 32),
+            {"width_multiplier": 0},
+            r"width_multiplier must be a positive number",
+        ),
         ("mobilenetv1", (3, 32, 32), {"form": "tiny"}, r"form must be one of"),
         ("resnet18", (3, 32, 32), {"widths": (4, 0) * 4}, r"positive integers"),
         ("pointnet", (3, 32, 32), {}, r"\(num_points, 3\)"),
@@ -84,7 +90,8 @@ def test_config_resolves_widths_and_is_immutable_and_hashable():
     with pytest.raises(AttributeError, match="immutable"):
         config.name = "vgg"
     wider = config.with_widths([20] * 8)
-    assert wider.widths == (20,) * 8 and config.widths[0] == 16
+    assert wider.widths == (20,) * 8
+    assert config.widths[0] == 16
     assert wider.with_widths(config.widths) == config
     assert len({config, wider, wider.with_widths(config.widths)}) == 2
     assert config.to_dict() == {"name": "resnet18", "options": dict(config.options)}
@@ -104,7 +111,8 @@ def test_an_outside_model_plugs_in_through_the_entry_point_and_a_broken_one_warn
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         models = available_models()
-    assert "wide-mlp" in models and "resnet18" in models
+    assert "wide-mlp" in models
+    assert "resnet18" in models
     assert any("'broken'" in str(w.message) and "no_such_package" in str(w.message) for w in caught)
     net = build_model(ModelConfig("wide-mlp", (3,), 2, (5,)))
     assert net.widths() == {"block0": 5}
@@ -215,24 +223,27 @@ def test_mobilenetv1_parameters_and_macs_by_hand():
     cifar = build_model(ModelConfig("mobilenetv1", (3, 32, 32), 10, widths=[32] * 14))
     assert cifar.params() == _mobilenet_params((32,) * 14, strides, 10)
     stem = cifar.site("stem")
-    assert stem.kind == "Conv2d+BN+depthwise" and stem.consumer is cifar.site("pw1").producer
-    assert cifar.site("pw13").kind == "Conv2d+BN" and cifar.site("pw13").positions == 1
+    assert stem.kind == "Conv2d+BN+depthwise"
+    assert stem.consumer is cifar.site("pw1").producer
+    assert cifar.site("pw13").kind == "Conv2d+BN"
+    assert cifar.site("pw13").positions == 1
 
 
 def test_pointnet_parameters_by_hand_and_point_order_invariance():
     widths = (64, 64, 64, 128, 1024, 512, 256)
     net = build_model(ModelConfig("pointnet", (1024, 3), 40)).double().eval()
     expected = 3 * 64 + 64 + 2 * 64
-    for before, after in zip(widths[:4], widths[1:5]):
+    for before, after in itertools.pairwise(widths):
         expected += before * after + after + 2 * after
-    for before, after in zip(widths[4:6], widths[5:7]):
+    for before, after in itertools.pairwise(widths):
         expected += before * after + after + 2 * after
     assert net.params() == expected + 256 * 40 + 40
     points = torch.randn(3, 1024, 3, dtype=DTYPE)
     shuffled = points[:, torch.randperm(1024)]
     with torch.no_grad():
         torch.testing.assert_close(net(points), net(shuffled), rtol=1e-12, atol=1e-12)
-    assert net.site("conv5").max_pooled and net.site("fc2").positions == 1
+    assert net.site("conv5").max_pooled
+    assert net.site("fc2").positions == 1
 
 
 def test_pointnet_input_transform_starts_as_the_identity():
@@ -254,7 +265,8 @@ def test_mlp_with_no_hidden_layer_grows_from_its_input_slot():
     x = torch.randn(5, 4, dtype=DTYPE)
     before = net(x)
     site = insert_layer(net, "input", activation="identity")
-    assert net.sites == [site] and site.width == 4
+    assert net.sites == [site]
+    assert site.width == 4
     assert (net(x) - before).abs().max() <= 1e-12
 
 

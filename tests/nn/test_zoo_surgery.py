@@ -95,7 +95,8 @@ def test_insert_layer_keeps_the_function(case):
         old = net.site(index)
         new = insert_layer(net, old, init=init, generator=generator)
         assert (output(net, x) - before).abs().max() <= TOL
-        assert new in net.sites and (old in net.sites) == (init == "identity")
+        assert new in net.sites
+        assert (old in net.sites) == (init == "identity")
         d = new.fan_in_size - (new.producer.bias is not None)
         new.add_units(draw(2, d, seed=7), torch.zeros(2, new.fan_out_size, dtype=DTYPE))
         new.split([0], torch.zeros(1, 2, new.fan_in_size, dtype=DTYPE), torch.full((1, 2), 0.5))
@@ -109,7 +110,7 @@ def _measured(net) -> dict[str, int]:
 @pytest.mark.parametrize("model", sorted(CONFIGS))
 def test_costs_stay_exact_through_random_growth(model):
     rng = random.Random(model)
-    net, x = make(model)
+    net, _x = make(model)
     for step in range(8):
         sites = net.sites
         plan = {site.name: rng.randint(0, 2) for site in rng.sample(sites, min(3, len(sites)))}
@@ -121,13 +122,20 @@ def test_costs_stay_exact_through_random_growth(model):
                 continue
             if rng.random() < 0.5 and site.width >= count:
                 ids = rng.sample(range(site.width), count)
-                site.split(ids, torch.zeros(count, 2, site.fan_in_size, dtype=DTYPE), torch.full((count, 2), 0.5))
+                site.split(
+                    ids,
+                    torch.zeros(count, 2, site.fan_in_size, dtype=DTYPE),
+                    torch.full((count, 2), 0.5),
+                )
             else:
                 d = site.fan_in_size - (site.producer.bias is not None)
-                site.add_units(draw(count, d, seed=step), torch.zeros(count, site.fan_out_size, dtype=DTYPE))
+                site.add_units(
+                    draw(count, d, seed=step), torch.zeros(count, site.fan_out_size, dtype=DTYPE)
+                )
         after = _measured(net)
         assert predicted == {key: after[key] - before[key] for key in after}, (step, plan)
-        assert net.params() == after["params"] and net.flops() == after["flops"]
+        assert net.params() == after["params"]
+        assert net.flops() == after["flops"]
         assert net.macs() * 2 == after["flops"]
         if step % 3 == 1:
             insert_layer(net, rng.choice(net.sites))

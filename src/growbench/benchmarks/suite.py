@@ -46,10 +46,11 @@ defaults, except where a comment says "example"::
 
 Per-method options live in ``[method_options.NAME]``, not ``[methods.NAME]``: TOML cannot make
 ``methods`` both the list of names and a table. Every model takes ``widths`` (the start width of
-each growth site, in site order) and ``activation``; ``growbench models`` lists the rest. A growth schedule that never fires
-(``first_epoch >= epochs``) is an error. Dataset names, option keys and model shapes are checked
-here against the dataset's default spec; option *values* are checked when the data is loaded,
-which the harness also does before it touches the tracking store.
+each growth site, in site order) and ``activation``; ``growbench models`` lists the rest. A
+growth schedule that never fires (``first_epoch >= epochs``) is an error. Dataset names, option
+keys and model shapes are checked here against the dataset's default spec; option *values* are
+checked when the data is loaded, which the harness also does before it touches the tracking
+store.
 """
 
 from __future__ import annotations
@@ -502,9 +503,7 @@ def _task(table: dict[str, Any], path: str, epochs: int, sections: dict[str, Any
         raise SuiteError(
             f"{path}.dataset: unknown dataset {dataset!r}; choose from {', '.join(names)}"
         )
-    model = _scalar(
-        table["model"], f"{path}.model", Rule("str", choices=tuple(available_models()))
-    )
+    model = _scalar(table["model"], f"{path}.model", Rule("str", choices=tuple(available_models())))
     chosen = _model_options(
         model, _table(table.get("model_options", {}), f"{path}.model_options"), path
     )
@@ -541,7 +540,9 @@ def _model_options(model: str, options: dict[str, Any], path: str) -> dict[str, 
         where = f"{path}.model_options.{key}"
         if key not in defaults:
             valid = ", ".join(defaults)
-            raise SuiteError(f"{where}: model {model!r} has no option {key!r}; its options: {valid}")
+            raise SuiteError(
+                f"{where}: model {model!r} has no option {key!r}; its options: {valid}"
+            )
         checked[key] = _like_default(value, defaults[key], where)
         if isinstance(checked[key], list):
             checked[key] = tuple(checked[key])

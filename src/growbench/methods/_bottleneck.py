@@ -98,9 +98,9 @@ def unsupported_reason(site: Site) -> str | None:
             return "a ceil-mode or divisor-override average pool between producer and consumer"
         if isinstance(module, nn.Flatten) and position != len(site.between) - 1:
             return "modules after the flatten between producer and consumer"
-    if isinstance(producer, nn.Conv2d) and isinstance(consumer, nn.Linear):
-        if not isinstance(site.between[-1], nn.Flatten):
-            return "a conv producer read by a Linear consumer without a flatten"
+    conv_to_linear = isinstance(producer, nn.Conv2d) and isinstance(consumer, nn.Linear)
+    if conv_to_linear and not isinstance(site.between[-1], nn.Flatten):
+        return "a conv producer read by a Linear consumer without a flatten"
     for act in site.activations:
         if not activation_info(act.name).zero_at_zero:
             return f"activation {act.name!r} has σ(0) ≠ 0, so new units cannot start silent"

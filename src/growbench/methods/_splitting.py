@@ -18,7 +18,6 @@ ReLU's σ'' is 0 almost everywhere, so its units are scored with the softplus(β
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 

@@ -142,15 +142,16 @@ class Grower:
     """Base class of every growth method and baseline.
 
     Subclasses set ``name``, ``Config``, ``preserves_function`` (``exact``, ``at_zero_step`` or
-    ``no``), ``supported_kinds`` (site kinds such as ``Linear``, ``Conv2d+BN``; default: every kind
-    of the zoo), and implement ``grow_step``, growing only ``growable_sites(net)``. A method that
-    cannot grow some sites says why in ``refusal(site)``; ``grow`` records the refusals in the
-    event, and a net whose every site is refused gets an event that says so, never a crash. ``zero_step_overrides`` names the config values that make an ``at_zero_step``
-    method preserve the function (e.g. ``{"epsilon": 0.0}``); ``small_step_overrides`` those that
-    make its step small enough for its ``predicted_loss_change`` to match the realised change
-    within ``prediction_tolerance`` (relative), which the contract tests check;
-    ``quick_overrides`` those that make a step cheap (e.g. fewer estimator steps) for the contract
-    checks that do not depend on the quality of its estimates.
+    ``no``), ``supported_kinds`` (site kinds such as ``Linear``, ``Conv2d+BN``; default: every
+    kind of the zoo), and implement ``grow_step``, growing only ``growable_sites(net)``. A
+    method that cannot grow some sites says why in ``refusal(site)``; ``grow`` records the
+    refusals in the event, and a net whose every site is refused gets an event that says so,
+    never a crash. ``zero_step_overrides`` names the config values that make an ``at_zero_step``
+    method preserve the function (e.g. ``{"epsilon": 0.0}``); ``small_step_overrides`` those
+    that make its step small enough for its ``predicted_loss_change`` to match the realised
+    change within ``prediction_tolerance`` (relative), which the contract tests check;
+    ``quick_overrides`` those that make a step cheap (e.g. fewer estimator steps) for the
+    contract checks that do not depend on the quality of its estimates.
     """
 
     name: ClassVar[str] = ""
@@ -163,9 +164,6 @@ class Grower:
     quick_overrides: ClassVar[dict[str, Any]] = {}
     description: ClassVar[str] = ""
     claims: ClassVar[tuple[Claim, ...]] = ()
-    # Bump when a change to the method changes its runs: the version is part of every cell's
-    # config hash, so the suite retrains this method's cells and reuses the others'.
-    version: ClassVar[int] = 1
 
     def __init__(self, config: GrowerConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -216,8 +214,9 @@ class Grower:
             if ctx.remaining_budget <= 0:
                 event.stop_reason = "budget exhausted"
             elif net.sites and len(refused) == len(net.sites):
-                event.stop_reason = f"method {self.name!r} can grow none of the sites: " + "; ".join(
-                    f"{name}: {reason}" for name, reason in refused.items()
+                event.stop_reason = (
+                    f"method {self.name!r} can grow none of the sites: "
+                    + "; ".join(f"{name}: {reason}" for name, reason in refused.items())
                 )
             else:
                 self.grow_step(net, ctx, event)

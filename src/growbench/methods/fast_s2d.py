@@ -293,10 +293,7 @@ def statistics_set_batches(
             whole = {
                 name: SiteBatch(
                     part.site,
-                    **{
-                        key: t.new_empty(count, *t.shape[1:])
-                        for key, t in part.tensors().items()
-                    },
+                    **{key: t.new_empty(count, *t.shape[1:]) for key, t in part.tensors().items()},
                 )
                 for name, part in batch.items()
             }

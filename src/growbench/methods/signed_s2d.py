@@ -45,8 +45,8 @@ from growbench.claims import Claim
 from growbench.methods._splitting import (
     PlannedSplit,
     apply_splits,
-    site_eigen,
     prediction_is_heuristic,
+    site_eigen,
     splittable_sites,
 )
 from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent

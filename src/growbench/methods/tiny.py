@@ -365,7 +365,9 @@ def measured_gains(
             grad = output_rows(taps[site.name].grad_output).double()
             totals[site.name] += float((added * grad).sum())
     count = len(ctx.inputs)
-    return {site.name: solutions[site.name].gain_delta - totals[site.name] / count for site in sites}
+    return {
+        site.name: solutions[site.name].gain_delta - totals[site.name] / count for site in sites
+    }
 
 
 def _truncated(solution: SiteSolution, k: int) -> SiteSolution:
@@ -443,7 +445,9 @@ class _GrownTailLoss:
             for gamma in gammas:
                 grown = self.net.copy_for(self.site)
                 if gamma != 0.0:
-                    apply_tiny(grown.site(self.site.name), self.alpha, self.omega, self.delta, gamma)
+                    apply_tiny(
+                        grown.site(self.site.name), self.alpha, self.omega, self.delta, gamma
+                    )
                 total = 0.0
                 for state, targets in self.cache:
                     outputs = grown.forward_from(self.site.name, state)

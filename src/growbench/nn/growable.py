@@ -79,7 +79,8 @@ def eval_mode(modules: Iterable[nn.Module]) -> Iterator[None]:
 def _check_layer(layer: nn.Module, role: str, site: str) -> None:
     if not isinstance(layer, LAYER_TYPES) or isinstance(layer, DepthwiseConv2d):
         raise TypeError(
-            f"site {site!r}: the {role} must be an nn.Linear or nn.Conv2d, got {type(layer).__name__}"
+            f"site {site!r}: the {role} must be an nn.Linear or nn.Conv2d, "
+            f"got {type(layer).__name__}"
         )
     if isinstance(layer, nn.Conv2d) and layer.groups != 1:
         raise TypeError(f"site {site!r}: the {role} is a grouped conv (groups={layer.groups})")
@@ -481,7 +482,11 @@ class GrowableNet(nn.Module):
         containers around them) are copied, and every other layer is shared: the cheap way to try
         surgery at ``site`` and run ``forward_from`` on the result."""
         site = self._resolve(site)
-        own = {id(m) for module in (site.producer, *site.between, site.consumer) for m in module.modules()}
+        own = {
+            id(m)
+            for module in (site.producer, *site.between, site.consumer)
+            for m in module.modules()
+        }
         memo: dict[int, object] = {}
         for module in self.modules():
             if id(module) not in own and next(module.children(), None) is None:

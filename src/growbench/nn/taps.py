@@ -66,7 +66,9 @@ def collect_taps(
     shaped like the net's output). ``want`` names the ``Taps`` fields to keep."""
     unknown = set(want) - set(TAP_FIELDS)
     if unknown:
-        raise ValueError(f"collect_taps: unknown fields {sorted(unknown)}; choose from {TAP_FIELDS}")
+        raise ValueError(
+            f"collect_taps: unknown fields {sorted(unknown)}; choose from {TAP_FIELDS}"
+        )
     if output_grad is None and (loss_fn is None or targets is None):
         raise ValueError("collect_taps needs a loss_fn and targets, or an output_grad")
     chosen = net.sites if sites is None else [net._resolve(key) for key in sites]

@@ -1,4 +1,4 @@
-"""``mobilenetv1``: MobileNetV1, in the CIFAR form of the splitting papers' code or the ImageNet form.
+"""``mobilenetv1``: MobileNetV1, in the splitting papers' CIFAR form or the ImageNet form.
 
 A 3×3 stem conv (stride 1 for CIFAR, as klightz/splitting's ``mbv1``; stride 2 for ImageNet),
 then 13 depthwise-separable blocks: a 3×3 depthwise conv (stride 2 in blocks 2, 4, 6 and 12) with

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from growbench.nn.activations import Activation
 from growbench.nn.growable import GrowableNet
-from growbench.nn.zoo.layers import check_multiplier, check_widths, chain_sites, scaled, unit_stage
+from growbench.nn.zoo.layers import chain_sites, check_multiplier, check_widths, scaled, unit_stage
 from growbench.nn.zoo.registry import ZooModel, register_model
 
 FULL_WIDTHS = (64, 64, 64, 128, 1024, 512, 256)  # conv1..conv5, fc1, fc2

@@ -50,9 +50,7 @@ class ZooModel:
         """Raise ValueError when the model cannot take this input (the default: nothing)."""
 
     @classmethod
-    def build(
-        cls, options: Any, input_shape: tuple[int, ...], num_outputs: int
-    ) -> GrowableNet:
+    def build(cls, options: Any, input_shape: tuple[int, ...], num_outputs: int) -> GrowableNet:
         raise NotImplementedError
 
 

@@ -116,8 +116,12 @@ class ResNet18(ZooModel):
             pool = [("pool", nn.MaxPool2d(3, 2, padding=1))]
         stem = nn.Sequential(
             OrderedDict(
-                [("conv", stem_conv), ("norm", nn.BatchNorm2d(stream[0])), ("act", Activation(act))]
-                + pool
+                [
+                    ("conv", stem_conv),
+                    ("norm", nn.BatchNorm2d(stream[0])),
+                    ("act", Activation(act)),
+                    *pool,
+                ]
             )
         )
         stages: list[nn.Module] = [stem]

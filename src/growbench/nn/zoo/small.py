@@ -39,7 +39,9 @@ class MLP(ZooModel):
         fan_in, layers = math.prod(input_shape), []
         for i, width in enumerate(options.widths):
             norm = nn.BatchNorm1d(width) if options.batchnorm else None
-            layers.append(ChainLayer(f"block{i}", nn.Linear(fan_in, width), norm, options.activation))
+            layers.append(
+                ChainLayer(f"block{i}", nn.Linear(fan_in, width), norm, options.activation)
+            )
             fan_in = width
         layers.append(ChainLayer(f"block{len(layers)}", nn.Linear(fan_in, num_outputs)))
         return chain_net(layers, input_shape, flatten_input=True)

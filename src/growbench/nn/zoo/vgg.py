@@ -16,10 +16,10 @@ from torch import nn
 
 from growbench.nn.growable import GrowableNet
 from growbench.nn.zoo.layers import (
+    chain_sites,
     check_image,
     check_multiplier,
     check_widths,
-    chain_sites,
     scaled,
     unit_stage,
 )
@@ -29,7 +29,10 @@ POOL = "M"
 CONFIGS = {
     11: (64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL),
     13: (64, 64, POOL, 128, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL),
-    16: (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512, POOL),
+    16: (
+        64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL,
+        512, 512, 512, POOL,
+    ),
     19: (
         64, 64, POOL, 128, 128, POOL, 256, 256, 256, 256, POOL,
         512, 512, 512, 512, POOL, 512, 512, 512, 512, POOL,
