@@ -233,9 +233,7 @@ def test_pointnet_parameters_by_hand_and_point_order_invariance():
     widths = (64, 64, 64, 128, 1024, 512, 256)
     net = build_model(ModelConfig("pointnet", (1024, 3), 40)).double().eval()
     expected = 3 * 64 + 64 + 2 * 64
-    for before, after in itertools.pairwise(widths):
-        expected += before * after + after + 2 * after
-    for before, after in itertools.pairwise(widths):
+    for before, after in itertools.pairwise(widths):  # each conv or Linear with bias, and BN
         expected += before * after + after + 2 * after
     assert net.params() == expected + 256 * 40 + 40
     points = torch.randn(3, 1024, 3, dtype=DTYPE)
