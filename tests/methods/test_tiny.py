@@ -218,6 +218,21 @@ def test_statistics_do_not_depend_on_batching():
             assert torch.allclose(a, b, rtol=1e-12, atol=1e-15), field
 
 
+@pytest.mark.parametrize("task_name", ["conv_bn", "resnet18"])
+def test_statistics_do_not_depend_on_memory_chunks(task_name, monkeypatch):
+    """Large conv sites are processed a few samples at a time; the sums are the same."""
+    from growbench.methods import _bottleneck
+
+    task = make_task(task_name)
+    whole = site_statistics(task.net, task.context(), task.net.sites)
+    monkeypatch.setattr(_bottleneck, "MAX_CHUNK_BYTES", 1)  # one sample at a time
+    chunked = site_statistics(task.net, task.context(), task.net.sites)
+    for name in whole:
+        for field in ("S_x", "S_h", "M_x", "M_h", "P"):
+            a, b = getattr(whole[name], field), getattr(chunked[name], field)
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
 def test_mean_reduced_loss_is_one_clear_error():
     task = make_task("tanh_mlp")
 

@@ -36,6 +36,8 @@ linear part is unknown, a Linear producer read by a conv, σ(0) ≠ 0, ...).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from growbench.methods.base import GrowthContext
-from growbench.nn import Activation, DepthwiseConv2d, GrowableNet, Site, Slot, collect_taps
+from growbench.nn import Activation, DepthwiseConv2d, GrowableNet, Site, Slot, Taps, collect_taps
 from growbench.nn.activations import activation_info
 from growbench.nn.growable import eval_mode
 from growbench.nn.units import new_unit_forward
@@ -266,12 +268,13 @@ def site_statistics(
         check_per_sample(losses, len(inputs))
         count += len(inputs)
         for site in sites:
-            parts, size = _batch_parts(site, taps[site.name])
-            sizes[site.name] = size
-            if site.name not in sums:
-                sums[site.name] = parts
-            else:
-                sums[site.name] = [a + b for a, b in zip(sums[site.name], parts, strict=True)]
+            for chunk in sample_chunks(site, taps[site.name], BOTTLENECK_TAPS):
+                parts, size = _batch_parts(site, chunk)
+                sizes[site.name] = size
+                if site.name not in sums:
+                    sums[site.name] = parts
+                else:
+                    sums[site.name] = [a + b for a, b in zip(sums[site.name], parts, strict=True)]
     result = {}
     for site in sites:
         parts = sums[site.name]
@@ -290,6 +293,27 @@ def site_statistics(
             site.consumer.bias is not None,
         )
     return result
+
+
+MAX_CHUNK_BYTES = 256 * 2**20  # patch taps B of the samples processed at once
+
+
+def sample_chunks(site: Site, taps: Taps, fields: tuple[str, ...]) -> Iterator[Taps]:
+    """``taps`` (the given ``fields``) cut into runs of samples whose patch maps and patch taps B
+    (p × H × W and p × T × O per sample) stay under ``MAX_CHUNK_BYTES`` in float64: a full-width
+    conv site's B for a whole batch would not fit in memory."""
+    first = taps.input[:1]
+    hidden = site.input_patches(first).shape[2]  # the producer's output positions
+    outputs = 1
+    if taps.grad_output is not None:
+        outputs = taps.grad_output[0].numel() // taps.grad_output.shape[1]
+    consumer = site.consumer
+    kernel = math.prod(consumer.kernel_size) if isinstance(consumer, nn.Conv2d) else 1
+    per_sample = site.fan_in_size * max(hidden, kernel * outputs, site.positions) * 8
+    step = max(1, MAX_CHUNK_BYTES // per_sample)
+    count = taps.input.shape[0]
+    for start in range(0, count, step):
+        yield Taps(**{name: getattr(taps, name)[start : start + step] for name in fields})
 
 
 def _batch_parts(site: Site, taps) -> tuple[list[Tensor], tuple[int, int] | None]:

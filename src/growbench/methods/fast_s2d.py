@@ -104,7 +104,7 @@ class RayleighSchedule:
     milestones: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     window: float = 0.1
     init_scale: float = 0.1
-    cache_bytes: int = 128 * 2**20  # the statistics set's per-sample quantities, if they fit
+    cache_bytes: int = 2 * 2**30  # the statistics set's per-sample quantities, if they fit
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -508,7 +508,7 @@ class FastS2DConfig(GrowerConfig):
     rq_milestones: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     rq_window: float = 0.1  # the last 10 % of the steps
     rq_init_scale: float = 0.1
-    rq_cache_bytes: int = 128 * 2**20  # keep the taps of the whole set (else: per mini-batch)
+    rq_cache_bytes: int = 2 * 2**30  # keep the taps of the whole set (else: per mini-batch)
     beta_keep: float = 0.99
     cost_transform: str = "identity"
     groups: tuple[tuple[str, ...], ...] = ()  # site names per group; unnamed sites: one more group

@@ -41,6 +41,7 @@ from growbench.methods._bottleneck import (
     inverse_sqrt,
     new_unit_contribution,
     output_rows,
+    sample_chunks,
     site_statistics,
     unsupported_reason,
 )
@@ -355,15 +356,16 @@ def measured_gains(
         for site in sites:
             solution = solutions[site.name]
             k = solution.count
-            added = new_unit_contribution(
-                site,
-                taps[site.name].input,
-                solution.alpha[:k],
-                solution.omega[:k],
-                linearised=not homogeneous(site),
-            )
-            grad = output_rows(taps[site.name].grad_output).double()
-            totals[site.name] += float((added * grad).sum())
+            for chunk in sample_chunks(site, taps[site.name], ("input", "grad_output")):
+                added = new_unit_contribution(
+                    site,
+                    chunk.input,
+                    solution.alpha[:k],
+                    solution.omega[:k],
+                    linearised=not homogeneous(site),
+                )
+                grad = output_rows(chunk.grad_output).double()
+                totals[site.name] += float((added * grad).sum())
     count = len(ctx.inputs)
     return {
         site.name: solutions[site.name].gain_delta - totals[site.name] / count for site in sites
