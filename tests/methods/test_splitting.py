@@ -573,3 +573,25 @@ def test_the_path_route_equals_the_closed_form_where_both_apply(task_name, site_
     scale = float(closed.abs().max())
     assert scale > 0
     torch.testing.assert_close(path, closed.double(), rtol=1e-9, atol=1e-12 * scale)
+
+
+@pytest.mark.parametrize("site_name", ["stem", "pw1", "pw3"])
+def test_second_curvature_products_equal_hessian_vector_products(site_name):
+    """fast-s2d's S·v at a MobileNet site (two depthwise convs, no graph) against double
+    backward through the whole path (``PathCurvature``), ReLU given the surrogate curvature."""
+    from growbench.methods._splitting import SecondCurvature
+    from growbench.methods.fast_s2d import SiteBatch
+    from growbench.nn import collect_taps
+
+    task = make_task("mobilenetv1")
+    site = task.net.site(site_name)
+    second = SecondCurvature.of(site)
+    assert second is not None
+    taps, _ = collect_taps(task.net, task.inputs, task.targets, task.loss_fn, sites=[site])
+    tap = taps[site.name]
+    generator = torch.Generator().manual_seed(3)
+    directions = torch.randn(site.width, site.fan_in_size, generator=generator, dtype=torch.float64)
+    fast = SiteBatch.from_taps(site, tap).products(directions)
+    graph = SiteBatch(site, tap.input, path_grad=tap.grad_consumer_input).products(directions)
+    assert float(graph.abs().max()) > 0
+    torch.testing.assert_close(fast, graph, rtol=1e-9, atol=1e-12 * float(graph.abs().max()))

@@ -22,10 +22,12 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.grad import conv2d_input
 
 from growbench.methods.base import GrowthContext, GrowthEvent
-from growbench.nn import Activation, GrowableNet, Site, collect_taps
+from growbench.nn import Activation, DepthwiseConv2d, GrowableNet, Site, Slot, collect_taps
 from growbench.nn.growable import eval_mode
 
 RELU_SURROGATE_BETA = 3.0
@@ -83,10 +85,124 @@ def closed_form(site: Site) -> bool:
     """Whether S_j = E[g_j σ''(z_j) b_j² x̃x̃ᵀ] is the whole Hessian of the unit's path: its only
     curved module is its activation, with at most the producer's BatchNorm before it (what comes
     after is linear or piecewise linear per unit, so g at the activation's output carries it).
-    A MobileNet site's path has a second activation after the depthwise conv: then S comes from
-    Hessian-vector products through the whole path (``PathCurvature``)."""
+    A MobileNet site's path has a second activation after the depthwise conv
+    (``SecondCurvature``); any other path gets Hessian-vector products (``PathCurvature``)."""
     curved = [m for m in site.between if isinstance(m, Activation) and m.name != "identity"]
     return len(curved) <= 1 and site.between.index(site.act) <= (site.norm is not None)
+
+
+_SHAPE_KEEPING = (Slot, nn.Identity, nn.Dropout, nn.Dropout2d)
+_LINEAR_SEGMENT = (DepthwiseConv2d, nn.BatchNorm2d, *_SHAPE_KEEPING)
+
+
+class SecondCurvature:
+    """The Hessian of a path ``[BN] σ₁ L σ₂`` in the producer's output U, where L is linear per
+    unit (a depthwise conv, a BatchNorm, empty slots: the MobileNet site) and σ₂ feeds the
+    consumer directly. With z₁, z₂ the activations' inputs, g₁, g₂ the gradients at their
+    outputs, b₁ the first BatchNorm's gain and L the linear part of the segment between:
+
+        H_U = diag(g₁ σ₁''(z₁) b₁²) + D Lᵀ diag(g₂ σ₂''(z₂)) L D,    D = diag(σ₁'(z₁) b₁)
+
+    so S_j = E[c₁ x̃x̃ᵀ] + E[Σ_y e₂ w_y w_yᵀ] with w = L_j(d ⊙ X), and S·v needs two more
+    depthwise convs, no autograd graph (``times``). ``of`` returns None for other paths."""
+
+    def __init__(self, site: Site, linear: list[nn.Module], second: Activation) -> None:
+        self.site, self.linear, self.second = site, linear, second
+
+    @classmethod
+    def of(cls, site: Site) -> SecondCurvature | None:
+        between = site.between
+        curved = [i for i, m in enumerate(between) if isinstance(m, Activation)]
+        curved = [i for i in curved if between[i].name != "identity"]
+        if len(curved) != 2 or not isinstance(site.producer, nn.Conv2d):
+            return None
+        first, second = curved
+        linear, rest = between[first + 1 : second], between[second + 1 :]
+        if first != (site.norm is not None) or not all(
+            isinstance(m, _LINEAR_SEGMENT) for m in linear
+        ):
+            return None
+        if not all(isinstance(m, _SHAPE_KEEPING) for m in rest):
+            return None
+        return cls(site, linear, between[second])
+
+    def coefficients(self, taps) -> tuple[Tensor, Tensor, Tensor]:
+        """(c₁, d, e₂) per sample and unit, shaped like U, from eval-mode taps."""
+        site = self.site
+        gain = bn_gain(site).to(taps.pre).reshape(1, -1, 1, 1)
+        c1 = taps.grad_post * second_derivative(site.activation, taps.pre) * gain * gain
+        d = first_derivative(site.act, taps.pre) * gain
+        with torch.no_grad(), eval_mode(self.linear):
+            z2 = taps.post
+            for module in self.linear:
+                z2 = module(z2)
+        e2 = taps.grad_consumer_input * second_derivative(self.second.name, z2)
+        return c1, d, e2
+
+    def _apply(self, maps: Tensor, units: slice | None = None) -> tuple[Tensor, list]:
+        """L (its linear part: no biases, no means) on N × C × H × W maps of all units, or of
+        one unit ``units`` repeated over the C channels; and the input shapes, for ``_adjoint``."""
+        shapes = []
+        for module in self.linear:
+            shapes.append(maps.shape)
+            if isinstance(module, DepthwiseConv2d):
+                weight = module.weight.detach()
+                if units is not None:
+                    weight = weight[units].expand(maps.shape[1], -1, -1, -1)
+                geometry = (module.stride, module.padding, module.dilation)
+                maps = F.conv2d(maps, weight.to(maps), None, *geometry, groups=maps.shape[1])
+            elif isinstance(module, nn.BatchNorm2d):
+                gain = _norm_gain(module).to(maps)
+                gain = gain[units].expand(maps.shape[1]) if units is not None else gain
+                maps = maps * gain.reshape(1, -1, 1, 1)
+        return maps, shapes
+
+    def _adjoint(self, maps: Tensor, shapes: list) -> Tensor:
+        for module, shape in zip(reversed(self.linear), reversed(shapes), strict=True):
+            if isinstance(module, DepthwiseConv2d):
+                geometry = (module.stride, module.padding, module.dilation)
+                weight = module.weight.detach().to(maps)
+                maps = conv2d_input(shape, weight, maps, *geometry, module.groups)
+            elif isinstance(module, nn.BatchNorm2d):
+                maps = maps * _norm_gain(module).to(maps).reshape(1, -1, 1, 1)
+        return maps
+
+    def times(self, c1: Tensor, d: Tensor, e2: Tensor, direction: Tensor) -> Tensor:
+        """H_U · direction for every unit at once (shaped like U)."""
+        along, shapes = self._apply(d * direction)
+        return c1 * direction + d * self._adjoint(e2 * along, shapes)
+
+    def matrices(self, producer_input: Tensor, c1, d, e2, units: range) -> Tensor:
+        """Σ_batch S_j (float64) for ``units``: the closed form's term plus E[Σ_y e₂ w wᵀ]."""
+        site = self.site
+        patches = with_bias_channel(site, site.input_patches(producer_input))  # N × p × L
+        count, p = patches.shape[:2]
+        maps_shape = (count, p, *d.shape[2:])
+        rows = patches.transpose(1, 2).reshape(-1, p)
+        first = c1.permute(0, 2, 3, 1).reshape(-1, site.width)
+        parts = []
+        for j in units:
+            one = (rows * first[:, j, None]).T @ rows
+            w, _ = self._apply(
+                (patches * d[:, j].reshape(count, 1, -1)).reshape(maps_shape), slice(j, j + 1)
+            )
+            w = w.flatten(2)  # N × p × positions after the segment
+            weighted = w * e2[:, j].reshape(count, 1, -1)
+            parts.append(one + torch.einsum("npl,nql->pq", weighted, w))
+        return torch.stack(parts).double()
+
+
+def _norm_gain(norm: nn.modules.batchnorm._BatchNorm) -> Tensor:
+    gain = 1.0 / torch.sqrt(norm.running_var + norm.eps)
+    return gain * norm.weight.detach() if norm.affine else gain
+
+
+def first_derivative(act: Activation, z: Tensor) -> Tensor:
+    """σ'(z) as autograd sees the activation module (the zoo's relu: 1 at 0)."""
+    with torch.enable_grad():
+        leaf = z.detach().requires_grad_(True)
+        (slope,) = torch.autograd.grad(act(leaf).sum(), leaf)
+    return slope
 
 
 class _RectifierCurvature(torch.autograd.Function):
@@ -180,14 +296,21 @@ def bn_gain(site: Site) -> Tensor:
 
 
 CLOSED_FORM_TAPS = ("input", "pre", "grad_post")
+SECOND_CURVATURE_TAPS = ("input", "pre", "post", "grad_post", "grad_consumer_input")
 PATH_TAPS = ("input", "grad_consumer_input")
+
+
+def taps_needed(site: Site) -> tuple[str, ...]:
+    if closed_form(site):
+        return CLOSED_FORM_TAPS
+    return SECOND_CURVATURE_TAPS if SecondCurvature.of(site) else PATH_TAPS
 
 
 def site_taps(net: GrowableNet, ctx: GrowthContext, sites: list[Site], inputs, targets) -> dict:
     """One eval-mode taps pass with what the splitting matrices of ``sites`` need."""
     want = set()
     for site in sites:
-        want.update(CLOSED_FORM_TAPS if closed_form(site) else PATH_TAPS)
+        want.update(taps_needed(site))
     taps, _ = collect_taps(net, inputs, targets, ctx.loss_fn, sites=sites, want=want)
     return taps
 
@@ -203,9 +326,12 @@ def splitting_matrices(net: GrowableNet, ctx: GrowthContext, site: Site, units: 
     """S_j for ``units`` of ``site`` (len × p × p, float64) over the whole statistics set."""
     total = None
     count = 0
+    second = SecondCurvature.of(site)
     for inputs, targets in ctx.batches():
         taps = site_taps(net, ctx, [site], inputs, targets)[site.name]
-        if closed_form(site):
+        if second is not None:
+            product = second.matrices(taps.input, *second.coefficients(taps), units)
+        elif closed_form(site):
             rows = site_rows(site, taps.input, taps.pre, taps.grad_post)
             # one (p × rows)(rows × p) product per unit: an einsum over three operands would
             # build a rows × units × p intermediate

@@ -57,6 +57,7 @@ from growbench.methods._splitting import (
     Eigen,
     PathCurvature,
     PlannedSplit,
+    SecondCurvature,
     SiteRows,
     apply_splits,
     bn_gain,
@@ -193,9 +194,11 @@ class SiteBatch:
     ``x̃ᵀ (c ⊙ x̃Vᵀ) / |B|`` (``splitting_products``). Conv producers never unfold: x̃Vᵀ is a
     convolution of the site's input with V as kernels, and x̃ᵀ(c ⊙ ·) is that convolution's weight
     gradient (what autograd gives the code's zero dummy q), which is several times faster than
-    building the im2col rows and uses no patch matrix. A site whose path has a second curvature
-    (MobileNet) keeps the producer's input and the gradient at the consumer's input instead, and
-    takes c ⊙ · as a Hessian-vector product through the path (``PathCurvature``). Every tensor is
+    building the im2col rows and uses no patch matrix. A MobileNet site, whose path has a second
+    activation after the depthwise conv, also keeps d and e₂ and replaces c ⊙ · by
+    ``SecondCurvature.times`` (two depthwise convs more); any other path keeps the gradient at
+    the consumer's input and takes a Hessian-vector product through it (``PathCurvature``).
+    Every tensor is
     indexed by sample first, so ``take`` gathers a mini-batch from a larger set. Products run in
     the model dtype and come back in float64.
     """
@@ -206,16 +209,23 @@ class SiteBatch:
         inputs: Tensor,
         coefficients: Tensor | None = None,
         path_grad: Tensor | None = None,
+        slopes: Tensor | None = None,
+        second: Tensor | None = None,
     ) -> None:
         self.site = site
         self.conv = isinstance(site.producer, nn.Conv2d)
         self.inputs = inputs  # closed-form linear: rows x̃ (samples × p); else the producer input
         self.coefficients = coefficients  # c = g·σ''(z)·b²
         self.path_grad = path_grad  # ĝ at the consumer's input (the path route)
+        self.slopes, self.second = slopes, second  # d and e₂ of ``SecondCurvature``
         self._curvature: PathCurvature | None = None  # built once, for every extreme
 
     @classmethod
     def from_taps(cls, site: Site, taps: Taps) -> SiteBatch:
+        second = SecondCurvature.of(site)
+        if second is not None:
+            c1, d, e2 = second.coefficients(taps)
+            return cls(site, taps.input, c1, slopes=d, second=e2)
         if not closed_form(site):
             return cls(site, taps.input, path_grad=taps.grad_consumer_input)
         if not isinstance(site.producer, nn.Conv2d):
@@ -226,7 +236,7 @@ class SiteBatch:
         return cls(site, taps.input, taps.grad_post * curvature * gain * gain)
 
     def tensors(self) -> dict[str, Tensor]:
-        names = ("inputs", "coefficients", "path_grad")
+        names = ("inputs", "coefficients", "path_grad", "slopes", "second")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def take(self, index: Tensor) -> SiteBatch:
@@ -249,7 +259,10 @@ class SiteBatch:
             along = F.conv2d(self.inputs, weight, bias, *geometry)
         else:
             along = F.linear(self.inputs, weight, bias)
-        if self.path_grad is None:
+        if self.second is not None:
+            curvature = SecondCurvature.of(self.site)
+            weighted = curvature.times(self.coefficients, self.slopes, self.second, along)
+        elif self.path_grad is None:
             weighted = self.coefficients * along
         else:
             if self._curvature is None:
