@@ -7,8 +7,10 @@ medians. Run with ``nox -s bench`` (or ``python bench/run.py``).
 Figures:
 * harness training throughput / a bare PyTorch loop, on the same model, data, optimizer and
   batch order (target ≥ 0.95): what the harness's epoch loop costs on top of torch.
-* a GrowableNet training step / the same layers as a plain ``nn.Sequential``: what growth
-  sites and the (switched-off) statistics taps cost an ordinary training step.
+* a GrowableNet training step / the same layers in plain torch modules (``nn.ReLU`` for the
+  zoo's ReLU, no slots): what growth sites, insertion slots and the zoo's ReLU cost an ordinary
+  training step; and the zoo's ResNet-18 / torchvision's ``resnet18`` adapted to CIFAR (target
+  ≥ 0.95).
 * ``s2d`` / ``fast-s2d`` growth step, time and peak memory, on a conv site with fan-in p = 1153
   (target >= 10 on both): exact splitting matrices and eigh against Rayleigh-quotient descent.
   Each ``grow()`` runs in a fresh subprocess so its peak resident memory can be read.
@@ -19,6 +21,14 @@ Figures:
   at least 201 losses through ``extended_forward``) against ``tiny`` with its defaults (21 + 5
   per extension decade, evaluated together from the consumer on). Skipped when gromo is not
   installed.
+* every built-in method's growth step on MobileNetV1-CIFAR (width 0.25) and ResNet-18-CIFAR
+  (inner widths 1/8) with a 1,024-sample statistics set, as a share of one training epoch over
+  50,000 CIFAR-shaped samples estimated from timed batches in the same process (target ≤ 1 for
+  every method but exact s2d), and its peak memory; fast-s2d also at 50 passes over the set
+  (``rq_steps = 800``). Exact s2d is timed on MobileNet only by default (``--time-s2d-on``); for
+  the other net, and at full width, the bytes its splitting matrices need are printed.
+
+``--only throughput,steps,split,tiny,growth`` runs a subset.
 """
 
 from __future__ import annotations
@@ -93,24 +103,35 @@ def training_throughput(model: str, repeats: int, epochs: int, batch_size: int =
     return bare_seconds / harness_seconds
 
 
-def growable_overhead(model: str, repeats: int, steps: int = 50, batch_size: int = 64) -> float:
-    """Plain nn.Sequential step time over GrowableNet step time (1.0 = no overhead)."""
-    data = load_dataset("digits")
-    widths = (32, 32) if model == "mlp" else (16, 32)
-    config = ModelConfig(
-        model, data.spec.input_shape, data.spec.num_outputs, widths, batchnorm=model == "cnn"
-    )
-    growable = build_model(config, seed=0)
-    layers: list[torch.nn.Module] = [torch.nn.Flatten()] if growable.flatten_input else []
-    for block in copy.deepcopy(growable).blocks:
-        layers += [block.layer, *([block.norm] if block.norm is not None else []), block.act]
-        layers.append(block.post)
-    plain = torch.nn.Sequential(*layers)
-    inputs = data.train_inputs[:batch_size]
-    targets = data.train_targets[:batch_size]
+def plain_copy(net: torch.nn.Module) -> torch.nn.Module:
+    """The same layers with growbench's modules swapped for torch's: each activation for the
+    torch module of the same function, each empty insertion slot dropped."""
+    from growbench.nn import Activation, Slot
+
+    torch_activation = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "silu": torch.nn.SiLU}
+    plain = copy.deepcopy(net)
+    for module in list(plain.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, Activation):
+                setattr(module, name, torch_activation[child.name]())
+            elif isinstance(child, Slot) and child.empty:
+                setattr(module, name, torch.nn.Identity())
+    return torch.nn.Sequential(*plain.stages)
+
+
+def step_ratio(
+    reference: torch.nn.Module,
+    growable: torch.nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    repeats: int,
+    steps: int,
+) -> float:
+    """Reference training-step time over GrowableNet training-step time (1.0 = no overhead)."""
 
     def stepper(net: torch.nn.Module) -> Callable[[], None]:
         optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        net.train()
 
         def steps_of_training() -> None:
             for _ in range(steps):
@@ -120,10 +141,37 @@ def growable_overhead(model: str, repeats: int, steps: int = 50, batch_size: int
 
         return steps_of_training
 
-    plain_seconds, growable_seconds = interleaved_medians(
-        stepper(plain), stepper(growable), repeats
+    reference_seconds, growable_seconds = interleaved_medians(
+        stepper(reference), stepper(growable), repeats
     )
-    return plain_seconds / growable_seconds
+    return reference_seconds / growable_seconds
+
+
+def growable_overhead(model: str, repeats: int, steps: int = 50, batch_size: int = 64) -> float:
+    """Plain nn.Sequential step time over GrowableNet step time on the digits nets."""
+    data = load_dataset("digits")
+    widths = (32, 32) if model == "mlp" else (16, 32)
+    config = ModelConfig(
+        model, data.spec.input_shape, data.spec.num_outputs, widths, batchnorm=model == "cnn"
+    )
+    growable = build_model(config, seed=0)
+    inputs, targets = data.train_inputs[:batch_size], data.train_targets[:batch_size]
+    return step_ratio(plain_copy(growable), growable, inputs, targets, repeats, steps)
+
+
+def resnet_overhead(repeats: int, steps: int = 2, batch_size: int = 32) -> float:
+    """torchvision's resnet18 adapted to CIFAR (3×3 stride-1 stem, no max pool) against the zoo's
+    resnet18 (CIFAR form, full width), one training step each, CIFAR-shaped random data."""
+    import torchvision
+
+    reference = torchvision.models.resnet18(num_classes=10)
+    reference.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    reference.maxpool = torch.nn.Identity()
+    growable = build_model(ModelConfig("resnet18", (3, 32, 32), 10), seed=0)
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(batch_size, 3, 32, 32, generator=generator)
+    targets = torch.randint(0, 10, (batch_size,), generator=generator)
+    return step_ratio(reference, growable, inputs, targets, repeats, steps)
 
 
 SPLIT_CHANNELS = 128  # input channels of the conv site: p = 128·3·3 + 1 = 1153
@@ -285,9 +333,10 @@ def tiny_step_cost(repeats: int, samples: int = 2048, width: int = 32) -> tuple[
             data.spec.input_shape, data.spec.num_outputs, width, 2, activation=nn.ReLU()
         )
         with torch.no_grad():
-            for block, layer in zip(net.blocks, model.layers, strict=True):
-                layer.layer.weight.copy_(block.layer.weight)
-                layer.layer.bias.copy_(block.layer.bias)
+            ours = [site.producer for site in net.sites] + [net.sites[-1].consumer]
+            for mine, layer in zip(ours, model.layers, strict=True):
+                layer.layer.weight.copy_(mine.weight)
+                layer.layer.bias.copy_(mine.bias)
 
         def loss_at(gamma: float) -> float:
             model.set_scaling_factor(gamma)
@@ -333,6 +382,115 @@ def tiny_step_cost(repeats: int, samples: int = 2048, width: int = 32) -> tuple[
     return gromo / growbench, note
 
 
+# The papers' nets the growth-step figure is measured on: (label, options, full-width options).
+GROWTH_NETS = {
+    "mobilenetv1": ("MobileNetV1-CIFAR, width 0.25", {"width_multiplier": 0.25}, {}),
+    "resnet18": ("ResNet-18-CIFAR, inner widths 1/8", {"inner_ratio": 0.125}, {}),
+}
+EPOCH_SAMPLES = 50_000
+STATS_SAMPLES = 1024
+TRAIN_BATCH = 128
+
+
+def growth_probe(model: str, method: str, options: str, threads: int) -> dict:
+    """In a fresh process: one training epoch over 50,000 CIFAR-shaped samples, estimated from
+    timed batches of 128, then one ``grow()`` of ``method`` (with the JSON ``options``) on a
+    1,024-sample statistics set; seconds, phases and peak resident memory above the resident
+    memory just before the grow. A warm-up grow on a tiny net of the same model comes first."""
+    torch.set_num_threads(threads)
+    options = json.loads(options)
+    shape = (3, 32, 32)
+    config = ModelConfig(model, shape, 10, **GROWTH_NETS[model][1])
+    net = build_model(config, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(STATS_SAMPLES, *shape, generator=generator)
+    targets = torch.randint(0, 10, (STATS_SAMPLES,), generator=generator)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    net.train()
+    steps = []
+    for _ in range(4):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        out = net(inputs[:TRAIN_BATCH])
+        classification_loss(out, targets[:TRAIN_BATCH], reduction="mean").backward()
+        optimizer.step()
+        steps.append(time.perf_counter() - start)
+    epoch = statistics.median(steps[1:]) * EPOCH_SAMPLES / TRAIN_BATCH
+    optimizer.zero_grad(set_to_none=True)
+    net.eval()
+
+    def context(count: int) -> GrowthContext:
+        return GrowthContext(
+            inputs[:count], targets[:count], classification_loss, "params", math.inf,
+            torch.Generator().manual_seed(1), batch_size=256,
+        )  # fmt: skip
+
+    small = build_model(ModelConfig(model, shape, 10, width_multiplier=1 / 16), seed=0)
+    warm_up = {**options, "rq_steps": 2} if method == "fast-s2d" else options
+    make_grower(method, warm_up).grow(small, context(16))
+    grower = make_grower(method, options)
+    base = _resident_bytes()
+    was_reset = _reset_peak()
+    start = time.perf_counter()
+    event = grower.grow(net, context(STATS_SAMPLES))
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "epoch": epoch,
+        "peak_bytes": _peak_bytes(was_reset) - base,
+        "phases": {name: round(value, 1) for name, value in event.seconds.items()},
+        "units": sum(event.units_added.values()),
+    }
+
+
+def splitting_matrix_bytes(config: ModelConfig) -> int:
+    """What s2d's exact splitting matrices of every unit of every site take, n·p²·8 bytes."""
+    net = build_model(config)
+    return sum(site.width * site.fan_in_size**2 * 8 for site in net.sites)
+
+
+def growth_step_costs(threads: int, time_s2d_on: tuple[str, ...]) -> list[str]:
+    """Every built-in method's growth step on the papers' nets as a share of one training epoch
+    (target ≤ 1 for every method but exact s2d), each grow() in its own process."""
+    import growbench.methods.builtin  # noqa: F401
+    from growbench.methods import registry
+
+    lines = []
+    for model, (label, options, full) in GROWTH_NETS.items():
+        runs = [(name, {}) for name in sorted(registry._BUILTINS)]
+        runs.append(("fast-s2d", {"rq_steps": 800}))  # 50 passes over the 1,024 samples
+        for method, extra in runs:
+            if method == "s2d" and model not in time_s2d_on:
+                shape = ModelConfig(model, (3, 32, 32), 10, **options)
+                widest = ModelConfig(model, (3, 32, 32), 10, **full)
+                lines.append(
+                    f"{label}: s2d not timed here; its splitting matrices take "
+                    f"{splitting_matrix_bytes(shape) / 2**30:.2f} GiB at this width and "
+                    f"{splitting_matrix_bytes(widest) / 2**30:.1f} GiB at full width"
+                )
+                continue
+            command = [sys.executable, __file__, "--growth-probe", model, method]
+            command += [json.dumps(extra), str(threads)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            setting = f" ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else ""
+            lines.append(
+                f"{label}: {method}{setting} growth step / one epoch = "
+                f"{result['seconds'] / result['epoch']:.3f} (target <= 1"
+                f"{'' if method != 's2d' else ', exact s2d exempt'}); "
+                f"{result['seconds']:.1f} s against an epoch of {result['epoch']:.0f} s, "
+                f"peak {result['peak_bytes'] / 2**20:.0f} MiB, {result['units']} units, "
+                f"phases {result['phases']}"
+            )
+            if method == "s2d":
+                widest = ModelConfig(model, (3, 32, 32), 10, **full)
+                lines[-1] += (
+                    f"; at full width its splitting matrices would take "
+                    f"{splitting_matrix_bytes(widest) / 2**30:.1f} GiB"
+                )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
@@ -343,41 +501,69 @@ def main() -> None:
     parser.add_argument(
         "--split-repeats", type=int, default=3, help="repeats of the s2d / fast-s2d figure"
     )
+    parser.add_argument(
+        "--time-s2d-on",
+        default="mobilenetv1",
+        help="comma-separated nets of the growth-step figure on which exact s2d is timed "
+        "(resnet18 takes tens of minutes on a CPU)",
+    )
+    parser.add_argument(
+        "--only", help="comma-separated figures: throughput, steps, split, tiny, growth"
+    )
     parser.add_argument("--splitting-probe", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--growth-probe", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.splitting_probe:  # a child of splitting_step_cost
         method, *numbers = args.splitting_probe
         print(json.dumps(splitting_probe(method, *map(int, numbers))))
         return
+    if args.growth_probe:  # a child of growth_step_costs
+        model, method, options, threads = args.growth_probe
+        print(json.dumps(growth_probe(model, method, options, int(threads))))
+        return
+    figures = set((args.only or "throughput,steps,split,tiny,growth").split(","))
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     print(f"growbench bench (torch {torch.__version__}, {torch.get_num_threads()} threads)")
-    for model in ("mlp", "cnn"):
-        ratio = training_throughput(model, args.repeats, args.epochs)
+    if "throughput" in figures:
+        for model in ("mlp", "cnn"):
+            ratio = training_throughput(model, args.repeats, args.epochs)
+            print(
+                f"training throughput, harness / bare loop, digits {model}: {ratio:.3f} "
+                "(target >= 0.95)"
+            )
+    if "steps" in figures:
+        for model in ("mlp", "cnn"):
+            ratio = growable_overhead(model, args.repeats)
+            print(
+                f"training step speed, GrowableNet / the same layers in plain torch modules, "
+                f"digits {model}: {ratio:.3f}"
+            )
+        ratio = resnet_overhead(max(3, args.repeats // 2))
         print(
-            f"training throughput, harness / bare loop, digits {model}: {ratio:.3f} "
-            "(target >= 0.95)"
+            "training step speed, GrowableNet resnet18 / torchvision's resnet18 adapted to "
+            f"CIFAR, batch 32 at 32x32: {ratio:.3f} (target >= 0.95)"
         )
-    for model in ("mlp", "cnn"):
-        ratio = growable_overhead(model, args.repeats)
-        print(
-            f"training step speed, GrowableNet / plain nn.Sequential, digits {model}: {ratio:.3f}"
-        )
-    for time_ratio, memory_ratio, note in splitting_step_cost(args.split_repeats, args.threads):
-        print(
-            f"growth step, s2d / fast-s2d, 3x3 conv site 128->32 channels (p = 1153): "
-            f"time {time_ratio:.1f}x, peak memory {memory_ratio:.1f}x (target >= 10 on both); "
-            f"{note}"
-        )
-    try:
-        ratio, note = tiny_step_cost(args.repeats)
-    except ImportError:
-        print("TINY growth step: skipped (gromo not installed)")
-    else:
-        print(
-            "TINY growth step (statistics, solve, γ search, surgery) on the digits MLP, "
-            f"gromo / growbench time ratio: {ratio:.1f}x (target >= 10); {note}"
-        )
+    if "split" in figures:
+        for time_ratio, memory_ratio, note in splitting_step_cost(args.split_repeats, args.threads):
+            print(
+                f"growth step, s2d / fast-s2d, 3x3 conv site 128->32 channels (p = 1153): "
+                f"time {time_ratio:.1f}x, peak memory {memory_ratio:.1f}x (target >= 10 on "
+                f"both); {note}"
+            )
+    if "tiny" in figures:
+        try:
+            ratio, note = tiny_step_cost(args.repeats)
+        except ImportError:
+            print("TINY growth step: skipped (gromo not installed)")
+        else:
+            print(
+                "TINY growth step (statistics, solve, γ search, surgery) on the digits MLP, "
+                f"gromo / growbench time ratio: {ratio:.1f}x (target >= 10); {note}"
+            )
+    if "growth" in figures:
+        for line in growth_step_costs(args.threads, tuple(args.time_s2d_on.split(","))):
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

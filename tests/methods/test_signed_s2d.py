@@ -668,3 +668,14 @@ def test_auto_solver_estimates_only_sites_too_big_for_the_byte_budget():
     assert widths["block1"][0] * widths["block1"][1] ** 2 * 8 > budget
     event = make_grower(NAME, {"max_stat_bytes": budget}).grow(task.net, task.context())
     assert event.extras["rayleigh_sites"] == ["block1"]
+
+
+def test_auto_solver_estimates_sites_whose_exact_matrices_cost_more():
+    """Forming S costs ~N·p per unit and position against the estimator's 2·steps·batch: with
+    2,048 samples a fan-in above 100 is estimated even when its matrices fit."""
+    grower = make_grower(NAME)
+    net = make_task("vgg").net
+    narrow, wide = net.site("conv1"), net.site("conv8")  # p = 27 and p = 16·9 = 144
+    assert not grower._estimates(narrow, 2048)
+    assert grower._estimates(wide, 2048)
+    assert not grower._estimates(wide, 1024)  # p ≤ 200 is still cheaper exact

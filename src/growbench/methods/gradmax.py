@@ -253,7 +253,8 @@ class GradMax(Grower):
             for site in sites:
                 wanted = math.ceil(config.growth_fraction * self._initial_widths[site.name])
                 wanted = min(wanted, site.fan_out_size)
-                left, values, _ = torch.linalg.svd(gammas[site.name], full_matrices=True)
+                gamma = gammas[site.name]  # only the top `wanted` left vectors are needed
+                left, values, _ = torch.linalg.svd(gamma, full_matrices=wanted > min(gamma.shape))
                 directions = canonical_sign(left[:, :wanted].T.contiguous())
                 plans.append(
                     _Plan(

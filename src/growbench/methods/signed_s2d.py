@@ -26,7 +26,11 @@ rejects the 2-copy signed split. Selection is greedy by score / exact cost (a 3-
 units) within B = ``growth_ratio`` × the net's current cost and the remaining budget, at most
 doubling a site per round. ``eigen_solver``: ``"exact"`` (``eigh`` of every S_j), ``"rayleigh"``
 (fast-s2d's Rayleigh-quotient estimator for v_min and v_max, S never formed) or ``"auto"`` (the
-default: exact for a site whose matrices fit in ``max_stat_bytes``, else Rayleigh). Two progress
+default: exact for a site whose matrices fit in ``max_stat_bytes`` and whose exact matrices cost
+no more than the estimator, else Rayleigh; forming S costs about N·p² multiply-adds per unit and
+position over N samples, the estimator 2·steps·batch·p, so exact wins while N·p ≤ 2·steps·batch:
+p ≤ 100 with the 2,048-sample default set, p ≤ 200 with 1,024, so a ResNet's 3×3 sites are
+estimated). Two progress
 rules of ours keep tiny nets growing: the round budget B never blocks the first split of a round,
 and the doubling cap never blocks the first split at a site (a width-1 site may go to 3). Only the
 remaining budget can stop a round from growing at all, and only then is ``stop_reason = "budget
@@ -158,11 +162,14 @@ class SignedS2D(Grower):
         ),
     )
 
-    def _estimates(self, site: Site) -> bool:
+    def _estimates(self, site: Site, samples: int) -> bool:
         """Whether ``site``'s eigenpairs come from the Rayleigh estimator rather than ``eigh``."""
         solver = self.config.eigen_solver
         if solver == "auto":
-            return site.width * site.fan_in_size**2 * 8 > self.config.max_stat_bytes
+            schedule = FastS2DConfig().schedule()
+            too_big = site.width * site.fan_in_size**2 * 8 > self.config.max_stat_bytes
+            costlier = samples * site.fan_in_size > 2 * schedule.steps * schedule.batch_size
+            return too_big or costlier
         return solver == "rayleigh"
 
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
@@ -172,7 +179,7 @@ class SignedS2D(Grower):
         sites = splittable_sites(self.growable_sites(net))
         peak = 0
         eigens = []
-        estimated = [site for site in sites if self._estimates(site)]
+        estimated = [site for site in sites if self._estimates(site, len(ctx.inputs))]
         if estimated:
             with event.phase("search"):
                 rayleigh = rayleigh_eigen(net, ctx, estimated, FastS2DConfig().schedule())
