@@ -108,7 +108,12 @@ def plain_copy(net: torch.nn.Module) -> torch.nn.Module:
     torch module of the same function, each empty insertion slot dropped."""
     from growbench.nn import Activation, Slot
 
-    torch_activation = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "silu": torch.nn.SiLU}
+    torch_activation = {
+        "relu": torch.nn.ReLU,
+        "tanh": torch.nn.Tanh,
+        "silu": torch.nn.SiLU,
+        "identity": torch.nn.Identity,
+    }
     plain = copy.deepcopy(net)
     for module in list(plain.modules()):
         for name, child in list(module.named_children()):

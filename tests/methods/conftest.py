@@ -74,12 +74,7 @@ def _trained(name: str) -> Task:
         inputs = torch.randn(24, *config.input_shape, generator=generator, dtype=torch.float64)
         targets = torch.randint(0, 3, (24,), generator=generator)
         loss_fn = classification_loss
-        optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
-        net.train()
-        for _ in range(5):
-            optimizer.zero_grad()
-            loss_fn(net(inputs), targets).mean().backward()
-            optimizer.step()
+        _train(net, inputs, targets, loss_fn, steps=5)
         for module in net.modules():  # running statistics = the data's, so eval mode is sane
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.reset_running_stats()
@@ -95,14 +90,19 @@ def _trained(name: str) -> Task:
         inputs = torch.randn(64, 3, 8, 8, generator=generator, dtype=torch.float64)
         targets = torch.randint(0, 3, (64,), generator=generator)
         loss_fn = classification_loss
-        optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
-        net.train()
-        for _ in range(20):
-            optimizer.zero_grad()
-            loss_fn(net(inputs), targets).mean().backward()
-            optimizer.step()
+        _train(net, inputs, targets, loss_fn, steps=20)
     net.eval()
     return Task(net, inputs, targets, loss_fn)
+
+
+def _train(net, inputs, targets, loss_fn, steps: int) -> None:
+    """Full-batch SGD in train mode, so BatchNorm statistics and weights are not at init."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+    net.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_fn(net(inputs), targets).mean().backward()
+        optimizer.step()
 
 
 def make_task(name: str) -> Task:
