@@ -43,7 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -454,13 +454,13 @@ def splitting_matrix_bytes(config: ModelConfig) -> int:
     return sum(site.width * site.fan_in_size**2 * 8 for site in net.sites)
 
 
-def growth_step_costs(threads: int, time_s2d_on: tuple[str, ...]) -> list[str]:
+def growth_step_costs(threads: int, time_s2d_on: tuple[str, ...]) -> Iterator[str]:
     """Every built-in method's growth step on the papers' nets as a share of one training epoch
-    (target ≤ 1 for every method but exact s2d), each grow() in its own process."""
+    (target ≤ 1 for every method but exact s2d), each grow() in its own process; one line per
+    measurement, as it is made."""
     import growbench.methods.builtin  # noqa: F401
     from growbench.methods import registry
 
-    lines = []
     for model, (label, options, full) in GROWTH_NETS.items():
         runs = [(name, {}) for name in sorted(registry._BUILTINS)]
         runs.append(("fast-s2d", {"rq_steps": 800}))  # 50 passes over the 1,024 samples
@@ -468,7 +468,7 @@ def growth_step_costs(threads: int, time_s2d_on: tuple[str, ...]) -> list[str]:
             if method == "s2d" and model not in time_s2d_on:
                 shape = ModelConfig(model, (3, 32, 32), 10, **options)
                 widest = ModelConfig(model, (3, 32, 32), 10, **full)
-                lines.append(
+                yield (
                     f"{label}: s2d not timed here; its splitting matrices take "
                     f"{splitting_matrix_bytes(shape) / 2**30:.2f} GiB at this width and "
                     f"{splitting_matrix_bytes(widest) / 2**30:.1f} GiB at full width"
@@ -479,7 +479,7 @@ def growth_step_costs(threads: int, time_s2d_on: tuple[str, ...]) -> list[str]:
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             result = json.loads(done.stdout.strip().splitlines()[-1])
             setting = f" ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else ""
-            lines.append(
+            line = (
                 f"{label}: {method}{setting} growth step / one epoch = "
                 f"{result['seconds'] / result['epoch']:.3f} (target <= 1"
                 f"{'' if method != 's2d' else ', exact s2d exempt'}); "
@@ -489,11 +489,11 @@ def growth_step_costs(threads: int, time_s2d_on: tuple[str, ...]) -> list[str]:
             )
             if method == "s2d":
                 widest = ModelConfig(model, (3, 32, 32), 10, **full)
-                lines[-1] += (
+                line += (
                     f"; at full width its splitting matrices would take "
                     f"{splitting_matrix_bytes(widest) / 2**30:.1f} GiB"
                 )
-    return lines
+            yield line
 
 
 def main() -> None:

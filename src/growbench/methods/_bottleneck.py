@@ -319,8 +319,12 @@ def sample_chunks(site: Site, taps: Taps, fields: tuple[str, ...]) -> Iterator[T
 def _batch_parts(site: Site, taps) -> tuple[list[Tensor], tuple[int, int] | None]:
     """Per-batch sums in float64: one Gram matrix of [B | h̃ | g_a] rows and the sizes of B and
     h̃ when T = 1 (``_gram_parts`` cuts it once the batches are summed), else
-    [S_x, S_h, M_x, M_h, P, ‖g‖²]."""
-    big = consumer_taps(site, linear_path(site, patch_maps(site, taps.input), "average"))
+    [S_x, S_h, M_x, M_h, P, ‖g‖²]. With T > 1, S_x = Σ_(o,t) B B ᵀ is Σ_y count(y)·X_y X_yᵀ
+    over the maps' positions y (count: how many (o, t) read y; zero padding adds nothing), T
+    times cheaper than over the taps, and a conv consumer's M_x is its weight gradient with the
+    maps as input."""
+    maps = linear_path(site, patch_maps(site, taps.input), "average")
+    big = consumer_taps(site, maps)
     h = consumer_rows(site, taps.consumer_input)
     g = output_rows(taps.grad_output)
     p = big.shape[1]
@@ -328,11 +332,34 @@ def _batch_parts(site: Site, taps) -> tuple[list[Tensor], tuple[int, int] | None
         x = big[:, :, 0]
         rows = torch.cat([x, h, g], dim=1).transpose(1, 2).reshape(-1, p + h.shape[1] + g.shape[1])
         return [(rows.T @ rows).double()], (p, h.shape[1])
-    flat = big.flatten(2)
+    consumer = site.consumer
+    flat = maps.flatten(2)  # N × p × positions
+    if isinstance(consumer, nn.Conv2d):
+        geometry = {
+            "kernel_size": consumer.kernel_size,
+            "dilation": consumer.dilation,
+            "padding": consumer.padding,
+            "stride": consumer.stride,
+        }
+        ones = maps.new_ones(1, 1, *maps.shape[2:])
+        count = F.fold(F.unfold(ones, **geometry), maps.shape[2:], **geometry).flatten()
+        gradient = torch.nn.grad.conv2d_weight(
+            maps,
+            (consumer.out_channels, p, *consumer.kernel_size),
+            taps.grad_output,
+            stride=consumer.stride,
+            padding=consumer.padding,
+            dilation=consumer.dilation,
+        )  # q × p × kh × kw
+        m_x = gradient.flatten(2).permute(1, 0, 2).reshape(p, -1)
+    else:  # a flatten: each position read once
+        count = None
+        m_x = torch.einsum("iat,ic->act", flat, g[:, :, 0]).reshape(p, -1)
+    weighted = flat if count is None else flat * count
     parts = [
-        torch.einsum("iaz,ibz->ab", flat, flat),
+        torch.einsum("iaz,ibz->ab", weighted, flat),
         torch.einsum("iel,ifl->ef", h, h),
-        torch.einsum("iatl,icl->act", big, g).reshape(p, -1),
+        m_x,
         torch.einsum("iel,icl->ec", h, g),
         torch.einsum("iatl,iel->tae", big, h),
         (g * g).sum(),

@@ -461,8 +461,8 @@ class _GrownTailLoss:
 class _LossAtGamma:
     """Mean loss on the statistics set, eval mode, of the net grown at amplitude γ, without
     touching it: the new units' contribution x̃α and the consumer update's h̃δ are computed once;
-    each pass runs many γ at once from the site's stage, the consumer's output shifted by
-    γ·σ(γx̃α)ω/γ − γ²·h̃δ through a forward hook."""
+    each pass runs many γ at once from the stage that holds the consumer, the consumer's output
+    shifted by γ·(σ(γx̃α)/γ)ω − γ²·h̃δ through a forward hook."""
 
     def __init__(
         self,
@@ -479,14 +479,17 @@ class _LossAtGamma:
         dtype = site.producer.weight.dtype
         alpha_m, delta_m = alpha.to(dtype), delta.to(dtype)
         self.omega = omega.to(dtype)
+        # each γ runs the net from the stage that holds the consumer, on cached stage inputs
+        self.start = net.stage_of(site.consumer)
         parts = []
         with torch.no_grad():
             for state, targets in _states(net, ctx, site):
-                with record_inputs([site.producer, site.consumer]) as seen:
+                with record_inputs([site.producer, site.consumer, net.stages[self.start]]) as seen:
                     net.forward_from(site, state)
                 x_tilde = with_ones(seen[site.producer], site.producer.bias is not None)
                 h_tilde = with_ones(seen[site.consumer], site.consumer.bias is not None)
-                parts.append((state, x_tilde @ alpha_m.T, h_tilde @ delta_m.T, targets))
+                stage_input = seen[net.stages[self.start]]
+                parts.append((stage_input, x_tilde @ alpha_m.T, h_tilde @ delta_m.T, targets))
         self.cache = tuple(torch.cat(part) for part in zip(*parts, strict=True))
         # σ positively homogeneous: σ(γu) = γσ(u) for γ ≥ 0, so the consumer's output moves by
         # γ²·(σ(x̃α)ω − h̃δ), one direction computed once for every γ.
@@ -521,7 +524,7 @@ class _LossAtGamma:
                 handle = site.consumer.register_forward_hook(shifted)
                 try:
                     repeated = states.repeat(len(chunk), *[1] * (states.ndim - 1))
-                    out = self.net.forward_from(site, repeated)
+                    out = self.net.run_stages(repeated, self.start)
                 finally:
                     handle.remove()
                 per_sample = self.ctx.loss_fn(

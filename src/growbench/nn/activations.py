@@ -4,8 +4,8 @@ Growth methods need to know more about an activation than torch does: whether σ
 with zero fan-in are then silent), σ'(0) as autograd sees it, and whether σ(σ(z)) = σ(z) (an
 identity layer inserted after it then keeps the function). One table holds those facts.
 
-The zoo's ReLU (and leaky ReLU, SELU) is written with ``torch.where`` so that its autograd
-derivative at 0 is the right derivative (1 for ReLU), as in TensorFlow and GroMo. ``torch.relu``
+The zoo's ReLU (a threshold just below 0) and its leaky ReLU and SELU (``torch.where``) have the
+right derivative at 0 under autograd (1 for ReLU), as in TensorFlow and GroMo. ``torch.relu``
 and ``clamp_min(0)`` have derivative 0 there, which freezes every unit whose fan-in is zero
 (GradMax, random-add in zero-fan-in mode).
 """
@@ -31,13 +31,20 @@ class ActivationInfo:
     identity_at_init: bool = False  # the activation is the identity at its initial parameters
 
 
+_BELOW_ZERO: dict[torch.dtype, float] = {}  # the negative number closest to 0, per dtype
+
+
 def _relu(z: Tensor) -> Tensor:
     # torch.relu and clamp_min have derivative 0 at 0, which freezes zero-fan-in units.
-    # z + relu(−z) has the same values (z < 0: z + (−z) is exactly +0) and derivative
-    # 1 − relu'(−z) = 1 at 0. Three fast kernels: 1.5-10x faster than torch.where(z < 0, 0.0, z)
-    # on this CPU build (10x at 2048 × 32), whose scalar-broadcast kernel is slow. Only z = −inf
-    # differs (NaN, not 0).
-    return z + torch.relu(-z)
+    # threshold(z, t, 0) is z where z > t, else 0, and its gradient is 1 where z > t: with t the
+    # negative number closest to 0 in z's dtype, the values are relu's (z < 0 gives +0; −0.0
+    # passes as −0.0) and the derivative at 0 is 1. One kernel each way, as fast as torch.relu
+    # and 3x faster than the earlier z + relu(−z) on a 64 × 64 × 32 × 32 batch here.
+    below = _BELOW_ZERO.get(z.dtype)
+    if below is None:
+        zero = torch.zeros((), dtype=z.dtype)
+        below = _BELOW_ZERO[z.dtype] = float(torch.nextafter(zero, -torch.ones_like(zero)))
+    return F.threshold(z, below, 0.0)
 
 
 def _leaky_relu(z: Tensor) -> Tensor:

@@ -465,17 +465,21 @@ class GrowableNet(nn.Module):
     # ------------------------------------------------------------- partial forward passes
     def forward_until(self, site: Site | str, x: Tensor) -> Tensor:
         """The input of the stage that holds ``site``'s producer; ``forward_from`` goes on."""
-        site = self._resolve(site)
-        for stage in self.stages[: site.stage]:
-            x = stage(x)
-        return x
+        return self.run_stages(x, 0, self._resolve(site).stage)
 
     def forward_from(self, site: Site | str, state: Tensor) -> Tensor:
         """The net's output from what ``forward_until(site, ·)`` returned."""
-        site = self._resolve(site)
-        for stage in self.stages[site.stage :]:
-            state = stage(state)
-        return state
+        return self.run_stages(state, self._resolve(site).stage)
+
+    def run_stages(self, x: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+        """Stages ``start`` to ``stop`` (exclusive; default: to the output) applied to ``x``."""
+        for stage in self.stages[start:stop]:
+            x = stage(x)
+        return x
+
+    def stage_of(self, module: nn.Module) -> int:
+        """The index of the stage that holds ``module``."""
+        return self._stage_of(module)
 
     def copy_for(self, site: Site | str) -> GrowableNet:
         """A copy in which only ``site``'s producer, per-unit modules and consumer (and the
@@ -599,6 +603,34 @@ class GrowableNet(nn.Module):
 INSERT_INITS = ("identity", "zero-branch")
 
 
+@dataclass
+class _InsertionPoint:
+    """Where a layer goes: a site's slot or a free slot, and what it reads and feeds."""
+
+    place: str
+    site: Site | None
+    free: FreeSlot | None
+    slot: Slot
+    consumer: nn.Module  # what reads the slot's output now
+    reference: nn.Module  # whose dtype, device, kind and mode the new layer takes
+    units: int
+    previous: str | None  # the activation the slot follows (None at the input)
+
+
+def _insertion_point(net: GrowableNet, where: Site | str) -> _InsertionPoint:
+    if not isinstance(where, Site) and where in net.free_slots:
+        free = net.free_slots[where]
+        return _InsertionPoint(
+            where, None, free, free.slot, free.consumer, free.consumer, free.width, None
+        )
+    site = net._resolve(where)
+    if site.slot is None:
+        raise ValueError(f"insert_layer at {site.name!r}: the model builder gave it no slot")
+    return _InsertionPoint(
+        site.name, site, None, site.slot, site.consumer, site.producer, site.width, site.activation
+    )
+
+
 def insert_layer(
     net: GrowableNet,
     where: Site | str,
@@ -632,107 +664,109 @@ def insert_layer(
     """
     if init not in INSERT_INITS:
         raise ValueError(f"insert_layer: unknown init {init!r}; choose one of {INSERT_INITS}")
-    site = where if isinstance(where, Site) else None
-    free = None
-    if site is None:
-        if where in net.free_slots:
-            free = net.free_slots[where]
-        else:
-            site = net.site(where)
-    place = site.name if site is not None else where
-    slot = site.slot if site is not None else free.slot
-    if slot is None:
-        raise ValueError(f"insert_layer at {place!r}: the model builder gave this site no slot")
-    consumer = site.consumer if site is not None else free.consumer
-    reference = site.producer if site is not None else free.consumer
-    units = site.width if site is not None else free.width
-    previous = site.activation if site is not None else None
-    new_activation = activation or previous
-    if new_activation is None:
-        raise ValueError(f"insert_layer at {place!r}: name the new layer's activation")
-    info = activation_info(new_activation)
+    point = _insertion_point(net, where)
+    name = activation or point.previous
+    if name is None:
+        raise ValueError(f"insert_layer at {point.place!r}: name the new layer's activation")
+    info = activation_info(name)
     if init == "identity" and not (
-        info.identity_at_init or (new_activation == previous and info.idempotent)
+        info.identity_at_init or (name == point.previous and info.idempotent)
     ):
-        after = f"after activation {previous!r}" if previous else "at the input"
+        after = f"after activation {point.previous!r}" if point.previous else "at the input"
         raise ValueError(
-            f"insert_layer at {place!r}: an identity layer with activation {new_activation!r} "
+            f"insert_layer at {point.place!r}: an identity layer with activation {name!r} "
             f"{after} would change the function; use an idempotent activation (relu) at a relu "
             "site, activation='identity', or init='zero-branch'"
         )
-    if init == "zero-branch" and site is None:
-        raise ValueError("insert_layer: init='zero-branch' needs a site, not a free slot")
-    if init == "zero-branch" and generator is None:
-        raise ValueError("insert_layer: init='zero-branch' draws its first layer from `generator`")
-    use_norm = (site is not None and site.norm is not None) if batchnorm is None else batchnorm
-    factory = {"dtype": reference.weight.dtype, "device": reference.weight.device}
-    conv = isinstance(reference, nn.Conv2d)
+    if init == "zero-branch" and (point.site is None or generator is None):
+        raise ValueError(
+            "insert_layer: init='zero-branch' needs a site (not a free slot) and a `generator` "
+            "to draw its first layer from"
+        )
+    conv = isinstance(point.reference, nn.Conv2d)
     if kernel_size is None:
-        kernel_size = 1
-        if site is not None and conv and site.producer.kernel_size[0] % 2 == 1:
-            kernel_size = site.producer.kernel_size[0]
+        kernel_size = point.reference.kernel_size[0] if conv and point.site is not None else 1
+        kernel_size = kernel_size if kernel_size % 2 == 1 else 1
     if kernel_size % 2 != 1:
         raise ValueError(f"insert_layer: kernel_size must be odd, got {kernel_size}")
-    bias = reference.bias is not None if site is not None else True
-    inner = units if width is None else int(width)
-    first = _new_layer(conv, units, inner, kernel_size, bias, factory)
-    norm = None
-    if use_norm:
-        norm_type = nn.BatchNorm2d if conv else nn.BatchNorm1d
-        norm = norm_type(inner, **factory)
+    if batchnorm is None:
+        batchnorm = point.site is not None and point.site.norm is not None
+    bias = point.reference.bias is not None if point.site is not None else True
+    inner = point.units if width is None else int(width)
+    factory = {"dtype": point.reference.weight.dtype, "device": point.reference.weight.device}
+    first = _new_layer(conv, point.units, inner, kernel_size, bias, factory)
+    chain: list[nn.Module] = []
+    if batchnorm:
+        norm = (nn.BatchNorm2d if conv else nn.BatchNorm1d)(inner, **factory)
         with torch.no_grad():
-            norm.weight.fill_(math.sqrt(1.0 + norm.eps))
-    act = Activation(new_activation)
-    inner_slot = Slot()
+            norm.weight.fill_(math.sqrt(1.0 + norm.eps))  # identity in eval mode
+        chain.append(norm)
+    chain.append(Activation(name))
     if init == "identity":
         _identity_(first)
-        new_slot = Slot(list(slot.contents))
-        chain = [m for m in (norm, act) if m is not None]
-        slot.contents = nn.ModuleList([first, *chain, new_slot])
-        new_between = [*chain, new_slot]
-        new_consumer, new_site_slot = consumer, new_slot
-        if not new_slot.empty:  # the slot held an earlier insertion: its layer reads on
-            new_between = chain
-            new_consumer = new_slot.contents[0]
-        elif site is not None:
-            cut = next(i for i, m in enumerate(site.between) if m is slot)
-            new_between = [*chain, new_slot, *site.between[cut + 1 :]]
-            site.between = site.between[:cut]
+        new_site = _insert_identity(net, point, first, chain)
     else:
         with torch.no_grad():
             nn.init.kaiming_uniform_(first.weight, a=math.sqrt(5), generator=generator)
             if first.bias is not None:
                 first.bias.zero_()
-        second = _new_layer(conv, inner, units, kernel_size, bias, factory)
+        second = _new_layer(conv, inner, point.units, kernel_size, bias, factory)
         with torch.no_grad():
             second.weight.zero_()
             if second.bias is not None:
                 second.bias.zero_()
-        chain = [m for m in (norm, act) if m is not None]
-        residual = ZeroBranchResidual([first, *chain, inner_slot, second])
-        slot.contents = nn.ModuleList([residual, Slot(list(slot.contents))])
-        new_between, new_consumer, new_site_slot = [*chain, inner_slot], second, inner_slot
-    mode = reference.training  # new modules follow the net's mode; moved ones keep theirs
-    for module in (first, norm, act, inner_slot):
-        if module is not None:
-            module.train(mode)
-    if init == "identity":
-        new_slot.training = mode
-    else:
-        residual.train(mode)
-
-    net._inserted += 1
-    new_site = Site(f"{place}+{net._inserted}", first, new_between, new_consumer, new_site_slot)
-    if site is None:
-        free.consumer = first
-    elif init == "identity":
-        site.consumer = first
-    else:
-        net._sites.remove(site)
+        new_site = _insert_zero_branch(net, point, first, chain, second)
     net._attach(new_site)
     net._sort_sites()
     net.__dict__.pop("_cost_cache", None)
     return new_site
+
+
+def _site_name(net: GrowableNet, place: str) -> str:
+    net._inserted += 1
+    return f"{place}+{net._inserted}"
+
+
+def _insert_identity(
+    net: GrowableNet, point: _InsertionPoint, first: nn.Module, chain: list[nn.Module]
+) -> Site:
+    """``slot: [first, norm, act, slot'(what the slot held)]``; the old site's path ends at the
+    slot and it feeds ``first``; the new site runs on to the old consumer."""
+    slot, site = point.slot, point.site
+    moved = Slot(list(slot.contents))  # an earlier insertion here reads on after the new layer
+    mode = point.reference.training  # new modules follow the net's mode; moved ones keep theirs
+    for module in (first, *chain):
+        module.train(mode)
+    moved.training = mode
+    slot.contents = nn.ModuleList([first, *chain, moved])
+    between = [*chain] if not moved.empty else [*chain, moved]
+    if site is not None and moved.empty:
+        cut = next(i for i, m in enumerate(site.between) if m is slot)
+        between += site.between[cut + 1 :]
+        site.between = site.between[:cut]
+    if site is None:
+        point.free.consumer = first
+    else:
+        site.consumer = first
+    return Site(_site_name(net, point.place), first, between, point.consumer, moved)
+
+
+def _insert_zero_branch(
+    net: GrowableNet,
+    point: _InsertionPoint,
+    first: nn.Module,
+    chain: list[nn.Module],
+    second: nn.Module,
+) -> Site:
+    """``slot: [x + second(act(norm(first(x)))), slot'(what the slot held)]``; the branch's
+    inner width is the new site, and the old site (now a residual stream) leaves the net's
+    sites."""
+    inner_slot = Slot()
+    residual = ZeroBranchResidual([first, *chain, inner_slot, second])
+    residual.train(point.reference.training)
+    point.slot.contents = nn.ModuleList([residual, Slot(list(point.slot.contents))])
+    net._sites.remove(point.site)
+    return Site(_site_name(net, point.place), first, [*chain, inner_slot], second, inner_slot)
 
 
 def _new_layer(
