@@ -14,16 +14,17 @@ ceil(0.3·width) units per event, canonical SVD signs, and the first-order gain 
 term −σ'(0)·tr(ωαPδᵀ) that GroMo omits (FO_exact; FO_homog, measured on the data, for positively
 homogeneous σ).
 
-Sites (``_bottleneck.pair_kind``): Linear→Linear; Conv2d→global-average-pool→Linear, where the new
-unit's linearised contribution is ωα·mean_y(X_y) so x̃ is the position-averaged im2col patch;
-Conv2d→Conv2d, with GroMo 0.1.0's full-conv coupling of producer patches and consumer kernel
-taps, also across an average or max pool. Across a max pool a new unit's pooled map is not linear
-in its fan-in, so its average stands in for it when choosing the units (our decision, the method
-notes are silent); the first-order gain is then measured through the real max pool
-(``measured_gain``: FO_homog for ReLU, FO_max_pool for smooth σ), which keeps the prediction
-exact to first order.
-A site whose pair is unsupported is left out of the candidates and recorded in
-``event.extras["excluded_sites"]``; with no candidate left the event stops with a reason.
+Sites: any whose per-unit path ``_bottleneck`` can describe (its module docstring): the new
+units reach the consumer through the path's linear part (new BatchNorm entries and depthwise
+identity filters pass through, pools act, activations give their slope σ'(0)), which covers
+Linear→Linear, conv → global pool → Linear, conv → [pool] → conv with GroMo 0.1.0's full-conv
+coupling, a conv read by a Linear at several flattened positions, ResNet inner widths and
+MobileNet's path through a depthwise conv. Across a max pool a new unit's pooled map is not
+linear in its fan-in, so its average stands in for it when choosing the units (our decision, the
+method notes are silent); the first-order gain is then measured through the real path
+(``measured_gains``: FO_homog for a positively homogeneous path, FO_max_pool for smooth σ), which
+keeps the prediction exact to first order. A site it cannot describe is refused (``refusal``),
+recorded in ``event.extras["refused_sites"]`` by ``Grower.grow``.
 """
 
 from __future__ import annotations
