@@ -1,4 +1,4 @@
-"""Shared tiny tasks for method tests (shared/methods/README.md, "Shared fixtures"), float64.
+"""Shared tiny tasks for method tests ("Shared fixtures" of the method notes), float64.
 
 ``tanh_mlp`` 3→4→3→2 and ``relu_mlp`` on 400 Gaussian inputs with MSE to a random teacher, trained
 200 full-batch GD steps so statistics are not trivial; ``conv_bn`` two conv3×3+BN+SiLU blocks

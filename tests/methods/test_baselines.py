@@ -1,4 +1,4 @@
-"""Checks specific to the baselines (shared/methods/baselines.md, B1, B3, C1, C2)."""
+"""Checks specific to the baselines (the baselines method note, B1, B3, C1, C2)."""
 
 from __future__ import annotations
 

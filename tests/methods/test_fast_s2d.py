@@ -1,4 +1,4 @@
-"""Fidelity checks of ``fast-s2d`` (shared/methods/fast_s2d.md §7), float64.
+"""Fidelity checks of ``fast-s2d`` (the fast-S2D method note, §7), float64.
 
 References are built here from the definitions: explicit splitting matrices (``splitting_matrices``
 of the shared machinery, itself checked against Hessians in test_splitting.py) with ``eigh``, the

@@ -1,4 +1,4 @@
-"""Fidelity checks of ``gradmax`` (shared/methods/baselines.md, A7), float64."""
+"""Fidelity checks of ``gradmax`` (the baselines method note, A7), float64."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fidelity of the ``s2d`` plugin (shared/methods/s2d.md §4, §7.3, §7.4, §7.6, §7.7).
+"""Fidelity of the ``s2d`` plugin (the S2D method note, §4, §7.3, §7.4, §7.6, §7.7).
 
 Loss changes are measured on the statistics set with ``ctx.loss`` (float64, eval mode) and
 compared with the second-order prediction (ε²/2)·λ_min. Selection is checked on synthetic λ

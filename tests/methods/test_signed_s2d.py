@@ -1,4 +1,4 @@
-"""Fidelity checks of ``signed-s2d`` (shared/methods/signed_s2d.md §7), float64.
+"""Fidelity checks of ``signed-s2d`` (the signed-S2D method note, §7), float64.
 
 The shared contract checks (``test_contract.py``) run on this plugin through the registry.
 """

@@ -1,4 +1,4 @@
-"""The splitting machinery of the S2D family (shared/methods/s2d.md §3, §7.1, §7.2, §7.5).
+"""The splitting machinery of the S2D family (the S2D method note, §3, §7.1, §7.2, §7.5).
 
 Every check compares ``growbench.methods._splitting`` with a computation built here from the
 definitions, never from the module itself:
@@ -49,7 +49,7 @@ from .conftest import Task, make_task
 
 
 def smooth_activation(name: str):
-    """σ̃: the true activation, or the softplus(β = 3) surrogate for ReLU (README convention 5)."""
+    """σ̃: the true activation, or the softplus(β = 3) surrogate for ReLU (convention 5)."""
     if name == "relu":
         return lambda z: F.softplus(z, beta=RELU_SURROGATE_BETA)
     return {"tanh": torch.tanh, "silu": F.silu}[name]

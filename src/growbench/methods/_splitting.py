@@ -1,6 +1,6 @@
 """The splitting machinery shared by ``s2d``, ``signed-s2d`` and ``fast-s2d``.
 
-All three score a unit j by its splitting matrix (shared/methods/s2d.md §3)
+All three score a unit j by its splitting matrix (the S2D method note, §3)
 
     S_j = E[ g_j · σ''(z_j) · b_j² · x̃ x̃ᵀ ]
 
@@ -12,7 +12,7 @@ r (a sample, or a sample and position), so no double-backward per unit is ever r
 needs only products S_j v_j, which are ``x̃ᵀ (c ⊙ (x̃ Vᵀ)) / N``, never forming S.
 
 ReLU's σ'' is 0 almost everywhere, so its units are scored with the softplus(β = 3) surrogate
-(README convention 5) and the method's loss prediction is then a ranking heuristic.
+(method-notes convention 5) and the method's loss prediction is then a ranking heuristic.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ SURROGATE_ACTIVATIONS = frozenset({"relu", "leaky_relu", "elu", "selu"})
 
 
 def second_derivative(activation: str, z: Tensor) -> Tensor:
-    """σ''(z) for the S2D family (README convention 5); surrogates where σ'' is 0 or a kink."""
+    """σ''(z) for the S2D family (method-notes convention 5); surrogates where σ'' is 0 or a
+    kink."""
     if activation == "tanh":
         t = torch.tanh(z)
         return -2 * t * (1 - t * t)
@@ -207,8 +208,8 @@ def first_derivative(act: Activation, z: Tensor) -> Tensor:
 
 class _RectifierCurvature(torch.autograd.Function):
     """A (leaky) rectifier with its true value and slope and, for second derivatives, the
-    softplus(β = 3) surrogate's curvature (README convention 5): the backward pass is written in
-    differentiable ops whose derivative in z is the surrogate σ''."""
+    softplus(β = 3) surrogate's curvature (method-notes convention 5): the backward pass is
+    written in differentiable ops whose derivative in z is the surrogate σ''."""
 
     @staticmethod
     def forward(ctx, z: Tensor, leak: float) -> Tensor:

@@ -249,8 +249,9 @@ class Grower:
 
 
 def take_within_budget(net: GrowableNet, ctx: GrowthContext, candidates: list[str]) -> list[bool]:
-    """README convention 7: walk ``candidates`` (one new unit at the named site each) in order and
-    accept each one whose exact cost, together with those accepted before, still fits."""
+    """Convention 7 of the method notes: walk ``candidates`` (one new unit at the named site
+    each) in order and accept each one whose exact cost, together with those accepted before,
+    still fits."""
     accepted: dict[str, int] = {}
     decisions = []
     for site_name in candidates:

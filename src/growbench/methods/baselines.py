@@ -1,4 +1,4 @@
-"""The fixed-architecture references: ``none`` and ``static`` (shared/methods/baselines.md, Part C).
+"""The fixed-architecture references: ``none`` and ``static`` (the baselines method note, Part C).
 
 ``none`` trains the start net and never grows: the lower reference. ``static`` trains, from
 scratch and for the same epochs, the net the budget would buy (all start widths scaled by the

@@ -1,7 +1,7 @@
 """``fast-s2d``: energy-aware fast splitting (Wang, Wu, Li, Chandra, Liu, arXiv 1910.03103).
 
 Rule: S2D's split (θ ± εv, fan-out halved, loss change (ε²/2)·vᵀS_jv) with two changes
-(shared/methods/fast_s2d.md). (1) The splitting matrices are never formed: each unit's smallest
+(the fast-S2D method note). (1) The splitting matrices are never formed: each unit's smallest
 eigenpair is estimated by stochastic descent on the Rayleigh quotient R(v) = vᵀSv / vᵀv, whose
 gradient needs only S_B·v_j, and the statistics taps of a mini-batch (x̃ and c per sample) give
 S_B·v_j for every unit of every site at once (``x̃ᵀ (c ⊙ x̃Vᵀ)/|B|``). The net and the set stay
@@ -29,7 +29,7 @@ Changed (spec §5, §8, §9, and [ours] where marked):
 * [ours] conv sites get S_B·v from a convolution and its weight gradient (no im2col rows);
 * exact per-unit costs in the suite's metric, identity transform (the code: √ or log of a rough
   MAC proxy, kept as options); LP by HiGHS (a vertex solution), then truncation to the exact
-  remaining budget (README convention 7); linear units are never split; float64 throughout the
+  remaining budget (method-notes convention 7); linear units are never split; float64 throughout the
   estimator's sums, the LP and the directions;
 * each event reports |λ̂ − v̂ᵀSv̂| (one more pass, phase ``diagnostics``) and, opt-in, the
   agreement with exact eigenpairs (spec §10).

@@ -9,7 +9,7 @@ at θ and θ ± εv, accurate to O(ε⁴)) the best second-order change is
 ((1−c)/2, (1+c)/4, (1+c)/4) at θ, θ + εv_min, θ − εv_min) or ``signed−`` (weights
 ((1+c)/2, (1−c)/4, (1−c)/4) at θ, θ + εv_max, θ − εv_max). So a unit with positive curvature
 descends too; only S_j = 0 is stuck. Each round scores every splittable unit by that minimum and
-splits greedily by score per unit of cost within a round budget (shared/methods/signed_s2d.md).
+splits greedily by score per unit of cost within a round budget (the signed-S2D method note).
 
 The paper has no public code and its body was not read: every formula here is the team's
 derivation (spec §3), guarded by tests against a numerical optimum, not against the paper.

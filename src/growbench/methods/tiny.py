@@ -1,6 +1,6 @@
 """``tiny``: Growing Tiny Networks (Verbockhaven et al., TMLR 2024, arXiv 2405.19816).
 
-Rule (shared/methods/tiny.md §3): the consumer's pre-activation should move along −g_a. The best
+Rule (the TINY method note, §3): the consumer's pre-activation should move along −g_a. The best
 change of the consumer's existing weights is δ = (S_h⁻¹ M_h)ᵀ; the rest, r = −g_a + δh̃, is the
 expressivity bottleneck. New units with fan-in α and fan-out ω fit r through their linearised
 activity ωαx̃: a rank-K regression solved by the SVD of S_x^{-1/2} N with N = −M_x + Pδᵀ. The new
