@@ -54,8 +54,8 @@ class Task:
 @cache
 def _trained(name: str) -> Task:
     generator = torch.Generator().manual_seed(1234)
-    if name in ("tanh_mlp", "relu_mlp"):
-        activation = "tanh" if name == "tanh_mlp" else "relu"
+    if name in ("tanh_mlp", "relu_mlp", "rational_mlp"):
+        activation = name.removesuffix("_mlp")
         config = ModelConfig("mlp", (3,), 2, (4, 3), activation=activation)
         net = build_model(config, seed=0).double()
         inputs = torch.randn(400, 3, generator=generator, dtype=torch.float64)

@@ -323,3 +323,23 @@ def test_contract_on_the_zoo(name, model):
     params = probe.net.params()
     grower_for(name).grow(probe.net, probe.context(remaining_budget=budget))
     assert probe.net.params() - params <= budget
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_every_builtin_on_a_rational_net(name):
+    """SENN's rational activation (per-unit parameters): the splitting methods, which need σ'',
+    refuse its sites with a reason; every other method grows as it declares."""
+    cls = get_method(name)
+    task = make_task("rational_mlp")
+    task.net.eval()
+    before = outputs(task.net, task.inputs)
+    overrides = cls.zero_step_overrides if cls.preserves_function == "at_zero_step" else {}
+    event = grower_for(name, **overrides).grow(task.net, task.context())
+    if name in ("s2d", "signed-s2d", "fast-s2d"):
+        assert all("per-unit parameters" in r for r in event.extras["refused_sites"].values())
+        assert not event.grew
+    else:
+        assert "refused_sites" not in event.extras
+        assert event.grew or name in ("none", "static")
+    if cls.preserves_function != "no":
+        assert (outputs(task.net, task.inputs) - before).abs().max() <= 1e-12

@@ -28,6 +28,7 @@ from torch.nn.grad import conv2d_input
 
 from growbench.methods.base import GrowthContext, GrowthEvent
 from growbench.nn import Activation, DepthwiseConv2d, GrowableNet, Site, Slot, collect_taps
+from growbench.nn.activations import activation_info
 from growbench.nn.growable import eval_mode
 
 RELU_SURROGATE_BETA = 3.0
@@ -63,6 +64,15 @@ def second_derivative(activation: str, z: Tensor) -> Tensor:
     if activation == "identity":
         return torch.zeros_like(z)
     raise ValueError(f"no second derivative known for activation {activation!r}")
+
+
+def splitting_refusal(site: Site) -> str | None:
+    """Why the S2D family cannot score ``site``: an activation on its path without a σ'' in the
+    table (one with trained per-unit parameters, such as SENN's rational activation)."""
+    for act in site.activations:
+        if activation_info(act.name).parametric:
+            return f"activation {act.name!r} has per-unit parameters and no σ'' in the table"
+    return None
 
 
 def splittable_sites(sites: list[Site]) -> list[Site]:

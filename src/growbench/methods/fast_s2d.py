@@ -70,6 +70,7 @@ from growbench.methods._splitting import (
     splittable_sites,
     splitting_matrices,
     splitting_products,
+    splitting_refusal,
     unit_chunks,
 )
 from growbench.methods.base import (
@@ -590,6 +591,9 @@ class FastS2D(Grower):
             higher_is_better=False,
         ),
     )
+
+    def refusal(self, site: Site) -> str | None:
+        return super().refusal(site) or splitting_refusal(site)
 
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         config = self.config

@@ -54,6 +54,7 @@ from growbench.methods.base import (
 from growbench.methods.registry import register
 from growbench.nn import GrowableNet, Site, collect_taps
 from growbench.nn.losses import PerSampleLoss
+from growbench.nn.units import new_unit_forward
 
 SCALE_METHODS = ("mean_norm", "fixed")
 SCHEDULES = ("all-at-once", "round-robin")
@@ -96,16 +97,17 @@ def slope_at_zero(site: Site) -> float:
     slope = 1.0
     for act in site.activations:
         zero = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-        (derivative,) = torch.autograd.grad(act(zero).sum(), zero)
+        (derivative,) = torch.autograd.grad(new_unit_forward(act, zero).sum(), zero)
         slope *= float(derivative)
     return slope
 
 
 def activation_problem(site: Site) -> str | None:
-    """Why zero-fan-in units at this site would change the function or never learn."""
+    """Why zero-fan-in units at this site would change the function or never learn (as the
+    activations act on a new unit: a parametric one at its initial parameters)."""
     for act in site.activations:
         zero = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-        value = act(zero)
+        value = new_unit_forward(act, zero)
         (derivative,) = torch.autograd.grad(value.sum(), zero)
         if float(value.detach()) != 0.0:
             return (

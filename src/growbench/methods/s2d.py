@@ -28,6 +28,7 @@ from growbench.methods._splitting import (
     prediction_is_heuristic,
     site_eigen,
     splittable_sites,
+    splitting_refusal,
 )
 from growbench.methods.base import (
     Grower,
@@ -37,7 +38,7 @@ from growbench.methods.base import (
     take_within_budget,
 )
 from growbench.methods.registry import register
-from growbench.nn import GrowableNet
+from growbench.nn import GrowableNet, Site
 
 SELECTIONS = ("global-ratio", "most-negative")
 
@@ -75,6 +76,9 @@ class S2D(Grower):
             baseline="random-split",
         ),
     )
+
+    def refusal(self, site: Site) -> str | None:
+        return super().refusal(site) or splitting_refusal(site)
 
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         config = self.config

@@ -52,6 +52,7 @@ from growbench.methods._splitting import (
     prediction_is_heuristic,
     site_eigen,
     splittable_sites,
+    splitting_refusal,
 )
 from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
 from growbench.methods.fast_s2d import FastS2DConfig, rayleigh_eigen
@@ -161,6 +162,9 @@ class SignedS2D(Grower):
             margin=0.01,
         ),
     )
+
+    def refusal(self, site: Site) -> str | None:
+        return super().refusal(site) or splitting_refusal(site)
 
     def _estimates(self, site: Site, samples: int) -> bool:
         """Whether ``site``'s eigenpairs come from the Rayleigh estimator rather than ``eigh``."""

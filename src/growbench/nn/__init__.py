@@ -3,7 +3,13 @@
 ``nn`` imports nothing else of growbench: it is the ground the methods and the harness stand on.
 """
 
-from growbench.nn.activations import ACTIVATIONS, Activation, activation_info
+from growbench.nn.activations import (
+    ACTIVATIONS,
+    Activation,
+    RationalActivation,
+    activation_info,
+    make_activation,
+)
 from growbench.nn.counting import count_flops, count_params
 from growbench.nn.growable import GrowableNet, Site, insert_layer
 from growbench.nn.losses import loss_for_task
@@ -19,6 +25,7 @@ __all__ = [
     "GrowableNet",
     "ModelConfig",
     "NonFiniteStatisticsError",
+    "RationalActivation",
     "Site",
     "Slot",
     "Taps",
@@ -32,5 +39,6 @@ __all__ = [
     "count_params",
     "insert_layer",
     "loss_for_task",
+    "make_activation",
     "register_model",
 ]

@@ -29,6 +29,9 @@ class ActivationInfo:
     slope_at_zero: float  # autograd's σ'(0)
     idempotent: bool  # σ(σ(z)) == σ(z) for all z
     identity_at_init: bool = False  # the activation is the identity at its initial parameters
+    # per-unit parameters (``RationalActivation``): the facts above hold for new units, which
+    # start at the initial parameters, not for trained ones
+    parametric: bool = False
 
 
 _BELOW_ZERO: dict[torch.dtype, float] = {}  # the negative number closest to 0, per dtype
@@ -76,6 +79,8 @@ ACTIVATIONS: dict[str, ActivationInfo] = {
     "sigmoid": ActivationInfo(torch.sigmoid, False, 0.25, False),
     "softplus": ActivationInfo(F.softplus, False, 0.5, False),
     "identity": ActivationInfo(_identity, True, 1.0, True, identity_at_init=True),
+    # SENN's rational activation, as at its initial parameters (the identity); see below
+    "rational": ActivationInfo(_identity, True, 1.0, True, identity_at_init=True, parametric=True),
 }
 
 
@@ -102,3 +107,40 @@ class Activation(nn.Module):
 
     def extra_repr(self) -> str:
         return self.name
+
+
+class RationalActivation(Activation):
+    """SENN's rational activation with parameters (v, c, l) per unit (Mitchell et al., arXiv
+    2307.04526): φ(z) = [(2v·z + c)/(1 + z²) + l·z] / max(‖(v, c, l)‖, 1e-6), exactly the identity
+    at (0, 0, 1), where every unit starts. Units are along dim 1 (features or channels). It grows
+    with its site (``growbench.nn.units``): a split copies the parent's parameters, a new unit
+    starts at the identity."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__("rational")
+        self.v = nn.Parameter(torch.zeros(width))
+        self.c = nn.Parameter(torch.zeros(width))
+        self.linear = nn.Parameter(torch.ones(width))  # l, the linear term's coefficient
+
+    def forward(self, z: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (z.ndim - 2)
+        v, c, linear = (p.reshape(shape) for p in (self.v, self.c, self.linear))
+        norm = torch.sqrt(v * v + c * c + linear * linear).clamp_min(1e-6)
+        return ((2 * v * z + c) / (1 + z * z) + linear * z) / norm
+
+    def resize_units(self, change) -> None:
+        for name, fill in (("v", 0.0), ("c", 0.0), ("linear", 1.0)):
+            change.replace(self, name, change.take(getattr(self, name).detach(), fill))
+
+    def forward_new_units(self, maps: Tensor) -> Tensor:
+        return maps  # new units are at the identity
+
+    def extra_repr(self) -> str:
+        return f"rational, {self.v.shape[0]} units"
+
+
+def make_activation(name: str, width: int) -> Activation:
+    """The activation module ``name`` for ``width`` units (only the rational one needs it)."""
+    if name == "rational":
+        return RationalActivation(width)
+    return Activation(name)

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from growbench.nn.activations import Activation, activation_info
+from growbench.nn.activations import Activation, activation_info, make_activation
 from growbench.nn.units import (
     DepthwiseConv2d,
     Slot,
@@ -701,7 +701,7 @@ def insert_layer(
         with torch.no_grad():
             norm.weight.fill_(math.sqrt(1.0 + norm.eps))  # identity in eval mode
         chain.append(norm)
-    chain.append(Activation(name))
+    chain.append(make_activation(name, inner))
     if init == "identity":
         _identity_(first)
         new_site = _insert_identity(net, point, first, chain)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from growbench.nn.activations import Activation
+from growbench.nn.activations import make_activation
 from growbench.nn.growable import GrowableNet, Site
 from growbench.nn.units import Slot
 
@@ -48,7 +48,7 @@ def unit_stage(
         norm = nn.BatchNorm2d(width) if isinstance(layer, nn.Conv2d) else nn.BatchNorm1d(width)
         children.append(("norm", norm))
     slot = Slot()
-    children += [("act", Activation(activation)), ("slot", slot), *extras]
+    children += [("act", make_activation(activation, width)), ("slot", slot), *extras]
     module = nn.Sequential(OrderedDict(children))
     return UnitStage(module, layer, [m for _, m in children[1:]], slot)
 
@@ -119,7 +119,8 @@ def chain_net(
         post = list(spec.post.children()) if isinstance(spec.post, nn.Sequential) else spec.post
         extras = [(f"post{i}", module) for i, module in enumerate(post)]
         if position == len(layers) - 1:
-            children = [("layer", spec.layer), ("act", Activation(spec.activation)), *extras]
+            act = make_activation(spec.activation, spec.layer.weight.shape[0])
+            children = [("layer", spec.layer), ("act", act), *extras]
             stages.append(nn.Sequential(OrderedDict(children)))
             continue
         units.append(unit_stage(spec.layer, spec.activation, spec.norm or False, extras))

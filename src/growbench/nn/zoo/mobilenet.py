@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from growbench.nn.activations import Activation
+from growbench.nn.activations import make_activation
 from growbench.nn.growable import GrowableNet, Site
 from growbench.nn.units import DepthwiseConv2d
 from growbench.nn.zoo.layers import (
@@ -83,7 +83,7 @@ class MobileNetV1(ZooModel):
         for block, stride in enumerate(BLOCK_STRIDES):
             channels, width = widths[block], widths[block + 1]
             depthwise = DepthwiseConv2d(channels, 3, stride)
-            depthwise_path = [depthwise, nn.BatchNorm2d(channels), Activation(act)]
+            depthwise_path = [depthwise, nn.BatchNorm2d(channels), make_activation(act, channels)]
             pointwise = unit_stage(nn.Conv2d(channels, width, 1, bias=False), act, batchnorm=True)
             children = [
                 ("depthwise", depthwise_path[0]),

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from growbench.nn.activations import Activation
+from growbench.nn.activations import make_activation
 from growbench.nn.growable import GrowableNet
 from growbench.nn.zoo.layers import chain_sites, check_multiplier, check_widths, scaled, unit_stage
 from growbench.nn.zoo.registry import ZooModel, register_model
@@ -41,12 +41,13 @@ class InputTransform(nn.Module):
         channels = 1
         for width, kernel in ((64, (1, 3)), (128, 1), (1024, 1)):
             layers += [nn.Conv2d(channels, width, kernel), nn.BatchNorm2d(width)]
-            layers.append(Activation(activation))
+            layers.append(make_activation(activation, width))
             channels = width
         self.features = nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten())
         fc: list[nn.Module] = []
         for width in (512, 256):
-            fc += [nn.Linear(channels, width), nn.BatchNorm1d(width), Activation(activation)]
+            fc += [nn.Linear(channels, width), nn.BatchNorm1d(width)]
+            fc.append(make_activation(activation, width))
             channels = width
         self.fc = nn.Sequential(*fc)
         self.matrix = nn.Linear(channels, 9)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from growbench.nn.activations import Activation
+from growbench.nn.activations import make_activation
 from growbench.nn.growable import GrowableNet, Site
 from growbench.nn.units import Slot
 from growbench.nn.zoo.layers import check_image, check_multiplier, check_widths, scaled
@@ -40,7 +40,7 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, inner, 3, stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(inner)
-        self.act1 = Activation(activation)
+        self.act1 = make_activation(activation, inner)
         self.slot = Slot()
         self.conv2 = nn.Conv2d(inner, out, 3, 1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out)
@@ -51,7 +51,7 @@ class BasicBlock(nn.Module):
                     conv=nn.Conv2d(channels, out, 1, stride, bias=False), norm=nn.BatchNorm2d(out)
                 )
             )
-        self.act = Activation(activation)
+        self.act = make_activation(activation, out)
 
     def forward(self, x: Tensor) -> Tensor:
         inner = self.slot(self.act1(self.bn1(self.conv1(x))))
@@ -119,7 +119,7 @@ class ResNet18(ZooModel):
                 [
                     ("conv", stem_conv),
                     ("norm", nn.BatchNorm2d(stream[0])),
-                    ("act", Activation(act)),
+                    ("act", make_activation(act, stream[0])),
                     *pool,
                 ]
             )
