@@ -7,6 +7,7 @@ from growbench.methods import (  # noqa: F401
     random_add,
     random_split,
     s2d,
+    senn,
     signed_s2d,
     tiny,
 )
