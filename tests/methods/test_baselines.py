@@ -41,6 +41,11 @@ def test_static_keeps_the_start_net_when_budget_is_below_it():
     assert scaled_to_budget(start, params_of(start) - 1, params_of) == start
 
 
+def test_static_keeps_a_net_with_no_hidden_layer_as_it_is():
+    start = ModelConfig("mlp", (2,), 2, ())
+    assert scaled_to_budget(start, 10 * params_of(start), params_of) == start
+
+
 def test_none_and_static_never_change_the_net():
     for name in ("none", "static"):
         task = make_task("tanh_mlp")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from growbench.datasets import digits, fashion_mnist, teacher_student, toy2d
+from growbench.datasets import digits, fashion_mnist, rational_teacher, teacher_student, toy2d
 from growbench.datasets.base import Dataset, DatasetSpec, Entry
 
 _ENTRIES: dict[str, Entry] = {
@@ -17,6 +17,7 @@ _ENTRIES: dict[str, Entry] = {
     for entry in (
         digits.ENTRY,
         fashion_mnist.ENTRY,
+        rational_teacher.ENTRY,
         teacher_student.ENTRY,
         toy2d.SPIRALS,
         toy2d.MOONS,

@@ -62,12 +62,13 @@ def scaled_to_budget(
     cost_of: Callable[[ModelConfig], float],
     bisection_steps: int = 40,
 ) -> ModelConfig:
-    """Widths round(r · start widths) with the largest r ≥ 1 whose cost fits ``budget_limit``."""
+    """Widths round(r · start widths) with the largest r ≥ 1 whose cost fits ``budget_limit``
+    (a net with no hidden layer has nothing to scale and is returned as it is)."""
 
     def scaled(r: float) -> ModelConfig:
         return model.with_widths(tuple(max(1, round(r * w)) for w in model.widths))
 
-    if cost_of(model) > budget_limit:
+    if not model.widths or cost_of(model) > budget_limit:
         return model
     low, high = 1.0, 2.0
     while cost_of(scaled(high)) <= budget_limit:

@@ -3,6 +3,7 @@
 from growbench.methods import (  # noqa: F401
     baselines,
     fast_s2d,
+    firefly,
     gradmax,
     random_add,
     random_split,

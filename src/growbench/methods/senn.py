@@ -17,18 +17,30 @@ invariant to the scale of f, so the new unit's fan-out starts at 0 and the funct
 Per site, ``proposals`` random fan-ins (weights from the producer's default init, bias N(0, 1),
 ``ctx.generator``) are improved by ascent on Δη′/η_W; one is drawn with probabilities
 softmax(Δη′/(T·η_W)) and the site's score is Σ π·Δη′. A site is accepted when score/η_W > τ and
-score/E‖e‖² > α_abs; the best accepted site gets its drawn unit, and with ``recursive`` the
-statistics are taken again and the round repeats until nothing passes, the budget is spent or
-``max_additions`` units were added.
+score/E‖e‖² > α_abs; the best accepted candidate is added, and with ``recursive`` the statistics
+are taken again and the round repeats until nothing passes, the budget is spent or
+``max_additions`` were made.
+
+With ``depth``, every Linear site read by a Linear consumer (or, in a net with no hidden layer
+yet, its input) also proposes a layer f = φ(B h + s): B square, φ the rational activation at
+random parameters, the same score with n features per candidate, divided by ``layer_cost_mul``
+(× n with ``size_costing``) before the thresholds (``layer_abs_threshold`` for the absolute one)
+and the choice. An accepted layer is inserted with φ at the identity and the consumer absorbs B⁻¹
+and the shift, so the function is kept (B's singular values are clipped at 1e-3 of their mean to
+keep it invertible); after it, ``layer_cooldown`` growth checks propose no layer, and at most
+``max_inserted_layers`` are inserted. ``natural_gradient`` is the direction (JᵀJ/N + 0.1 I)⁻¹∇L
+by conjugate gradients whose length η the score is about.
 
 Kept from the official code (ml-research/self-expanding-neural-networks, ``senn_mlp``): the
-score, the thresholds and their defaults' meaning, the softmax draw, zero fan-out, recursion, the
-bias left out of the factors, Ĝ from normalised output gradients, pinv everywhere. Changed [ours]:
-the proposal search is deterministic ascent (normalised gradient steps from 0.3, ×1.3 on
-success, ÷3 and undone on failure, with a 1e-2·log(‖w‖²)² penalty keeping the fan-in weight norm
-near 1, our reading of the code's log-det term) instead of MALA; conv sites use the same score
-on the consumer's patches (K-FAC for convolutions); everything is float64; the suite's optimiser
-trains the net (the official code trains with natural gradient).
+score, the thresholds and their defaults' meaning, the softmax draw, zero fan-out, the layer
+insertion and its cost multiplier and cooldown, recursion, the bias left out of the factors, Ĝ
+from normalised output gradients, pinv everywhere, the ½·1e-2·(log det WᵀW)² penalty on each
+proposal's fan-in kernel. Changed [ours]: the proposal search is deterministic ascent
+(normalised gradient steps from 0.3, ×1.3 on success, ÷3 and undone on failure) instead of MALA;
+a layer's residual is the width residual (the code also removes the part of e along the current
+natural-gradient step, which only exists when the net trains with natural gradient); conv sites
+grow in width with the same score on the consumer's patches (K-FAC for convolutions), and layers
+are proposed at Linear sites only; everything is float64; the suite's optimiser trains the net.
 """
 
 from __future__ import annotations
@@ -43,7 +55,9 @@ from growbench.claims import Claim
 from growbench.methods._bottleneck import consumer_taps, output_rows, patch_maps, unsupported_reason
 from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
 from growbench.methods.registry import register
-from growbench.nn import GrowableNet, Site, collect_taps
+from growbench.nn import GrowableNet, Site, collect_taps, insert_layer
+from growbench.nn.activations import rational
+from growbench.nn.units import Slot
 
 
 @dataclass
@@ -56,9 +70,15 @@ class SENNConfig(GrowerConfig):
     temperature: float = 10.0
     proposal_samples: int = 512  # the first samples of the statistics set
     g_tikhonov: float = 0.1  # G_reg = Ĝ + g_tikhonov · (tr Ĝ / q) · I
-    norm_penalty: float = 1e-2  # · log(‖w‖²)² on each proposal's fan-in weights
+    norm_penalty: float = 1e-2  # · ½(log det WᵀW)² on each proposal's fan-in kernel W
     recursive: bool = True
-    max_additions: int = 64  # units added in one event at most
+    max_additions: int = 64  # units and layers added in one event at most
+    depth: bool = False  # also propose identity-initialised layers with rational activations
+    layer_cost_mul: float = 2.0  # a layer's score is divided by this (× its width with
+    size_costing: bool = False  # ``size_costing``) before the thresholds and the choice
+    layer_abs_threshold: float = 2.5e-3  # α_abs for layers
+    layer_cooldown: int = 3  # growth checks without a layer after one was inserted
+    max_inserted_layers: int = 3
 
     def __post_init__(self) -> None:
         if self.proposals < 1 or self.proposal_steps < 0 or self.proposal_samples < 1:
@@ -69,6 +89,10 @@ class SENNConfig(GrowerConfig):
                 raise ValueError(f"senn: {name} must be a positive number, got {value!r}")
         if self.max_additions < 1:
             raise ValueError("senn: max_additions must be at least 1")
+        if not (self.layer_cost_mul > 0 and self.layer_abs_threshold > 0):
+            raise ValueError("senn: layer_cost_mul and layer_abs_threshold must be positive")
+        if self.layer_cooldown < 0 or self.max_inserted_layers < 0:
+            raise ValueError("senn: layer_cooldown and max_inserted_layers must be >= 0")
 
 
 # ------------------------------------------------------------------------- the statistics
@@ -89,13 +113,24 @@ def gradient_rows(grad_output: Tensor) -> Tensor:
 
 @dataclass
 class SiteStatistics:
-    """The factors of one site on the proposal batch (float64)."""
+    """The factors at one consumer on the proposal batch (float64)."""
 
     eta: float  # η_W = tr(Mᵀ A⁺ M Ĝ⁺)
-    residual: Tensor  # r rows (sample, output position) × q
+    inputs: Tensor  # h rows (sample, output position) × m
+    residual: Tensor  # r = g_a − Mᵀ A⁺ h, rows × q
     g_reg_inverse: Tensor  # G_reg⁻¹ (q × q)
-    maps: Tensor  # the producer's patch maps x̃ (N × p × H × W), for the candidates' features
     count: int
+    maps: Tensor | None = None  # the producer's patch maps x̃ (N × p × H × W), for new units
+
+
+def consumer_factors(h: Tensor, g: Tensor, hat: Tensor, count: int, tikhonov: float):
+    """η_W, the residual and G_reg⁻¹ from the rows h, g_a and ĝ_a (float64)."""
+    A, M, G = h.T @ h / count, h.T @ g / count, hat.T @ hat / count
+    projection = torch.linalg.pinv(A, hermitian=True) @ M  # A⁺M, m × q
+    eta = float((M * (projection @ torch.linalg.pinv(G, hermitian=True).T)).sum())
+    q = G.shape[0]
+    g_reg = G + tikhonov * float(G.trace()) / q * torch.eye(q, dtype=G.dtype, device=G.device)
+    return SiteStatistics(eta, h, g - h @ projection, torch.linalg.inv(g_reg), count)
 
 
 def output_gradients(net: GrowableNet, inputs: Tensor, targets: Tensor, loss_fn) -> Tensor:
@@ -111,55 +146,91 @@ def output_gradients(net: GrowableNet, inputs: Tensor, targets: Tensor, loss_fn)
     return grad
 
 
+def module_io(net: GrowableNet, module: nn.Module, inputs: Tensor, seeds: list) -> list:
+    """(input, ∂objective/∂output) of ``module`` for each objective in ``seeds`` (a function of
+    the net's output), eval mode: the taps of a consumer that belongs to no site."""
+    record = {}
+
+    def hook(_module, args, output):
+        record["input"], record["output"] = args[0].detach(), output
+
+    handle = module.register_forward_hook(hook)
+    training = net.training
+    net.eval()
+    result = []
+    try:
+        for seed in seeds:
+            with torch.enable_grad():
+                objective = seed(net(inputs))
+                (grad,) = torch.autograd.grad(objective, record["output"])
+            result.append((record["input"], grad))
+    finally:
+        handle.remove()
+        net.train(training)
+    return result
+
+
 def site_statistics(
-    net: GrowableNet, inputs: Tensor, targets: Tensor, loss_fn, sites: list[Site], tikhonov: float
+    net: GrowableNet,
+    inputs: Tensor,
+    targets: Tensor,
+    loss_fn,
+    sites: list[Site],
+    tikhonov: float,
+    free_slot: str | None = None,
 ) -> tuple[dict[str, SiteStatistics], float]:
-    """The factors of every site, and E‖e‖², from two taps passes on one batch: with the loss
-    (h, g_a, the producer input) and seeded with the normalised output gradients (ĝ)."""
+    """The factors of every site (and of the consumer of ``free_slot``), and E‖e‖², from two
+    passes on one batch: with the loss (h, g_a, the producer input) and seeded with the
+    normalised output gradients ê = e/‖e‖ (ĝ_a)."""
     e = output_gradients(net, inputs, targets, loss_fn)
     loss_sqnorm = float((e.double() ** 2).flatten(1).sum(1).mean())
     normalised = e / e.flatten(1).norm(dim=1).clamp_min(1e-30).reshape(-1, *[1] * (e.ndim - 1))
-    raw, _ = collect_taps(
-        net, inputs, targets, loss_fn, sites=sites, want=("input", "consumer_input", "grad_output")
-    )
-    seeded, _ = collect_taps(
-        net, inputs, output_grad=normalised, sites=sites, want=("grad_output",)
-    )
     count = len(inputs)
     result = {}
-    for site in sites:
-        h = consumer_rows(site, raw[site.name].consumer_input).double()
-        g = gradient_rows(raw[site.name].grad_output).double()
-        hat = gradient_rows(seeded[site.name].grad_output).double()
-        A, M, G = h.T @ h / count, h.T @ g / count, hat.T @ hat / count
-        projection = torch.linalg.pinv(A) @ M  # A⁺M, m × q
-        eta = float((M * (projection @ torch.linalg.pinv(G).T)).sum())  # tr(Mᵀ A⁺ M G⁺)
-        q = G.shape[0]
-        g_reg = G + tikhonov * float(G.trace()) / q * torch.eye(q, dtype=G.dtype)
-        result[site.name] = SiteStatistics(
-            eta,
-            g - h @ projection,
-            torch.linalg.inv(g_reg),
-            patch_maps(site, raw[site.name].input).double(),
-            count,
+    if sites:
+        raw, _ = collect_taps(
+            net, inputs, targets, loss_fn, sites, want=("input", "consumer_input", "grad_output")
         )
+        seeded, _ = collect_taps(net, inputs, output_grad=normalised, sites=sites,
+                                 want=("grad_output",))  # fmt: skip
+    for site in sites:
+        taps = raw[site.name]
+        h = consumer_rows(site, taps.consumer_input).double()
+        g = gradient_rows(taps.grad_output).double()
+        hat = gradient_rows(seeded[site.name].grad_output).double()
+        stats = consumer_factors(h, g, hat, count, tikhonov)
+        stats.maps = patch_maps(site, taps.input).double()
+        result[site.name] = stats
+    if free_slot is not None:
+        seeds = [lambda y: loss_fn(y, targets).sum(), lambda y: (y * normalised).sum()]
+        (h, g), (_, hat) = module_io(net, net.free_slots[free_slot].consumer, inputs, seeds)
+        h, g, hat = (t.flatten(1).double() for t in (h, g, hat))
+        result[free_slot] = consumer_factors(h, g, hat, count, tikhonov)
     return result, loss_sqnorm
 
 
 # ------------------------------------------------------------------------ the candidates
 def candidate_features(site: Site, maps: Tensor, alpha: Tensor) -> Tensor:
-    """f of K candidate units with fan-in rows α (K × p, bias last): the consumer's new inputs,
-    rows (sample, output position) × K × T (T = kernel taps or flattened positions)."""
+    """f of P candidate units with fan-in rows α (P × p, bias last): the consumer's new inputs,
+    rows (sample, output position) × P × T (T = kernel taps or flattened positions)."""
     units = torch.einsum("nphw,kp->nkhw", maps, alpha)
-    read = consumer_taps(site, site.unit_path(units))  # N × K × T × O
+    read = consumer_taps(site, site.unit_path(units))  # N × P × T × O
     return read.permute(0, 3, 1, 2).reshape(-1, read.shape[1], read.shape[2])
 
 
+def layer_features(h: Tensor, theta: Tensor, shape: Tensor) -> Tensor:
+    """f = φ(B h + s) of P candidate layers, θ = [B | s] (P × n × (n + 1)) with the rational
+    activation at parameters ``shape`` (P × 3 × n): rows × P × n."""
+    z = torch.einsum("rm,pnm->rpn", h, theta[..., :-1]) + theta[..., -1]
+    return rational(z, shape[:, 0], shape[:, 1], shape[:, 2])
+
+
 def expansion_scores(features: Tensor, stats: SiteStatistics) -> Tensor:
-    """Δη′ = tr(cᵀ A_f⁺ c G_reg⁻¹) of each candidate (K,), c = E[f rᵀ], A_f = E[f fᵀ]."""
+    """Δη′ = tr(cᵀ A_f⁺ c G_reg⁻¹) of each candidate (P,), c = E[f rᵀ], A_f = E[f fᵀ]; the
+    features are rows × P × T (T new consumer inputs per candidate)."""
     count = stats.count
-    c = torch.einsum("rkt,rq->ktq", features, stats.residual) / count  # K × T × q
-    a_f = torch.einsum("rkt,rks->kts", features, features) / count  # K × T × T
+    c = torch.einsum("rkt,rq->ktq", features, stats.residual) / count  # P × T × q
+    a_f = torch.einsum("rkt,rks->kts", features, features) / count  # P × T × T
     if a_f.shape[1] == 1:  # one new input per unit: A_f⁺ is 1/E[f²] (0 for a dead candidate)
         inverse = torch.where(a_f > 1e-300, 1 / a_f.clamp_min(1e-300), torch.zeros_like(a_f))
     else:
@@ -168,40 +239,56 @@ def expansion_scores(features: Tensor, stats: SiteStatistics) -> Tensor:
     return (solved * c).sum(dim=(1, 2))
 
 
+def log_det_penalty(kernels: Tensor) -> Tensor:
+    """½·(log det(Wᵀ W))² per proposal, W the fan-in kernel (p × 1 for a unit: ½·log(‖w‖²)²;
+    n × n for a layer's B): 0 when W keeps volume, so the ascent cannot win by scaling."""
+    if kernels.ndim == 2:
+        kernels = kernels[:, :, None]
+    gram = kernels.transpose(1, 2) @ kernels
+    _, logdet = torch.linalg.slogdet(gram)
+    return 0.5 * logdet**2
+
+
 def proposal_objective(site: Site, stats: SiteStatistics, alpha: Tensor, penalty: float) -> Tensor:
-    """Δη′/η_W minus the fan-in norm penalty, per proposal (K,)."""
+    """Δη′/η_W of new units with fan-in rows α, minus the fan-in norm penalty (P,)."""
     scores = expansion_scores(candidate_features(site, stats.maps, alpha), stats)
     weights = alpha[:, : alpha.shape[1] - (site.producer.bias is not None)]
-    norm_term = torch.log((weights * weights).sum(dim=1).clamp_min(1e-30)) ** 2
-    return scores / max(stats.eta, 1e-30) - penalty * norm_term
+    return scores / max(stats.eta, 1e-30) - penalty * log_det_penalty(weights)
 
 
-def improve_proposals(
-    site: Site, stats: SiteStatistics, alpha: Tensor, config: SENNConfig
-) -> Tensor:
-    """Ascent on ``proposal_objective``, one step size per proposal: a normalised gradient step;
-    kept and the step ×1.3 if the objective rose, undone and the step ÷3 if not. One evaluation
-    (value and gradient) per step."""
+def layer_objective(stats: SiteStatistics, theta: Tensor, shape: Tensor, penalty: float) -> Tensor:
+    """Δη′/η_W of candidate layers θ = [B | s], minus the log-det penalty on B (P,)."""
+    scores = expansion_scores(layer_features(stats.inputs, theta, shape), stats)
+    return scores / max(stats.eta, 1e-30) - penalty * log_det_penalty(theta[..., :-1])
+
+
+def improve_proposals(objective, start: Tensor, config: SENNConfig) -> Tensor:
+    """Ascent on ``objective`` (proposals along the first dim → values (P,)), one step size per
+    proposal: a normalised gradient step; kept and the step ×1.3 if the objective rose, undone
+    and the step ÷3 if not. One evaluation (value and gradient) per step."""
 
     def evaluate(point: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
             leaf = point.detach().requires_grad_(True)
-            value = proposal_objective(site, stats, leaf, config.norm_penalty)
+            value = objective(leaf)
             (gradient,) = torch.autograd.grad(value.sum(), leaf)
         return value.detach(), gradient
 
-    step = torch.full((alpha.shape[0], 1), config.proposal_step, dtype=alpha.dtype)
-    current = alpha.detach()
+    def per_proposal(values: Tensor) -> Tensor:
+        return values.reshape(-1, *[1] * (start.ndim - 1))
+
+    step = per_proposal(torch.full((start.shape[0],), config.proposal_step, dtype=start.dtype))
+    current = start.detach()
     value, gradient = evaluate(current)
     for _ in range(config.proposal_steps):
-        direction = gradient / gradient.norm(dim=1, keepdim=True).clamp_min(1e-30)
-        trial = current + step * direction
+        norm = gradient.flatten(1).norm(dim=1).clamp_min(1e-30)
+        trial = current + step * gradient / per_proposal(norm)
         trial_value, trial_gradient = evaluate(trial)
-        better = (trial_value > value)[:, None]
+        better = per_proposal(trial_value > value)
         step = torch.where(better, step * 1.3, step / 3)
         current = torch.where(better, trial, current)
         gradient = torch.where(better, trial_gradient, gradient)
-        value = torch.where(better[:, 0], trial_value, value)
+        value = torch.maximum(trial_value, value)
     return current
 
 
@@ -217,39 +304,186 @@ def initial_proposals(site: Site, count: int, generator: torch.Generator) -> Ten
     return torch.cat([weights, bias], dim=1)
 
 
+def initial_layers(width: int, count: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Candidate layers θ = [B | s] (count × n × (n + 1); B as a Linear's default init, s
+    N(0, 1)) and the random rational parameters (v, c, l) ~ N(0, 1) their features use."""
+    bound = 1.0 / math.sqrt(width)
+    weights = 2 * torch.rand(count, width, width, generator=generator, dtype=torch.float64) - 1
+    shift = torch.randn(count, width, 1, generator=generator, dtype=torch.float64)
+    shape = torch.randn(count, 3, width, generator=generator, dtype=torch.float64)
+    return torch.cat([weights * bound, shift], dim=2), shape
+
+
+# ------------------------------------------------------------------------------ the layers
+def layer_places(net: GrowableNet) -> list[str]:
+    """Where a layer can go: after the activation of every Linear site whose consumer is a
+    Linear reading the site's units directly, or at the input of a net with no site yet."""
+    if not net.sites:
+        return [name for name in net.free_slots if isinstance(net.free_slots[name].consumer,
+                                                               nn.Linear)]  # fmt: skip
+    return [
+        site.name
+        for site in net.sites
+        if isinstance(site.producer, nn.Linear)
+        and isinstance(site.consumer, nn.Linear)
+        and site.slot is not None
+        and all(isinstance(m, (Slot, nn.BatchNorm1d)) or m is site.act for m in site.between)
+        and (site.slot not in site.between or site.between[-1] is site.slot)
+    ]
+
+
+def layer_cost(net: GrowableNet, place: str) -> dict[str, int]:
+    """The exact params and FLOPs an expansion layer at ``place`` adds (measured on a clone)."""
+    trial = net.clone()
+    params, flops = trial.params(), trial.flops()
+    insert_layer(trial, place, init="identity", activation="rational", batchnorm=False)
+    return {"params": trial.params() - params, "flops": trial.flops() - flops}
+
+
+def invertible(weight: Tensor) -> Tensor:
+    """B with its singular values clipped at ≥ 1e-3 · their mean."""
+    u, sigma, vh = torch.linalg.svd(weight)
+    return u @ torch.diag(sigma.clamp_min(1e-3 * float(sigma.mean()))) @ vh
+
+
+def insert_expansion_layer(net: GrowableNet, place: str, weight: Tensor, shift: Tensor) -> Site:
+    """Insert φ(B h + s) at ``place`` with φ the rational activation at the identity, and give
+    the consumer B⁻¹ and the shift (W ← W B⁻¹, b ← b − W B⁻¹ s): the net's function is kept up to
+    rounding of order cond(B)."""
+    new = insert_layer(net, place, init="identity", activation="rational", batchnorm=False)
+    layer, consumer = new.producer, new.consumer
+    dtype = layer.weight.dtype
+    weight = invertible(weight.double())
+    has_shift = layer.bias is not None and consumer.bias is not None
+    with torch.no_grad():
+        absorbed = consumer.weight.double() @ torch.linalg.inv(weight)
+        layer.weight.copy_(weight.to(dtype))
+        if layer.bias is not None:
+            layer.bias.copy_(shift.to(dtype) if has_shift else torch.zeros_like(layer.bias))
+        if has_shift:
+            consumer.bias.sub_((absorbed @ shift.double()).to(dtype))
+        consumer.weight.copy_(absorbed.to(dtype))
+    return new
+
+
+# ---------------------------------------------------------------------- natural gradient
+def natural_gradient(
+    net: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    loss_fn,
+    damping: float = 0.1,
+    iterations: int = 100,
+) -> tuple[dict[str, Tensor], float]:
+    """d = (JᵀJ/N + damping·I)⁻¹ ∇L by conjugate gradients, J the per-sample output Jacobian
+    (Euclidean output metric, also for classification), L the mean loss, and η = ∇Lᵀ d, which
+    is at most E‖∂ℓ/∂y‖². Returns d by parameter name and η."""
+    params = {name: p.detach() for name, p in net.named_parameters() if p.requires_grad}
+    count = len(inputs)
+
+    def forward(values: dict[str, Tensor]) -> Tensor:
+        return torch.func.functional_call(net, values, (inputs,))
+
+    def dot(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
+        return float(sum((a[k].double() * b[k].double()).sum() for k in a))
+
+    training = net.training
+    net.eval()
+    try:
+        outputs, pullback = torch.func.vjp(forward, params)
+        with torch.enable_grad():
+            leaf = outputs.detach().requires_grad_(True)
+            (e,) = torch.autograd.grad(loss_fn(leaf, targets).sum(), leaf)
+        (gradient,) = pullback(e / count)  # ∇L
+
+        def curvature(v: dict[str, Tensor]) -> dict[str, Tensor]:  # (JᵀJ/N + λI) v
+            _, jv = torch.func.jvp(forward, (params,), (v,))
+            (pulled,) = pullback(jv / count)
+            return {k: pulled[k] + damping * v[k] for k in v}
+
+        solution = {k: torch.zeros_like(g) for k, g in gradient.items()}
+        residual = dict(gradient)
+        direction = dict(gradient)
+        rs, target = dot(residual, residual), dot(gradient, gradient)
+        for _ in range(iterations):
+            if rs <= 1e-24 * target:
+                break
+            product = curvature(direction)
+            step = rs / dot(direction, product)
+            solution = {k: solution[k] + step * direction[k] for k in solution}
+            residual = {k: residual[k] - step * product[k] for k in residual}
+            rs, previous = dot(residual, residual), rs
+            direction = {k: residual[k] + rs / previous * direction[k] for k in residual}
+    finally:
+        net.train(training)
+    return solution, dot(gradient, solution)
+
+
 # ------------------------------------------------------------------------------ the plugin
 @dataclass
-class SiteDecision:
-    """One site's drawn candidate and whether it passes the thresholds."""
+class Decision:
+    """One place's drawn candidate (a unit at a site, or a layer) and whether it passes."""
 
-    site: str
-    alpha: Tensor  # the drawn fan-in row (p,)
+    place: str
+    kind: str  # "unit" or "layer"
+    proposal: Tensor  # a fan-in row (p,) or a layer θ = [B | s] (n × (n + 1))
     score: float  # Σ π·Δη′
+    adjusted: float  # the score a layer is judged by: score / (layer_cost_mul [× n])
     eta: float
-    relative: float  # score / η_W
-    absolute: float  # score / E‖e‖²
+    relative: float  # adjusted / η_W
+    absolute: float  # adjusted / E‖e‖²
     accepted: bool
     scores: list[float]  # Δη′ of every proposal after the ascent
 
+    def record(self) -> dict:
+        return {
+            "kind": self.kind,
+            "eta": self.eta,
+            "score": self.score,
+            "adjusted": self.adjusted,
+            "relative": self.relative,
+            "absolute": self.absolute,
+            "accepted": self.accepted,
+        }
+
 
 def decide(
-    name: str,
+    place: str,
+    kind: str,
     scores: Tensor,
     proposals: Tensor,
     eta: float,
     loss_sqnorm: float,
     config: SENNConfig,
     generator: torch.Generator,
-) -> SiteDecision:
-    """π = softmax(Δη′/(T·η_W)), one proposal drawn from π, score Σ π·Δη′, two thresholds."""
+) -> Decision:
+    """π = softmax(Δη′/(T·η_W)), one proposal drawn from π, score Σ π·Δη′; a layer's score is
+    divided by its cost multiplier; then the relative and the absolute threshold."""
     weights = torch.softmax(scores / (config.temperature * max(eta, 1e-30)), dim=0)
     drawn = int(torch.multinomial(weights.float(), 1, generator=generator))
     score = float((weights * scores).sum())
-    relative, absolute = score / max(eta, 1e-30), score / max(loss_sqnorm, 1e-30)
-    accepted = relative > config.threshold and absolute > config.abs_threshold
-    return SiteDecision(
-        name, proposals[drawn], score, eta, relative, absolute, accepted, scores.tolist()
-    )
+    if kind == "layer":
+        width = proposals.shape[1]
+        adjusted = score / (config.layer_cost_mul * (width if config.size_costing else 1))
+        abs_threshold = config.layer_abs_threshold
+    else:
+        adjusted, abs_threshold = score, config.abs_threshold
+    relative, absolute = adjusted / max(eta, 1e-30), adjusted / max(loss_sqnorm, 1e-30)
+    accepted = relative > config.threshold and absolute > abs_threshold
+    return Decision(
+        place, kind, proposals[drawn], score, adjusted, eta, relative, absolute, accepted,
+        scores.tolist(),
+    )  # fmt: skip
+
+
+def choose(decisions: list[Decision], cost, remaining: float) -> tuple[Decision | None, bool]:
+    """The accepted decision with the largest adjusted score that fits the budget (ties: place
+    name), and whether any was accepted at all."""
+    accepted = sorted((d for d in decisions if d.accepted), key=lambda d: (-d.adjusted, d.place))
+    for decision in accepted:
+        if cost(decision) <= remaining:
+            return decision, True
+    return None, bool(accepted)
 
 
 @register
@@ -258,14 +492,12 @@ class SENN(Grower):
     Config = SENNConfig
     preserves_function = "exact"
     quick_overrides = {
-        "proposals": 4,
-        "proposal_steps": 4,
-        "proposal_samples": 64,
-        "max_additions": 3,
-    }
+        "proposals": 4, "proposal_steps": 4, "proposal_samples": 64, "max_additions": 2,
+    }  # fmt: skip
     description = (
-        "self-expanding nets: add a unit where the natural-expansion score Δη′ (a lower bound of "
-        "the rise in natural-gradient length) passes relative and absolute thresholds"
+        "self-expanding nets: add a unit (or, with depth, a rational layer) where the natural "
+        "expansion score Δη′ (a lower bound of the rise in natural-gradient length) passes "
+        "relative and absolute thresholds"
     )
     claims = (
         Claim(
@@ -281,6 +513,11 @@ class SENN(Grower):
         ),
     )
 
+    def __init__(self, config: SENNConfig | None = None) -> None:
+        super().__init__(config)
+        self.layers_inserted = 0
+        self.layer_checks_to_wait = 0  # growth checks left in the cooldown after a layer
+
     def refusal(self, site: Site) -> str | None:
         return super().refusal(site) or unsupported_reason(site)
 
@@ -288,77 +525,106 @@ class SENN(Grower):
         config = self.config
         inputs = ctx.inputs[: config.proposal_samples]
         targets = ctx.targets[: config.proposal_samples]
+        depth = config.depth and self.layers_inserted < config.max_inserted_layers
+        if depth and self.layer_checks_to_wait > 0:
+            self.layer_checks_to_wait -= 1
+            depth = False
         spent = 0.0
         rounds = []
-        event.predicted_loss_change = 0.0  # new units have zero fan-out
+        event.predicted_loss_change = 0.0  # new units have zero fan-out, new layers are exact
+
+        def cost(decision: Decision) -> float:
+            if decision.kind == "unit":
+                return net.site(decision.place).cost_of_units(1)[ctx.budget_metric]
+            return layer_cost(net, decision.place)[ctx.budget_metric]
+
         while len(rounds) < config.max_additions:
             sites = [site for site in self.growable_sites(net) if site.activation != "identity"]
+            places = layer_places(net) if depth else []
+            free = next((p for p in places if p in net.free_slots), None)
+            tapped = {site.name: site for site in sites}
+            tapped.update((p, net.site(p)) for p in places if p not in net.free_slots)
             with event.phase("stats"):
                 stats, loss_sqnorm = site_statistics(
-                    net, inputs, targets, ctx.loss_fn, sites, config.g_tikhonov
-                )
-            decisions = []
-            for site in sites:
-                site_stats = stats[site.name]
-                with event.phase("search"):
-                    start = initial_proposals(site, config.proposals, ctx.generator)
-                    proposals = improve_proposals(site, site_stats, start, config)
-                    with torch.no_grad():
-                        features = candidate_features(site, site_stats.maps, proposals)
-                        scores = expansion_scores(features, site_stats)
-                with event.phase("select"):
-                    decisions.append(
-                        decide(site.name, scores, proposals, site_stats.eta, loss_sqnorm,
-                               config, ctx.generator)
-                    )  # fmt: skip
+                    net, inputs, targets, ctx.loss_fn, list(tapped.values()), config.g_tikhonov,
+                    free,
+                )  # fmt: skip
+            decisions = [self._unit_decision(s, stats[s.name], loss_sqnorm, ctx, event)
+                         for s in sites]  # fmt: skip
+            decisions += [self._layer_decision(p, stats[p], loss_sqnorm, ctx, event)
+                          for p in places]  # fmt: skip
             del stats
             if not rounds:
                 for decision in decisions:
-                    event.scores[decision.site] = decision.scores
-            accepted = sorted(
-                (d for d in decisions if d.accepted), key=lambda d: (-d.score, d.site)
-            )
-            chosen = None
-            for decision in accepted:
-                cost = net.site(decision.site).cost_of_units(1)[ctx.budget_metric]
-                if spent + cost <= ctx.remaining_budget:
-                    chosen = decision
-                    break
+                    key = decision.place if decision.kind == "unit" else f"layer@{decision.place}"
+                    event.scores[key] = decision.scores
+            with event.phase("select"):
+                chosen, any_accepted = choose(decisions, cost, ctx.remaining_budget - spent)
             rounds.append(
                 {
                     "loss_sqnorm": loss_sqnorm,
-                    "sites": {
-                        d.site: {
-                            "eta": d.eta,
-                            "score": d.score,
-                            "relative": d.relative,
-                            "absolute": d.absolute,
-                            "accepted": d.accepted,
-                        }
-                        for d in decisions
-                    },
-                    "added": chosen.site if chosen else None,
+                    "candidates": {f"{d.kind}@{d.place}": d.record() for d in decisions},
+                    "added": None if chosen is None else f"{chosen.kind}@{chosen.place}",
+                    "predicted_eta_gain": None if chosen is None else chosen.score,
                 }
             )
             if chosen is None:
-                if accepted:
+                if any_accepted:
                     event.stop_reason = "budget exhausted"
-                elif not event.grew and len(rounds) == 1:
+                elif len(rounds) == 1:
                     event.stop_reason = "no proposal passed thresholds"
                 break
             with event.phase("apply"):
-                site = net.site(chosen.site)
-                spent += site.cost_of_units(1)[ctx.budget_metric]
-                has_bias = site.producer.bias is not None
-                fan_in = chosen.alpha[: len(chosen.alpha) - has_bias][None]
-                bias = chosen.alpha[-1:] if has_bias else None
-                unit = site.add_units(
-                    fan_in, torch.zeros(1, site.fan_out_size, dtype=torch.float64), bias
-                )
-                event.selected.setdefault(site.name, []).extend([u, "new"] for u in unit)
+                spent += cost(chosen)
+                if chosen.kind == "unit":
+                    self._add_unit(net.site(chosen.place), chosen.proposal, event)
+                else:
+                    theta = chosen.proposal
+                    new = insert_expansion_layer(net, chosen.place, theta[:, :-1], theta[:, -1])
+                    event.extras.setdefault("layer_conditions", {})[new.name] = float(
+                        torch.linalg.cond(new.producer.weight.detach().double())
+                    )
+                    self.layers_inserted += 1
+                    self.layer_checks_to_wait = config.layer_cooldown
+                    depth = False
             if not config.recursive:
                 break
         event.extras["rounds"] = rounds
         event.extras["predicted_eta_gain"] = [
-            r["sites"][r["added"]]["score"] for r in rounds if r["added"] is not None
+            r["predicted_eta_gain"] for r in rounds if r["added"] is not None
         ]
+
+    def _unit_decision(self, site, stats, loss_sqnorm, ctx, event) -> Decision:
+        config = self.config
+        with event.phase("search"):
+            start = initial_proposals(site, config.proposals, ctx.generator)
+            proposals = improve_proposals(
+                lambda a: proposal_objective(site, stats, a, config.norm_penalty), start, config
+            )
+            with torch.no_grad():
+                features = candidate_features(site, stats.maps, proposals)
+                scores = expansion_scores(features, stats)
+        with event.phase("select"):
+            return decide(site.name, "unit", scores, proposals, stats.eta, loss_sqnorm, config,
+                          ctx.generator)  # fmt: skip
+
+    def _layer_decision(self, place, stats, loss_sqnorm, ctx, event) -> Decision:
+        config = self.config
+        with event.phase("search"):
+            start, shape = initial_layers(stats.inputs.shape[1], config.proposals, ctx.generator)
+            proposals = improve_proposals(
+                lambda t: layer_objective(stats, t, shape, config.norm_penalty), start, config
+            )
+            with torch.no_grad():
+                scores = expansion_scores(layer_features(stats.inputs, proposals, shape), stats)
+        with event.phase("select"):
+            return decide(place, "layer", scores, proposals, stats.eta, loss_sqnorm, config,
+                          ctx.generator)  # fmt: skip
+
+    @staticmethod
+    def _add_unit(site: Site, alpha: Tensor, event: GrowthEvent) -> None:
+        has_bias = site.producer.bias is not None
+        fan_in = alpha[: len(alpha) - has_bias][None]
+        bias = alpha[-1:] if has_bias else None
+        units = site.add_units(fan_in, torch.zeros(1, site.fan_out_size, dtype=alpha.dtype), bias)
+        event.selected.setdefault(site.name, []).extend([u, "new"] for u in units)

@@ -109,6 +109,12 @@ class Activation(nn.Module):
         return self.name
 
 
+def rational(z: Tensor, v: Tensor, c: Tensor, linear: Tensor) -> Tensor:
+    """φ(z) = [(2v·z + c)/(1 + z²) + l·z] / max(‖(v, c, l)‖, 1e-6), parameters broadcast to z."""
+    norm = torch.sqrt(v * v + c * c + linear * linear).clamp_min(1e-6)
+    return ((2 * v * z + c) / (1 + z * z) + linear * z) / norm
+
+
 class RationalActivation(Activation):
     """SENN's rational activation with parameters (v, c, l) per unit (Mitchell et al., arXiv
     2307.04526): φ(z) = [(2v·z + c)/(1 + z²) + l·z] / max(‖(v, c, l)‖, 1e-6), exactly the identity
@@ -124,9 +130,7 @@ class RationalActivation(Activation):
 
     def forward(self, z: Tensor) -> Tensor:
         shape = (1, -1) + (1,) * (z.ndim - 2)
-        v, c, linear = (p.reshape(shape) for p in (self.v, self.c, self.linear))
-        norm = torch.sqrt(v * v + c * c + linear * linear).clamp_min(1e-6)
-        return ((2 * v * z + c) / (1 + z * z) + linear * z) / norm
+        return rational(z, *(p.reshape(shape) for p in (self.v, self.c, self.linear)))
 
     def resize_units(self, change) -> None:
         for name, fill in (("v", 0.0), ("c", 0.0), ("linear", 1.0)):
