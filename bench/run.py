@@ -28,7 +28,11 @@ Figures:
   (``rq_steps = 800``). Exact s2d is timed on MobileNet only by default (``--time-s2d-on``); for
   the other net, and at full width, the bytes its splitting matrices need are printed.
 
-``--only throughput,steps,split,tiny,growth`` runs a subset.
+* a growth step of every built-in method on each task of the ``default`` suite, as a share of
+  one of that task's training epochs (the suite's batch size and optimiser), measured in the
+  same process on the start net with the suite's statistics set (``--methods`` narrows it).
+
+``--only throughput,steps,split,tiny,growth,default-growth`` runs a subset.
 """
 
 from __future__ import annotations
@@ -496,6 +500,49 @@ def growth_step_costs(threads: int, time_s2d_on: tuple[str, ...]) -> Iterator[st
             yield line
 
 
+def default_task_growth(threads: int, methods: tuple[str, ...]) -> Iterator[str]:
+    """One growth step / one training epoch on every task of the default suite, per method (the
+    median of three epochs; the grow on the start net after those epochs), with its phases."""
+    from growbench.benchmarks.runner import make_optimizer
+    from growbench.benchmarks.suite import load_suite
+    from growbench.nn.losses import loss_for_task
+
+    torch.set_num_threads(threads)
+    suite = load_suite("default")
+    for task in suite.tasks:
+        dataset = load_dataset(task.dataset, **task.dataset_options)
+        loss_fn = loss_for_task(dataset.spec.task)
+        config = task.model_config(dataset.spec)
+        for method in methods:
+            net = build_model(config, seed=0)
+            optimizer = make_optimizer(net, task.training)
+            order = torch.Generator().manual_seed(0)
+            epochs = []
+            for _ in range(3):
+                batches = dataset.batches("train", task.training.batch_size, order)
+                start = time.perf_counter()
+                train_one_epoch(net, optimizer, batches, loss_fn)
+                epochs.append(time.perf_counter() - start)
+            samples = min(task.growth.stats_samples, dataset.num_train)
+            inputs, targets = dataset.subset("train", samples, torch.Generator().manual_seed(1))
+            ctx = GrowthContext(
+                inputs, targets, loss_fn, task.budget.metric, math.inf,
+                torch.Generator().manual_seed(2),
+            )  # fmt: skip
+            grower = make_grower(method, suite.method_options.get(method, {}))
+            start = time.perf_counter()
+            event = grower.grow(net, ctx)
+            seconds = time.perf_counter() - start
+            epoch = statistics.median(epochs)
+            phases = {name: round(value, 3) for name, value in event.seconds.items()}
+            yield (
+                f"default suite, {task.name}: {method} growth step / one epoch = "
+                f"{seconds / epoch:.2f} ({seconds:.2f} s against {epoch:.2f} s; "
+                f"{sum(event.units_added.values())} units, "
+                f"{len(event.layers_inserted)} layers; phases {phases})"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
@@ -513,7 +560,11 @@ def main() -> None:
         "(resnet18 takes tens of minutes on a CPU)",
     )
     parser.add_argument(
-        "--only", help="comma-separated figures: throughput, steps, split, tiny, growth"
+        "--only",
+        help="comma-separated figures: throughput, steps, split, tiny, growth, default-growth",
+    )
+    parser.add_argument(
+        "--methods", help="comma-separated methods of the default-growth figure (default: all)"
     )
     parser.add_argument("--splitting-probe", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--growth-probe", nargs=4, help=argparse.SUPPRESS)
@@ -526,7 +577,7 @@ def main() -> None:
         model, method, options, threads = args.growth_probe
         print(json.dumps(growth_probe(model, method, options, int(threads))))
         return
-    figures = set((args.only or "throughput,steps,split,tiny,growth").split(","))
+    figures = set((args.only or "throughput,steps,split,tiny,growth,default-growth").split(","))
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     print(f"growbench bench (torch {torch.__version__}, {torch.get_num_threads()} threads)")
@@ -568,6 +619,13 @@ def main() -> None:
             )
     if "growth" in figures:
         for line in growth_step_costs(args.threads, tuple(args.time_s2d_on.split(","))):
+            print(line, flush=True)
+    if "default-growth" in figures:
+        import growbench.methods.builtin  # noqa: F401
+        from growbench.methods import registry
+
+        methods = tuple(args.methods.split(",")) if args.methods else sorted(registry._BUILTINS)
+        for line in default_task_growth(args.threads, methods):
             print(line, flush=True)
 
 

@@ -1,4 +1,4 @@
-"""The generated datasets: teacher-student, spirals and moons."""
+"""The generated datasets: teacher-student, rational-teacher, spirals and moons."""
 
 import pytest
 import torch
@@ -48,7 +48,21 @@ def test_teacher_student_relu_is_active() -> None:
     assert (x @ least_squares - y).pow(2).mean() > 0.1 * y.pow(2).mean()
 
 
-@pytest.mark.parametrize("name", ["teacher-student", "spirals", "moons"])
+def test_rational_teacher_is_a_standardised_nonlinear_1d_target() -> None:
+    data = load_dataset("rational-teacher")
+    x, y = data.train_inputs, data.train_targets
+    assert x.shape == (50, 1)
+    assert y.shape == (50, 1)
+    assert float(y.mean()) == pytest.approx(0.0, abs=1e-5)
+    assert float(y.std()) == pytest.approx(1.0, rel=1e-5)
+    design = torch.cat([x, torch.ones_like(x)], dim=1)
+    line = torch.linalg.lstsq(design, y).solution
+    assert (design @ line - y).pow(2).mean() > 0.05  # not a straight line
+    deeper = load_dataset("rational-teacher", depth=2, seed=0)
+    assert not torch.allclose(deeper.train_targets, y)
+
+
+@pytest.mark.parametrize("name", ["teacher-student", "rational-teacher", "spirals", "moons"])
 def test_generated_data_is_seeded_and_leaves_global_rng_alone(name: str) -> None:
     torch.manual_seed(123)
     state = torch.get_rng_state()

@@ -18,6 +18,7 @@ SIZES = {
     "digits": (1437, 360),
     "fashion-mnist": (60000, 10000),
     "moons": (1000, 1000),
+    "rational-teacher": (50, 1000),
     "spirals": (1000, 1000),
     "teacher-student": (1000, 1000),
 }

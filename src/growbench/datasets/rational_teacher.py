@@ -13,6 +13,7 @@ generator seeded with ``seed``: the teacher layer by layer, then the train and t
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +48,7 @@ def load(options: Options) -> Dataset:
     generator = torch.Generator().manual_seed(options.seed)
     sizes = [1] + [options.hidden] * options.depth + [1]
     layers = []
-    for fan_in, fan_out in zip(sizes, sizes[1:]):
+    for fan_in, fan_out in itertools.pairwise(sizes):
         weight = torch.randn(fan_out, fan_in, generator=generator) / fan_in**0.5
         bias = 0.1 * torch.randn(fan_out, generator=generator)
         shape = torch.randn(3, fan_out, generator=generator)
