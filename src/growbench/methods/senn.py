@@ -69,6 +69,7 @@ class SENNConfig(GrowerConfig):
     proposal_step: float = 0.3
     temperature: float = 10.0
     proposal_samples: int = 512  # the first samples of the statistics set
+    proposal_rows: int = 16384  # conv consumers: at most this many (sample, position) rows
     g_tikhonov: float = 0.1  # G_reg = Ĝ + g_tikhonov · (tr Ĝ / q) · I
     norm_penalty: float = 1e-2  # · ½(log det WᵀW)² on each proposal's fan-in kernel W
     recursive: bool = True
@@ -178,10 +179,12 @@ def site_statistics(
     sites: list[Site],
     tikhonov: float,
     free_slot: str | None = None,
+    max_rows: int | None = None,
 ) -> tuple[dict[str, SiteStatistics], float]:
     """The factors of every site (and of the consumer of ``free_slot``), and E‖e‖², from two
     passes on one batch: with the loss (h, g_a, the producer input) and seeded with the
-    normalised output gradients ê = e/‖e‖ (ĝ_a)."""
+    normalised output gradients ê = e/‖e‖ (ĝ_a). With ``max_rows``, a conv consumer's factors
+    use only its first samples, as many as give at most that many (sample, position) rows."""
     e = output_gradients(net, inputs, targets, loss_fn)
     loss_sqnorm = float((e.double() ** 2).flatten(1).sum(1).mean())
     normalised = e / e.flatten(1).norm(dim=1).clamp_min(1e-30).reshape(-1, *[1] * (e.ndim - 1))
@@ -195,11 +198,13 @@ def site_statistics(
                                  want=("grad_output",))  # fmt: skip
     for site in sites:
         taps = raw[site.name]
-        h = consumer_rows(site, taps.consumer_input).double()
-        g = gradient_rows(taps.grad_output).double()
-        hat = gradient_rows(seeded[site.name].grad_output).double()
-        stats = consumer_factors(h, g, hat, count, tikhonov)
-        stats.maps = patch_maps(site, taps.input).double()
+        positions = taps.grad_output[0, 0].numel()
+        used = count if max_rows is None else max(1, min(count, max_rows // positions))
+        h = consumer_rows(site, taps.consumer_input[:used]).double()
+        g = gradient_rows(taps.grad_output[:used]).double()
+        hat = gradient_rows(seeded[site.name].grad_output[:used]).double()
+        stats = consumer_factors(h, g, hat, used, tikhonov)
+        stats.maps = patch_maps(site, taps.input[:used]).double()
         result[site.name] = stats
     if free_slot is not None:
         seeds = [lambda y: loss_fn(y, targets).sum(), lambda y: (y * normalised).sum()]
@@ -538,22 +543,31 @@ class SENN(Grower):
                 return net.site(decision.place).cost_of_units(1)[ctx.budget_metric]
             return layer_cost(net, decision.place)[ctx.budget_metric]
 
+        kept: dict[str, Decision] = {}  # decisions still valid after the last addition
+        loss_sqnorm = 0.0
         while len(rounds) < config.max_additions:
             sites = [site for site in self.growable_sites(net) if site.activation != "identity"]
             places = layer_places(net) if depth else []
-            free = next((p for p in places if p in net.free_slots), None)
-            tapped = {site.name: site for site in sites}
-            tapped.update((p, net.site(p)) for p in places if p not in net.free_slots)
-            with event.phase("stats"):
-                stats, loss_sqnorm = site_statistics(
-                    net, inputs, targets, ctx.loss_fn, list(tapped.values()), config.g_tikhonov,
-                    free,
-                )  # fmt: skip
-            decisions = [self._unit_decision(s, stats[s.name], loss_sqnorm, ctx, event)
-                         for s in sites]  # fmt: skip
-            decisions += [self._layer_decision(p, stats[p], loss_sqnorm, ctx, event)
-                          for p in places]  # fmt: skip
-            del stats
+            stale_sites = [site for site in sites if f"unit@{site.name}" not in kept]
+            stale_places = [p for p in places if f"layer@{p}" not in kept]
+            free = next((p for p in stale_places if p in net.free_slots), None)
+            tapped = {site.name: site for site in stale_sites}
+            tapped.update((p, net.site(p)) for p in stale_places if p not in net.free_slots)
+            if tapped or free is not None:
+                with event.phase("stats"):
+                    stats, loss_sqnorm = site_statistics(
+                        net, inputs, targets, ctx.loss_fn, list(tapped.values()),
+                        config.g_tikhonov, free, config.proposal_rows,
+                    )  # fmt: skip
+                for site in stale_sites:
+                    decision = self._unit_decision(site, stats[site.name], loss_sqnorm, ctx, event)
+                    kept[f"unit@{site.name}"] = decision
+                for place in stale_places:
+                    decision = self._layer_decision(place, stats[place], loss_sqnorm, ctx, event)
+                    kept[f"layer@{place}"] = decision
+                del stats
+            decisions = [kept[f"unit@{site.name}"] for site in sites]
+            decisions += [kept[f"layer@{place}"] for place in places]
             if not rounds:
                 for decision in decisions:
                     key = decision.place if decision.kind == "unit" else f"layer@{decision.place}"
@@ -577,8 +591,18 @@ class SENN(Grower):
             with event.phase("apply"):
                 spent += cost(chosen)
                 if chosen.kind == "unit":
-                    self._add_unit(net.site(chosen.place), chosen.proposal, event)
+                    grown = net.site(chosen.place)
+                    self._add_unit(grown, chosen.proposal, event)
+                    # the grown site's consumer reads a new input (a layer there would too) and
+                    # is the producer of any site it feeds, whose fan-in grew; the other sites'
+                    # factors gain at most a zero gradient row, so their decisions stand
+                    kept.pop(f"unit@{chosen.place}")
+                    kept.pop(f"layer@{chosen.place}", None)
+                    for site in net.sites:
+                        if site.producer is grown.consumer:
+                            kept.pop(f"unit@{site.name}", None)
                 else:
+                    kept.clear()
                     theta = chosen.proposal
                     new = insert_expansion_layer(net, chosen.place, theta[:, :-1], theta[:, -1])
                     event.extras.setdefault("layer_conditions", {})[new.name] = float(
