@@ -458,7 +458,9 @@ def splitting_matrix_bytes(config: ModelConfig) -> int:
     return sum(site.width * site.fan_in_size**2 * 8 for site in net.sites)
 
 
-def growth_step_costs(threads: int, time_s2d_on: tuple[str, ...]) -> Iterator[str]:
+def growth_step_costs(
+    threads: int, time_s2d_on: tuple[str, ...], methods: tuple[str, ...] | None = None
+) -> Iterator[str]:
     """Every built-in method's growth step on the papers' nets as a share of one training epoch
     (target ≤ 1 for every method but exact s2d), each grow() in its own process; one line per
     measurement, as it is made."""
@@ -468,6 +470,7 @@ def growth_step_costs(threads: int, time_s2d_on: tuple[str, ...]) -> Iterator[st
     for model, (label, options, full) in GROWTH_NETS.items():
         runs = [(name, {}) for name in sorted(registry._BUILTINS)]
         runs.append(("fast-s2d", {"rq_steps": 800}))  # 50 passes over the 1,024 samples
+        runs = [run for run in runs if methods is None or run[0] in methods]
         for method, extra in runs:
             if method == "s2d" and model not in time_s2d_on:
                 shape = ModelConfig(model, (3, 32, 32), 10, **options)
@@ -564,7 +567,7 @@ def main() -> None:
         help="comma-separated figures: throughput, steps, split, tiny, growth, default-growth",
     )
     parser.add_argument(
-        "--methods", help="comma-separated methods of the default-growth figure (default: all)"
+        "--methods", help="comma-separated methods of the growth figures (default: every built-in)"
     )
     parser.add_argument("--splitting-probe", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--growth-probe", nargs=4, help=argparse.SUPPRESS)
@@ -617,14 +620,15 @@ def main() -> None:
                 "TINY growth step (statistics, solve, γ search, surgery) on the digits MLP, "
                 f"gromo / growbench time ratio: {ratio:.1f}x (target >= 10); {note}"
             )
+    import growbench.methods.builtin  # noqa: F401
+    from growbench.methods import registry
+
+    methods = tuple(args.methods.split(",")) if args.methods else tuple(sorted(registry._BUILTINS))
     if "growth" in figures:
-        for line in growth_step_costs(args.threads, tuple(args.time_s2d_on.split(","))):
+        s2d_nets = tuple(args.time_s2d_on.split(","))
+        for line in growth_step_costs(args.threads, s2d_nets, methods):
             print(line, flush=True)
     if "default-growth" in figures:
-        import growbench.methods.builtin  # noqa: F401
-        from growbench.methods import registry
-
-        methods = tuple(args.methods.split(",")) if args.methods else sorted(registry._BUILTINS)
         for line in default_task_growth(args.threads, methods):
             print(line, flush=True)
 
