@@ -222,27 +222,22 @@ def build_searches(
     searches = {}
     for site in sites:
         weight = site.producer.weight
-        factory = {"dtype": weight.dtype, "device": weight.device}
-        g = ctx.generator
-        split = (torch.rand(weight.shape, generator=g, **_cpu(factory)) * 0.2 - 0.1).to(**factory)
+        dtype, device, g = weight.dtype, weight.device, ctx.generator  # drawn on the CPU
+        split = (torch.rand(weight.shape, generator=g, dtype=dtype) * 0.2 - 0.1).to(device)
         k = counts[site.name]
-        new = (0.1 * torch.randn(k, *weight.shape[1:], generator=g, **_cpu(factory))).to(**factory)
+        new = (0.1 * torch.randn(k, *weight.shape[1:], generator=g, dtype=dtype)).to(device)
         following = by_producer.get(id(site.consumer))
         rows = site.consumer.weight.shape[0]
         extra = counts[following.name] if following is not None else 0
         taps = site.fan_out_size // rows
-        omega = torch.rand(rows + extra, k, taps, generator=g, **_cpu(factory)) * 0.02 - 0.01
+        omega = torch.rand(rows + extra, k, taps, generator=g, dtype=dtype) * 0.02 - 0.01
         searches[site.name] = SiteSearch(
-            site, split, new, omega.to(**factory), following.name if following else None, rows
+            site, split, new, omega.to(device), following.name if following else None, rows
         )
     for search in searches.values():
         for variable in search.variables():
             variable.requires_grad_(True)
     return searches
-
-
-def _cpu(factory: dict) -> dict:
-    return {"dtype": factory["dtype"]}
 
 
 def output_sizes(net: GrowableNet, sites: list[Site], sample: Tensor) -> dict[str, int]:
