@@ -73,7 +73,7 @@ class SENNConfig(GrowerConfig):
     g_tikhonov: float = 0.1  # G_reg = Ĝ + g_tikhonov · (tr Ĝ / q) · I
     norm_penalty: float = 1e-2  # · ½(log det WᵀW)² on each proposal's fan-in kernel W
     recursive: bool = True
-    max_additions: int = 64  # units and layers added in one event at most
+    max_additions: int = 16  # units and layers added in one event at most
     depth: bool = False  # also propose identity-initialised layers with rational activations
     layer_cost_mul: float = 2.0  # a layer's score is divided by this (× its width with
     size_costing: bool = False  # ``size_costing``) before the thresholds and the choice
