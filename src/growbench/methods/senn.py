@@ -465,7 +465,7 @@ def decide(
     """π = softmax(Δη′/(T·η_W)), one proposal drawn from π, score Σ π·Δη′; a layer's score is
     divided by its cost multiplier; then the relative and the absolute threshold."""
     weights = torch.softmax(scores / (config.temperature * max(eta, 1e-30)), dim=0)
-    drawn = int(torch.multinomial(weights.float(), 1, generator=generator))
+    drawn = int(torch.multinomial(weights.float().cpu(), 1, generator=generator))  # CPU draw
     score = float((weights * scores).sum())
     if kind == "layer":
         width = proposals.shape[1]
@@ -621,7 +621,7 @@ class SENN(Grower):
     def _unit_decision(self, site, stats, loss_sqnorm, ctx, event) -> Decision:
         config = self.config
         with event.phase("search"):
-            start = initial_proposals(site, config.proposals, ctx.generator)
+            start = initial_proposals(site, config.proposals, ctx.generator).to(stats.maps.device)
             proposals = improve_proposals(
                 lambda a: proposal_objective(site, stats, a, config.norm_penalty), start, config
             )
@@ -636,6 +636,7 @@ class SENN(Grower):
         config = self.config
         with event.phase("search"):
             start, shape = initial_layers(stats.inputs.shape[1], config.proposals, ctx.generator)
+            start, shape = start.to(stats.inputs.device), shape.to(stats.inputs.device)
             proposals = improve_proposals(
                 lambda t: layer_objective(stats, t, shape, config.norm_penalty), start, config
             )
@@ -650,5 +651,5 @@ class SENN(Grower):
         has_bias = site.producer.bias is not None
         fan_in = alpha[: len(alpha) - has_bias][None]
         bias = alpha[-1:] if has_bias else None
-        units = site.add_units(fan_in, torch.zeros(1, site.fan_out_size, dtype=alpha.dtype), bias)
+        units = site.add_units(fan_in, alpha.new_zeros(1, site.fan_out_size), bias)
         event.selected.setdefault(site.name, []).extend([u, "new"] for u in units)
