@@ -20,17 +20,22 @@ from growbench.methods.firefly import (
     rank_candidates,
     restrict,
     search,
+    select,
     super_loss,
 )
+from growbench.nn.counting import insertion_cost
 
-from .conftest import make_task
+from .conftest import ZOO, make_task
+from .test_contract import _grow_checked
 
 TASKS = ["tanh_mlp", "conv_bn"]
+# with depth: zero-branch layers (tanh, silu) and identity layers (relu; a relu VGG)
+DEPTH_TASKS = ["tanh_mlp", "relu_mlp", "conv_bn", "vgg"]
 
 
-def prepared(task_name, steps=5, seed=0, candidates=3):
+def prepared(task_name, steps=5, seed=0, candidates=3, depth=False):
     task = make_task(task_name)
-    config = FireflyConfig(candidates=candidates, search_steps=steps, search_batch=32)
+    config = FireflyConfig(candidates=candidates, search_steps=steps, search_batch=32, depth=depth)
     ctx = task.context(seed=seed)
     sites = task.net.sites
     searches = build_searches(task.net, sites, config, ctx)
@@ -43,29 +48,33 @@ def super_outputs(net, searches, inputs):
         return net(inputs)
 
 
-@pytest.mark.parametrize("task_name", TASKS)
+@pytest.mark.parametrize("task_name", DEPTH_TASKS)
 def test_super_network_with_zero_perturbations_is_the_base_net(task_name):
-    task, _, _, searches, _ = prepared(task_name, steps=2)
+    task, _, _, searches, _ = prepared(task_name, steps=2, depth=True)
+    assert all(s.layer is not None for s in searches.values())
     with torch.no_grad():
         for s in searches.values():
             s.split.zero_()
             s.omega.zero_()
+            s.layer.perturbation.zero_()
     base = task.net(task.inputs)
     assert (super_outputs(task.net, searches, task.inputs) - base).abs().max() <= 1e-12
 
 
-@pytest.mark.parametrize("task_name", TASKS)
+@pytest.mark.parametrize("task_name", DEPTH_TASKS)
 def test_score_is_the_gate_derivative_of_the_super_network_loss(task_name):
-    task, _, ctx, searches, _ = prepared(task_name)
+    task, _, ctx, searches, _ = prepared(task_name, depth=True)
     scores = gate_scores(task.net, searches, ctx)
     generator = torch.Generator().manual_seed(7)
     h = 1e-6
     names = list(searches)[:2]
+    picks = [(name, "layer") for name in names]  # every layer, and 5 random splits or units
     for _ in range(5):
         name = names[int(torch.randint(0, 2, (1,), generator=generator))]
+        picks.append((name, ["split", "new"][int(torch.randint(0, 2, (1,), generator=generator))]))
+    for name, kind in picks:
         s = searches[name]
-        kind = ["split", "new"][int(torch.randint(0, 2, (1,), generator=generator))]
-        gate = s.split_gate if kind == "split" else s.new_gate
+        gate = {"split": s.split_gate, "new": s.new_gate, "layer": s.layer.gate}[kind]
         index = int(torch.randint(0, len(gate), (1,), generator=generator))
 
         def loss_at(scale, gate=gate, index=index):
@@ -79,7 +88,7 @@ def test_score_is_the_gate_derivative_of_the_super_network_loss(task_name):
             return total
 
         numeric = (loss_at(1 + h) - loss_at(1 - h)) / (2 * h)
-        analytic = float(scores[name][0 if kind == "split" else 1][index])
+        analytic = float(scores[name][kind][index])
         assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-10)
 
 
@@ -162,13 +171,130 @@ def test_selection_keeps_the_most_negative_scores_within_the_budget():
 
 def test_ranking_ties_follow_site_order_then_kind_then_index():
     scores = {
-        "a": (torch.tensor([0.0, -1.0]), torch.tensor([-1.0])),
-        "b": (torch.tensor([-1.0]), torch.tensor([-2.0, 0.0])),
+        "a": {"split": torch.tensor([0.0, -1.0]), "new": torch.tensor([-1.0])},
+        "b": {
+            "split": torch.tensor([-1.0]),
+            "new": torch.tensor([-2.0, 0.0]),
+            "layer": torch.tensor([-1.0]),
+        },
     }
     ranked = rank_candidates(scores, ["a", "b"])
-    assert [(n, k, i) for n, k, i, _ in ranked[:4]] == [
+    assert [(n, k, i) for n, k, i, _ in ranked[:5]] == [
         ("b", "new", 0),
         ("a", "split", 1),
         ("a", "new", 0),
         ("b", "split", 0),
+        ("b", "layer", 0),
     ]
+
+
+# ------------------------------------------------------------------------------------ depth
+@pytest.mark.parametrize("task_name", DEPTH_TASKS)
+@pytest.mark.parametrize("layer_first", [True, False])
+def test_surgery_with_a_layer_reproduces_the_restricted_super_network(task_name, layer_first):
+    """A layer at one site and splits and new units at the next (whose new units read the
+    layer's output), or width at the first site and the layer after the second."""
+    task, _, _, searches, _ = prepared(task_name, steps=20, depth=True)
+    with torch.no_grad():  # make every searched weight matter
+        for s in searches.values():
+            s.omega.mul_(30)
+            s.layer.perturbation.mul_(30)
+    first, second = list(searches)[:2]
+    layer_site, width_site = (first, second) if layer_first else (second, first)
+    chosen = [
+        (layer_site, "layer", 0, 0.0),
+        (width_site, "split", 0, 0.0),
+        (width_site, "new", 1, 0.0),
+        (width_site, "new", 2, 0.0),
+    ]
+    restrict(searches, chosen)
+    expected = super_outputs(task.net, searches, task.inputs)
+    without_layer = [c for c in chosen if c[1] != "layer"]
+    restrict(searches, without_layer)
+    assert (super_outputs(task.net, searches, task.inputs) - expected).abs().max() > 1e-3
+    restrict(searches, chosen)
+    kind = searches[layer_site].layer.kind
+    assert kind == ("identity" if task_name in ("relu_mlp", "vgg") else "zero-branch")
+    sites_before = [site.name for site in task.net.sites]
+    apply_selection(task.net, searches, chosen, GrowthEvent("firefly"))
+    inserted = [site.name for site in task.net.sites if site.name not in sites_before]
+    assert len(inserted) == 1
+    if kind == "zero-branch":  # the old site became a residual stream
+        assert layer_site not in [site.name for site in task.net.sites]
+    task.net.eval()
+    with torch.no_grad():
+        grown = task.net(task.inputs)
+    assert (grown - expected).abs().max() <= 1e-10
+
+
+def _fixed_scores(searches, ranking):
+    """Scores that put the (site, kind, index) of ``ranking`` first, in that order."""
+    scores = {
+        name: {kind: torch.zeros(len(g)) for kind, g in zip(("split", "new", "layer"), s.gates())}
+        for name, s in searches.items()
+    }
+    for position, (name, kind, index) in enumerate(ranking):
+        scores[name][kind][index] = -float(len(ranking) - position)
+    return scores
+
+
+def test_budget_truncation_across_splits_units_and_layers():
+    """The walk keeps, in ranking order, what fits the budget with what it kept before; a site
+    takes a layer or width, never both; at most ``max_layers`` layers; and the realised cost is
+    exactly the priced cost."""
+    task, config, ctx, searches, _ = prepared("tanh_mlp", depth=True)
+    net = task.net
+    layer0 = insertion_cost(net, "block0", init="zero-branch", batchnorm=False)["params"]
+    unit1 = net.site("block1").cost_of_units(1)["params"]
+    unit0 = net.site("block0").cost_of_units(1)["params"]
+    ranking = [
+        ("block0", "layer", 0),  # kept
+        ("block0", "new", 0),  # skipped: block0 takes a layer
+        ("block1", "split", 0),  # kept
+        ("block1", "layer", 0),  # skipped: block1 took width (and max_layers is 1)
+        ("block1", "split", 1),  # skipped: over the budget
+    ]
+    budget = layer0 + unit1 + min(unit0, unit1) // 2
+    ranked = rank_candidates(_fixed_scores(searches, ranking), list(searches))
+    ctx.remaining_budget = budget
+    chosen = select(net, searches, ranked, n_select=10, ctx=ctx, config=config)
+    assert [(n, k, i) for n, k, i, _ in chosen] == [ranking[0], ranking[2]]
+    # brute force: the realised cost of what was kept is the priced cost, within the budget
+    params, flops = net.params(), net.flops()
+    restrict(searches, chosen)
+    apply_selection(net, searches, chosen, GrowthEvent("firefly"))
+    assert net.params() - params == layer0 + unit1 <= budget
+    assert net.flops() > flops
+    # no budget and max_layers = 2: both sites take a layer, so no width is left to take
+    task, config, ctx, searches, _ = prepared("tanh_mlp", depth=True)
+    ctx.remaining_budget = float("inf")
+    config.max_layers = 2
+    ranking = [("block1", "layer", 0), ("block0", "layer", 0), ("block1", "new", 0)]
+    ranked = rank_candidates(_fixed_scores(searches, ranking), list(searches))
+    chosen = select(task.net, searches, ranked, n_select=3, ctx=ctx, config=config)
+    assert [(n, k) for n, k, _, _ in chosen] == [("block1", "layer"), ("block0", "layer")]
+    priced = sum(
+        insertion_cost(task.net, name, init="zero-branch", batchnorm=False)["params"]
+        for name in ("block0", "block1")
+    )
+    params = task.net.params()
+    apply_selection(task.net, searches, chosen, GrowthEvent("firefly"))
+    assert task.net.params() - params == priced
+
+
+@pytest.mark.parametrize("model", sorted(ZOO))
+def test_depth_on_the_zoo_grows_a_layer_with_exact_bookkeeping(model):
+    """With ``depth`` on every zoo model: every site offers a layer and it is scored; a kept
+    layer is inserted with exact bookkeeping; the step is deterministic; the grown net trains."""
+    task = make_task(model)
+    event = _grow_checked("firefly", task, seed=3, depth=True, growth_ratio=0.5)
+    twin = make_task(model)
+    assert event.to_json(timings=False) == _grow_checked(
+        "firefly", twin, seed=3, depth=True, growth_ratio=0.5
+    ).to_json(timings=False)
+    assert event.extras["layer_candidates"]
+    assert any(f"{name}/layer" in event.scores for name in event.extras["layer_candidates"])
+    kinds = [kind for picks in event.selected.values() for _, kind in picks]
+    assert len(event.layers_inserted) == kinds.count("layer") <= 1
+    task.net.train()
+    task.loss_fn(task.net(task.inputs), task.targets).mean().backward()

@@ -78,7 +78,10 @@ def make_frames() -> dict[str, pd.DataFrame]:
                 predicted = [-0.1 * (seed + 1), -0.001] if method != "gamma" else [NAN, NAN]
                 for rnd, pred in enumerate(predicted):
                     real = -0.08 * (seed + 1) if rnd == 0 else 0.0005
-                    events.append([task, method, seed, rnd, rnd + 1, True, 4, pred, real, 0.2, ""])
+                    layers = int(method == "beta" and rnd == 0)
+                    events.append(
+                        [task, method, seed, rnd, rnd + 1, True, 4, layers, pred, real, 0.2, ""]
+                    )
                 for index, site in enumerate(["fc1", "fc2"]):
                     widths.append([task, method, seed, site, index, 8 + 4 * m + seed + index])
     return {

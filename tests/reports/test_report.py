@@ -80,6 +80,7 @@ def event(cell) -> dict:
         "round": 0,
         "epoch": 1,
         "units_added": {"block0": 2},
+        "layers_inserted": ["block0+1"] if cell.method == "s2d" else [],
         "predicted_loss_change": predicted,
         "realised_loss_change": -0.04 - 0.001 * cell.seed,
         "wall_seconds": 0.25,
@@ -196,6 +197,7 @@ def test_history_events_and_widths_hold_the_runs_numbers(store, report: Path):
         assert (*key, 2) in history.index or key == FAILED
         row = events.loc[key]
         assert row.units_added == 2
+        assert row.layers_inserted == (1 if cell.method == "s2d" else 0)
         assert row.realised_loss_change == event(cell)["realised_loss_change"]
         if cell.method == "s2d":
             assert row.predicted_loss_change == -0.05

@@ -40,15 +40,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from growbench.claims import Claim
-from growbench.methods.base import (
-    Grower,
-    GrowerConfig,
-    GrowthContext,
-    GrowthEvent,
-    take_within_budget,
-)
+from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
 from growbench.methods.registry import register
-from growbench.nn import GrowableNet, Site
+from growbench.nn import GrowableNet, Site, insert_layer
+from growbench.nn.activations import activation_info, make_activation
+from growbench.nn.counting import growth_cost, insertion_cost
+from growbench.nn.growable import eval_mode
 
 
 @dataclass
@@ -63,6 +60,8 @@ class FireflyConfig(GrowerConfig):
     new_penalty: float = 1e-4  # · Σ‖α‖²
     growth_ratio: float = 0.3
     max_search_bytes: float = 2**30  # cap on the candidates' extra activations, conv sites
+    depth: bool = False  # also offer a candidate layer after every site's activation
+    max_layers: int = 1  # at most this many layers inserted per growth step
 
     def __post_init__(self) -> None:
         if self.candidates < 0 or self.search_steps < 0 or self.search_batch < 1:
@@ -72,6 +71,8 @@ class FireflyConfig(GrowerConfig):
                 raise ValueError(f"firefly: {name} must be a positive number")
         if self.split_penalty < 0 or self.new_penalty < 0:
             raise ValueError("firefly: the penalties must be >= 0")
+        if self.max_layers < 0:
+            raise ValueError("firefly: max_layers must be >= 0")
 
 
 # --------------------------------------------------------------------- the super-network
@@ -97,6 +98,84 @@ def _apply_consumer(site: Site, units: Tensor, omega: Tensor) -> Tensor:
     )
 
 
+LAYER_INIT = 1e-2  # a candidate layer's perturbation E starts at U(±LAYER_INIT)
+
+
+def _layer_map(site: Site, maps: Tensor, weight: Tensor) -> Tensor:
+    """A candidate layer's width-preserving linear map (a conv with "same" padding)."""
+    if isinstance(site.producer, nn.Linear):
+        return F.linear(maps, weight)
+    return F.conv2d(maps, weight, None, 1, weight.shape[-1] // 2)
+
+
+@dataclass
+class LayerCandidate:
+    """A layer that could be inserted right after a site's activation, with its trained weight
+    perturbation E: ``identity``, σ(h + E h), where σ (a fresh copy of the site's activation) is
+    idempotent or the identity at its initial parameters, so E = 0 is the identity; otherwise
+    ``zero-branch``, h + E σ(W₁ h) with W₁ drawn and fixed. New units of the same site bypass it
+    in the super-network (a site takes a layer or new width in one step, never both)."""
+
+    kind: str
+    perturbation: Tensor  # E: n × n (× k × k)
+    first: Tensor | None  # W₁ of a zero-branch layer
+    activation: nn.Module
+    cut: int  # the layer runs after between[:cut]
+    gate: Tensor = field(init=False)
+    mask: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gate = torch.ones(1, dtype=self.perturbation.dtype, device=self.perturbation.device)
+        self.mask = torch.ones_like(self.gate)
+
+    @property
+    def kernel_size(self) -> int:
+        return self.perturbation.shape[-1] if self.perturbation.ndim == 4 else 1
+
+    def __call__(self, site: Site, maps: Tensor) -> Tensor:
+        perturbation = self.perturbation * (self.gate * self.mask)
+        if self.kind == "identity":
+            return self.activation(maps + _layer_map(site, maps, perturbation))
+        inner = self.activation(_layer_map(site, maps, self.first))
+        return maps + _layer_map(site, inner, perturbation)
+
+
+def layer_candidate(site: Site, generator: torch.Generator) -> LayerCandidate | None:
+    """The candidate layer at ``site`` (None when the site has no slot on its path)."""
+    if site.slot is None or not any(m is site.slot for m in site.between):
+        return None
+    weight = site.producer.weight
+    n, dtype = site.width, weight.dtype
+    shape: tuple[int, ...] = (n, n)
+    if isinstance(site.producer, nn.Conv2d):
+        k = site.producer.kernel_size[0]
+        k = k if k % 2 == 1 else 1
+        shape = (n, n, k, k)
+    info = activation_info(site.activation)
+    kind = "identity" if info.identity_at_init or info.idempotent else "zero-branch"
+    perturbation = (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * LAYER_INIT
+    first = None
+    if kind == "zero-branch":  # as insert_layer draws a zero-branch's first layer
+        first = torch.empty(shape, dtype=dtype)
+        nn.init.kaiming_uniform_(first, a=math.sqrt(5), generator=generator)
+        first = first.to(weight.device)
+    activation = make_activation(site.activation, n).to(dtype=dtype, device=weight.device)
+    cut = next(i for i, m in enumerate(site.between) if m is site.slot) + 1
+    return LayerCandidate(kind, perturbation.to(weight.device), first, activation.eval(), cut)
+
+
+def _run_between(site: Site, maps: Tensor, layer: LayerCandidate | None) -> Tensor:
+    """``site.run_between`` with the candidate layer (if any) at the site's slot."""
+    if layer is None:
+        return site.run_between(maps)
+    with eval_mode(site.between):
+        for index, module in enumerate(site.between):
+            maps = module(maps)
+            if index == layer.cut - 1:
+                maps = layer(site, maps)
+    return maps
+
+
 @dataclass
 class SiteSearch:
     """One site's search variables and gates."""
@@ -107,6 +186,7 @@ class SiteSearch:
     omega: Tensor  # Ω (consumer rows + the next site's K) × K × T
     next_site: str | None  # the growable site this site's consumer produces, if any
     consumer_rows: int
+    layer: LayerCandidate | None = None
     split_gate: Tensor = field(init=False)
     new_gate: Tensor = field(init=False)
     new_mask: Tensor = field(init=False)  # 1 keeps a candidate in the super-network
@@ -120,7 +200,12 @@ class SiteSearch:
         self.split_mask = torch.ones_like(self.split_gate)
 
     def variables(self) -> list[Tensor]:
-        return [self.split, self.new, self.omega]
+        layer = [self.layer.perturbation] if self.layer is not None else []
+        return [self.split, self.new, self.omega, *layer]
+
+    def gates(self) -> list[Tensor]:
+        layer = [self.layer.gate] if self.layer is not None else []
+        return [self.split_gate, self.new_gate, *layer]
 
 
 def _per_channel(values: Tensor, like: Tensor) -> Tensor:
@@ -164,7 +249,10 @@ class SuperNetwork:
             x, z = state["x"], state["z"]
             delta = _apply_producer(site, x, search.split)
             delta = delta * _per_channel(search.split_gate * search.split_mask, delta)
-            old = 0.5 * (site.run_between(z + delta) + site.run_between(z - delta))
+            plus, minus = z + delta, z - delta
+            old = 0.5 * (
+                _run_between(site, plus, search.layer) + _run_between(site, minus, search.layer)
+            )
             pre = _apply_producer(site, x, search.new)
             pre = pre * _per_channel(search.new_gate, pre)
             if "m" in state:
@@ -206,7 +294,8 @@ def candidate_counts(
         if isinstance(site.producer, nn.Conv2d):
             itemsize = site.producer.weight.element_size()
             per_map = config.search_batch * sizes[site.name] * itemsize * (len(site.between) + 2)
-            affordable = int(share // max(1, per_map)) - 2 * site.width
+            doubled = 2 * site.width * (2 if config.depth else 1)  # the layer runs per child
+            affordable = int(share // max(1, per_map)) - doubled
             count = max(1, min(count, affordable))
         counts[site.name] = count
     return counts
@@ -216,7 +305,7 @@ def build_searches(
     net: GrowableNet, sites: list[Site], config: FireflyConfig, ctx: GrowthContext
 ) -> dict[str, SiteSearch]:
     """The search variables at their initialisations (ctx.generator): v ~ U(±0.1),
-    α ~ N(0, 0.1²), Ω ~ U(±0.01)."""
+    α ~ N(0, 0.1²), Ω ~ U(±0.01), and with ``depth`` each site's candidate layer, E ~ U(±0.01)."""
     by_producer = {id(site.producer): site for site in sites}
     counts = candidate_counts(net, sites, config, ctx.inputs[:1])
     searches = {}
@@ -231,8 +320,9 @@ def build_searches(
         extra = counts[following.name] if following is not None else 0
         taps = site.fan_out_size // rows
         omega = torch.rand(rows + extra, k, taps, generator=g, dtype=dtype) * 0.02 - 0.01
+        layer = layer_candidate(site, g) if config.depth else None
         searches[site.name] = SiteSearch(
-            site, split, new, omega.to(device), following.name if following else None, rows
+            site, split, new, omega.to(device), following.name if following else None, rows, layer
         )
     for search in searches.values():
         for variable in search.variables():
@@ -275,6 +365,8 @@ def penalty(searches: dict[str, SiteSearch], config: FireflyConfig) -> Tensor:
     for search in searches.values():
         total = total + config.split_penalty * (search.split**2).sum()
         total = total + config.new_penalty * (search.new**2).sum()
+        if search.layer is not None:  # E perturbs the existing function, as v does
+            total = total + config.split_penalty * (search.layer.perturbation**2).sum()
     return total
 
 
@@ -314,14 +406,14 @@ def search(
 
 def gate_scores(
     net: GrowableNet, searches: dict[str, SiteSearch], ctx: GrowthContext
-) -> dict[str, tuple[Tensor, Tensor]]:
-    """∂L_super/∂(gate) at gate 1 for every split and new candidate, over one pass of the
-    statistics set (mean loss per batch, batches weighted by size)."""
-    gates = []
-    for s in searches.values():
-        s.split_gate.requires_grad_(True)
-        s.new_gate.requires_grad_(True)
-        gates += [s.split_gate, s.new_gate]
+) -> dict[str, dict[str, Tensor]]:
+    """∂L_super/∂(gate) at gate 1 for every candidate (``split``, ``new`` and, with depth,
+    ``layer`` per site), over one pass of the statistics set (mean loss per batch, batches
+    weighted by size)."""
+    kinds = {name: ["split", "new", "layer"][: len(s.gates())] for name, s in searches.items()}
+    gates = [gate for s in searches.values() for gate in s.gates()]
+    for gate in gates:
+        gate.requires_grad_(True)
     totals = [torch.zeros_like(g) for g in gates]
     count = len(ctx.inputs)
     try:
@@ -335,34 +427,70 @@ def gate_scores(
     finally:
         for gate in gates:
             gate.requires_grad_(False)
-    result = {}
-    for index, name in enumerate(searches):
-        result[name] = (totals[2 * index].detach(), totals[2 * index + 1].detach())
-    return result
+    flat = iter(totals)
+    return {name: {kind: next(flat).detach() for kind in kinds[name]} for name in searches}
 
 
 # ---------------------------------------------------------------------------- selection
+KIND_ORDER = ("split", "new", "layer")
+
+
 def rank_candidates(
-    scores: dict[str, tuple[Tensor, Tensor]], site_order: list[str]
+    scores: dict[str, dict[str, Tensor]], site_order: list[str]
 ) -> list[tuple[str, str, int, float]]:
-    """Every candidate (site, kind, index, score), most negative first; ties: site order, splits
-    before new units, index."""
+    """Every candidate (site, kind, index, score), most negative first; ties: site order, then
+    splits, new units, layers, then index."""
     pool = []
     for position, name in enumerate(site_order):
-        split, new = scores[name]
-        pool += [(float(v), position, 0, i, name, "split") for i, v in enumerate(split.tolist())]
-        pool += [(float(v), position, 1, k, name, "new") for k, v in enumerate(new.tolist())]
+        for kind, values in scores[name].items():
+            rank = KIND_ORDER.index(kind)
+            pool += [
+                (float(v), position, rank, i, name, kind) for i, v in enumerate(values.tolist())
+            ]
     pool.sort()
     return [(name, kind, index, score) for score, _, _, index, name, kind in pool]
 
 
 def select(
-    net: GrowableNet, ranked: list, n_select: int, ctx: GrowthContext
+    net: GrowableNet,
+    searches: dict[str, SiteSearch],
+    ranked: list[tuple[str, str, int, float]],
+    n_select: int,
+    ctx: GrowthContext,
+    config: FireflyConfig,
 ) -> list[tuple[str, str, int, float]]:
-    """The first ``n_select`` of the ranking that fit the budget together (one unit each)."""
-    fits = take_within_budget(net, ctx, [name for name, *_ in ranked])
-    chosen = [candidate for candidate, ok in zip(ranked, fits) if ok]
-    return chosen[:n_select]
+    """Walk the ranking and keep each candidate whose exact cost, with those kept before, fits
+    the budget, until ``n_select`` are kept. A split or new unit costs one unit at its site; a
+    layer costs what inserting it adds (measured on a clone), at most ``max_layers`` of them. A
+    site takes a layer or new width in one step, never both, so each layer's cost is priced at
+    its site's final width: the candidate met second in the ranking is skipped."""
+    units: dict[str, int] = {}
+    layers: dict[str, dict[str, int]] = {}
+    chosen = []
+    for candidate in ranked:
+        if len(chosen) == n_select:
+            break
+        name, kind = candidate[0], candidate[1]
+        trial_units, trial_layers = units, layers
+        if kind == "layer":
+            if name in units or len(layers) >= config.max_layers:
+                continue
+            layer = searches[name].layer
+            options = {"init": layer.kind, "batchnorm": False}
+            if layer.perturbation.ndim == 4:
+                options["kernel_size"] = layer.kernel_size
+            trial_layers = {**layers, name: insertion_cost(net, name, **options)}
+        else:
+            if name in layers:
+                continue
+            trial_units = {**units, name: units.get(name, 0) + 1}
+        metric = ctx.budget_metric
+        cost = growth_cost(net, trial_units)[metric]
+        cost += sum(c[metric] for c in trial_layers.values())
+        if cost <= ctx.remaining_budget:
+            units, layers = trial_units, trial_layers
+            chosen.append(candidate)
+    return chosen
 
 
 # ------------------------------------------------------------------------------ surgery
@@ -406,6 +534,28 @@ def apply_selection(
                 origin.update((unit, ("new", k)) for unit, k in zip(units, news))
         origins[name] = [origin[i] for i in range(site.width)]
         event.selected[name] = [[i, "split"] for i in splits] + [[k, "new"] for k in news]
+    for name in reversed(order):  # layers last: their sites took no new width
+        if any(s == name and kind == "layer" for s, kind, _, _ in chosen):
+            insert_candidate_layer(net, searches[name])
+            event.selected.setdefault(name, []).append([0, "layer"])
+
+
+def insert_candidate_layer(net: GrowableNet, search: SiteSearch) -> Site:
+    """Insert the site's candidate layer with its searched weights (no BatchNorm, so it is exact
+    in train mode too): the identity layer's weight becomes I + E; a zero-branch layer's first
+    weight W₁ and its last E."""
+    layer = search.layer
+    options = {"kernel_size": layer.kernel_size} if layer.perturbation.ndim == 4 else {}
+    new = insert_layer(
+        net, search.site, init=layer.kind, batchnorm=False, generator=torch.Generator(), **options
+    )
+    with torch.no_grad():
+        if layer.kind == "identity":
+            new.producer.weight.add_(layer.perturbation.detach())
+        else:
+            new.producer.weight.copy_(layer.first)
+            new.consumer.weight.copy_(layer.perturbation.detach())
+    return new
 
 
 def consumer_origins(
@@ -446,10 +596,11 @@ class Firefly(Grower):
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         config = self.config
         sites = self.growable_sites(net)
-        n_select = math.floor(config.growth_ratio * sum(site.width for site in sites))
-        if n_select < 1:
-            event.stop_reason = "growth_ratio selects no unit"
+        if not sites:
+            event.stop_reason = "no site to grow (firefly grows only after a site's activation)"
             return
+        # at least one: the code's floor alone would never grow a net of fewer than 4 units
+        n_select = max(1, math.floor(config.growth_ratio * sum(site.width for site in sites)))
         training = net.training
         net.eval()
         try:
@@ -459,7 +610,7 @@ class Firefly(Grower):
             with event.phase("select"):
                 scores = gate_scores(net, searches, ctx)
                 ranked = rank_candidates(scores, [site.name for site in sites])
-                chosen = select(net, ranked, n_select, ctx)
+                chosen = select(net, searches, ranked, n_select, ctx, config)
                 base = ctx.loss(net)
                 restrict(searches, chosen)
                 with torch.no_grad():
@@ -467,12 +618,18 @@ class Firefly(Grower):
                         float(super_loss(net, searches, x, y, ctx.loss_fn)) * len(x)
                         for x, y in ctx.batches()
                     ) / len(ctx.inputs)
-            for name, (split, new) in scores.items():
-                event.scores[name] = split.tolist()
-                event.scores[f"{name}/new"] = new.tolist()
+            for name, by_kind in scores.items():
+                event.scores[name] = by_kind["split"].tolist()
+                event.scores[f"{name}/new"] = by_kind["new"].tolist()
+                if "layer" in by_kind:
+                    event.scores[f"{name}/layer"] = by_kind["layer"].tolist()
             event.extras["search_objective"] = curve
             event.extras["search_loss_drop"] = restricted - base
             event.extras["candidates"] = {n: s.new.shape[0] for n, s in searches.items()}
+            if config.depth:
+                event.extras["layer_candidates"] = {
+                    n: s.layer.kind for n, s in searches.items() if s.layer is not None
+                }
             if not chosen:
                 event.stop_reason = "budget exhausted"
                 return
@@ -496,3 +653,5 @@ def restrict(searches: dict[str, SiteSearch], chosen: list[tuple[str, str, int, 
             dtype=s.new_mask.dtype,
             device=s.new_mask.device,
         )
+        if s.layer is not None:
+            s.layer.mask = torch.full_like(s.layer.mask, float((name, "layer", 0) in kept))

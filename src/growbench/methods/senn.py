@@ -57,6 +57,7 @@ from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEv
 from growbench.methods.registry import register
 from growbench.nn import GrowableNet, Site, collect_taps, insert_layer
 from growbench.nn.activations import rational
+from growbench.nn.counting import insertion_cost
 from growbench.nn.units import Slot
 
 
@@ -320,6 +321,9 @@ def initial_layers(width: int, count: int, generator: torch.Generator) -> tuple[
 
 
 # ------------------------------------------------------------------------------ the layers
+EXPANSION_LAYER = {"init": "identity", "activation": "rational", "batchnorm": False}
+
+
 def layer_places(net: GrowableNet) -> list[str]:
     """Where a layer can go: after the activation of every Linear site whose consumer is a
     Linear reading the site's units directly, or at the input of a net with no site yet."""
@@ -337,14 +341,6 @@ def layer_places(net: GrowableNet) -> list[str]:
     ]
 
 
-def layer_cost(net: GrowableNet, place: str) -> dict[str, int]:
-    """The exact params and FLOPs an expansion layer at ``place`` adds (measured on a clone)."""
-    trial = net.clone()
-    params, flops = trial.params(), trial.flops()
-    insert_layer(trial, place, init="identity", activation="rational", batchnorm=False)
-    return {"params": trial.params() - params, "flops": trial.flops() - flops}
-
-
 def invertible(weight: Tensor) -> Tensor:
     """B with its singular values clipped at ≥ 1e-3 · their mean."""
     u, sigma, vh = torch.linalg.svd(weight)
@@ -355,7 +351,7 @@ def insert_expansion_layer(net: GrowableNet, place: str, weight: Tensor, shift: 
     """Insert φ(B h + s) at ``place`` with φ the rational activation at the identity, and give
     the consumer B⁻¹ and the shift (W ← W B⁻¹, b ← b − W B⁻¹ s): the net's function is kept up to
     rounding of order cond(B)."""
-    new = insert_layer(net, place, init="identity", activation="rational", batchnorm=False)
+    new = insert_layer(net, place, **EXPANSION_LAYER)
     layer, consumer = new.producer, new.consumer
     dtype = layer.weight.dtype
     weight = invertible(weight.double())
@@ -541,7 +537,7 @@ class SENN(Grower):
         def cost(decision: Decision) -> float:
             if decision.kind == "unit":
                 return net.site(decision.place).cost_of_units(1)[ctx.budget_metric]
-            return layer_cost(net, decision.place)[ctx.budget_metric]
+            return insertion_cost(net, decision.place, **EXPANSION_LAYER)[ctx.budget_metric]
 
         kept: dict[str, Decision] = {}  # decisions still valid after the last addition
         loss_sqnorm = 0.0

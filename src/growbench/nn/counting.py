@@ -123,3 +123,15 @@ def _measure(net: GrowableNet, additions: Mapping[str, int]) -> dict[str, int]:
                 reference.new_zeros(count, site.fan_out_size),
             )
     return {"params": count_params(trial), "flops": count_flops(trial, net.input_shape)}
+
+
+def insertion_cost(net: GrowableNet, where: str, **options) -> dict[str, int]:
+    """Exact params and FLOPs that ``insert_layer(net, where, **options)`` adds, measured on a
+    clone (a zero-branch layer's first weights are drawn from a throwaway generator)."""
+    from growbench.nn.growable import insert_layer
+
+    trial = net.clone()
+    params, flops = trial.params(), trial.flops()
+    options.setdefault("generator", torch.Generator())
+    insert_layer(trial, where, **options)
+    return {"params": trial.params() - params, "flops": trial.flops() - flops}

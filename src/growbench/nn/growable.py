@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
 from growbench.nn.activations import Activation, activation_info, make_activation
 from growbench.nn.units import (
@@ -772,11 +773,14 @@ def _insert_zero_branch(
 def _new_layer(
     conv: bool, in_units: int, out_units: int, kernel_size: int, bias: bool, factory: dict
 ) -> nn.Linear | nn.Conv2d:
+    """An uninitialised layer (every caller writes all its entries): built without drawing from
+    the global RNG, so growing a layer leaves it untouched."""
     if conv:
-        return nn.Conv2d(
-            in_units, out_units, kernel_size, padding=kernel_size // 2, bias=bias, **factory
-        )
-    return nn.Linear(in_units, out_units, bias=bias, **factory)
+        return skip_init(
+            nn.Conv2d, in_units, out_units, kernel_size, padding=kernel_size // 2, bias=bias,
+            **factory,
+        )  # fmt: skip
+    return skip_init(nn.Linear, in_units, out_units, bias=bias, **factory)
 
 
 def _identity_(layer: nn.Linear | nn.Conv2d) -> None:

@@ -69,6 +69,7 @@ _NUMERIC = {
     "predicted_loss_change",
     "realised_loss_change",
     "width",
+    "layers_inserted",
 }
 _RC = {"font.size": 9, "axes.grid": True, "grid.alpha": 0.3, "legend.fontsize": "small"}
 
@@ -111,6 +112,12 @@ FIGURES: tuple[FigureInfo, ...] = (
         "widths.png",
         "Final width per site",
         "Mean final width of each site over finished seeds, whiskers from min to max.",
+    ),
+    FigureInfo(
+        "depth.png",
+        "Layers inserted (depth growth)",
+        "Layers each method inserted over a finished run, mean over seeds, whiskers from min to "
+        "max; methods that grow only wider show 0.",
     ),
     FigureInfo(
         "growth_share.png",
@@ -406,6 +413,28 @@ def site_widths(cells: pd.DataFrame, widths: pd.DataFrame, out: Path) -> Path:
     return _draw("widths.png", cells, widths, out, panel)
 
 
+def layers_inserted(cells: pd.DataFrame, events: pd.DataFrame, out: Path) -> Path:
+    """Layers inserted per finished cell, one panel per task (horizontal bars, min–max)."""
+    cells = _tidy(cells, CELL_COLUMNS)
+    events = _finished(cells, _tidy(events, EVENT_COLUMNS))
+
+    def panel(ax: Axes, task: str, styles: dict[str, tuple[str, str]]) -> None:
+        done = cells[(cells["task"] == task) & (cells["status"] == FINISHED)]
+        counts = events[events["task"] == task].groupby(["method", "seed"])["layers_inserted"].sum()
+        methods = sorted(done["method"].unique())
+        for i, method in enumerate(methods):
+            seeds = done.loc[done["method"] == method, "seed"]
+            values = [float(counts.get((method, seed), 0)) for seed in seeds]
+            mean = sum(values) / len(values)
+            spread = [[mean - min(values)], [max(values) - mean]]
+            ax.barh(i, mean, color=styles[method][0], xerr=spread, capsize=3)
+        ax.set_yticks(range(len(methods)), methods)
+        ax.invert_yaxis()
+        ax.set_xlabel("layers inserted per run")
+
+    return _draw("depth.png", cells, events, out, panel)
+
+
 def growth_share(cells: pd.DataFrame, out: Path) -> Path:
     """Share of wall time spent growing per method, one panel per task (horizontal bars)."""
     cells = _tidy(cells, CELL_COLUMNS)
@@ -487,6 +516,7 @@ def draw_all(
         "score_vs_epoch.png": lambda p: score_vs_epoch(cells, history, p),
         "params_vs_epoch.png": lambda p: params_vs_epoch(cells, history, p),
         "widths.png": lambda p: site_widths(cells, widths, p),
+        "depth.png": lambda p: layers_inserted(cells, events, p),
         "growth_share.png": lambda p: growth_share(cells, p),
         "prediction.png": lambda p: prediction(cells, events, p),
     }
