@@ -19,7 +19,7 @@ from growbench.benchmarks.runner import CellResult
 from growbench.benchmarks.suite import Suite, parse_suite
 from growbench.benchmarks.tracking import SuiteTracker
 from growbench.cli import main
-from growbench.reports import figures
+from growbench.reports import build, figures
 from growbench.reports.build import build_report, write_report
 from growbench.reports.tables import read_tables
 
@@ -258,3 +258,12 @@ def test_tables_round_trip(report: Path):
     tables = read_tables(report)
     assert set(tables.cells["status"]) == {"FINISHED", "FAILED", "MISSING"}
     assert pd.api.types.is_integer_dtype(tables.cells["seed"])
+
+
+def test_methods_section_gives_descriptions_and_what_is_ours():
+    cells = pd.DataFrame({"method": ["firefly", "none", "no-such-method", "firefly"]})
+    text = "\n".join(build._methods_section(cells))
+    assert text.count("- `firefly`:") == 1
+    assert "Depth growth (`depth = true`) is ours" in text
+    assert "- `none`:" in text
+    assert "- `no-such-method`: not registered" in text

@@ -151,7 +151,9 @@ class Grower:
     that make its step small enough for its ``predicted_loss_change`` to match the realised
     change within ``prediction_tolerance`` (relative), which the contract tests check;
     ``quick_overrides`` those that make a step cheap (e.g. fewer estimator steps) for the
-    contract checks that do not depend on the quality of its estimates.
+    contract checks that do not depend on the quality of its estimates. ``notes`` tell a
+    report's reader what is this implementation's and not the paper's or the official code's
+    (the report prints them beside the method's description).
     """
 
     name: ClassVar[str] = ""
@@ -163,6 +165,7 @@ class Grower:
     prediction_tolerance: ClassVar[float] = 1e-2
     quick_overrides: ClassVar[dict[str, Any]] = {}
     description: ClassVar[str] = ""
+    notes: ClassVar[tuple[str, ...]] = ()
     claims: ClassVar[tuple[Claim, ...]] = ()
 
     def __init__(self, config: GrowerConfig | None = None) -> None:

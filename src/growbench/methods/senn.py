@@ -500,6 +500,11 @@ class SENN(Grower):
         "expansion score Δη′ (a lower bound of the rise in natural-gradient length) passes "
         "relative and absolute thresholds"
     )
+    notes = (
+        "Proposals are improved by deterministic ascent, not the paper's MALA, and the net is "
+        "trained with the suite's optimiser, not natural gradient; depth growth is at Linear "
+        "sites read by a Linear and at the input of a net with no hidden layer.",
+    )
     claims = (
         Claim(
             paper="Mitchell, Menzenbach, Kersting & Mundt 2023, arXiv:2307.04526",

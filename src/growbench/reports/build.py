@@ -80,6 +80,7 @@ def _markdown(
         "(same seed: same initial weights and data order).",
         "",
     ]
+    lines += _methods_section(ran)
     for spec in figures.FIGURES:
         lines += [f"## {spec.title}", "", f"![{spec.title}]({spec.file})", "", spec.caption, ""]
     lines += [
@@ -93,6 +94,23 @@ def _markdown(
     lines += _claims_section(claims)
     lines += _unfinished_section(cells)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _methods_section(cells: pd.DataFrame) -> list[str]:
+    """Each method of the report with its description and its notes (what is ours)."""
+    from growbench.methods.registry import get_method
+
+    lines = ["## Methods", ""]
+    for name in sorted(cells["method"].dropna().unique()):
+        try:
+            cls = get_method(name)
+        except (KeyError, ValueError):
+            lines.append(f"- `{name}`: not registered where this report was built.")
+            continue
+        notes = "".join(f" *Note:* {note}" for note in getattr(cls, "notes", ()))
+        description = (cls.description or "no description").rstrip(".")
+        lines.append(f"- `{name}`: {description}.{notes}")
+    return [*lines, ""]
 
 
 def _ranking_section(cells: pd.DataFrame, task: str) -> list[str]:
