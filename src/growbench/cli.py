@@ -73,6 +73,22 @@ def _parser() -> argparse.ArgumentParser:
     datasets = commands.add_parser("datasets", help="list the registered datasets")
     datasets.set_defaults(command=_datasets)
 
+    data = commands.add_parser("data", help="fetch or verify a dataset's official files")
+    actions = data.add_subparsers(required=True, metavar="ACTION")
+    fetch = actions.add_parser("fetch", help="download (resuming), verify and extract a dataset")
+    fetch.add_argument("name", help="a dataset with official archives (growbench datasets)")
+    fetch.add_argument(
+        "--root", help="data root (default: $GROWBENCH_DATA, else ~/.cache/growbench)"
+    )
+    fetch.add_argument("--mirror", help="a URL (http:// or file://) holding the archives instead")
+    fetch.set_defaults(command=_data_fetch)
+    verify = actions.add_parser("verify", help="check a dataset's local files and checksums")
+    verify.add_argument("name")
+    verify.add_argument(
+        "--root", help="data root (default: $GROWBENCH_DATA, else ~/.cache/growbench)"
+    )
+    verify.set_defaults(command=_data_verify)
+
     models = commands.add_parser("models", help="list the model zoo with each model's options")
     models.set_defaults(command=_models)
 
@@ -180,6 +196,29 @@ def _datasets(args: argparse.Namespace) -> int:
     for name in dataset_names():
         options = ", ".join(f"{k}={v!r}" for k, v in dataset_options(name).items())
         print(f"{name} options: {options or '(none)'}")
+    return 0
+
+
+def _data_fetch(args: argparse.Namespace) -> int:
+    from growbench.datasets import archives
+
+    folder = archives.fetch(args.name, args.root, args.mirror, progress=sys.stderr.isatty())
+    print(f"{args.name}: fetched, verified and extracted in {folder}")
+    return 0
+
+
+def _data_verify(args: argparse.Namespace) -> int:
+    from growbench.datasets import archives
+
+    problems = archives.verify(args.name, args.root)
+    folder = archives.dataset_dir(args.name, args.root)
+    if problems:
+        print(f"{args.name} in {folder}: {len(problems)} problem(s)")
+        for problem in problems:
+            print(f"  {problem}")
+        print(f"fix with `growbench data fetch {args.name}`")
+        return 1
+    print(f"{args.name} in {folder}: every file present with its published checksum")
     return 0
 
 

@@ -24,8 +24,89 @@ SIZES = {
 }
 
 
+# datasets whose files cannot be on this machine (their loaders are tested on fixtures)
+FETCHED = ("cifar10", "cifar100")
+
+
 def test_names_are_the_documented_ones() -> None:
-    assert dataset_names() == sorted(SIZES)
+    assert dataset_names() == sorted([*SIZES, *FETCHED])
+
+
+PLUGIN = """
+from dataclasses import dataclass
+
+import torch
+
+from growbench.datasets import Dataset, DatasetSpec
+from growbench.datasets.base import Entry
+
+SPEC = DatasetSpec("my-data", "classification", (4,), 2, "a user's data", "the user's package")
+
+
+@dataclass(frozen=True)
+class Options:
+    count: int = 40
+
+
+def load(options):
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(options.count, 4, generator=generator)
+    targets = (inputs[:, 0] > 0).long()
+    half = options.count // 2
+    return Dataset(SPEC, inputs[:half], targets[:half], inputs[half:], targets[half:])
+
+
+ENTRY = Entry(SPEC, Options, load)
+"""
+
+
+def test_an_outside_dataset_plugs_in_through_the_entry_point(monkeypatch, tmp_path, capsys):
+    """Listed by `growbench datasets`, runs in a suite; a broken plugin is a warning naming it."""
+    from importlib.metadata import EntryPoint
+
+    from growbench.benchmarks.runner import run_cell
+    from growbench.benchmarks.suite import parse_suite
+    from growbench.cli import main
+    from growbench.datasets import registry
+
+    (tmp_path / "my_data_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    group = registry.ENTRY_POINT_GROUP
+    points = [
+        EntryPoint("my-data", "my_data_plugin:ENTRY", group),
+        EntryPoint("broken", "no_such_package.data:ENTRY", group),
+        EntryPoint("digits", "my_data_plugin:ENTRY", group),  # wrong name: skipped with a warning
+    ]
+    monkeypatch.setattr(registry, "entry_points", lambda group: points)
+    with pytest.warns(RuntimeWarning) as caught:
+        assert main(["datasets"]) == 0
+    messages = " ".join(str(w.message) for w in caught)
+    assert "'broken'" in messages
+    assert "no_such_package" in messages
+    assert "'digits'" in messages
+    listing = capsys.readouterr().out
+    assert "my-data" in listing
+    assert "my-data options: count=40" in listing
+    suite = parse_suite(
+        """
+name = "plugin-data"
+epochs = 2
+methods = ["none", "random-add"]
+[growth]
+first_epoch = 1
+stats_samples = 8
+[[tasks]]
+dataset = "my-data"
+dataset_options = { count = 60 }
+model = "mlp"
+model_options = { widths = [3] }
+""",
+        "plugin-data",
+    )
+    with pytest.warns(RuntimeWarning):
+        results = [run_cell(cell, device="cpu") for cell in suite.cells()]
+    assert len(results) == 2
+    assert all(len(result.history) == 3 for result in results)
 
 
 @pytest.mark.parametrize(

@@ -2,19 +2,40 @@
 
 Options usually come from a suite file or the command line as a plain dict, so every key is
 checked against the dataset's options dataclass: a typo is one clear error, not a silent default.
+
+An outside package adds a dataset as it adds a method, with an ``Entry`` (its spec, an options
+dataclass and a loader returning a ``Dataset``) named in its own ``pyproject.toml``::
+
+    [project.entry-points."growbench.datasets"]
+    my-data = "my_package.data:ENTRY"
+
+The entry point's name must be the spec's name; built-in names win; a plugin that fails to load
+is a warning naming it, and every other dataset stays available.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from importlib.metadata import entry_points
 from typing import Any
 
-from growbench.datasets import digits, fashion_mnist, rational_teacher, teacher_student, toy2d
+from growbench.datasets import (
+    cifar,
+    digits,
+    fashion_mnist,
+    rational_teacher,
+    teacher_student,
+    toy2d,
+)
 from growbench.datasets.base import Dataset, DatasetSpec, Entry
 
-_ENTRIES: dict[str, Entry] = {
+ENTRY_POINT_GROUP = "growbench.datasets"
+_BUILTINS: dict[str, Entry] = {
     entry.spec.name: entry
     for entry in (
+        cifar.CIFAR10_ENTRY,
+        cifar.CIFAR100_ENTRY,
         digits.ENTRY,
         fashion_mnist.ENTRY,
         rational_teacher.ENTRY,
@@ -25,9 +46,33 @@ _ENTRIES: dict[str, Entry] = {
 }
 
 
+def available_entries() -> dict[str, Entry]:
+    """Every dataset by name: the built-ins, then plugins in entry-point order."""
+    entries = dict(_BUILTINS)
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry = point.load()
+            if not isinstance(entry, Entry):
+                raise TypeError(f"it loads {type(entry).__name__}, not a growbench Entry")
+            if not dataclasses.is_dataclass(entry.options):
+                raise TypeError("its options are not a dataclass")
+            if entry.spec.name != point.name:
+                raise TypeError(f"it loads a dataset named {entry.spec.name!r}")
+        except Exception as exc:  # a broken plugin must not break every command
+            warnings.warn(
+                f"growbench: dataset entry point {point.name!r} ({point.value}) could not be "
+                f"loaded and is skipped: {exc}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            continue
+        entries.setdefault(point.name, entry)
+    return entries
+
+
 def dataset_names() -> list[str]:
     """Every registered dataset name, sorted."""
-    return sorted(_ENTRIES)
+    return sorted(available_entries())
 
 
 def dataset_spec(name: str) -> DatasetSpec:
@@ -54,7 +99,7 @@ def load_dataset(name: str, **options: Any) -> Dataset:
 
 def _entry(name: str) -> Entry:
     try:
-        return _ENTRIES[name]
+        return available_entries()[name]
     except KeyError:
         valid = ", ".join(dataset_names())
         raise ValueError(f"unknown dataset {name!r}; valid names are: {valid}") from None
