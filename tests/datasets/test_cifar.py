@@ -5,7 +5,6 @@ archive, a member outside the target, a link, a tampered batch, and missing data
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import io
 import pickle
@@ -19,6 +18,8 @@ import torch
 
 from growbench.cli import main
 from growbench.datasets import archives, cifar, load_dataset
+
+from .conftest import md5 as _md5
 
 PER_CLASS = 3  # images per class in each fixture batch
 
@@ -57,22 +58,6 @@ def write_archive(folder: Path, name: str) -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
-
-
-def _md5(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-@pytest.fixture
-def accept(monkeypatch):
-    """Accept a fixture's checksums beside the official ones (the documented test seam)."""
-    table = {name: set(values) for name, values in archives.CHECKSUMS.items()}
-    monkeypatch.setattr(archives, "CHECKSUMS", table)
-
-    def add(path: Path, name: str | None = None) -> None:
-        table.setdefault(name or path.name, set()).add(_md5(path.read_bytes()))
-
-    return add
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ SIZES = {
 
 
 # datasets whose files cannot be on this machine (their loaders are tested on fixtures)
-FETCHED = ("cifar10", "cifar100")
+FETCHED = ("cifar10", "cifar100", "modelnet40")
 
 
 def test_names_are_the_documented_ones() -> None:

@@ -33,10 +33,11 @@ DONE_MARKER = ".growbench-extracted"  # written last: an extraction cut short is
 
 @dataclass(frozen=True)
 class Archive:
-    """One published file: its URL and the md5 the publisher (or torchvision) gives for it."""
+    """One published file: its URL and the md5 the publisher (or torchvision) gives for it; None
+    where none is published (its extracted files' ``Source.file_md5`` are checked instead)."""
 
     url: str
-    md5: str
+    md5: str | None
     extract: bool = True
 
     @property
@@ -65,7 +66,8 @@ def add_source(source: Source) -> Source:
     """Register ``source`` and the official checksums of its archives and files."""
     SOURCES[source.dataset] = source
     for archive in source.archives:
-        CHECKSUMS.setdefault(archive.filename, set()).add(archive.md5)
+        if archive.md5 is not None:
+            CHECKSUMS.setdefault(archive.filename, set()).add(archive.md5)
     for name, md5 in source.file_md5.items():
         CHECKSUMS.setdefault(name, set()).add(md5)
     return source
@@ -120,7 +122,7 @@ def fetch(
     folder.mkdir(parents=True, exist_ok=True)
     for archive in spec.archives:
         path = folder / archive.filename
-        if not (path.is_file() and md5sum(path) in CHECKSUMS[archive.filename]):
+        if not (path.is_file() and _accepted(path, archive)):
             url = f"{mirror.rstrip('/')}/{archive.filename}" if mirror else archive.url
             download(url, path, progress)
             check_md5(path, archive)
@@ -132,7 +134,19 @@ def fetch(
             f"{dataset}: the archives were fetched but {', '.join(missing[:3])} are missing: "
             "the archive does not have the official layout"
         )
+    wrong = wrong_checksums(dataset, root)
+    if wrong:
+        raise DataError(
+            f"{dataset}: extracted files with the wrong checksum: {'; '.join(wrong[:3])}. The "
+            f"archive is not the official one: delete {folder} and fetch again"
+        )
     return folder
+
+
+def _accepted(path: Path, archive: Archive) -> bool:
+    """Whether a downloaded archive passes its checksum (one without a published checksum is
+    accepted here and judged by its extracted files)."""
+    return archive.md5 is None or md5sum(path) in CHECKSUMS.get(archive.filename, set())
 
 
 def download(url: str, path: Path, progress: bool = True) -> None:
@@ -172,6 +186,8 @@ def download(url: str, path: Path, progress: bool = True) -> None:
 def check_md5(path: Path, archive: Archive) -> None:
     """Raise (and delete the file, so the next fetch starts clean) when its md5 is not one of
     those accepted for it."""
+    if archive.md5 is None:
+        return
     actual = md5sum(path)
     if actual not in CHECKSUMS.get(archive.filename, set()):
         path.unlink()
@@ -255,6 +271,17 @@ def missing_files(dataset: str, root: str | os.PathLike | None = None) -> list[s
     return [name for name in source(dataset).expected if not (folder / name).exists()]
 
 
+def wrong_checksums(dataset: str, root: str | os.PathLike | None = None) -> list[str]:
+    """The extracted files of ``dataset`` whose md5 is not the published one."""
+    folder = dataset_dir(dataset, root)
+    wrong = []
+    for name, md5 in source(dataset).file_md5.items():
+        path = folder / name
+        if path.is_file() and (actual := md5sum(path)) not in CHECKSUMS.get(name, {md5}):
+            wrong.append(f"{name}: md5 {actual}, expected {md5}")
+    return wrong
+
+
 def verify(dataset: str, root: str | os.PathLike | None = None) -> list[str]:
     """What is wrong with the local copy of ``dataset`` (empty: nothing): each archive present
     with an accepted checksum (or extracted, then removed), the expected files there, and the
@@ -265,14 +292,9 @@ def verify(dataset: str, root: str | os.PathLike | None = None) -> list[str]:
     for archive in spec.archives:
         path = folder / archive.filename
         if path.is_file():
-            actual = md5sum(path)
-            if actual not in CHECKSUMS[archive.filename]:
-                problems.append(f"{archive.filename}: md5 {actual}, expected {archive.md5}")
+            if not _accepted(path, archive):
+                problems.append(f"{archive.filename}: md5 {md5sum(path)}, expected {archive.md5}")
         elif not (folder / f"{DONE_MARKER}.{archive.filename}").is_file() and not spec.manual:
             problems.append(f"{archive.filename}: not downloaded")
     problems += [f"{name}: missing" for name in missing_files(dataset, root)]
-    for name, md5 in spec.file_md5.items():
-        path = folder / name
-        if path.is_file() and (actual := md5sum(path)) not in CHECKSUMS.get(name, {md5}):
-            problems.append(f"{name}: md5 {actual}, expected {md5}")
-    return problems
+    return problems + wrong_checksums(dataset, root)
