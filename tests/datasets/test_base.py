@@ -126,3 +126,23 @@ def test_dataset_checks_tensors_against_spec() -> None:
         Dataset(regression, inputs, torch.zeros(4, 3), inputs, torch.zeros(4, 2))
     with pytest.raises(ValueError, match="task"):
         DatasetSpec("x", "ranking", (3,), 2, "x", "tests")
+
+
+def test_uint8_pixels_are_prepared_per_batch_and_need_a_normalization() -> None:
+    spec = DatasetSpec("pixels", "classification", (2, 3, 3), 2, "test", "test")
+    pixels = torch.arange(4 * 18, dtype=torch.uint8).reshape(4, 2, 3, 3)
+    labels = torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="uint8 inputs need a normalization"):
+        Dataset(spec, pixels, labels, pixels, labels)
+    with pytest.raises(ValueError, match="2 channels"):
+        Dataset(spec, pixels, labels, pixels, labels, normalization=((0.5,), (0.5,)))
+    data = Dataset(spec, pixels, labels, pixels, labels, normalization=((0.5, 0.0), (0.25, 1.0)))
+    expected = pixels.float() / 255
+    expected[:, 0] = (expected[:, 0] - 0.5) / 0.25
+    batch, _ = next(data.batches("train", 4))
+    assert batch.dtype == torch.float32
+    assert torch.allclose(batch, expected)
+    inputs, _ = data.subset("test", 10, torch.Generator())
+    assert torch.allclose(inputs, expected)
+    shuffled = torch.cat([x for x, _ in data.batches("train", 3, torch.Generator().manual_seed(0))])
+    assert torch.allclose(shuffled.sort(dim=0).values, expected.sort(dim=0).values)

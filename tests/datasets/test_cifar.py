@@ -84,14 +84,13 @@ def test_fetch_from_a_file_mirror_verifies_extracts_and_loads(tmp_path, mirror):
     assert data.spec.input_shape == (3, 32, 32)
     assert data.spec.num_outputs == 10
     assert (data.num_train, data.num_test) == (5 * 10 * PER_CLASS, 10 * PER_CLASS)
-    assert data.train_inputs.dtype == torch.float32
-    # pixels normalised with the published per-channel constants
-    mean, std = cifar.NORMALISATION["cifar10"]
+    assert data.train_inputs.dtype == torch.uint8  # stored as pixels, prepared per batch
+    # batches are normalised with the published per-channel constants
+    mean, std = (torch.tensor(v)[:, None, None] for v in cifar.NORMALISATION["cifar10"])
     raw = cifar.read_batch(folder / "cifar-10-batches-py" / "data_batch_1", b"labels")[0]
-    expected = (torch.from_numpy(raw[0]).float() / 255 - torch.tensor(mean)[:, None, None]) / (
-        torch.tensor(std)[:, None, None]
-    )
-    assert torch.allclose(data.train_inputs[0], expected)
+    first, _ = next(data.batches("train", 4))
+    assert first.dtype == torch.float32
+    assert torch.allclose(first[0], (torch.from_numpy(raw[0]).float() / 255 - mean) / std)
     assert torch.equal(data.train_targets[: 10 * PER_CLASS], torch.arange(10).repeat_interleave(3))
     # fetching again downloads and extracts nothing
     (mirror / "cifar-10-python.tar.gz").unlink()

@@ -25,7 +25,10 @@ SIZES = {
 
 
 # datasets whose files cannot be on this machine (their loaders are tested on fixtures)
-FETCHED = ("cifar10", "cifar100", "modelnet40")
+FETCHED = (
+    "cifar10", "cifar100", "imagenet-subset", "imagenette", "imagewoof", "modelnet40",
+    "tiny-imagenet",
+)  # fmt: skip
 
 
 def test_names_are_the_documented_ones() -> None:

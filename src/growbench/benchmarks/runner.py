@@ -151,31 +151,27 @@ def train_one_epoch(
 
 def evaluate(
     net: nn.Module,
-    inputs: Tensor,
-    targets: Tensor,
+    batches: Iterable[tuple[Tensor, Tensor]],
     loss_fn: PerSampleLoss,
-    batch_size: int,
     classification: bool,
 ) -> dict[str, float]:
-    """Mean test loss (and accuracy for classification) in eval mode, read once at the end."""
+    """Mean test loss (and accuracy for classification) in eval mode over ``batches``, read
+    once at the end."""
     was_training = net.training
     net.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=inputs.device)
-    correct = torch.zeros((), dtype=torch.int64, device=inputs.device)
+    loss_sum, correct, count = None, None, 0
     try:
         with torch.no_grad():
-            for start in range(0, inputs.shape[0], batch_size):
-                batch, wanted = (
-                    inputs[start : start + batch_size],
-                    targets[start : start + batch_size],
-                )
+            for batch, wanted in batches:
                 outputs = net(batch)
-                loss_sum += loss_fn(outputs, wanted).sum(dtype=torch.float64)
+                losses = loss_fn(outputs, wanted).sum(dtype=torch.float64)
+                loss_sum = losses if loss_sum is None else loss_sum + losses
                 if classification:
-                    correct += (outputs.argmax(dim=1) == wanted).sum()
+                    hits = (outputs.argmax(dim=1) == wanted).sum()
+                    correct = hits if correct is None else correct + hits
+                count += batch.shape[0]
     finally:
         net.train(was_training)
-    count = inputs.shape[0]
     metrics = {"test_loss": float(loss_sum) / count}
     if classification:
         metrics["test_accuracy"] = int(correct) / count
@@ -332,10 +328,8 @@ class _CellRun:
             **metrics,
             **evaluate(
                 self.net,
-                data.test_inputs,
-                data.test_targets,
+                data.batches("test", self.training.eval_batch_size),
                 self.loss_fn,
-                self.training.eval_batch_size,
                 self.classification,
             ),
             "params": float(self.sizes.params),

@@ -41,8 +41,12 @@ class DatasetSpec:
 class Dataset:
     """A dataset's train and test splits as tensors, checked against its spec on creation.
 
-    Inputs are float32 of shape ``(N, *spec.input_shape)``; targets are int64 class ids of shape
-    ``(N,)`` for classification and float32 of shape ``(N, spec.num_outputs)`` for regression.
+    Inputs are float32 of shape ``(N, *spec.input_shape)``, or, for images, uint8 pixels with the
+    per-channel ``normalization`` (mean, std of [0, 1] pixels) that ``prepare`` applies batch by
+    batch: a quarter of the memory, so large image sets stay whole on the device. Targets are
+    int64 class ids of shape ``(N,)`` for classification and float32 of shape
+    ``(N, spec.num_outputs)`` for regression. ``batches`` and ``subset`` return prepared
+    (float32, normalised) inputs.
     """
 
     spec: DatasetSpec
@@ -50,10 +54,24 @@ class Dataset:
     train_targets: Tensor
     test_inputs: Tensor
     test_targets: Tensor
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __post_init__(self) -> None:
         for split in SPLITS:
-            _check_split(self.spec, split, *self._split(split))
+            _check_split(self.spec, split, *self._split(split), self.normalization)
+
+    def prepare(self, inputs: Tensor) -> Tensor:
+        """Stored inputs as the net reads them: uint8 pixels to float32, scaled to [0, 1] and
+        normalised per channel (dim 1); float32 inputs unchanged."""
+        if inputs.dtype != torch.uint8:
+            return inputs
+        mean, std = (
+            torch.tensor(v, dtype=torch.float32, device=inputs.device).reshape(
+                1, -1, *[1] * (inputs.ndim - 2)
+            )
+            for v in self.normalization
+        )
+        return (inputs.float() / 255 - mean) / std
 
     @property
     def num_train(self) -> int:
@@ -87,9 +105,20 @@ class Dataset:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         n = inputs.shape[0]
         if generator is None:
-            return _slices(inputs, targets, n, batch_size)
-        order = torch.randperm(n, generator=generator).to(inputs.device)
-        return _indexed(inputs, targets, order, batch_size)
+            order = None
+        else:
+            order = torch.randperm(n, generator=generator).to(inputs.device)
+        return self._batches(inputs, targets, order, batch_size)
+
+    def _batches(
+        self, inputs: Tensor, targets: Tensor, order: Tensor | None, size: int
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, inputs.shape[0], size):
+            if order is None:
+                yield self.prepare(inputs[start : start + size]), targets[start : start + size]
+            else:
+                index = order[start : start + size]
+                yield self.prepare(inputs[index]), targets[index]
 
     def subset(self, split: str, count: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """``count`` samples of ``split`` picked at random with ``generator`` (all of them, in
@@ -99,9 +128,9 @@ class Dataset:
             raise ValueError(f"count must not be negative, not {count}")
         n = inputs.shape[0]
         if count >= n:
-            return inputs, targets
+            return self.prepare(inputs), targets
         pick = torch.randperm(n, generator=generator)[:count].to(inputs.device)
-        return inputs[pick], targets[pick]
+        return self.prepare(inputs[pick]), targets[pick]
 
     def _split(self, split: str) -> tuple[Tensor, Tensor]:
         if split == "train":
@@ -134,10 +163,19 @@ def standardize(train: Tensor, test: Tensor, dim: int | None = None) -> tuple[Te
     return (train - mean) / std, (test - mean) / std
 
 
-def _check_split(spec: DatasetSpec, split: str, inputs: Tensor, targets: Tensor) -> None:
+def _check_split(
+    spec: DatasetSpec, split: str, inputs: Tensor, targets: Tensor, normalization
+) -> None:
     where = f"dataset {spec.name!r}, {split} split"
-    if inputs.dtype != torch.float32:
-        raise ValueError(f"{where}: inputs must be float32, not {inputs.dtype}")
+    if inputs.dtype == torch.uint8:
+        channels = inputs.shape[1] if inputs.ndim > 1 else 0
+        if normalization is None or any(len(v) != channels for v in normalization):
+            raise ValueError(
+                f"{where}: uint8 inputs need a normalization (mean, std) per channel "
+                f"({channels} channels)"
+            )
+    elif inputs.dtype != torch.float32:
+        raise ValueError(f"{where}: inputs must be float32 (or uint8 pixels), not {inputs.dtype}")
     if tuple(inputs.shape[1:]) != spec.input_shape:
         raise ValueError(
             f"{where}: inputs have shape {tuple(inputs.shape)}, expected (N, *{spec.input_shape})"
@@ -152,16 +190,3 @@ def _check_split(spec: DatasetSpec, split: str, inputs: Tensor, targets: Tensor)
             f"{where}: targets are {targets.dtype} of shape {tuple(targets.shape)}, "
             f"expected {dtype} of shape {shape}"
         )
-
-
-def _slices(inputs: Tensor, targets: Tensor, n: int, size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    for start in range(0, n, size):
-        yield inputs[start : start + size], targets[start : start + size]
-
-
-def _indexed(
-    inputs: Tensor, targets: Tensor, order: Tensor, size: int
-) -> Iterator[tuple[Tensor, Tensor]]:
-    for start in range(0, order.shape[0], size):
-        index = order[start : start + size]
-        yield inputs[index], targets[index]

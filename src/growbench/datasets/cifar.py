@@ -3,8 +3,9 @@
 The archive names, URLs and md5s (of the archive and of every batch file in it) are
 torchvision's, read from its CIFAR classes rather than written again here. The batches are read
 by a restricted unpickler that only builds the dicts, lists, bytes and numpy arrays the official
-files hold, so a tampered file cannot run code. Images are scaled to [0, 1] and normalised per
-channel with the train split's published mean and std; ``cifar100`` has the 100 fine labels, or
+files hold, so a tampered file cannot run code. Images stay uint8 in memory (150 MiB for the
+train split) and batches are scaled to [0, 1] and normalised per channel with the train split's
+published mean and std; ``cifar100`` has the 100 fine labels, or
 the 20 coarse ones with ``labels = "coarse"``.
 
 The files are looked for in ``<root>/cifar-10-batches-py`` (torchvision's layout) and in
@@ -166,7 +167,6 @@ def _loader(name: str, spec_of):
         if folder is None:
             raise FileNotFoundError(missing_message(name, options.root))
         spec = spec_of(labels)
-        mean, std = (torch.tensor(v).reshape(1, 3, 1, 1) for v in NORMALISATION[name])
         splits = []
         for files, count in (
             (layout.train, options.train_subset),
@@ -180,9 +180,8 @@ def _loader(name: str, spec_of):
             if count is not None:
                 keep = balanced_subset(targets, count, SUBSET_SEED)
                 images, targets = images[keep], targets[keep]
-            inputs = (torch.from_numpy(images).float() / 255 - mean) / std
-            splits += [inputs, torch.from_numpy(targets)]
-        return Dataset(spec, *splits)
+            splits += [torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(targets)]
+        return Dataset(spec, *splits, normalization=NORMALISATION[name])
 
     return load
 
