@@ -111,10 +111,10 @@ def test_same_seed_same_start_data_and_statistics_for_every_method(monkeypatch) 
     real_train, real_loss = runner.train_one_epoch, runner.statistics_loss
     method = ""
 
-    def spy_train(net, optimizer, batches, loss_fn, on_batch=None):
+    def spy_train(net, optimizer, batches, loss_fn, *rest):
         batches = list(batches)
         seen.setdefault(method, []).append(torch.cat([y for _, y in batches]).tolist())
-        return real_train(net, optimizer, batches, loss_fn, on_batch)
+        return real_train(net, optimizer, batches, loss_fn, *rest)
 
     def spy_loss(net, ctx):
         seen.setdefault(method, []).append(ctx.inputs.sum().item())

@@ -22,6 +22,7 @@ bar); ``run_cell`` also returns the whole history, so a cell runs and is inspect
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -34,6 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from growbench.benchmarks import accelerator
+from growbench.benchmarks.augment import augmentation
 from growbench.benchmarks.suite import CellConfig, Training
 from growbench.datasets import Dataset, load_dataset
 from growbench.methods import Grower, GrowthContext, statistics_loss
@@ -122,27 +125,38 @@ def train_one_epoch(
     batches: Iterable[tuple[Tensor, Tensor]],
     loss_fn: PerSampleLoss,
     on_batch: Callable[[Tensor, Tensor], None] | None = None,
+    cast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
     """One pass over ``batches``; returns the mean per-sample train loss.
 
     The loss is summed on the device and read once at the end, so the loop never waits for the
-    accelerator. ``on_batch(inputs, targets)`` runs after each optimizer step.
+    accelerator. The forward pass and the loss run inside ``cast()`` (autocast for mixed
+    precision); ``scaler`` scales fp16 gradients. ``on_batch(inputs, targets)`` runs after each
+    optimizer step.
     """
     net.train()
     total: Tensor | None = None
     count = 0
     for inputs, targets in batches:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(net(inputs), targets, reduction="mean")
-        loss.backward()
-        optimizer.step()
+        with cast():
+            loss = loss_fn(net(inputs), targets, reduction="mean")
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         if on_batch is not None:
             on_batch(inputs, targets)
         size = targets.shape[0]
+        loss = loss.detach().float()
         if total is None:
-            total = loss.detach() * size
+            total = loss * size
         else:
-            total.add_(loss.detach(), alpha=size)
+            total.add_(loss, alpha=size)
         count += size
     if total is None:
         raise ValueError("train_one_epoch got no batches")
@@ -154,17 +168,19 @@ def evaluate(
     batches: Iterable[tuple[Tensor, Tensor]],
     loss_fn: PerSampleLoss,
     classification: bool,
+    cast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> dict[str, float]:
     """Mean test loss (and accuracy for classification) in eval mode over ``batches``, read
-    once at the end."""
+    once at the end; the forward pass inside ``cast()``."""
     was_training = net.training
     net.eval()
     loss_sum, correct, count = None, None, 0
     try:
         with torch.no_grad():
             for batch, wanted in batches:
-                outputs = net(batch)
-                losses = loss_fn(outputs, wanted).sum(dtype=torch.float64)
+                with cast():
+                    outputs = net(batch)
+                    losses = loss_fn(outputs, wanted).float().sum(dtype=torch.float64)
                 loss_sum = losses if loss_sum is None else loss_sum + losses
                 if classification:
                     hits = (outputs.argmax(dim=1) == wanted).sum()
@@ -184,6 +200,7 @@ def make_optimizer(net: nn.Module, training: Training) -> torch.optim.Optimizer:
             net.parameters(),
             lr=training.lr,
             momentum=training.momentum,
+            nesterov=training.nesterov and training.momentum > 0,
             weight_decay=training.weight_decay,
         )
     return torch.optim.Adam(net.parameters(), lr=training.lr, weight_decay=training.weight_decay)
@@ -192,9 +209,15 @@ def make_optimizer(net: nn.Module, training: Training) -> torch.optim.Optimizer:
 def make_schedule(
     optimizer: torch.optim.Optimizer, training: Training, epochs: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The per-epoch LR schedule over ``epochs``; None for a constant rate."""
+    """The per-epoch LR schedule over a span of ``epochs``; None for a constant rate. Multistep
+    milestones are fractions of the span (rounded to epochs)."""
     if training.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    if training.lr_schedule == "multistep":
+        milestones = sorted({max(1, round(f * epochs)) for f in training.milestones})
+        return torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=milestones, gamma=training.lr_gamma
+        )
     return None
 
 
@@ -206,6 +229,17 @@ def growth_due(cell: CellConfig, epoch: int, rounds_done: int) -> bool:
     if growth.max_rounds is not None and rounds_done >= growth.max_rounds:
         return False
     return (epoch - growth.first_epoch) % growth.every == 0
+
+
+def scheduled_growth_epochs(cell: CellConfig) -> list[int]:
+    """The epochs after which the schedule calls for growth, budget aside: the boundaries of
+    the training rounds of ``schedule_span = "round"``."""
+    epochs, found = [], 0
+    for epoch in range(1, cell.task.epochs + 1):
+        if growth_due(cell, epoch, found):
+            epochs.append(epoch)
+            found += 1
+    return epochs
 
 
 def model_cost(config: ModelConfig, metric: str, seed: int) -> float:
@@ -254,20 +288,28 @@ def run_cell(
     observer = observer or CellObserver()
     if dataset is None:
         dataset = load_dataset(cell.task.dataset, **cell.task.dataset_options)
-    dataset = dataset.to(device)
+    dataset, copy = accelerator.place(dataset, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # shapes change only at growth steps
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(derived_seed(cell.seed, "torch"))
-        return _CellRun(cell, dataset, device, observer).run()
+        return _CellRun(cell, dataset, device, observer, copy).run()
 
 
 class _CellRun:
     """The state of one cell while it trains."""
 
     def __init__(
-        self, cell: CellConfig, dataset: Dataset, device: torch.device, observer: CellObserver
+        self,
+        cell: CellConfig,
+        dataset: Dataset,
+        device: torch.device,
+        observer: CellObserver,
+        copy: bool = False,
     ) -> None:
         self.cell, self.dataset, self.device, self.observer = cell, dataset, device, observer
+        self.copy = copy  # batches are copied from pinned host memory to the device
         self.training = cell.task.training
         self.metric = cell.task.budget.metric
         self.classification = dataset.spec.task == "classification"
@@ -278,9 +320,16 @@ class _CellRun:
         self.budget_limit = cell.task.budget.factor * cost_of(common)
         start = self.grower.start_config(common, self.budget_limit, cost_of)
         self.net = build_model(start, seed=cell.seed).to(device)
+        accelerator.to_memory_format(self.net, self.training.channels_last)
         self.sizes = _Sizes.of(self.net)
+        self.rounds = scheduled_growth_epochs(cell)
         self.optimizer = make_optimizer(self.net, self.training)
-        self.schedule = make_schedule(self.optimizer, self.training, cell.task.epochs)
+        self.schedule = make_schedule(self.optimizer, self.training, self._span_after(0))
+        self.cast = partial(accelerator.autocast, device, self.training.precision)
+        self.scaler = accelerator.grad_scaler(device, self.training.precision)
+        self.augment = augmentation(self.training.augmentation, dataset.normalization)
+        self.augment_generator = torch.Generator(device=device)
+        self.augment_generator.manual_seed(derived_seed(cell.seed, "augmentation"))
         self.data_order = seeded_generator(cell.seed, "data-order")
         self.seconds = {"train": 0.0, "growth": 0.0}
         self.train_flops = 0.0  # 3 × forward FLOPs × samples trained on (forward + backward)
@@ -305,9 +354,11 @@ class _CellRun:
         growing = True
         for epoch in range(1, self.cell.task.epochs + 1):
             lr = self.optimizer.param_groups[0]["lr"]
-            batches = self.dataset.batches("train", self.training.batch_size, self.data_order)
             start = time.perf_counter()
-            train_loss = train_one_epoch(self.net, self.optimizer, batches, self.loss_fn, on_batch)
+            train_loss = train_one_epoch(
+                self.net, self.optimizer, self._train_batches(), self.loss_fn, on_batch,
+                self.cast, self.scaler,
+            )  # fmt: skip
             self.seconds["train"] += time.perf_counter() - start
             self.train_flops += 3.0 * self.sizes.flops * self.dataset.num_train
             if not math.isfinite(train_loss):
@@ -320,17 +371,40 @@ class _CellRun:
             self._report(epoch, {"train_loss": train_loss, "lr": lr})
             if growing and growth_due(self.cell, epoch, len(self.events)):
                 growing = self._grow(epoch)
+            if self.training.schedule_span == "round" and epoch in self.rounds:
+                self._new_optimizer(epoch)  # every round starts afresh, grown or not
         return CellResult(self.cell, self.info, self.history, self.events, self.net.describe())
 
+    def _span_after(self, epoch: int) -> int:
+        """Epochs a schedule made after ``epoch`` spans: to the next round's end with
+        ``schedule_span = "round"``, else to the end of the run."""
+        end = self.cell.task.epochs
+        if self.training.schedule_span == "round":
+            end = next((e for e in self.rounds if e > epoch), end)
+        return end - epoch
+
+    def _batches(self, split: str, size: int, order: torch.Generator | None = None):
+        raw = self.dataset.batches(split, size, order, raw=True)
+        return accelerator.device_batches(
+            self.dataset, raw, self.device, self.copy, self.training.channels_last
+        )
+
+    def _train_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch of training batches on the device, augmented when the suite asks."""
+        for inputs, targets in self._batches("train", self.training.batch_size, self.data_order):
+            if self.augment is not None:
+                inputs = self.augment(inputs, self.augment_generator)
+            yield inputs, targets
+
     def _report(self, epoch: int, metrics: dict[str, float]) -> None:
-        data = self.dataset
         metrics = {
             **metrics,
             **evaluate(
                 self.net,
-                data.batches("test", self.training.eval_batch_size),
+                self._batches("test", self.training.eval_batch_size),
                 self.loss_fn,
                 self.classification,
+                self.cast,
             ),
             "params": float(self.sizes.params),
             "flops": float(self.sizes.flops),
@@ -353,6 +427,7 @@ class _CellRun:
         inputs, targets = self.dataset.subset(
             "train", samples, seeded_generator(seed, "statistics", round_index)
         )
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
         ctx = GrowthContext(
             inputs=inputs,
             targets=targets,
@@ -369,7 +444,11 @@ class _CellRun:
         self.seconds["growth"] += time.perf_counter() - start
         event.realised_loss_change = statistics_loss(self.net, ctx) - loss_before
         if event.grew or self.net.lineage:  # parameters were replaced
-            self._hand_over_optimizer(epoch)
+            accelerator.to_memory_format(self.net, self.training.channels_last)
+            if self.training.schedule_span == "round":
+                self.net.pop_lineage()  # the round's fresh optimizer follows in run()
+            else:
+                self._hand_over_optimizer(epoch)
             self.sizes = _Sizes.of(self.net)
         record = {
             "round": round_index,
@@ -388,6 +467,11 @@ class _CellRun:
         if self.training.optimizer_after_growth == "carry":
             carry_optimizer_state(self.optimizer, self.net)
             return
+        self._new_optimizer(epoch)
+
+    def _new_optimizer(self, epoch: int) -> None:
+        """A fresh optimizer (and scaler) and a schedule over the span after ``epoch``."""
         self.net.pop_lineage()  # nothing to carry; drop the references to old parameters
         self.optimizer = make_optimizer(self.net, self.training)
-        self.schedule = make_schedule(self.optimizer, self.training, self.cell.task.epochs - epoch)
+        self.schedule = make_schedule(self.optimizer, self.training, self._span_after(epoch))
+        self.scaler = accelerator.grad_scaler(self.device, self.training.precision)

@@ -16,12 +16,20 @@ defaults, except where a comment says "example"::
     optimizer = "sgd"             # "sgd" | "adam" (Adam keeps its default betas)
     lr = 0.05                     # > 0
     momentum = 0.9                # SGD only, in [0, 1)
+    nesterov = false              # SGD only
     weight_decay = 0.0            # >= 0
     batch_size = 64
-    lr_schedule = "constant"      # "constant" | "cosine" (over the epochs, stepped per epoch)
+    lr_schedule = "constant"      # "constant" | "cosine" | "multistep", stepped per epoch over
+                                  # the schedule's span
+    milestones = [0.5, 0.75]      # multistep: x lr_gamma at these fractions of the span
+    lr_gamma = 0.1
+    schedule_span = "run"         # "run": the epochs left; "round": until the next growth round
     optimizer_after_growth = "carry"  # "carry": state sliced over to the grown net; "reset":
-                                      # fresh optimizer, schedule restarted over the epochs left
+                                      # fresh optimizer and schedule over a new span
     eval_batch_size = 1024
+    augmentation = "none"         # "none" | "cifar" | "imagenet" | "pointcloud" (train batches)
+    precision = "fp32"            # "fp32" | "bf16" | "fp16" (autocast; fp16 with a grad scaler)
+    channels_last = false         # conv nets and image batches in channels-last memory format
 
     [growth]                      # a task may override any key in [tasks.growth]
     first_epoch = 1               # grow after epochs first_epoch, first_epoch + every, ...
@@ -65,6 +73,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from growbench.benchmarks.augment import AUGMENTATIONS, check_shape
 from growbench.datasets import dataset_names, dataset_options, dataset_spec
 from growbench.datasets.base import DatasetSpec
 from growbench.methods import Grower, available_methods, make_grower
@@ -75,15 +84,18 @@ from growbench.nn.zoo import available_models, model_options
 
 SUITES_PACKAGE = "growbench.benchmarks"
 OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "multistep")
+SCHEDULE_SPANS = ("run", "round")
 AFTER_GROWTH = ("carry", "reset")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 # Bump when the runner changes what a run produces or logs (a new metric, a changed training
 # step): it is part of every config hash, so runs of an older harness are never reused. Methods
 # need no such number: their part of the hash is the fingerprint of their code.
 # 2: the ``train_flops`` metric. 3: named sites, model options, ``macs``, refusals recorded.
-HARNESS_VERSION = 3
+# 4: augmentation, precision, channels-last, multistep schedules and per-round spans.
+HARNESS_VERSION = 4
 
 
 class SuiteError(ValueError):
@@ -95,11 +107,18 @@ class Training:
     optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
+    nesterov: bool = False
     weight_decay: float = 0.0
     batch_size: int = 64
     lr_schedule: str = "constant"
+    milestones: tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of the schedule's span
+    lr_gamma: float = 0.1  # multistep: the factor at each milestone
+    schedule_span: str = "run"  # "run": the epochs left; "round": until the next growth round
     optimizer_after_growth: str = "carry"
     eval_batch_size: int = 1024
+    augmentation: str = "none"
+    precision: str = "fp32"
+    channels_last: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,11 +151,18 @@ SECTION_RULES: dict[str, dict[str, Rule]] = {
         "optimizer": Rule("str", choices=OPTIMIZERS),
         "lr": Rule("number", above=0),
         "momentum": Rule("number", at_least=0, below=1),
+        "nesterov": Rule("bool"),
         "weight_decay": Rule("number", at_least=0),
         "batch_size": Rule("int", at_least=1),
         "lr_schedule": Rule("str", choices=LR_SCHEDULES),
+        "milestones": Rule("numbers", above=0, below=1),
+        "lr_gamma": Rule("number", above=0),
+        "schedule_span": Rule("str", choices=SCHEDULE_SPANS),
         "optimizer_after_growth": Rule("str", choices=AFTER_GROWTH),
         "eval_batch_size": Rule("int", at_least=1),
+        "augmentation": Rule("str", choices=AUGMENTATIONS),
+        "precision": Rule("str", choices=PRECISIONS),
+        "channels_last": Rule("bool"),
     },
     "growth": {
         "first_epoch": Rule("int", at_least=1),
@@ -523,6 +549,15 @@ def _task(table: dict[str, Any], path: str, epochs: int, sections: dict[str, Any
         task.model_config(dataset_spec(dataset))
     except ValueError as exc:
         raise SuiteError(f"{path}: {exc}") from None
+    training = task.training
+    if training.schedule_span == "round" and training.optimizer_after_growth != "reset":
+        raise SuiteError(
+            f"{path}.training: schedule_span = 'round' starts a fresh optimizer every round; "
+            "set optimizer_after_growth = 'reset' with it"
+        )
+    mismatch = check_shape(training.augmentation, dataset_spec(dataset).input_shape)
+    if mismatch:
+        raise SuiteError(f"{path}.training.augmentation ({name}, dataset {dataset}): {mismatch}")
     if task.growth.first_epoch >= task_epochs:
         raise SuiteError(
             f"{path} ({name}): growth.first_epoch = {task.growth.first_epoch} must be less than "
@@ -599,7 +634,13 @@ TYPE_NAMES = {"int": "an integer", "number": "a number", "str": "a string", "boo
 
 
 def _scalar(value: Any, path: str, rule: Rule) -> Any:
-    """Check one value against ``rule``; numbers come back as floats so hashes are canonical."""
+    """Check one value against ``rule``; numbers come back as floats so hashes are canonical
+    (a ``numbers`` rule: a list of numbers, each checked, back as a sorted tuple)."""
+    if rule.kind == "numbers":
+        if not isinstance(value, list):
+            raise SuiteError(f"{path} must be a list of numbers, got {value!r}")
+        each = dataclasses.replace(rule, kind="number")
+        return tuple(sorted(_scalar(v, f"{path}[{i}]", each) for i, v in enumerate(value)))
     is_bool = isinstance(value, bool)
     valid_type = {
         "int": isinstance(value, int) and not is_bool,

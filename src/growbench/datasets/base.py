@@ -91,14 +91,29 @@ class Dataset:
             test_targets=self.test_targets.to(device),
         )
 
+    def pin_memory(self) -> Dataset:
+        """A copy in pinned host memory, for non-blocking copies to an accelerator."""
+        return dataclasses.replace(
+            self,
+            train_inputs=self.train_inputs.pin_memory(),
+            train_targets=self.train_targets.pin_memory(),
+            test_inputs=self.test_inputs.pin_memory(),
+            test_targets=self.test_targets.pin_memory(),
+        )
+
     def batches(
-        self, split: str, batch_size: int, generator: torch.Generator | None = None
+        self,
+        split: str,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        raw: bool = False,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """One epoch of ``(inputs, targets)`` batches; the last one may be smaller.
 
         With a (CPU) ``generator`` the order is a fresh permutation drawn from it now, at the
         call, so successive epochs differ and the same seed gives the same epochs; without one
-        the samples come in stored order.
+        the samples come in stored order. ``raw`` batches are as stored (uint8 pixels, for a
+        caller that prepares them on another device).
         """
         inputs, targets = self._split(split)
         if batch_size < 1:
@@ -108,17 +123,18 @@ class Dataset:
             order = None
         else:
             order = torch.randperm(n, generator=generator).to(inputs.device)
-        return self._batches(inputs, targets, order, batch_size)
+        return self._batches(inputs, targets, order, batch_size, raw)
 
     def _batches(
-        self, inputs: Tensor, targets: Tensor, order: Tensor | None, size: int
+        self, inputs: Tensor, targets: Tensor, order: Tensor | None, size: int, raw: bool
     ) -> Iterator[tuple[Tensor, Tensor]]:
+        prepare = (lambda x: x) if raw else self.prepare
         for start in range(0, inputs.shape[0], size):
             if order is None:
-                yield self.prepare(inputs[start : start + size]), targets[start : start + size]
+                yield prepare(inputs[start : start + size]), targets[start : start + size]
             else:
                 index = order[start : start + size]
-                yield self.prepare(inputs[index]), targets[index]
+                yield prepare(inputs[index]), targets[index]
 
     def subset(self, split: str, count: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """``count`` samples of ``split`` picked at random with ``generator`` (all of them, in
