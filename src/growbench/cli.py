@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_tracking_uri(run)
     run.add_argument("--dry-run", action="store_true", help="check and list cells, write nothing")
+    run.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a 2-epoch version of the suite on a data subset and narrow nets (suite NAME-smoke)",
+    )
     run.set_defaults(command=_run)
 
     report = commands.add_parser(
@@ -117,15 +122,20 @@ def _run(args: argparse.Namespace) -> int:
     from growbench.benchmarks.tracking import resolve_tracking_uri
 
     suite = load_suite(args.suite).select(_names(args.methods), _names(args.datasets), args.seeds)
+    if args.smoke:
+        suite = suite.smoke()
     uri = resolve_tracking_uri(args.tracking_uri)
     if args.dry_run:
-        planned = dry_run(suite, uri, args.device)
+        planned, data = dry_run(suite, uri, args.device)
         print(f"suite {suite.name}: {len(planned)} cells, store {uri} (dry run: nothing written)")
         width = max((len(item.cell.label) for item in planned), default=0)
         for item in planned:
             note = f"  ({item.reason})" if item.reason else ""
             label = item.cell.label.ljust(width)
             print(f"  {item.status:<12} {label}  {item.cell.config_hash()[:12]}{note}")
+        print("data:")
+        for line in data:
+            print(f"  {line}")
         return 0
     _quiet_mlflow()
     outcome = run_suite(suite, uri, args.device, progress=True, threads=args.threads)

@@ -88,11 +88,32 @@ def plan(suite: Suite, done: set[str]) -> list[PlannedCell]:
 
 def dry_run(
     suite: Suite, tracking_uri: str, device: torch.device | str = "cpu"
-) -> list[PlannedCell]:
-    """Check the suite and its data and say what a run would do; writes nothing anywhere."""
+) -> tuple[list[PlannedCell], list[str]]:
+    """Say what a run would do (its cells) and what data it needs (one line per dataset: ready,
+    or what is missing and how to get it); writes nothing anywhere."""
     resolve_device(device)
-    load_datasets(suite, "cpu")
-    return plan(suite, finished_hashes(tracking_uri, suite.name))
+    return plan(suite, finished_hashes(tracking_uri, suite.name)), data_status(suite)
+
+
+def data_status(suite: Suite) -> list[str]:
+    """One line per distinct (dataset, options) of the suite: loaded and checked, or why not."""
+    lines, seen = [], set()
+    for task in suite.tasks:
+        key = json.dumps([task.dataset, task.dataset_options], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        options = f" {task.dataset_options}" if task.dataset_options else ""
+        try:
+            data = _load(task)
+            _check_model(task, data)
+        except FileNotFoundError as exc:
+            lines.append(f"MISSING  {task.dataset}{options}: {' '.join(str(exc).split())}")
+            continue
+        lines.append(
+            f"ready    {task.dataset}{options}: {data.num_train} train / {data.num_test} test"
+        )
+    return lines
 
 
 def run_suite(

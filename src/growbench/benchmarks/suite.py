@@ -86,6 +86,7 @@ SUITES_PACKAGE = "growbench.benchmarks"
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine", "multistep")
 SCHEDULE_SPANS = ("run", "round")
+SMOKE_TRAIN, SMOKE_TEST = 64, 32  # samples kept by Suite.smoke()
 AFTER_GROWTH = ("carry", "reset")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -309,6 +310,47 @@ class Suite:
             for task in self.tasks
             for method in self.methods
         ]
+
+    def smoke(self) -> Suite:
+        """This suite at smoke scale, to check that it runs end to end (``--smoke``): named
+        ``<name>-smoke`` (its own experiment), one seed, two epochs with one growth round after
+        the first, batches of at most 16, 32 statistics samples, 64 train and 32 test samples
+        where the dataset takes ``train_subset``/``test_subset``, images at most 32 px where it
+        takes a ``resolution``, nets at most 1/16 of their width (explicit ``widths`` divided by
+        8), and each method with its ``quick_overrides`` (cheap estimator settings)."""
+        tasks = []
+        for task in self.tasks:
+            data = dict(task.dataset_options)
+            known = dataset_options(task.dataset)
+            if {"train_subset", "test_subset"} <= set(known):
+                data.update(train_subset=SMOKE_TRAIN, test_subset=SMOKE_TEST)
+            if "resolution" in known:
+                data["resolution"] = min(data.get("resolution", known["resolution"]), 32)
+            model = dict(task.model_options)
+            if model.get("widths"):
+                model["widths"] = tuple(max(2, w // 8) for w in model["widths"])
+            elif "width_multiplier" in model_options(task.model):
+                model["width_multiplier"] = min(model.get("width_multiplier", 1.0), 1 / 16)
+            growth = dataclasses.replace(
+                task.growth, first_epoch=1, every=1, max_rounds=1, stats_samples=32
+            )
+            training = dataclasses.replace(
+                task.training, batch_size=min(task.training.batch_size, 16)
+            )
+            tasks.append(
+                dataclasses.replace(
+                    task, dataset_options=data, model_options=model, epochs=2, growth=growth,
+                    training=training,
+                )
+            )  # fmt: skip
+        classes = available_methods()
+        options = {
+            method: {**chosen, **getattr(classes.get(method), "quick_overrides", {})}
+            for method, chosen in self.method_options.items()
+        }
+        return dataclasses.replace(
+            self, name=f"{self.name}-smoke", seeds=(0,), tasks=tuple(tasks), method_options=options
+        )
 
     def select(
         self,
