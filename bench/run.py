@@ -32,7 +32,11 @@ Figures:
   one of that task's training epochs (the suite's batch size and optimiser), measured in the
   same process on the start net with the suite's statistics set (``--methods`` narrows it).
 
-``--only throughput,steps,split,tiny,growth,default-growth`` runs a subset.
+* the paper-scale training path on CIFAR-shaped data (``paper_path.py``): harness / bare-loop
+  throughput at each precision with augmentation, augmentation's share of a step, and the
+  ImageNet-subset cache build time (``--device cuda`` on a GPU).
+
+``--only throughput,steps,split,tiny,growth,default-growth,paper-path`` runs a subset.
 """
 
 from __future__ import annotations
@@ -564,8 +568,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        help="comma-separated figures: throughput, steps, split, tiny, growth, default-growth",
+        help="comma-separated figures: throughput, steps, split, tiny, growth, default-growth, "
+        "paper-path",
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the paper-path figures)")
     parser.add_argument(
         "--methods", help="comma-separated methods of the growth figures (default: every built-in)"
     )
@@ -580,7 +586,8 @@ def main() -> None:
         model, method, options, threads = args.growth_probe
         print(json.dumps(growth_probe(model, method, options, int(threads))))
         return
-    figures = set((args.only or "throughput,steps,split,tiny,growth,default-growth").split(","))
+    everything = "throughput,steps,split,tiny,growth,default-growth,paper-path"
+    figures = set((args.only or everything).split(","))
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     print(f"growbench bench (torch {torch.__version__}, {torch.get_num_threads()} threads)")
@@ -620,6 +627,11 @@ def main() -> None:
                 "TINY growth step (statistics, solve, γ search, surgery) on the digits MLP, "
                 f"gromo / growbench time ratio: {ratio:.1f}x (target >= 10); {note}"
             )
+    if "paper-path" in figures:
+        import paper_path
+
+        for line in paper_path.figures(torch.device(args.device), max(3, args.repeats // 3)):
+            print(line, flush=True)
     import growbench.methods.builtin  # noqa: F401
     from growbench.methods import registry
 
