@@ -1,5 +1,8 @@
 """Every registered dataset loads and matches its spec; names and options are checked clearly."""
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -35,36 +38,18 @@ def test_names_are_the_documented_ones() -> None:
     assert dataset_names() == sorted([*SIZES, *FETCHED])
 
 
-PLUGIN = """
-from dataclasses import dataclass
-
-import torch
-
-from growbench.datasets import Dataset, DatasetSpec
-from growbench.datasets.base import Entry
-
-SPEC = DatasetSpec("my-data", "classification", (4,), 2, "a user's data", "the user's package")
+README = Path(__file__).parents[2] / "README.md"
 
 
-@dataclass(frozen=True)
-class Options:
-    count: int = 40
-
-
-def load(options):
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(options.count, 4, generator=generator)
-    targets = (inputs[:, 0] > 0).long()
-    half = options.count // 2
-    return Dataset(SPEC, inputs[:half], targets[:half], inputs[half:], targets[half:])
-
-
-ENTRY = Entry(SPEC, Options, load)
-"""
+def readme_dataset_example() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    (example,) = [block for block in blocks if "ENTRY = Entry(" in block]
+    return example
 
 
 def test_an_outside_dataset_plugs_in_through_the_entry_point(monkeypatch, tmp_path, capsys):
-    """Listed by `growbench datasets`, runs in a suite; a broken plugin is a warning naming it."""
+    """The README's example: listed by `growbench datasets`, runs in a suite; a broken plugin
+    is a warning naming it."""
     from importlib.metadata import EntryPoint
 
     from growbench.benchmarks.runner import run_cell
@@ -72,7 +57,7 @@ def test_an_outside_dataset_plugs_in_through_the_entry_point(monkeypatch, tmp_pa
     from growbench.cli import main
     from growbench.datasets import registry
 
-    (tmp_path / "my_data_plugin.py").write_text(PLUGIN)
+    (tmp_path / "my_data_plugin.py").write_text(readme_dataset_example())
     monkeypatch.syspath_prepend(str(tmp_path))
     group = registry.ENTRY_POINT_GROUP
     points = [
