@@ -66,7 +66,7 @@ class SENNConfig(GrowerConfig):
     threshold: float = 0.03  # τ: accept when score / η_W exceeds it
     abs_threshold: float = 2.5e-3  # α_abs: and when score / E‖e‖² exceeds it
     proposals: int = 32
-    proposal_steps: int = 50
+    proposal_steps: int = 25  # 50 took 1.3 training epochs on MobileNetV1-0.25; 25 took 0.85
     proposal_step: float = 0.3
     temperature: float = 10.0
     proposal_samples: int = 512  # the first samples of the statistics set
