@@ -4,8 +4,11 @@ Fairness is the runner's job, not the methods': every method of a seed starts fr
 (``build_model(config, seed=seed)``; only ``static`` asks for another start through
 ``Grower.start_config``), trains the same epochs with the same optimizer and LR schedule, sees the
 same data order (a CPU generator seeded from the seed alone) and, at growth round r, the same
-statistics subset and a context generator both seeded from (seed, r). The budget limit is the
-suite's factor times the cost of that common start net, whatever the method starts from.
+statistics subset and a context generator both seeded from (seed, r), and, when the suite asks
+for augmentation, the same augmented training batches (a device generator seeded from the seed
+alone; evaluation and statistics are never augmented). The budget limit is the suite's factor
+times the cost of that common start net, whatever the method starts from. Precision,
+channels-last and where the data lives are ``accelerator``'s.
 
 Per epoch: train, step the LR schedule, evaluate on the test split, report metrics, then grow if
 the schedule says so. Around each ``grow()`` the runner measures the realised loss change on the
