@@ -154,7 +154,7 @@ def figures(device: torch.device, repeats: int) -> Iterator[str]:
     runs = [
         ("mobilenetv1", "fp32", "cifar", 20),
         ("mobilenetv1", "bf16", "cifar", 20),
-        ("resnet18", "fp32", "cifar", 6),
+        ("resnet18", "fp32", "cifar", 12),
     ]
     if device.type == "cuda":
         runs += [("mobilenetv1", "fp16", "cifar", 50), ("resnet18", "bf16", "cifar", 50)]
