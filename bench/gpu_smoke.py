@@ -18,20 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from growbench.benchmarks.runner import run_cell
-from growbench.benchmarks.suite import load_suite
+from growbench.benchmarks.suite import PAPER_SUITES, load_suite
 from growbench.datasets import Dataset, dataset_spec
 from growbench.datasets import registry as dataset_registry
 from growbench.datasets.base import Entry
-
-SUITES = [
-    "s2d-cifar10",
-    "splitting-cifar100",
-    "firefly-cifar10",
-    "tiny-cifar100",
-    "signed-s2d-modelnet40",
-    "imagenet-mobilenet",
-    "cifar10-all",
-]
 
 
 @dataclass(frozen=True)
@@ -70,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--samples", type=int, default=10_000)
-    parser.add_argument("--suites", default=",".join(SUITES))
+    parser.add_argument("--suites", default=",".join(PAPER_SUITES))
     args = parser.parse_args()
     print(f"gpu smoke: torch {torch.__version__}, device {args.device}", flush=True)
     for name in args.suites.split(","):

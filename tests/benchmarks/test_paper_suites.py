@@ -10,20 +10,11 @@ import zipfile
 import pytest
 
 from growbench.benchmarks.runner import run_cell
-from growbench.benchmarks.suite import load_suite
+from growbench.benchmarks.suite import PAPER_SUITES, load_suite
 from tests.datasets.test_cifar import write_archive
 from tests.datasets.test_imagenet_subsets import jpeg
 from tests.datasets.test_modelnet40 import write_zip
 
-PAPER_SUITES = [
-    "s2d-cifar10",
-    "splitting-cifar100",
-    "firefly-cifar10",
-    "tiny-cifar100",
-    "signed-s2d-modelnet40",
-    "imagenet-mobilenet",
-    "cifar10-all",
-]
 IMAGENETTE_CLASSES = [f"n0{index:07d}" for index in range(10)]
 
 

@@ -83,6 +83,16 @@ from growbench.nn import GrowableNet, ModelConfig
 from growbench.nn.zoo import available_models, model_options
 
 SUITES_PACKAGE = "growbench.benchmarks"
+# The packaged suites that mirror the papers (GPU-scale; smoke-tested on fixture data).
+PAPER_SUITES = (
+    "s2d-cifar10",
+    "splitting-cifar100",
+    "firefly-cifar10",
+    "tiny-cifar100",
+    "signed-s2d-modelnet40",
+    "imagenet-mobilenet",
+    "cifar10-all",
+)
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine", "multistep")
 SCHEDULE_SPANS = ("run", "round")
