@@ -55,6 +55,8 @@ class Dataset:
     test_inputs: Tensor
     test_targets: Tensor
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # (mean, std) shaped for broadcasting, per (device, ndim): made once, not on every batch
+    _scales: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for split in SPLITS:
@@ -65,12 +67,14 @@ class Dataset:
         normalised per channel (dim 1); float32 inputs unchanged."""
         if inputs.dtype != torch.uint8:
             return inputs
-        mean, std = (
-            torch.tensor(v, dtype=torch.float32, device=inputs.device).reshape(
-                1, -1, *[1] * (inputs.ndim - 2)
+        key = (inputs.device, inputs.ndim)
+        if key not in self._scales:
+            shape = (1, -1, *[1] * (inputs.ndim - 2))
+            self._scales[key] = tuple(
+                torch.tensor(v, dtype=torch.float32, device=inputs.device).reshape(shape)
+                for v in self.normalization
             )
-            for v in self.normalization
-        )
+        mean, std = self._scales[key]
         return (inputs.float() / 255 - mean) / std
 
     @property
