@@ -2,8 +2,10 @@
 the UI.
 
 Mistakes a user can make (a bad suite file, an unknown method or dataset, missing data, cuda
-asked for without one) end in one line, ``growbench: error: <what is wrong>``, and exit status 2,
-never a traceback. Ctrl-C during a run exits 130 with the finished cells kept in the store.
+asked for without one, a tracking store that is unusable or unreachable) end in one line,
+``growbench: error: <what is wrong>``, and exit status 2, never a traceback; warnings are one line
+too. ``growbench run`` exits 1 when any cell failed, naming them. Ctrl-C during a run exits 130
+with the finished cells kept in the store and the running one's checkpoint kept to resume from.
 """
 
 from __future__ import annotations
@@ -13,15 +15,22 @@ import dataclasses
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-USER_ERRORS = (ValueError, FileNotFoundError)  # SuiteError is a ValueError
+USER_ERRORS = (ValueError, FileNotFoundError)  # SuiteError and StoreError are ValueErrors
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"growbench: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``growbench`` console script; returns 0 or raises ``SystemExit``."""
+    """Entry point of the ``growbench`` console script; returns 0 or 1, or raises
+    ``SystemExit``."""
     args = _parser().parse_args(argv)
+    warnings.showwarning = _one_line_warning
     try:
         return args.command(args)
     except USER_ERRORS as exc:
@@ -51,9 +60,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     run.add_argument(
         "--threads",
-        type=int,
+        type=_positive_int,
         default=1,
         help="torch CPU threads (default 1: fastest for small nets)",
+    )
+    run.add_argument(
+        "--checkpoint-every",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="save a cell's state after every N-th epoch and each growth round (0: never)",
+    )
+    run.add_argument(
+        "--checkpoint-seconds",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="but at most once in S seconds of a cell (default 60)",
     )
     _add_tracking_uri(run)
     run.add_argument("--dry-run", action="store_true", help="check and list cells, write nothing")
@@ -111,6 +134,33 @@ def _add_tracking_uri(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
+    return value
+
+
 def _names(text: str | None) -> list[str] | None:
     return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
 
@@ -119,7 +169,7 @@ def _run(args: argparse.Namespace) -> int:
     from growbench.benchmarks.executor import dry_run, run_suite
     from growbench.benchmarks.suite import load_suite
     from growbench.benchmarks.summary import format_summary, summarise
-    from growbench.benchmarks.tracking import resolve_tracking_uri
+    from growbench.benchmarks.tracking import CheckpointPolicy, resolve_tracking_uri
 
     suite = load_suite(args.suite).select(_names(args.methods), _names(args.datasets), args.seeds)
     if args.smoke:
@@ -138,17 +188,33 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {line}")
         return 0
     _quiet_mlflow()
-    outcome = run_suite(suite, uri, args.device, progress=True, threads=args.threads)
+    checkpoints = CheckpointPolicy(args.checkpoint_every, args.checkpoint_seconds)
+    outcome = run_suite(
+        suite, uri, args.device, progress=True, threads=args.threads, checkpoints=checkpoints
+    )
+    held = f", {len(outcome.held)} held by another runner" if outcome.held else ""
     print(
         f"suite {suite.name}: {len(outcome.finished)} cells trained, {len(outcome.skipped)} "
         f"already done, {len(outcome.failed)} failed, {len(outcome.unsupported)} unsupported"
+        f"{held}"
     )
-    for label in outcome.failed:
-        print(f"  FAILED {label} (traceback.txt in its MLflow run)")
+    for label in outcome.resumed:
+        print(f"  resumed {label}")
+    for label in outcome.held:
+        print(f"  held {label} (another runner is training it; rerun later to check)")
     for line in outcome.unsupported:
         print(f"  skipped {line}")
     print(format_summary(summarise(uri, suite.name, suite.cells())))
     print(f"runs are in {uri}; browse them with `growbench ui`")
+    for label in outcome.failed:
+        print(f"  FAILED {label} (traceback.txt in its MLflow run)")
+    if outcome.failed:
+        print(
+            f"growbench: {len(outcome.failed)} of {len(suite.cells())} cells failed: "
+            + ", ".join(outcome.failed),
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -166,11 +166,11 @@ def test_ctrl_c_kills_the_running_cell_and_a_rerun_resumes(store, monkeypatch) -
             if epoch == 1:
                 raise KeyboardInterrupt
 
-    def second_cell_interrupted(cell, dataset, device, observer):
+    def second_cell_interrupted(cell, dataset, device, observer, resume=None):
         calls.append(cell.label)
         if len(calls) == 2:
             observer = Interrupt(observer)
-        return real_run_cell(cell, dataset, device, observer)
+        return real_run_cell(cell, dataset, device, observer, resume)
 
     monkeypatch.setattr(executor, "run_cell", second_cell_interrupted)
     with pytest.raises(KeyboardInterrupt):

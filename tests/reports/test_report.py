@@ -97,7 +97,7 @@ def fill_store(uri: str, suite: Suite) -> dict[tuple[str, str, int], str]:
         key = (cell.task.name, cell.method, cell.seed)
         if key == MISSING:
             continue
-        cell_tracker = tracker.start_cell(cell)
+        _, cell_tracker = tracker.claim(cell)
         run_ids[key] = cell_tracker.run_id
         cell_tracker.started({"budget.limit": 1200})
         history = []

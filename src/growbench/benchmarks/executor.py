@@ -2,10 +2,12 @@
 
 The order is what keeps a store clean and a suite resumable: the suite is checked and every
 dataset loaded (a bad option or a missing file stops here, before MLflow is touched), then the
-store, experiment and parent run are created once, the cells already FINISHED with the same
-config hash are skipped, and the rest run one by one. A cell that raises or diverges is FAILED
-(with its traceback) and the suite goes on; Ctrl-C marks the running cell KILLED, closes the
-parent and re-raises, and the finished cells stay finished.
+store, experiment and parent run are created once (under the store's lock), the cells already
+FINISHED with the same config hash are skipped, and each other cell is claimed (``leases``) just
+before it trains: one FINISHED since the start or held by a live runner elsewhere is skipped, one
+killed earlier goes on from its checkpoint. A cell that raises or diverges is FAILED (with its
+traceback) and the suite goes on; Ctrl-C marks the running cell KILLED (its checkpoint kept),
+closes the parent and re-raises, and the finished cells stay finished.
 """
 
 from __future__ import annotations
@@ -19,8 +21,14 @@ import torch
 from tqdm.auto import tqdm
 
 from growbench.benchmarks.runner import CellObserver, cpu_threads, resolve_device, run_cell
+from growbench.benchmarks.store import check_store_uri
 from growbench.benchmarks.suite import CellConfig, Suite, SuiteError, Task, unsupported_reason
-from growbench.benchmarks.tracking import CellTracker, SuiteTracker, finished_hashes
+from growbench.benchmarks.tracking import (
+    CellTracker,
+    CheckpointPolicy,
+    SuiteTracker,
+    finished_hashes,
+)
 from growbench.datasets import Dataset, load_dataset
 from growbench.nn import build_model
 
@@ -38,6 +46,8 @@ class SuiteOutcome:
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # already finished before this run
     unsupported: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)  # being trained by another runner
+    resumed: list[str] = field(default_factory=list)  # went on from a checkpoint
 
 
 def load_datasets(suite: Suite, device: torch.device | str = "cpu") -> dict[str, Dataset]:
@@ -122,15 +132,20 @@ def run_suite(
     device: torch.device | str = "cpu",
     progress: bool = False,
     threads: int | None = 1,
+    checkpoints: CheckpointPolicy | None = None,
 ) -> SuiteOutcome:
     """Train every cell of ``suite`` not yet FINISHED in the store at ``tracking_uri``.
 
     ``threads`` is torch's intra-op CPU thread count while the suite runs (None: unchanged);
     one is fastest for the small nets of the CPU suites, see ``runner.cpu_threads``.
+    ``checkpoints`` says when cells save their state (default ``CheckpointPolicy()``).
     """
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    check_store_uri(tracking_uri)  # a bad or unreachable store fails before the data loads
     device = resolve_device(device)
     datasets = load_datasets(suite, device)
-    tracker = SuiteTracker(tracking_uri, suite, str(device))
+    tracker = SuiteTracker(tracking_uri, suite, str(device), checkpoints)
     tracker.open()
     status = "FAILED"
     try:
@@ -162,22 +177,34 @@ def _run_cells(
     bar = tqdm(todo, desc=suite.name, unit="cell", disable=not progress, file=sys.stderr)
     for cell in bar:
         bar.set_postfix_str(cell.label)
-        cell_tracker = tracker.start_cell(cell)
-        observer = _ProgressObserver(cell_tracker, cell, progress)
+        cell_tracker = None
         try:
-            result = run_cell(cell, datasets[cell.task.name], device, observer)
+            claim, cell_tracker = tracker.claim(cell)
+            if cell_tracker is None:
+                where = outcome.skipped if claim.status == "done" else outcome.held
+                where.append(cell.label)
+                continue
+            resume = cell_tracker.resume_state
+            if resume is not None:
+                outcome.resumed.append(f"{cell.label} (from epoch {resume['epoch']})")
+            observer = _ProgressObserver(cell_tracker, cell, progress)
+            try:
+                result = run_cell(cell, datasets[cell.task.name], device, observer, resume)
+            finally:
+                observer.close()
         except KeyboardInterrupt:
-            cell_tracker.kill()
+            if cell_tracker is not None:
+                cell_tracker.kill()
             raise
         except Exception as exc:
+            if cell_tracker is None:
+                raise  # the store failed: nothing to mark, and the next cells would fail too
             cell_tracker.fail(exc)
             outcome.failed.append(cell.label)
             tqdm.write(f"growbench: cell {cell.label} FAILED: {exc}", file=sys.stderr)
         else:
             cell_tracker.finish(result)
             outcome.finished.append(cell.label)
-        finally:
-            observer.close()
     return outcome
 
 
@@ -211,6 +238,13 @@ class _ProgressObserver(CellObserver):
 
     def grew(self, record: dict[str, Any]) -> None:
         self.tracker.grew(record)
+
+    def resumed(self, epoch: int, history: list[dict[str, float]], events: list[dict]) -> None:
+        self.tracker.resumed(epoch, history, events)
+        self.bar.update(epoch)
+
+    def checkpoint(self, epoch: int, grew: bool, snapshot: Any) -> None:
+        self.tracker.checkpoint(epoch, grew, snapshot)
 
     def close(self) -> None:
         self.bar.close()

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from growbench.benchmarks import accelerator
+from growbench.benchmarks import accelerator, checkpoint
 from growbench.benchmarks.augment import augmentation
 from growbench.benchmarks.suite import CellConfig, Training
 from growbench.datasets import Dataset, load_dataset
@@ -65,6 +65,14 @@ class CellObserver:
 
     def grew(self, record: dict[str, Any]) -> None:
         """After each growth round: the event's dict plus round, epoch and budget."""
+
+    def resumed(self, epoch: int, history: list[dict[str, float]], events: list[dict]) -> None:
+        """Once, instead of the start net's ``epoch_done``, when the cell goes on from a
+        checkpoint taken after ``epoch``: the metrics and growth events up to there."""
+
+    def checkpoint(self, epoch: int, grew: bool, snapshot: Callable[[], dict[str, Any]]) -> None:
+        """At the end of each epoch (after its growth round, if any): ``snapshot()`` is the
+        cell's whole state, for an observer that decides to save it."""
 
 
 @dataclass
@@ -285,8 +293,11 @@ def run_cell(
     dataset: Dataset | None = None,
     device: str | torch.device = "cpu",
     observer: CellObserver | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> CellResult:
-    """Train ``cell`` from its start net to its last epoch; see the module docstring."""
+    """Train ``cell`` from its start net (or from ``resume``, a state an observer's
+    ``checkpoint`` took) to its last epoch; see the module docstring. On one machine a resumed
+    cell's metrics equal an uninterrupted run's, timings apart."""
     device = resolve_device(device)
     observer = observer or CellObserver()
     if dataset is None:
@@ -297,7 +308,10 @@ def run_cell(
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(derived_seed(cell.seed, "torch"))
-        return _CellRun(cell, dataset, device, observer, copy).run()
+        cell_run = _CellRun(cell, dataset, device, observer, copy)
+        if resume is not None:
+            cell_run.load_state_dict(resume)
+        return cell_run.run()
 
 
 class _CellRun:
@@ -338,6 +352,8 @@ class _CellRun:
         self.train_flops = 0.0  # 3 × forward FLOPs × samples trained on (forward + backward)
         self.history: list[dict[str, float]] = []
         self.events: list[dict[str, Any]] = []
+        self.epoch = 0  # epochs done
+        self.growing = True  # whether later rounds may still grow
         self.info = {
             "budget.limit": self.budget_limit,
             "model.input_shape": list(common.input_shape),
@@ -350,12 +366,14 @@ class _CellRun:
 
     def run(self) -> CellResult:
         self.observer.started(dict(self.info))
-        self._report(0, {})
+        if self.epoch == 0:
+            self._report(0, {})
+        else:
+            self.observer.resumed(self.epoch, list(self.history), list(self.events))
         on_batch = (
             partial(self.grower.on_batch, self.net) if _overrides_on_batch(self.grower) else None
         )
-        growing = True
-        for epoch in range(1, self.cell.task.epochs + 1):
+        for epoch in range(self.epoch + 1, self.cell.task.epochs + 1):
             lr = self.optimizer.param_groups[0]["lr"]
             start = time.perf_counter()
             train_loss = train_one_epoch(
@@ -372,11 +390,67 @@ class _CellRun:
             if self.schedule is not None:
                 self.schedule.step()
             self._report(epoch, {"train_loss": train_loss, "lr": lr})
-            if growing and growth_due(self.cell, epoch, len(self.events)):
-                growing = self._grow(epoch)
+            rounds_before = len(self.events)
+            if self.growing and growth_due(self.cell, epoch, rounds_before):
+                self.growing = self._grow(epoch)
             if self.training.schedule_span == "round" and epoch in self.rounds:
                 self._new_optimizer(epoch)  # every round starts afresh, grown or not
+            self.epoch = epoch
+            self.observer.checkpoint(epoch, len(self.events) > rounds_before, self.state_dict)
         return CellResult(self.cell, self.info, self.history, self.events, self.net.describe())
+
+    # ------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the cell needs to go on after ``self.epoch`` (see ``checkpoint``)."""
+        cuda = self.device.type == "cuda"
+        return {
+            "config_hash": self.cell.config_hash(),
+            "epoch": self.epoch,
+            "growing": self.growing,
+            "net": checkpoint.net_state(self.net),
+            "optimizer": checkpoint.optimizer_state(self.optimizer, self.net),
+            "schedule": None if self.schedule is None else self.schedule.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "grower": checkpoint.grower_state(self.grower),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
+                "data_order": self.data_order.get_state(),
+                "augmentation": self.augment_generator.get_state(),
+            },
+            "history": [dict(metrics) for metrics in self.history],
+            "events": [dict(event) for event in self.events],
+            "seconds": dict(self.seconds),
+            "train_flops": self.train_flops,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("config_hash") != self.cell.config_hash():
+            raise checkpoint.CheckpointError(
+                f"{self.cell.label}: the checkpoint belongs to another configuration"
+            )
+        checkpoint.load_net_state(self.net, state["net"])
+        accelerator.to_memory_format(self.net, self.training.channels_last)
+        self.sizes = _Sizes.of(self.net)
+        self.optimizer = make_optimizer(self.net, self.training)
+        self.schedule = make_schedule(self.optimizer, self.training, 1)  # its state follows
+        checkpoint.load_optimizer_state(self.optimizer, self.net, state["optimizer"])
+        if self.schedule is not None:
+            self.schedule.load_state_dict(state["schedule"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.grower.load_state_dict(state["grower"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.data_order.set_state(rng["data_order"])
+        self.augment_generator.set_state(rng["augmentation"])
+        self.history = [dict(metrics) for metrics in state["history"]]
+        self.events = [dict(event) for event in state["events"]]
+        self.seconds = dict(state["seconds"])
+        self.train_flops = state["train_flops"]
+        self.epoch, self.growing = state["epoch"], state["growing"]
 
     def _span_after(self, epoch: int) -> int:
         """Epochs a schedule made after ``epoch`` spans: to the next round's end with

@@ -66,6 +66,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -441,9 +443,7 @@ def parse_suite(text: str, default_name: str = "suite", source: str = "<string>"
 
 def _build_suite(data: dict[str, Any], default_name: str, source: str, text: str) -> Suite:
     _reject_unknown(data, TOP_LEVEL_FIELDS, "")
-    name = _string(data.get("name", default_name), "name")
-    if not name.strip():
-        raise SuiteError("name must not be empty")
+    name = _name(data.get("name", default_name), "name")
     description = _string(data.get("description", ""), "description")
     if "epochs" not in data:
         raise SuiteError("epochs is required (how many epochs every cell trains)")
@@ -585,7 +585,7 @@ def _task(table: dict[str, Any], path: str, epochs: int, sections: dict[str, Any
     chosen = _model_options(
         model, _table(table.get("model_options", {}), f"{path}.model_options"), path
     )
-    name = _string(table.get("name", f"{dataset}-{model}"), f"{path}.name")
+    name = _name(table.get("name", f"{dataset}-{model}"), f"{path}.name")
     options = _dataset_options(
         dataset,
         _table(table.get("dataset_options", {}), f"{path}.dataset_options"),
@@ -676,6 +676,24 @@ def _table(value: Any, path: str) -> dict[str, Any]:
     return value
 
 
+# Suite and task names become file names (reports/<suite>/), MLflow experiment and run names
+# (at most 250 characters with the cell's method and seed) and table labels.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+MAX_NAME_LENGTH = 100
+
+
+def _name(value: Any, path: str) -> str:
+    name = _string(value, path)
+    if len(name) > MAX_NAME_LENGTH:
+        raise SuiteError(f"{path} is {len(name)} characters long; use at most {MAX_NAME_LENGTH}")
+    if not NAME_PATTERN.fullmatch(name):
+        raise SuiteError(
+            f"{path} {name!r} must start with a letter or digit and hold only letters, digits "
+            'and . _ + - (it names files and MLflow runs); set name = "..." in the suite'
+        )
+    return name
+
+
 def _string(value: Any, path: str) -> str:
     if not isinstance(value, str):
         raise SuiteError(f"{path} must be a string, got {value!r} ({type(value).__name__})")
@@ -706,6 +724,8 @@ def _scalar(value: Any, path: str, rule: Rule) -> Any:
         )
     if rule.kind == "number":
         value = float(value)
+        if not math.isfinite(value):
+            raise SuiteError(f"{path} must be a finite number, got {value!r}")
     if rule.choices and value not in rule.choices:
         raise SuiteError(
             f"{path} must be one of {', '.join(map(repr, rule.choices))}, got {value!r}"

@@ -12,6 +12,12 @@ params plus the runner's facts (``budget.limit``, ``start.widths``, ``start.para
 ``log_batch`` of metrics per epoch (``step`` = epoch), and the artifacts ``growth_events.json``,
 ``architecture.json`` and, when it failed, ``traceback.txt``. Only the ``MlflowClient`` is used,
 never the fluent API's process-global active run.
+
+The store's health (URI checks, creation under a lock, repair) is ``store``'s; who trains which
+cell is ``leases``'s: ``SuiteTracker.claim`` hands out a cell only to one runner, and a
+``CellTracker`` keeps its run's heartbeat and saves the cell's checkpoints as artifacts
+(``checkpoint/state-a.pt`` and ``-b.pt`` in turn, the tag ``growbench.checkpoint`` naming the
+complete one), which the next claimant of a killed cell resumes from.
 """
 
 from __future__ import annotations
@@ -20,26 +26,31 @@ import json
 import os
 import platform
 import re
+import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, ViewType
+from mlflow.exceptions import MlflowException
 
 import growbench
+from growbench.benchmarks import checkpoint
+from growbench.benchmarks.leases import CHECKPOINT, HASH, ROLE, Claim, Heartbeat, claim_cell
 from growbench.benchmarks.runner import CellObserver, CellResult
+from growbench.benchmarks.store import open_store, sqlite_path, store_lock
 from growbench.benchmarks.suite import CellConfig, Suite
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-ROLE = "growbench.role"
-HASH = "growbench.config_hash"
 PARENT_TAG = "mlflow.parentRunId"
 PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
+METRICS_PER_CALL = 1000
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -50,30 +61,19 @@ def experiment_name(suite_name: str) -> str:
     return f"growbench:{suite_name}"
 
 
-def _local_path(uri: str) -> Path | None:
-    """The file or folder a local store lives in; None for a server."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///"))
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(parsed.path)
-    if parsed.scheme == "" or len(parsed.scheme) == 1:  # a plain path (or a Windows drive)
-        return Path(uri)
-    return None
-
-
 def store_exists(uri: str) -> bool:
-    """Whether reading the store could find anything (reading never creates a local store)."""
-    path = _local_path(uri)
-    return path is None or path.exists()
+    """Whether reading the store could find anything: reading never creates a local store, and
+    a damaged or unreachable one is one ``StoreError``."""
+    return open_store(uri, create=False)
 
 
 def artifact_location(uri: str, suite_name: str) -> str | None:
     """``mlartifacts/<suite>`` beside a sqlite database, so artifacts never land in the cwd."""
-    if not uri.startswith("sqlite:///"):
+    path = sqlite_path(uri)
+    if path is None:
         return None
     folder = re.sub(r"[^A-Za-z0-9._-]+", "_", suite_name)
-    database = Path(uri.removeprefix("sqlite:///")).resolve()
+    database = path.resolve()
     return (database.parent / "mlartifacts" / folder).as_uri()
 
 
@@ -172,51 +172,92 @@ def _finished(client: MlflowClient, experiment_id: str) -> set[str]:
     }
 
 
-class SuiteTracker:
-    """The suite's experiment and parent run; hands out one ``CellTracker`` per cell."""
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """When a cell saves its state: after every ``every``-th epoch and after each growth round,
+    but not within ``min_seconds`` of its last save (``every = 0``: never)."""
 
-    def __init__(self, uri: str, suite: Suite, device: str) -> None:
+    every: int = 1
+    min_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise ValueError(f"--checkpoint-every must be 0 (never) or more, got {self.every}")
+        if not 0 <= self.min_seconds < float("inf"):
+            raise ValueError(
+                f"--checkpoint-seconds must be a finite number >= 0, got {self.min_seconds}"
+            )
+
+
+class SuiteTracker:
+    """The suite's experiment and parent run; claims cells and hands out one ``CellTracker``
+    per claimed cell."""
+
+    def __init__(
+        self,
+        uri: str,
+        suite: Suite,
+        device: str,
+        checkpoints: CheckpointPolicy | None = None,
+    ) -> None:
         self.uri, self.suite, self.device = uri, suite, device
-        self.client = MlflowClient(uri)
+        self.checkpoints = checkpoints or CheckpointPolicy()
+        self.client: MlflowClient
         self.experiment_id = ""
         self.parent_id = ""
 
     def open(self) -> None:
-        """Create the store, the experiment and the parent run (or reopen the latest parent)."""
+        """Create (or repair) the store, the experiment and the parent run, or reopen the
+        latest parent: all under the store's lock, so runners starting together make one."""
+        open_store(self.uri, create=True)
+        self.client = MlflowClient(self.uri)
+        with store_lock(self.uri):
+            self.experiment_id = self._experiment()
+            self.parent_id = self._parent()
+        if self.suite.text:
+            self.client.log_text(self.parent_id, self.suite.text, "suite.toml")
+
+    def _experiment(self) -> str:
         name = experiment_name(self.suite.name)
         experiment = self.client.get_experiment_by_name(name)
-        if experiment is None:
-            self.experiment_id = self.client.create_experiment(
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(
                 name,
                 artifact_location=artifact_location(self.uri, self.suite.name),
                 # MLflow 3's UI opens an experiment on its GenAI pages unless told it holds
                 # model training runs.
                 tags={"mlflow.experimentKind": "custom_model_development"},
             )
-        else:
-            self.experiment_id = experiment.experiment_id
+        except MlflowException:  # another runner on the same server made it first
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+    def _parent(self) -> str:
         parents = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{ROLE}` = 'suite'",
-            order_by=["attributes.start_time DESC"],
+            order_by=["attributes.start_time ASC"],
             max_results=1,
         )
         if parents:
-            self.parent_id = parents[0].info.run_id
-            self.client.update_run(self.parent_id, status="RUNNING")
-        else:
-            tags = {ROLE: "suite", "growbench.suite": self.suite.name}
-            if self.suite.description:
-                tags["mlflow.note.content"] = self.suite.description
-            run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.suite.name)
-            self.parent_id = run.info.run_id
-        if self.suite.text:
-            self.client.log_text(self.parent_id, self.suite.text, "suite.toml")
+            self.client.update_run(parents[0].info.run_id, status="RUNNING")
+            return parents[0].info.run_id
+        tags = {ROLE: "suite", "growbench.suite": self.suite.name}
+        if self.suite.description:
+            tags["mlflow.note.content"] = self.suite.description
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.suite.name)
+        return run.info.run_id
 
     def finished_hashes(self) -> set[str]:
         return _finished(self.client, self.experiment_id)
 
-    def start_cell(self, cell: CellConfig) -> CellTracker:
+    def claim(self, cell: CellConfig) -> tuple[Claim, CellTracker | None]:
+        """Claim ``cell`` for this runner (``leases.claim_cell``); when it is ours, its tracker
+        (heartbeat running, params logged, the checkpoint to resume from loaded)."""
         task = cell.task
         tags = {
             ROLE: "cell",
@@ -230,21 +271,48 @@ class SuiteTracker:
             HASH: cell.config_hash(),
             **environment_tags(self.device),
         }
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=cell.label)
-        tracker = CellTracker(self.client, run.info.run_id)
-        tracker.log_params(cell.params())
-        return tracker
+
+        def create_run(extra: dict[str, str]) -> str:
+            run = self.client.create_run(
+                self.experiment_id, tags={**tags, **extra}, run_name=cell.label
+            )
+            return run.info.run_id
+
+        claim = claim_cell(self.client, self.experiment_id, cell.config_hash(), create_run)
+        if claim.status != "claimed":
+            return claim, None
+        tracker = CellTracker(self.client, claim.run_id, cell, self.checkpoints)
+        try:
+            tracker.log_params(cell.params())
+            if claim.resume_from is not None:
+                tracker.load_resume_state(claim.resume_from)
+        except BaseException:
+            tracker.kill()
+            raise
+        return claim, tracker
 
     def close(self, status: str) -> None:
         self.client.set_terminated(self.parent_id, status=status)
 
 
 class CellTracker(CellObserver):
-    """Logs one cell's run as the runner reports it; ends it FINISHED, FAILED or KILLED."""
+    """Logs one cell's run as the runner reports it, keeps its heartbeat and saves its
+    checkpoints; ends it FINISHED, FAILED or KILLED."""
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
-        self.client, self.run_id = client, run_id
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        cell: CellConfig | None = None,
+        checkpoints: CheckpointPolicy | None = None,
+    ) -> None:
+        self.client, self.run_id, self.cell = client, run_id, cell
+        self.checkpoints = checkpoints or CheckpointPolicy(every=0)
         self.events: list[dict[str, Any]] = []
+        self.resume_state: dict[str, Any] | None = None
+        self._last_save = time.monotonic()
+        self._next_file = "a"
+        self._heartbeat = Heartbeat(client, run_id)
 
     def log_params(self, params: dict[str, str]) -> None:
         items = [Param(key, str(value)) for key, value in params.items()]
@@ -262,16 +330,80 @@ class CellTracker(CellObserver):
     def grew(self, record: dict[str, Any]) -> None:
         self.events.append(record)
 
+    def resumed(self, epoch: int, history: list[dict[str, float]], events: list[dict]) -> None:
+        """Log the metrics of the epochs the checkpoint had done, so this run holds them all."""
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(key, float(value), now, step)
+            for step, metrics in enumerate(history)
+            for key, value in metrics.items()
+        ]
+        for start in range(0, len(batch), METRICS_PER_CALL):
+            self.client.log_batch(self.run_id, metrics=batch[start : start + METRICS_PER_CALL])
+        self.events = list(events)
+
+    # ------------------------------------------------------------------- checkpoints
+    def checkpoint(self, epoch: int, grew: bool, snapshot: Callable[[], dict[str, Any]]) -> None:
+        policy = self.checkpoints
+        if policy.every == 0 or (self.cell is not None and epoch >= self.cell.task.epochs):
+            return
+        if epoch % policy.every and not grew:
+            return
+        if time.monotonic() - self._last_save < policy.min_seconds:
+            return
+        try:
+            data = checkpoint.to_bytes(snapshot())
+        except checkpoint.CheckpointError as exc:  # the cell still runs, without checkpoints
+            warnings.warn(f"{self.run_id}: no checkpoint saved: {exc}", stacklevel=2)
+            self.checkpoints = CheckpointPolicy(every=0)
+            return
+        name = f"state-{self._next_file}.pt"
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / name
+            path.write_bytes(data)
+            self.client.log_artifact(self.run_id, str(path), "checkpoint")
+        record = {"file": f"checkpoint/{name}", "epoch": epoch, "sha256": checkpoint.digest(data)}
+        self.client.set_tag(self.run_id, CHECKPOINT, json.dumps(record))
+        self._next_file = "b" if self._next_file == "a" else "a"
+        self._last_save = time.monotonic()
+
+    def load_resume_state(self, run: Run) -> None:
+        """The checkpoint ``run`` (a killed run of this cell) left, when it is complete and
+        intact; otherwise the cell starts afresh, with a warning."""
+        record = json.loads(run.data.tags[CHECKPOINT])
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                local = self.client.download_artifacts(run.info.run_id, record["file"], folder)
+                data = Path(local).read_bytes()
+            if checkpoint.digest(data) != record["sha256"]:
+                raise checkpoint.CheckpointError("its checksum does not match")
+            self.resume_state = checkpoint.from_bytes(data)
+        except (OSError, MlflowException, checkpoint.CheckpointError) as exc:
+            warnings.warn(
+                f"cell run {run.info.run_id}: its checkpoint cannot be used ({exc}); "
+                "the cell starts from epoch 0",
+                stacklevel=2,
+            )
+            return
+        self.client.set_tags(
+            self.run_id,
+            {"growbench.resumed_from": run.info.run_id, "growbench.resumed_epoch": record["epoch"]},
+        )
+
+    # ------------------------------------------------------------------------- ending
     def finish(self, result: CellResult) -> None:
+        self._heartbeat.stop()
         self.client.log_dict(self.run_id, result.events, "growth_events.json")
         self.client.log_dict(self.run_id, result.architecture, "architecture.json")
         self.client.set_terminated(self.run_id, status="FINISHED")
 
     def fail(self, error: BaseException) -> None:
+        self._heartbeat.stop()
         text = "".join(traceback.format_exception(error))
         self.client.log_text(self.run_id, text, "traceback.txt")
         self.client.log_dict(self.run_id, self.events, "growth_events.json")
         self.client.set_terminated(self.run_id, status="FAILED")
 
     def kill(self) -> None:
+        self._heartbeat.stop()
         self.client.set_terminated(self.run_id, status="KILLED")

@@ -10,6 +10,7 @@ with a bad file.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,14 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     which must have ``ndim`` dimensions; ``ValueError`` says what is wrong with a bad file."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as file:
-        data = file.read()
+    try:
+        with opener(path, "rb") as file:
+            data = file.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise ValueError(
+            f"{path}: not a complete gzip file ({exc or 'it ends early'}); delete it and get "
+            "the dataset's files again"
+        ) from None
     expected_magic = (UBYTE << 8) | ndim
     if len(data) < 4:
         raise ValueError(f"{path}: {len(data)} bytes is too short for an IDX header")

@@ -135,7 +135,33 @@ def _json_ready(value: Any) -> Any:
 
 @dataclass
 class GrowerConfig:
-    """Base of every method's hyperparameters; subclasses add fields with defaults."""
+    """Base of every method's hyperparameters; subclasses add fields with defaults.
+
+    ``check`` (run by ``Grower.__init__``) refuses a non-finite number in any field, and a
+    field named in ``positive`` that is not > 0 or in ``non_negative`` that is < 0; a
+    subclass's ``__post_init__`` checks whatever else its fields need.
+    """
+
+    positive: ClassVar[tuple[str, ...]] = ()
+    non_negative: ClassVar[tuple[str, ...]] = ()
+
+    def check(self, method: str) -> None:
+        for config_field in dataclasses.fields(self):
+            value = getattr(self, config_field.name)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            for item in values:
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ValueError(
+                        f"{method}: {config_field.name} must be a finite number, got {value!r}"
+                    )
+        for name in self.positive:
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{method}: {name} must be greater than 0, got {value!r}")
+        for name in self.non_negative:
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{method}: {name} must be 0 or more, got {value!r}")
 
 
 class Grower:
@@ -172,6 +198,7 @@ class Grower:
         self.config = config if config is not None else self.Config()
         if not isinstance(self.config, self.Config):
             raise TypeError(f"{self.name}: config must be a {self.Config.__name__}")
+        self.config.check(self.name)
 
     # ---------------------------------------------------------------- for subclasses
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
@@ -183,6 +210,16 @@ class Grower:
 
     def on_batch(self, net: GrowableNet, inputs: Tensor, targets: Tensor) -> None:
         """Called after each training step, for methods that accumulate statistics as they train."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the grower carries from one round to the next, for a cell's checkpoint: by
+        default every attribute but the config (numbers, strings, tensors, lists and dicts of
+        them). A method that keeps anything else overrides this and ``load_state_dict``."""
+        return {key: value for key, value in vars(self).items() if key != "config"}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
 
     def refusal(self, site: Site) -> str | None:
         """Why this method cannot grow ``site``, or None when it can (the default: the site's

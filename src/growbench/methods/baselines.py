@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from growbench.claims import Claim
 from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
@@ -29,6 +30,7 @@ class NoGrowth(Grower):
 
 @dataclass
 class StaticConfig(GrowerConfig):
+    positive: ClassVar[tuple[str, ...]] = ("bisection_steps",)
     bisection_steps: int = 40
 
 

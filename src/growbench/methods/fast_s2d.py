@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -510,6 +511,24 @@ def transform_cost(cost: float, transform: str) -> float:
 
 @dataclass
 class FastS2DConfig(GrowerConfig):
+    positive: ClassVar[tuple[str, ...]] = (
+        "growth_ratio",
+        "rq_steps",
+        "rq_batch_size",
+        "rq_lr",
+        "rq_decay",
+        "rq_window",
+        "rq_cache_bytes",
+        "max_stat_bytes",
+    )
+    non_negative: ClassVar[tuple[str, ...]] = (
+        "epsilon",
+        "rq_momentum",
+        "rq_alpha",
+        "rq_eps",
+        "rq_init_scale",
+        "site_cap_ratio",
+    )
     epsilon: float = 1e-2
     growth_ratio: float = 0.3  # each group's budget: this share of its current (transformed) cost
     rq_steps: int = 1600

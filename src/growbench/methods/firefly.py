@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,16 @@ from growbench.nn.growable import eval_mode
 
 @dataclass
 class FireflyConfig(GrowerConfig):
+    positive: ClassVar[tuple[str, ...]] = ("growth_ratio", "lr", "search_batch", "max_search_bytes")
+    non_negative: ClassVar[tuple[str, ...]] = (
+        "candidates",
+        "search_steps",
+        "momentum",
+        "alpha",
+        "split_penalty",
+        "new_penalty",
+        "max_layers",
+    )
     candidates: int = 32  # K new candidate units per site
     search_steps: int = 128  # the spec's 200 took more than a training epoch on MobileNetV1
     search_batch: int = 128

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -62,6 +63,8 @@ SCHEDULES = ("all-at-once", "round-robin")
 
 @dataclass
 class GradMaxConfig(GrowerConfig):
+    positive: ClassVar[tuple[str, ...]] = ("growth_fraction", "stats_samples")
+    non_negative: ClassVar[tuple[str, ...]] = ("epsilon", "scale")
     epsilon: float = 0.0  # fan-in scale of the new units; the official configs all use 0
     scale_method: str = "mean_norm"  # c = scale · mean fan-out column norm, or c = scale
     scale: float = 0.5

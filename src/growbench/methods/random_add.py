@@ -11,6 +11,7 @@ option); it needs σ(0) = 0 and σ'(0) ≠ 0, which the zoo's activations state.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -30,6 +31,8 @@ DIRECTIONS = ("uniform", "gaussian")
 
 @dataclass
 class RandomAddConfig(GrowerConfig):
+    positive: ClassVar[tuple[str, ...]] = ("growth_ratio",)
+    non_negative: ClassVar[tuple[str, ...]] = ("fan_out_scale",)
     growth_ratio: float = 0.3
     mode: str = "zero-fan-out"
     fan_out_scale: float = 0.5  # zero-fan-in mode: c = scale · mean fan-out column norm

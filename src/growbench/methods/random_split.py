@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -28,6 +29,8 @@ from growbench.nn import GrowableNet
 
 @dataclass
 class RandomSplitConfig(GrowerConfig):
+    positive: ClassVar[tuple[str, ...]] = ("growth_ratio",)
+    non_negative: ClassVar[tuple[str, ...]] = ("epsilon",)
     growth_ratio: float = 0.3
     epsilon: float = 1e-2
 

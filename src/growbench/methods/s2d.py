@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -45,6 +46,8 @@ SELECTIONS = ("global-ratio", "most-negative")
 
 @dataclass
 class S2DConfig(GrowerConfig):
+    positive: ClassVar[tuple[str, ...]] = ("growth_ratio", "max_stat_bytes")
+    non_negative: ClassVar[tuple[str, ...]] = ("epsilon", "lambda_tol")
     growth_ratio: float = 0.3
     epsilon: float = 1e-2
     only_negative: bool = False

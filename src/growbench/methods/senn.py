@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -63,6 +64,25 @@ from growbench.nn.units import Slot
 
 @dataclass
 class SENNConfig(GrowerConfig):
+    positive: ClassVar[tuple[str, ...]] = (
+        "threshold",
+        "abs_threshold",
+        "proposals",
+        "proposal_step",
+        "temperature",
+        "proposal_samples",
+        "proposal_rows",
+        "g_tikhonov",
+        "max_additions",
+        "layer_cost_mul",
+        "layer_abs_threshold",
+    )
+    non_negative: ClassVar[tuple[str, ...]] = (
+        "proposal_steps",
+        "norm_penalty",
+        "layer_cooldown",
+        "max_inserted_layers",
+    )
     threshold: float = 0.03  # τ: accept when score / η_W exceeds it
     abs_threshold: float = 2.5e-3  # α_abs: and when score / E‖e‖² exceeds it
     proposals: int = 32

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -66,6 +67,8 @@ KINDS = ("signed+", "signed-", "split")
 
 @dataclass
 class SignedS2DConfig(GrowerConfig):
+    positive: ClassVar[tuple[str, ...]] = ("growth_ratio", "max_stat_bytes")
+    non_negative: ClassVar[tuple[str, ...]] = ("epsilon", "lambda_tol")
     copies: int = 3  # m; only 3 is supported (c = 1 uses S2D's 2-copy split)
     weight_bound: float = 2.0  # c: Σ|w_i| ≤ c over a unit's offspring
     epsilon: float = 1e-2  # split step on the unit-norm direction

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +60,14 @@ MAX_SEARCH_ROWS = 2**16  # rows evaluated at once by the line search (γ values 
 
 @dataclass
 class TinyConfig(GrowerConfig):
+    positive: ClassVar[tuple[str, ...]] = ("max_added_ratio", "gamma_points")
+    non_negative: ClassVar[tuple[str, ...]] = (
+        "numerical_threshold",
+        "statistical_threshold",
+        "gamma_min",
+        "gamma_top",
+        "max_added",
+    )
     numerical_threshold: float = 1e-6
     statistical_threshold: float = 1e-3
     max_added: int | None = None  # None: ceil(max_added_ratio · site width)

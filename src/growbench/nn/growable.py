@@ -303,6 +303,7 @@ class Site:
         columns[:, parents] *= scale[:, 0][None, :, None]
         columns[:, n:] *= scale[:, 1:].reshape(-1)[None, :, None]
         self._rebuild(rows, columns, source)
+        self.net.surgery.append({"op": "split", "site": self.name, "units": ids, "copies": m})
         offspring = []
         for parent_pos, parent in enumerate(ids):
             start = n + parent_pos * (m - 1)
@@ -353,6 +354,7 @@ class Site:
         device = weight.device
         source = torch.cat([torch.arange(n, device=device), torch.full((k,), -1, device=device)])
         self._rebuild(rows, columns, source)
+        self.net.surgery.append({"op": "add_units", "site": self.name, "count": k})
         return list(range(n, n + k))
 
     def _rebuild(self, rows: Tensor, columns: Tensor, source: Tensor) -> None:
@@ -431,6 +433,9 @@ class GrowableNet(nn.Module):
         self.lineage: ParamLineage = {}
         self._sites: list[Site] = []
         self._inserted = 0
+        # Every structural change, in order, as JSON-ready dicts: replayed on a fresh start net,
+        # it rebuilds this architecture (``growbench.benchmarks.checkpoint``).
+        self.surgery: list[dict] = []
         for site in sites:
             self._attach(site)
         names = [site.name for site in self._sites]
@@ -720,6 +725,17 @@ def insert_layer(
     net._attach(new_site)
     net._sort_sites()
     net.__dict__.pop("_cost_cache", None)
+    net.surgery.append(
+        {
+            "op": "insert_layer",
+            "where": point.place,
+            "init": init,
+            "activation": name,
+            "kernel_size": kernel_size,
+            "batchnorm": batchnorm,
+            "width": inner,
+        }
+    )
     return new_site
 
 

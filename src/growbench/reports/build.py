@@ -34,6 +34,7 @@ PAIRED_TEST = "p from a paired t-test over seeds (`scipy.stats.ttest_rel`, two-s
 
 def write_report(tracking_uri: str, suite: Suite, out: Path, progress: bool = False) -> Path:
     """Read the suite's runs into ``out``'s tables and build the report there."""
+    writable_folder(out)
     if not best_runs(tracking_uri, suite.name):
         raise ValueError(
             f"no runs of suite {suite.name!r} in {tracking_uri}; run "
@@ -41,6 +42,16 @@ def write_report(tracking_uri: str, suite: Suite, out: Path, progress: bool = Fa
         )
     write_tables(read_runs(tracking_uri, suite.name, expected_cells(suite), progress), out)
     return build_report(out, suite.name, suite.description)
+
+
+def writable_folder(folder: Path) -> None:
+    """Make ``folder`` (and its parents), or one ``ValueError`` saying why it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"report folder {folder}: cannot be made ({exc.strerror or exc}); pass another --out"
+        ) from None
 
 
 def build_report(folder: Path, suite_name: str, description: str = "") -> Path:

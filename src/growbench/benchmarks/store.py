@@ -1,0 +1,246 @@
+"""The tracking store's health: a URI checked before use, created once under a lock, repaired or
+reported in one line when it is damaged, and a server that is down found in seconds.
+
+MLflow alone gets these wrong in ways that lose work: two processes creating a fresh sqlite store
+race on its schema (alembic's ``_alembic_tmp_*`` tables), a process killed while creating it leaves
+a half-migrated file that every later command fails on with a long traceback, and a client whose
+server is down retries silently for minutes. So every command goes through ``open_store``:
+
+* the URI's scheme must be one MLflow can track to (``sqlite:///``, ``http(s)://``, a database
+  URL); a plain path or ``file:`` store is refused with the sqlite equivalent to use;
+* a sqlite store is created, migrated and has its experiment made while holding an exclusive
+  ``fcntl`` lock on ``<database>.lock`` (which is also the test that the folder is writable);
+* a store that will not open and holds no runs is moved aside (``<name>.damaged-<time>``) and made
+  again, with a warning; one that holds runs is never touched, and the error says how to recover;
+* a server is asked for ``/health`` with a short timeout first, and MLflow's own HTTP retries are
+  bounded (unless the user set ``MLFLOW_HTTP_REQUEST_*`` themselves).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+SERVER_SCHEMES = ("http", "https")
+HEALTH_TIMEOUT_SECONDS = 5.0
+# MLflow's defaults are 7 retries with exponential backoff and a 120 s timeout (about 4 minutes
+# of silence against a server that is down); a benchmark would rather fail and be rerun.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+SERVER_HINT = (
+    "start one with `mlflow server --host 127.0.0.1 --port 5000` or pass another --tracking-uri"
+)
+
+
+class StoreError(ValueError):
+    """The tracking store cannot be used; the message names the URI and what to do."""
+
+
+class StoreRepairedWarning(UserWarning):
+    """A damaged store that held no runs was moved aside and created again."""
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI; None for any other store."""
+    if not uri.startswith("sqlite:"):
+        return None
+    if not uri.startswith("sqlite:///") or uri == "sqlite:///":
+        raise StoreError(
+            f"tracking URI {uri!r}: a sqlite store is sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db"
+        )
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def check_uri(uri: str) -> str:
+    """The URI's kind (``sqlite``, ``server`` or ``database``), or one ``StoreError`` saying what
+    store URIs look like."""
+    if sqlite_path(uri) is not None:
+        return "sqlite"
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme in SERVER_SCHEMES:
+        if not urlparse(uri).netloc:
+            raise StoreError(f"tracking URI {uri!r} names no host; e.g. http://127.0.0.1:5000")
+        return "server"
+    if scheme in DATABASE_SCHEMES:
+        return "database"
+    if scheme in ("", "file") or len(scheme) == 1:
+        path = urlparse(uri).path if scheme == "file" else uri
+        raise StoreError(
+            f"tracking URI {uri!r}: file stores are not supported (MLflow deprecates them and "
+            f"they cannot be shared safely); use sqlite:///{Path(path).with_suffix('.db')}"
+        )
+    raise StoreError(
+        f"tracking URI {uri!r}: unknown scheme {scheme!r}; use sqlite:///mlflow.db, "
+        "http://HOST:PORT (an `mlflow server`) or a database URL (postgresql://...)"
+    )
+
+
+def check_store_uri(uri: str) -> None:
+    """The checks that need no store: the URI's form, and that a server answers."""
+    if check_uri(uri) == "server":
+        bound_http_retries()
+        check_server(uri)
+
+
+def bound_http_retries() -> None:
+    """Fail in seconds, not minutes, against a server that is down (user settings win)."""
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def check_server(uri: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> None:
+    """One quick request to the server's ``/health``; ``StoreError`` naming the URI if it fails."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:  # a server without /health answered: it is up
+            return
+        raise StoreError(
+            f"tracking server {uri} answered /health with HTTP {exc.code}; is it an MLflow server?"
+        ) from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise StoreError(
+            f"tracking server {uri} is not reachable ({reason}); {SERVER_HINT}"
+        ) from None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on a sqlite store (a no-op for servers and databases, which
+    serialise their own writes). Creating the lock file is also the writability check."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    lock = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a")  # noqa: SIM115 (held until the block ends)
+    except OSError as exc:
+        raise StoreError(
+            f"tracking store {uri}: cannot write in {path.parent} ({exc.strerror or exc}); "
+            "pass a --tracking-uri in a folder you can write"
+        ) from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_store(uri: str, create: bool) -> bool:
+    """Check the store at ``uri`` is usable; with ``create``, make (or repair) it under the lock.
+
+    Returns whether a store exists afterwards. Without ``create`` a missing local store is not
+    made (reading never writes) and a damaged one is only reported.
+    """
+    kind = check_uri(uri)
+    if kind == "server":
+        bound_http_retries()
+        check_server(uri)
+        return True
+    if kind == "database":
+        bound_http_retries()
+        error = _try_open(uri)
+        if error is not None:
+            _raise_unopenable(uri, error)
+        return True
+    path = sqlite_path(uri)
+    assert path is not None
+    if path.exists() and not path.is_file():
+        raise StoreError(f"tracking store {uri}: {path} is not a file; pass another --tracking-uri")
+    if not create:
+        if not path.exists():
+            return False
+        error = _try_open(uri)
+        if error is not None:
+            _raise_unopenable(uri, error, hint_rerun=_runs_in(path) == 0)
+        return True
+    with store_lock(uri):
+        error = _try_open(uri)
+        if error is None:
+            return True
+        if _runs_in(path) != 0:
+            _raise_unopenable(uri, error)
+        moved = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        path.rename(moved)
+        warnings.warn(
+            f"tracking store {uri} could not be opened ({_first_line(error)}) and held no runs "
+            f"(a creation cut short); moved it to {moved} and made a fresh one",
+            StoreRepairedWarning,
+            stacklevel=2,
+        )
+        error = _try_open(uri)
+        if error is not None:
+            _raise_unopenable(uri, error)
+    return True
+
+
+def _try_open(uri: str) -> Exception | None:
+    """Open the store as MLflow does (creating or migrating its schema); the error, if any."""
+    from mlflow import MlflowClient
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:
+        _forget_cached_store(uri)
+        return exc
+    return None
+
+
+def _forget_cached_store(uri: str) -> None:
+    """MLflow caches one store object per URI; drop a broken one so a retry opens afresh."""
+    from mlflow.tracking._tracking_service import utils
+
+    cached = getattr(utils, "_get_sqlalchemy_store", None)
+    if hasattr(cached, "cache_clear"):
+        cached.cache_clear()
+
+
+def _runs_in(path: Path) -> int | None:
+    """How many runs a sqlite file holds: 0 when it has no runs table (or is not a database),
+    None when it cannot be read at all."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("select name from sqlite_master")}
+            if "runs" not in tables:
+                return 0
+            return int(db.execute("select count(*) from runs").fetchone()[0])
+    except sqlite3.DatabaseError:
+        return 0 if path.stat().st_size == 0 else None
+
+
+def _raise_unopenable(uri: str, error: Exception | None, hint_rerun: bool = False) -> bool:
+    detail = f" ({_first_line(error)})" if error is not None else ""
+    if hint_rerun:
+        fix = "it holds no runs: `growbench run` will move it aside and make a fresh one"
+    else:
+        fix = (
+            "it was left as it is: back it up, then try `mlflow db upgrade "
+            f"{uri}`, or pass another --tracking-uri"
+        )
+    raise StoreError(f"tracking store {uri} cannot be opened{detail}; {fix}") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return " ".join(text[0].split())[:200] if text else type(error).__name__
