@@ -4,6 +4,7 @@ every method and the training variants that keep state; the surgery log rebuilds
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -119,11 +120,9 @@ def test_damaged_bytes_are_a_checkpoint_error() -> None:
     data = checkpoint.to_bytes({"epoch": 1})
     with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
         checkpoint.from_bytes(data[: len(data) // 2])
+    buffer = io.BytesIO()
+    torch.save({"epoch": 1}, buffer)
     with pytest.raises(checkpoint.CheckpointError, match="not a growbench checkpoint"):
-        import io
-
-        buffer = io.BytesIO()
-        torch.save({"epoch": 1}, buffer)
         checkpoint.from_bytes(buffer.getvalue())
 
 

@@ -170,18 +170,19 @@ def open_store(uri: str, create: bool) -> bool:
     if not create:
         if not path.exists():
             return False
-        error = _try_open(uri)
+        error = _half_made(path) or _try_open(uri)
         if error is not None:
             _raise_unopenable(uri, error, hint_rerun=_runs_in(path) == 0)
         return True
     with store_lock(uri):
-        error = _try_open(uri)
+        error = _half_made(path) or _try_open(uri)
         if error is None:
             return True
         if _runs_in(path) != 0:
             _raise_unopenable(uri, error)
         moved = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
         path.rename(moved)
+        _forget_cached_store(uri)
         warnings.warn(
             f"tracking store {uri} could not be opened ({_first_line(error)}) and held no runs "
             f"(a creation cut short); moved it to {moved} and made a fresh one",
@@ -192,6 +193,28 @@ def open_store(uri: str, create: bool) -> bool:
         if error is not None:
             _raise_unopenable(uri, error)
     return True
+
+
+def _half_made(path: Path) -> Exception | None:
+    """What shows, without opening it through MLflow (which would migrate it), that a sqlite
+    file's schema creation was cut short: no schema version, or alembic's temporary tables."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("select name from sqlite_master")}
+            if not tables:
+                return None  # an empty database: MLflow creates the schema
+            leftovers = sorted(name for name in tables if name.startswith("_alembic_tmp_"))
+            if leftovers:
+                return RuntimeError(f"a migration was cut short: table {leftovers[0]} is left")
+            if "alembic_version" not in tables:
+                return RuntimeError("it has tables but no schema version")
+            if db.execute("select count(*) from alembic_version").fetchone()[0] != 1:
+                return RuntimeError("its schema version is missing")
+    except sqlite3.DatabaseError as exc:
+        return exc
+    return None
 
 
 def _try_open(uri: str) -> Exception | None:
@@ -208,12 +231,13 @@ def _try_open(uri: str) -> Exception | None:
 
 
 def _forget_cached_store(uri: str) -> None:
-    """MLflow caches one store object per URI; drop a broken one so a retry opens afresh."""
-    from mlflow.tracking._tracking_service import utils
+    """MLflow keeps one database engine per URI; drop it, so the next open sees the file that
+    is there now (not a moved or broken one)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    cached = getattr(utils, "_get_sqlalchemy_store", None)
-    if hasattr(cached, "cache_clear"):
-        cached.cache_clear()
+    engines = getattr(SqlAlchemyStore, "_engine_map", {})
+    for key in [key for key in engines if key == uri]:
+        engines.pop(key).dispose()
 
 
 def _runs_in(path: Path) -> int | None:

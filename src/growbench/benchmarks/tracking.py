@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run, ViewType
+from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
 import growbench
@@ -385,10 +385,11 @@ class CellTracker(CellObserver):
                 stacklevel=2,
             )
             return
-        self.client.set_tags(
-            self.run_id,
-            {"growbench.resumed_from": run.info.run_id, "growbench.resumed_epoch": record["epoch"]},
-        )
+        resumed = {
+            "growbench.resumed_from": run.info.run_id,
+            "growbench.resumed_epoch": record["epoch"],
+        }
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in resumed.items()])
 
     # ------------------------------------------------------------------------- ending
     def finish(self, result: CellResult) -> None:
