@@ -45,8 +45,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(130) from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (and exit status 2), like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="growbench",
         description="Benchmark methods that grow neural networks while they train.",
     )

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from growbench.benchmarks.leases import lease_seconds
 from growbench.benchmarks.runner import CellObserver, cpu_threads, resolve_device, run_cell
 from growbench.benchmarks.store import check_store_uri
 from growbench.benchmarks.suite import CellConfig, Suite, SuiteError, Task, unsupported_reason
@@ -142,6 +143,7 @@ def run_suite(
     """
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be at least 1, got {threads}")
+    lease_seconds()  # a bad GROWBENCH_LEASE_SECONDS fails here, not at the first claim
     check_store_uri(tracking_uri)  # a bad or unreachable store fails before the data loads
     device = resolve_device(device)
     datasets = load_datasets(suite, device)
