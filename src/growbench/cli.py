@@ -86,6 +86,25 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="but at most once in S seconds of a cell (default 60)",
     )
+    run.add_argument(
+        "--executor",
+        choices=("process", "ray"),
+        default="process",
+        help="process: cells one after another here (default); ray: one Ray task per cell",
+    )
+    run.add_argument(
+        "--address",
+        help="with --executor ray: a running cluster (auto, or HOST:PORT); default: start one here",
+    )
+    run.add_argument(
+        "--cpus-per-cell", type=_positive_number, default=1.0, help="Ray CPUs per cell (default 1)"
+    )
+    run.add_argument(
+        "--gpus-per-cell",
+        type=_seconds,
+        default=0.0,
+        help="Ray GPUs per cell, fractions allowed (default 0)",
+    )
     _add_tracking_uri(run)
     run.add_argument("--dry-run", action="store_true", help="check and list cells, write nothing")
     run.add_argument(
@@ -149,6 +168,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_number(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    return value
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -165,7 +191,7 @@ def _seconds(text: str) -> float:
     except ValueError:
         value = float("nan")
     if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
 
 
@@ -197,9 +223,19 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     _quiet_mlflow()
     checkpoints = CheckpointPolicy(args.checkpoint_every, args.checkpoint_seconds)
-    outcome = run_suite(
-        suite, uri, args.device, progress=True, threads=args.threads, checkpoints=checkpoints
-    )
+    if args.executor == "ray":
+        from growbench.benchmarks.ray_executor import RayResources, run_suite_on_ray
+
+        resources = RayResources(args.cpus_per_cell, args.gpus_per_cell)
+        outcome = run_suite_on_ray(
+            suite, uri, args.device, args.address, resources, args.threads, checkpoints, True
+        )
+    else:
+        if args.address is not None:
+            raise ValueError("--address is for --executor ray")
+        outcome = run_suite(
+            suite, uri, args.device, progress=True, threads=args.threads, checkpoints=checkpoints
+        )
     held = f", {len(outcome.held)} held by another runner" if outcome.held else ""
     print(
         f"suite {suite.name}: {len(outcome.finished)} cells trained, {len(outcome.skipped)} "

@@ -50,6 +50,12 @@ class SuiteOutcome:
     held: list[str] = field(default_factory=list)  # being trained by another runner
     resumed: list[str] = field(default_factory=list)  # went on from a checkpoint
 
+    def add(self, cell: CellOutcome) -> None:
+        lists = {"finished": self.finished, "failed": self.failed, "done": self.skipped}
+        lists.get(cell.status, self.held).append(cell.label)
+        if cell.resumed_from is not None:
+            self.resumed.append(f"{cell.label} (from epoch {cell.resumed_from})")
+
 
 def load_datasets(suite: Suite, device: torch.device | str = "cpu") -> dict[str, Dataset]:
     """Every task's data, by task name, loaded once per (dataset, options) and moved to ``device``.
@@ -179,35 +185,57 @@ def _run_cells(
     bar = tqdm(todo, desc=suite.name, unit="cell", disable=not progress, file=sys.stderr)
     for cell in bar:
         bar.set_postfix_str(cell.label)
-        cell_tracker = None
-        try:
-            claim, cell_tracker = tracker.claim(cell)
-            if cell_tracker is None:
-                where = outcome.skipped if claim.status == "done" else outcome.held
-                where.append(cell.label)
-                continue
-            resume = cell_tracker.resume_state
-            if resume is not None:
-                outcome.resumed.append(f"{cell.label} (from epoch {resume['epoch']})")
-            observer = _ProgressObserver(cell_tracker, cell, progress)
-            try:
-                result = run_cell(cell, datasets[cell.task.name], device, observer, resume)
-            finally:
-                observer.close()
-        except KeyboardInterrupt:
-            if cell_tracker is not None:
-                cell_tracker.kill()
-            raise
-        except Exception as exc:
-            if cell_tracker is None:
-                raise  # the store failed: nothing to mark, and the next cells would fail too
-            cell_tracker.fail(exc)
-            outcome.failed.append(cell.label)
-            tqdm.write(f"growbench: cell {cell.label} FAILED: {exc}", file=sys.stderr)
-        else:
-            cell_tracker.finish(result)
-            outcome.finished.append(cell.label)
+        result = claim_and_train(tracker, cell, datasets[cell.task.name], device, progress)
+        outcome.add(result)
+        if result.status == "failed":
+            tqdm.write(f"growbench: cell {cell.label} FAILED: {result.detail}", file=sys.stderr)
     return outcome
+
+
+@dataclass
+class CellOutcome:
+    """What became of one cell in one runner: ``finished``, ``failed`` (``detail``: the error),
+    ``done`` (FINISHED elsewhere meanwhile) or ``held`` (another live runner has it)."""
+
+    label: str
+    status: str
+    detail: str = ""
+    resumed_from: int | None = None  # the epoch of the checkpoint it went on from
+
+
+def claim_and_train(
+    tracker: SuiteTracker,
+    cell: CellConfig,
+    dataset: Dataset,
+    device: torch.device,
+    progress: bool = False,
+) -> CellOutcome:
+    """Claim ``cell``; when it is ours, train it (from its checkpoint, if a killed run left
+    one) and end its run FINISHED or FAILED. Ctrl-C ends it KILLED and propagates; an error of
+    the store itself propagates too (the next cells would meet it as well)."""
+    cell_tracker = None
+    try:
+        claim, cell_tracker = tracker.claim(cell)
+        if cell_tracker is None:
+            return CellOutcome(cell.label, claim.status)
+        resume = cell_tracker.resume_state
+        resumed_from = None if resume is None else resume["epoch"]
+        observer = _ProgressObserver(cell_tracker, cell, progress)
+        try:
+            result = run_cell(cell, dataset, device, observer, resume)
+        finally:
+            observer.close()
+    except KeyboardInterrupt:
+        if cell_tracker is not None:
+            cell_tracker.kill()
+        raise
+    except Exception as exc:
+        if cell_tracker is None:
+            raise
+        cell_tracker.fail(exc)
+        return CellOutcome(cell.label, "failed", str(exc), resumed_from)
+    cell_tracker.finish(result)
+    return CellOutcome(cell.label, "finished", resumed_from=resumed_from)
 
 
 class _ProgressObserver(CellObserver):

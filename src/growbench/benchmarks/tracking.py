@@ -205,6 +205,7 @@ class SuiteTracker:
         self.client: MlflowClient
         self.experiment_id = ""
         self.parent_id = ""
+        self.run_tags: dict[str, str] = {}  # added to every cell run (a Ray task's id)
 
     def open(self) -> None:
         """Create (or repair) the store, the experiment and the parent run, or reopen the
@@ -216,6 +217,11 @@ class SuiteTracker:
             self.parent_id = self._parent()
         if self.suite.text:
             self.client.log_text(self.parent_id, self.suite.text, "suite.toml")
+
+    def attach(self, experiment_id: str, parent_id: str) -> None:
+        """Use an experiment and parent run another process opened (a Ray worker's tracker)."""
+        self.client = MlflowClient(self.uri)
+        self.experiment_id, self.parent_id = experiment_id, parent_id
 
     def _experiment(self) -> str:
         name = experiment_name(self.suite.name)
@@ -270,6 +276,7 @@ class SuiteTracker:
             "growbench.seed": str(cell.seed),
             HASH: cell.config_hash(),
             **environment_tags(self.device),
+            **self.run_tags,
         }
 
         def create_run(extra: dict[str, str]) -> str:
