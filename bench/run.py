@@ -36,7 +36,10 @@ Figures:
   throughput at each precision with augmentation, augmentation's share of a step, and the
   ImageNet-subset cache build time (``--device cuda`` on a GPU).
 
-``--only throughput,steps,split,tiny,growth,default-growth,paper-path`` runs a subset.
+* the scale-out of the Ray executor (``scale_out.py``): one CPU-bound suite in-process and on a
+  local Ray cluster of 1 and 2 workers, as speed-ups (target ≥ 1.7 with 2 workers).
+
+``--only throughput,steps,split,tiny,growth,default-growth,paper-path,scale-out`` runs a subset.
 """
 
 from __future__ import annotations
@@ -468,6 +471,11 @@ def growth_step_costs(
     """Every built-in method's growth step on the papers' nets as a share of one training epoch
     (target ≤ 1 for every method but exact s2d), each grow() in its own process; one line per
     measurement, as it is made."""
+    if "scale-out" in figures:
+        import scale_out
+
+        for line in scale_out.figures():
+            print(line, flush=True)
     import growbench.methods.builtin  # noqa: F401
     from growbench.methods import registry
 
@@ -569,7 +577,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         help="comma-separated figures: throughput, steps, split, tiny, growth, default-growth, "
-        "paper-path",
+        "paper-path, scale-out",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the paper-path figures)")
     parser.add_argument(
@@ -586,7 +594,7 @@ def main() -> None:
         model, method, options, threads = args.growth_probe
         print(json.dumps(growth_probe(model, method, options, int(threads))))
         return
-    everything = "throughput,steps,split,tiny,growth,default-growth,paper-path"
+    everything = "throughput,steps,split,tiny,growth,default-growth,paper-path,scale-out"
     figures = set((args.only or everything).split(","))
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -631,6 +639,11 @@ def main() -> None:
         import paper_path
 
         for line in paper_path.figures(torch.device(args.device), max(3, args.repeats // 3)):
+            print(line, flush=True)
+    if "scale-out" in figures:
+        import scale_out
+
+        for line in scale_out.figures():
             print(line, flush=True)
     import growbench.methods.builtin  # noqa: F401
     from growbench.methods import registry

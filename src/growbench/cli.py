@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``growbench`` console script; returns 0 or 1, or raises
     ``SystemExit``."""
     args = _parser().parse_args(argv)
-    warnings.showwarning = _one_line_warning
+    warnings.formatwarning = _one_line_warning
     try:
         return args.command(args)
     except USER_ERRORS as exc:
