@@ -471,11 +471,6 @@ def growth_step_costs(
     """Every built-in method's growth step on the papers' nets as a share of one training epoch
     (target ≤ 1 for every method but exact s2d), each grow() in its own process; one line per
     measurement, as it is made."""
-    if "scale-out" in figures:
-        import scale_out
-
-        for line in scale_out.figures():
-            print(line, flush=True)
     import growbench.methods.builtin  # noqa: F401
     from growbench.methods import registry
 

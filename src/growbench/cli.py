@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``growbench`` console script; returns 0 or 1, or raises
     ``SystemExit``."""
     args = _parser().parse_args(argv)
-    warnings.formatwarning = _one_line_warning
+    default_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return args.command(args)
     except USER_ERRORS as exc:
@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         raise SystemExit(130) from None
+    finally:
+        warnings.formatwarning = default_format
 
 
 class _Parser(argparse.ArgumentParser):
