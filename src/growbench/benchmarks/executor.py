@@ -175,13 +175,7 @@ def _run_cells(
     device: torch.device,
     progress: bool,
 ) -> SuiteOutcome:
-    outcome = SuiteOutcome()
-    planned = plan(suite, tracker.finished_hashes())
-    todo = [p.cell for p in planned if p.status == "todo"]
-    outcome.skipped = [p.cell.label for p in planned if p.status == "done"]
-    outcome.unsupported = [
-        f"{p.cell.label}: {p.reason}" for p in planned if p.status == "unsupported"
-    ]
+    outcome, todo = start_outcome(suite, tracker)
     bar = tqdm(todo, desc=suite.name, unit="cell", disable=not progress, file=sys.stderr)
     for cell in bar:
         bar.set_postfix_str(cell.label)
@@ -190,6 +184,18 @@ def _run_cells(
         if result.status == "failed":
             tqdm.write(f"growbench: cell {cell.label} FAILED: {result.detail}", file=sys.stderr)
     return outcome
+
+
+def start_outcome(suite: Suite, tracker: SuiteTracker) -> tuple[SuiteOutcome, list[CellConfig]]:
+    """The plan against the store: an outcome with the done and unsupported cells filled in,
+    and the cells left to train."""
+    outcome = SuiteOutcome()
+    planned = plan(suite, tracker.finished_hashes())
+    outcome.skipped = [p.cell.label for p in planned if p.status == "done"]
+    outcome.unsupported = [
+        f"{p.cell.label}: {p.reason}" for p in planned if p.status == "unsupported"
+    ]
+    return outcome, [p.cell for p in planned if p.status == "todo"]
 
 
 @dataclass

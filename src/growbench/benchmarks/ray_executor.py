@@ -37,7 +37,7 @@ from growbench.benchmarks.executor import (
     SuiteOutcome,
     claim_and_train,
     load_datasets,
-    plan,
+    start_outcome,
 )
 from growbench.benchmarks.leases import HASH, ROLE, lease_seconds
 from growbench.benchmarks.runner import DEVICES, cpu_threads, resolve_device
@@ -148,12 +148,7 @@ def _run_tasks(
     threads: int,
     progress: bool,
 ) -> SuiteOutcome:
-    outcome = SuiteOutcome()
-    planned = plan(suite, tracker.finished_hashes())
-    outcome.skipped = [p.cell.label for p in planned if p.status == "done"]
-    outcome.unsupported = [
-        f"{p.cell.label}: {p.reason}" for p in planned if p.status == "unsupported"
-    ]
+    outcome, todo = start_outcome(suite, tracker)
     remote = ray.remote(_train_on_worker).options(
         num_cpus=resources.cpus_per_cell,
         num_gpus=resources.gpus_per_cell,
@@ -161,11 +156,7 @@ def _run_tasks(
         retry_exceptions=False,  # a cell that raises is FAILED by the worker itself
     )
     context = (tracker.uri, suite, tracker.experiment_id, tracker.parent_id, device, threads)
-    pending = {
-        remote.remote(*context, tracker.checkpoints, p.cell): p.cell
-        for p in planned
-        if p.status == "todo"
-    }
+    pending = {remote.remote(*context, tracker.checkpoints, cell): cell for cell in todo}
     bar = tqdm(total=len(pending), desc=suite.name, unit="cell", disable=not progress,
                file=sys.stderr)  # fmt: skip
     try:
