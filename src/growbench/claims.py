@@ -14,6 +14,12 @@ from typing import Literal
 
 RELATIONS = ("better", "non_inferior")
 SCORE = "score"
+MATCHED_PREFIX = "static@"  # the method name of a matched static net: static@<growing method>
+
+
+def matched_static(method: str) -> str:
+    """The name under which the matched static nets of ``method``'s cells run."""
+    return f"{MATCHED_PREFIX}{method}"
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,14 @@ class Claim:
     ``higher_is_better`` says the direction. ``tasks`` names tasks or datasets; empty means every
     task where both methods have cells. The claim is reproduced on a task when the one-sided
     p-value is below ``alpha`` over at least ``min_pairs`` paired seeds.
+
+    ``matched`` compares at the size the method actually reached rather than at the budget (a
+    "same-size" or "at equal parameters" claim): the baseline ``static`` is replaced by the
+    method's matched static net ``static@<method>`` (trained from scratch at the widths each seed's
+    cell ended with), and a growing baseline is compared by each side's advantage over its own
+    matched static net, seed by seed (method − static@method against baseline −
+    static@baseline), so that a method that grew bigger gains nothing from its size alone. Such
+    a claim needs a suite that runs the matched static nets (``matched_static``).
     """
 
     paper: str
@@ -41,6 +55,7 @@ class Claim:
     min_pairs: int = 3
     alpha: float = 0.05
     higher_is_better: bool | None = None
+    matched: bool = False
 
     def __post_init__(self) -> None:
         for name in ("paper", "statement", "method", "baseline", "metric"):
@@ -49,6 +64,8 @@ class Claim:
                 raise ValueError(f"Claim.{name} must be a non-empty string, got {value!r}")
         if "\n" in self.statement:
             raise ValueError("Claim.statement must be one line")
+        if not isinstance(self.matched, bool):
+            raise ValueError(f"Claim.matched must be True or False, got {self.matched!r}")
         if self.method == self.baseline:
             raise ValueError(f"Claim compares {self.method!r} with itself")
         if self.relation not in RELATIONS:

@@ -120,7 +120,20 @@ def _parser() -> argparse.ArgumentParser:
         "report", help="write a suite's comparison report from its runs (trains nothing)"
     )
     report.add_argument("--suite", required=True, help="a packaged suite's name or a TOML file")
-    report.add_argument("--out", type=Path, help="output folder (default: reports/<suite>)")
+    report.add_argument("--methods", help="comma-separated subset of the suite's methods")
+    report.add_argument("--tasks", help="comma-separated subset of the suite's tasks or datasets")
+    report.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default: reports/<suite>, or reports/<suite>-selection when "
+        "--methods or --tasks narrow it)",
+    )
+    report.add_argument(
+        "--compare-uri",
+        metavar="URI",
+        help="a second MLflow store holding the same suite run elsewhere (another machine or "
+        "--threads): the report adds a section on which verdicts differ between the two",
+    )
     _add_tracking_uri(report)
     report.set_defaults(command=_report)
 
@@ -219,6 +232,11 @@ def _run(args: argparse.Namespace) -> int:
             note = f"  ({item.reason})" if item.reason else ""
             label = item.cell.label.ljust(width)
             print(f"  {item.status:<12} {label}  {item.cell.config_hash()[:12]}{note}")
+        if suite.matched:
+            print(
+                f"  and a matched static net per cell of {', '.join(suite.matched)}, planned "
+                "as each of those cells finishes"
+            )
         print("data:")
         for line in data:
             print(f"  {line}")
@@ -267,13 +285,19 @@ def _run(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from growbench.benchmarks.suite import load_suite
     from growbench.benchmarks.tracking import resolve_tracking_uri
-    from growbench.reports.build import write_report
+    from growbench.reports.build import report_command, write_report
 
-    suite = load_suite(args.suite)
+    methods, tasks = _names(args.methods), _names(args.tasks)
+    full = load_suite(args.suite)
+    suite = full.select(methods, tasks, tasks_option="--tasks")
     uri = resolve_tracking_uri(args.tracking_uri)
-    out = args.out or Path("reports") / suite.name
+    # A narrowed report never overwrites the suite's full one unless --out says so.
+    selected = methods is not None or tasks is not None
+    out = args.out or Path("reports") / (f"{suite.name}-selection" if selected else suite.name)
     _quiet_mlflow()
-    path = write_report(uri, suite, out, progress=True)
+    compare = args.compare_uri
+    command = report_command(full, methods, tasks, compared=compare is not None)
+    path = write_report(uri, suite, out, progress=True, command=command, compare_uri=compare)
     print(f"report written: {path} (tables and figures beside it)")
     return 0
 

@@ -98,21 +98,40 @@ def suite_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> str:
-    """The crash suite run once, uninterrupted, in this process."""
+def reference_run(tmp_path_factory) -> tuple[str, float]:
+    """The crash suite run once, uninterrupted, in this process: its store and its seconds."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('reference')}/mlflow.db"
+    started = time.perf_counter()
     run_suite(parse_suite(SUITE, "crash"), uri, "cpu")
-    return uri
+    return uri, time.perf_counter() - started
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run) -> str:
+    return reference_run[0]
+
+
+def kill_moments(suite: Path, uri: str, training_seconds: float) -> list[float]:
+    """Ten seeded moments to kill a runner at, scaled to this machine: five while it starts
+    (imports, store, plan: timed by a dry run) and five while it trains, each of those at most a
+    tenth of the whole training in, so that the ten together can never finish the suite."""
+    started = time.perf_counter()
+    assert runner(suite, uri, "--dry-run").wait() == 0
+    startup = time.perf_counter() - started
+    moments = random.Random(20261202)
+    starting = [moments.uniform(0.5, startup) for _ in range(5)]
+    training = [startup + moments.uniform(0.0, training_seconds / 10) for _ in range(5)]
+    return [moment for pair in zip(starting, training, strict=True) for moment in pair]
 
 
 @pytest.mark.slow
-def test_runners_killed_at_random_moments_lose_nothing(suite_file, tmp_path, reference) -> None:
+def test_runners_killed_at_random_moments_lose_nothing(suite_file, tmp_path, reference_run) -> None:
+    reference, training_seconds = reference_run
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    moments = random.Random(20261202)
     kills = 0
-    for _ in range(10):
+    for moment in kill_moments(suite_file, f"sqlite:///{tmp_path}/dry.db", training_seconds):
         process = runner(suite_file, uri)
-        time.sleep(moments.uniform(0.5, 20.0))
+        time.sleep(moment)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1

@@ -10,7 +10,12 @@ from scipy import stats
 
 from growbench.claims import Claim
 from growbench.methods import available_methods
-from growbench.reports.claims import CLAIM_COLUMNS, collect_claims, evaluate_claims
+from growbench.reports.claims import (
+    CLAIM_COLUMNS,
+    collect_claims,
+    compare_verdicts,
+    evaluate_claims,
+)
 from growbench.reports.tables import ACCURACY_SCORE, CELL_COLUMNS, LOSS_SCORE
 
 PAPER = "Someone et al. 2024, arXiv:0000.00000"
@@ -90,14 +95,38 @@ def test_a_clear_win_is_reproduced_with_oriented_numbers():
     assert "< 0.05" in row["verdict_reason"]
 
 
-def test_a_clear_loss_is_not_reproduced():
+def test_a_clear_loss_contradicts_the_claim():
     row = evaluate(claim("gradmax", "random-add", tasks=("digits",))).iloc[0]
     assert row["task"] == "digits-mlp"
-    assert row["verdict"] == "not reproduced"
+    assert row["verdict"] == "contradicted"
     assert row["diff"] == pytest.approx(-10.0)
     assert row["p_value"] == 1.0  # constant −10: the rule, not scipy's NaN
-    assert "≥ 0.05" in row["verdict_reason"]
+    assert row["p_against"] == 0.0
+    assert "the data reject the claim" in row["verdict_reason"]
     assert "−10" in row["verdict_reason"]
+    assert math.isnan(row["mde"])
+    assert math.isnan(row["seeds_needed"])
+
+
+def test_a_noisy_difference_is_inconclusive_with_its_power_figures():
+    """signed-s2d vs s2d on digits: differences −0.1, −0.2, +0.05, neither test rejects."""
+    row = evaluate(claim("signed-s2d", "s2d", tasks=("digits-mlp",))).iloc[0]
+    assert row["verdict"] == "inconclusive"
+    diffs = [-0.1, -0.2, 0.05]
+    assert row["p_value"] == pytest.approx(stats.ttest_1samp(diffs, 0.0, alternative="greater")[1])
+    assert row["p_against"] == pytest.approx(stats.ttest_1samp(diffs, 0.0, alternative="less")[1])
+    sd = stats.tstd(diffs)
+    critical = stats.t.ppf(0.95, 2)
+    # the MDE is where the noncentral t puts 80 % of the statistic above the critical value
+    assert stats.nct.sf(critical, 2, row["mde"] * math.sqrt(3) / sd) == pytest.approx(0.8)
+    needed = int(row["seeds_needed"])
+    effect = abs(sum(diffs) / 3)
+    power = lambda n: stats.nct.sf(stats.t.ppf(0.95, n - 1), n - 1, effect * math.sqrt(n) / sd)  # noqa: E731
+    assert power(needed) >= 0.8 > power(needed - 1)
+    reason = row["verdict_reason"]
+    assert "neither the claim" in reason
+    assert "80 % power" in reason
+    assert f"about {needed} paired seeds would decide it" in reason
 
 
 def test_every_shared_task_is_tested_and_two_seeds_are_not_enough():
@@ -126,10 +155,15 @@ def test_non_inferiority_shifts_by_the_margin():
         expected = stats.ttest_1samp(shifted, 0.0, alternative="greater").pvalue
         assert row["p_value"] == pytest.approx(expected)
         assert "worse than s2d by less than" in row["test"]
-    assert list(table["verdict"]) == ["reproduced", "not reproduced"]
+    assert list(table["verdict"]) == ["reproduced", "inconclusive"]
     assert "for advantage > −0.455 pp" in table.iloc[0]["verdict_reason"]
     far = evaluate(claim("fast-s2d", "s2d", relation="non_inferior", margin=0.005)).iloc[0]
-    assert far["verdict"] == "not reproduced"
+    assert far["verdict"] == "contradicted"  # ≈ 3.8 pp worse: wholly beyond the 0.455 pp margin
+    shifted = [-3.0 + 0.455, -4.5 + 0.455, -4.0 + 0.455]
+    assert far["p_against"] == pytest.approx(
+        stats.ttest_1samp(shifted, 0.0, alternative="less").pvalue
+    )
+    assert "for advantage < −0.455 pp" in far["verdict_reason"]
 
 
 def test_a_lower_is_better_metric_is_oriented():
@@ -141,7 +175,7 @@ def test_a_lower_is_better_metric_is_oriented():
     assert " s " in row["verdict_reason"]
     assert "lower growth_seconds is better" in row["verdict_reason"]
     more_time = claim("s2d", "fast-s2d", metric="growth_seconds", higher_is_better=False)
-    assert evaluate(more_time).iloc[0]["verdict"] == "not reproduced"
+    assert evaluate(more_time).iloc[0]["verdict"] == "contradicted"
 
 
 def test_a_loss_task_counts_lower_loss_as_better_and_filters_by_dataset():
@@ -153,7 +187,7 @@ def test_a_loss_task_counts_lower_loss_as_better_and_filters_by_dataset():
     assert row["diff"] == pytest.approx((0.30 + 0.35 + 0.31) / 3 - 0.11)
     assert "lower test loss is better" in row["verdict_reason"]
     backwards = evaluate(claim("random-add", "gradmax", tasks=("teacher-student-mlp",))).iloc[0]
-    assert backwards["verdict"] == "not reproduced"
+    assert backwards["verdict"] == "contradicted"
     assert backwards["diff"] < 0
 
 
@@ -217,3 +251,20 @@ def test_collect_claims_gathers_the_registered_methods_claims():
     assert [c.method for c in claims] == sorted(c.method for c in claims)
     assert collect_claims(["tiny"]) == list(methods["tiny"].claims)
     assert collect_claims({"a": methods["s2d"], "b": methods["s2d"]}) == list(methods["s2d"].claims)
+
+
+def test_compare_verdicts_counts_moves_and_flips():
+    def frame(verdicts: dict[str, str]) -> pd.DataFrame:
+        rows = [
+            {"claim": claim, "task": "t", "verdict": verdict, "p_value": 0.01}
+            for claim, verdict in verdicts.items()
+        ]
+        return pd.DataFrame(rows)
+
+    here = frame({"a": "reproduced", "b": "reproduced", "c": "inconclusive", "d": "not run"})
+    there = frame({"a": "reproduced", "b": "contradicted", "c": "reproduced", "e": "inconclusive"})
+    compared = compare_verdicts(here, there).set_index("claim")
+    assert list(compared.index) == ["a", "b", "c", "e"]  # d was tested on neither side
+    assert compared["moved"].to_dict() == {"a": False, "b": True, "c": True, "e": True}
+    assert compared["flipped"].to_dict() == {"a": False, "b": True, "c": False, "e": False}
+    assert compared.loc["e", "verdict"] == "not run"

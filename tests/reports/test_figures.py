@@ -53,7 +53,12 @@ def make_frames() -> dict[str, pd.DataFrame]:
                 }
                 cells.append(
                     {
-                        **dict(zip(CELL_COLUMNS, [task, method, seed, "ds", "mlp", status])),
+                        "task": task,
+                        "method": method,
+                        "seed": seed,
+                        "dataset": "ds",
+                        "model": "mlp",
+                        "status": status,
                         "run_id": f"{task}-{method}-{seed}",
                         "score_name": score_name,
                         "higher_is_better": higher,
@@ -157,3 +162,51 @@ def test_task_with_no_finished_cell_and_empty_tables(tmp_path: Path):
         "widths": pd.DataFrame(columns=WIDTH_COLUMNS),
     }
     assert all(_is_png(p) for p in _draw(empty, tmp_path / "empty"))
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "at_least"),
+    [(2e12, 5e12, 3), (1.1e6, 1.3e6, 3), (3.0, 4e5, 3), (0.9, 1.1, 3), (1e3, 9e3, 3)],
+)
+def test_log_ticks_label_at_least_three_round_numbers_in_view(low, high, at_least):
+    ticks = figures._log_ticks(low, high)
+    assert len(ticks) >= at_least
+    assert all(low <= t <= high for t in ticks)
+    assert ticks == sorted(ticks)
+    labels = [figures._compact(t) for t in ticks]
+    assert len(set(labels)) == len(labels)  # distinct labels, none repeated by rounding
+
+
+def test_a_narrow_compute_axis_gets_labelled_ticks():
+    """Training compute of one task often spans less than a factor 3 (pareto_compute.png)."""
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    values = [2.1e12, 2.6e12, 3.4e12]
+    ax.plot(values, [90, 91, 92], "o")
+    figures._log_axis(ax, "x", values)
+    low, high = ax.get_xlim()
+    shown = [t for t in ax.xaxis.get_majorticklocs() if low <= t <= high]
+    assert len(shown) >= 3
+    formatter = ax.xaxis.get_major_formatter()
+    assert all(formatter(t, 0) for t in shown)
+
+
+def test_function_preserving_events_are_named_not_counted_as_rises(tmp_path: Path):
+    frames = make_frames()
+    events = frames["events"]
+    gamma = events["method"] == "gamma"  # no prediction so far: make it function-preserving
+    events.loc[gamma, "predicted_loss_change"] = 0.0
+    events.loc[gamma, "realised_loss_change"] = np.where(
+        events.loc[gamma, "round"] == 0, 3e-9, -2e-9
+    )
+    kept, unchanged = figures.split_function_preserving(events)
+    assert set(unchanged["method"]) == {"gamma"}
+    assert "gamma" not in set(kept["method"])
+    assert len(kept) + len(unchanged) == len(events)
+    real_rise = events.assign(realised_loss_change=1e-3, predicted_loss_change=0.0)
+    assert figures.split_function_preserving(real_rise)[1].empty  # a real change is not hidden
+    path = figures.prediction(frames["cells"], events, tmp_path / "prediction.png")
+    assert _is_png(path)
+    only_preserving = events[gamma]
+    assert _is_png(figures.prediction(frames["cells"], only_preserving, tmp_path / "p2.png"))

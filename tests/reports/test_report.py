@@ -16,11 +16,12 @@ import pytest
 from mlflow import MlflowClient
 
 from growbench.benchmarks.runner import CellResult
-from growbench.benchmarks.suite import Suite, parse_suite
+from growbench.benchmarks.suite import Suite, load_suite, parse_suite
 from growbench.benchmarks.tracking import SuiteTracker
 from growbench.cli import main
 from growbench.reports import build, figures
 from growbench.reports.build import build_report, write_report
+from growbench.reports.claims import collect_claims, compare_verdicts, evaluate_claims
 from growbench.reports.tables import read_tables
 
 SUITE = """
@@ -267,3 +268,97 @@ def test_methods_section_gives_descriptions_and_what_is_ours():
     assert "Depth growth (`depth = true`) is ours" in text
     assert "- `none`:" in text
     assert "- `no-such-method`: not registered" in text
+
+
+def test_shared_ranks_give_ties_one_rank():
+    scores = pd.Series([92.0, 90.0, 90.0, 88.0, math.nan])
+    assert build.shared_ranks(scores) == [1, 2, 2, 4, 0]
+    assert build.shared_ranks(pd.Series([1.0, 1.0, 1.0])) == [1, 1, 1]
+    assert build.shared_ranks(pd.Series([], dtype=float)) == []
+
+
+def test_claims_of_methods_not_in_the_suite_are_one_line(report: Path):
+    text = (report / "report.md").read_text()
+    claims = text[text.index("## The papers' claims") :]
+    assert "| not run |" not in claims
+    assert "**not run**" not in claims
+    lines = [line for line in claims.splitlines() if line.startswith("Not tested")]
+    assert len(lines) == 1
+    assert "`tiny` vs `static@tiny`" in lines[0]  # a same-size claim names its matched net
+    assert "`firefly` vs `s2d`" in lines[0]
+
+
+def test_the_ranking_shows_the_size_reached_against_the_budget(report: Path):
+    text = (report / "report.md").read_text()
+    assert "size / budget" in text
+    # none ends at 600 + seed params of a 1200 budget: 50 %, all three seeds below 90 %
+    none_row = next(line for line in text.splitlines() if line.startswith("| 4 | `none` | 3 |"))
+    assert "| 50 % (3 below 90 %) |" in none_row
+
+
+def test_cli_report_filters_methods_and_tasks(store, tmp_path: Path, capsys, monkeypatch):
+    uri, _suite, _ = store
+    suite_file = tmp_path / "hand-made.toml"
+    suite_file.write_text(SUITE)
+    monkeypatch.chdir(tmp_path)
+    argv = ["report", "--suite", "hand-made.toml", "--tracking-uri", uri]
+    assert main([*argv, "--methods", "static,none", "--tasks", "digits-mlp"]) == 0
+    out = tmp_path / "reports" / "hand-made-selection"  # never over the full report
+    cells = read_tables(out).cells
+    assert set(cells["method"]) == {"static", "none"}
+    assert set(cells["task"]) == {"digits-mlp"}
+    text = (out / "report.md").read_text()
+    command = "growbench report --suite hand-made.toml --methods static,none --tasks digits-mlp"
+    assert f"Built by `{command}`" in text
+    assert "| `s2d` |" not in text
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--tasks", "nope"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "--tasks: 'nope'" in err
+
+
+def test_built_by_names_a_packaged_suite_by_name_and_a_file_by_path(tmp_path: Path):
+    assert build.report_command(load_suite("default")) == "growbench report --suite default"
+    path = tmp_path / "my suite.toml"
+    path.write_text(SUITE)
+    command = build.report_command(load_suite(path), ["s2d"], None)
+    assert command == f"growbench report --suite '{path}' --methods s2d"
+
+
+def test_a_second_store_adds_the_verdict_stability_section(store, tmp_path: Path, monkeypatch):
+    """The same suite with static's scores below none's in a second store: the report counts
+    the verdicts that differ, names them, and keeps the second store's tables beside it."""
+    uri, suite, _ = store
+    other = f"sqlite:///{tmp_path}/other.db"
+    scores = {"none": 0.8, "static": 0.7, "s2d": 0.88, "random-split": 0.85}
+    monkeypatch.setattr(
+        "tests.reports.test_report.final_accuracy",
+        lambda method, seed: scores[method] + 0.01 * seed * (1 + (method == "static")),
+    )
+    fill_store(other, suite)
+    suite_file = tmp_path / "hand-made.toml"
+    suite_file.write_text(SUITE)
+    out = tmp_path / "out"
+    argv = ["report", "--suite", str(suite_file), "--tracking-uri", uri, "--out", str(out)]
+    assert main([*argv, "--compare-uri", other]) == 0
+    assert (out / build.COMPARE_FOLDER / "cells.csv").exists()
+    text = (out / "report.md").read_text()
+    section = text.split("## Verdict stability", 1)[1]
+    here = read_tables(out).cells
+    there = read_tables(out / build.COMPARE_FOLDER).cells
+    claims = [
+        evaluate_claims(cells[cells["status"] != "UNSUPPORTED"], collect_claims())
+        for cells in (here, there)
+    ]
+    compared = compare_verdicts(*claims)
+    moved = compared[compared["moved"]]
+    assert "digits-mlp" in set(moved[moved["flipped"]]["task"])  # static now loses to none
+    assert f"**{len(moved)} of {len(compared)}**" in section
+    assert f"**{int(compared['flipped'].sum())}** flip" in section
+    for row in moved.itertuples():
+        assert f"| {row.claim} | {row.task} | {row.verdict} |" in section
+    assert "1 torch thread" in section
+    assert "--compare-uri <second store>" in text

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from growbench.benchmarks.tracking import (
     CellTracker,
     CheckpointPolicy,
     SuiteTracker,
+    final_widths,
     finished_hashes,
 )
 from growbench.datasets import Dataset, load_dataset
@@ -94,22 +96,62 @@ def plan(suite: Suite, done: set[str]) -> list[PlannedCell]:
     planned = []
     for cell in suite.cells():
         reason = unsupported_reason(cell.make_grower(), nets[cell.task.name])
-        if reason is not None:
-            planned.append(PlannedCell(cell, "unsupported", reason))
-        elif cell.config_hash() in done:
-            planned.append(PlannedCell(cell, "done"))
-        else:
-            planned.append(PlannedCell(cell, "todo"))
+        planned.append(_planned(cell, reason, done))
     return planned
+
+
+def plan_matched(suite: Suite, tracking_uri: str, done: set[str]) -> list[PlannedCell]:
+    """The matched static cells (``Suite.matched_cell``) of the suite's growing cells that have
+    FINISHED in the store, planned like ``plan``; a cell not finished yet has none so far."""
+    growing = [cell for cell in suite.cells() if cell.method in suite.matched]
+    if not growing:
+        return []
+    finals = final_widths(tracking_uri, suite.name, [cell.config_hash() for cell in growing])
+    sites = {task.name: list(build_model(task.model_config()).widths()) for task in suite.tasks}
+    planned = []
+    for cell in growing:
+        widths = finals.get(cell.config_hash())
+        if widths is not None:
+            matched, reason = suite.matched_cell(cell, widths, sites[cell.task.name])
+            planned.append(_planned(matched, reason, done))
+    return planned
+
+
+def _planned(cell: CellConfig, unsupported: str | None, done: set[str]) -> PlannedCell:
+    if unsupported is not None:
+        return PlannedCell(cell, "unsupported", unsupported)
+    return PlannedCell(cell, "done" if cell.config_hash() in done else "todo")
+
+
+def stages(
+    suite: Suite, tracker: SuiteTracker, outcome: SuiteOutcome
+) -> Iterator[list[CellConfig]]:
+    """The cells to train, stage by stage: the suite's cells, then (planned only once those
+    have run) the matched static cells of its growing cells. Cells already done or unsupported
+    go into ``outcome``."""
+    yield _todo(plan(suite, tracker.finished_hashes()), outcome)
+    if suite.matched:
+        yield _todo(plan_matched(suite, tracker.uri, tracker.finished_hashes()), outcome)
+
+
+def _todo(planned: list[PlannedCell], outcome: SuiteOutcome) -> list[CellConfig]:
+    outcome.skipped += [p.cell.label for p in planned if p.status == "done"]
+    outcome.unsupported += [
+        f"{p.cell.label}: {p.reason}" for p in planned if p.status == "unsupported"
+    ]
+    return [p.cell for p in planned if p.status == "todo"]
 
 
 def dry_run(
     suite: Suite, tracking_uri: str, device: torch.device | str = "cpu"
 ) -> tuple[list[PlannedCell], list[str]]:
-    """Say what a run would do (its cells) and what data it needs (one line per dataset: ready,
-    or what is missing and how to get it); writes nothing anywhere."""
+    """Say what a run would do (its cells, and the matched static cells of the growing cells
+    finished so far) and what data it needs (one line per dataset: ready, or what is missing and
+    how to get it); writes nothing anywhere."""
     resolve_device(device)
-    return plan(suite, finished_hashes(tracking_uri, suite.name)), data_status(suite)
+    done = finished_hashes(tracking_uri, suite.name)
+    planned = plan(suite, done) + plan_matched(suite, tracking_uri, done)
+    return planned, data_status(suite)
 
 
 def data_status(suite: Suite) -> list[str]:
@@ -175,27 +217,16 @@ def _run_cells(
     device: torch.device,
     progress: bool,
 ) -> SuiteOutcome:
-    outcome, todo = start_outcome(suite, tracker)
-    bar = tqdm(todo, desc=suite.name, unit="cell", disable=not progress, file=sys.stderr)
-    for cell in bar:
-        bar.set_postfix_str(cell.label)
-        result = claim_and_train(tracker, cell, datasets[cell.task.name], device, progress)
-        outcome.add(result)
-        if result.status == "failed":
-            tqdm.write(f"growbench: cell {cell.label} FAILED: {result.detail}", file=sys.stderr)
-    return outcome
-
-
-def start_outcome(suite: Suite, tracker: SuiteTracker) -> tuple[SuiteOutcome, list[CellConfig]]:
-    """The plan against the store: an outcome with the done and unsupported cells filled in,
-    and the cells left to train."""
     outcome = SuiteOutcome()
-    planned = plan(suite, tracker.finished_hashes())
-    outcome.skipped = [p.cell.label for p in planned if p.status == "done"]
-    outcome.unsupported = [
-        f"{p.cell.label}: {p.reason}" for p in planned if p.status == "unsupported"
-    ]
-    return outcome, [p.cell for p in planned if p.status == "todo"]
+    for todo in stages(suite, tracker, outcome):
+        bar = tqdm(todo, desc=suite.name, unit="cell", disable=not progress, file=sys.stderr)
+        for cell in bar:
+            bar.set_postfix_str(cell.label)
+            result = claim_and_train(tracker, cell, datasets[cell.task.name], device, progress)
+            outcome.add(result)
+            if result.status == "failed":
+                tqdm.write(f"growbench: cell {cell.label} FAILED: {result.detail}", file=sys.stderr)
+    return outcome
 
 
 @dataclass

@@ -37,7 +37,7 @@ from growbench.benchmarks.executor import (
     SuiteOutcome,
     claim_and_train,
     load_datasets,
-    start_outcome,
+    stages,
 )
 from growbench.benchmarks.leases import HASH, ROLE, lease_seconds
 from growbench.benchmarks.runner import DEVICES, cpu_threads, resolve_device
@@ -148,7 +148,7 @@ def _run_tasks(
     threads: int,
     progress: bool,
 ) -> SuiteOutcome:
-    outcome, todo = start_outcome(suite, tracker)
+    outcome = SuiteOutcome()
     remote = ray.remote(_train_on_worker).options(
         num_cpus=resources.cpus_per_cell,
         num_gpus=resources.gpus_per_cell,
@@ -156,28 +156,31 @@ def _run_tasks(
         retry_exceptions=False,  # a cell that raises is FAILED by the worker itself
     )
     context = (tracker.uri, suite, tracker.experiment_id, tracker.parent_id, device, threads)
-    pending = {remote.remote(*context, tracker.checkpoints, cell): cell for cell in todo}
-    bar = tqdm(total=len(pending), desc=suite.name, unit="cell", disable=not progress,
-               file=sys.stderr)  # fmt: skip
-    try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            cell = pending.pop(ready[0])
-            try:
-                result = ray.get(ready[0])
-            except ray.exceptions.RayError as exc:  # the worker died twice, or Ray failed
-                result = CellOutcome(cell.label, "failed", _first_line(exc))
-                _close_dead_runs(tracker, cell, result.detail)
-            outcome.add(result)
-            if result.status == "failed":
-                tqdm.write(f"growbench: cell {cell.label} FAILED: {result.detail}", file=sys.stderr)
-            bar.update()
-    except KeyboardInterrupt:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
-    finally:
-        bar.close()
+    for todo in stages(suite, tracker, outcome):
+        pending = {remote.remote(*context, tracker.checkpoints, cell): cell for cell in todo}
+        bar = tqdm(total=len(pending), desc=suite.name, unit="cell", disable=not progress,
+                   file=sys.stderr)  # fmt: skip
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                cell = pending.pop(ready[0])
+                try:
+                    result = ray.get(ready[0])
+                except ray.exceptions.RayError as exc:  # the worker died twice, or Ray failed
+                    result = CellOutcome(cell.label, "failed", _first_line(exc))
+                    _close_dead_runs(tracker, cell, result.detail)
+                outcome.add(result)
+                if result.status == "failed":
+                    tqdm.write(
+                        f"growbench: cell {cell.label} FAILED: {result.detail}", file=sys.stderr
+                    )
+                bar.update()
+        except KeyboardInterrupt:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        finally:
+            bar.close()
     return outcome
 
 

@@ -44,6 +44,14 @@ defaults, except where a comment says "example"::
     [method_options.random-split] # example: overrides of a method's Config, typed like the
     growth_ratio = 0.5            # defaults and checked by the method's own Config
 
+    matched_static = false        # true: every growing method of the suite gets a matched
+                                  # static net per cell (`static@<method>`, below); or a list
+                                  # of the methods to match
+
+    [variants.s2d-eps1e-3]        # example: an ablation, a method of its own named in `methods`
+    method = "s2d"                # the registered method it runs
+    options = { epsilon = 1e-3 }  # its Config overrides, checked like method_options
+
     [[tasks]]                     # at least one
     dataset = "digits"            # required: a name from `growbench datasets`
     model = "mlp"                 # required: a name from `growbench models`
@@ -53,8 +61,16 @@ defaults, except where a comment says "example"::
     epochs = 20                   # example override; also training/growth/budget = { ... }
 
 Per-method options live in ``[method_options.NAME]``, not ``[methods.NAME]``: TOML cannot make
-``methods`` both the list of names and a table. Every model takes ``widths`` (the start width of
-each growth site, in site order) and ``activation``; ``growbench models`` lists the rest. A
+``methods`` both the list of names and a table. A variant runs a registered method under another
+name with other options, so one suite can hold ``s2d`` at two step sizes side by side: each is a
+method of its own in MLflow, tables and figures, and its cells record the base method and the
+options (``"*"`` takes the variants too). A matched static net (``static@tiny``) is the ``static``
+baseline trained from scratch at exactly the widths one cell of a growing method ended with, same
+task, seed, epochs and data order: the like-for-like reference of "same-size" claims, whatever
+size the method actually reached. It is planned once that cell has finished (``matched_cell``).
+
+Every model takes ``widths`` (the start width of each growth site, in site order) and
+``activation``; ``growbench models`` lists the rest. A
 growth schedule that never fires (``first_epoch >= epochs``) is an error. Dataset names, option
 keys and model shapes are checked here against the dataset's default spec; option *values* are
 checked when the data is loaded, which the harness also does before it touches the tracking
@@ -69,13 +85,14 @@ import json
 import math
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from growbench.benchmarks.augment import AUGMENTATIONS, check_shape
+from growbench.claims import matched_static
 from growbench.datasets import dataset_names, dataset_options, dataset_spec
 from growbench.datasets.base import DatasetSpec
 from growbench.methods import Grower, available_methods, make_grower
@@ -109,6 +126,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # 2: the ``train_flops`` metric. 3: named sites, model options, ``macs``, refusals recorded.
 # 4: augmentation, precision, channels-last, multistep schedules and per-round spans.
 HARNESS_VERSION = 4
+
+
+STATIC = "static"  # the baseline a matched static cell runs
 
 
 class SuiteError(ValueError):
@@ -199,6 +219,8 @@ TOP_LEVEL_FIELDS = (
     "growth",
     "budget",
     "method_options",
+    "variants",
+    "matched_static",
     "tasks",
 )
 TASK_FIELDS = (
@@ -245,13 +267,19 @@ class CellConfig:
     method_options: dict[str, Any]  # the method's full Config, defaults included
     seed: int
     method_code: str = ""  # ``fingerprint.method_fingerprint`` of the method's class
+    base_method: str = ""  # for a variant, the registered method it runs ("" = ``method``)
 
     @property
     def label(self) -> str:
         return f"{self.task.name}/{self.method}/seed{self.seed}"
 
+    @property
+    def registered_method(self) -> str:
+        """The registered method this cell's grower is made from."""
+        return self.base_method or self.method
+
     def make_grower(self) -> Grower:
-        return make_grower(self.method, self.method_options)
+        return make_grower(self.registered_method, self.method_options)
 
     def resolved(self) -> dict[str, Any]:
         """Every setting that affects the results (the task's name and the suite's do not),
@@ -266,6 +294,7 @@ class CellConfig:
                 "name": self.method,
                 "code": self.method_code,
                 "options": dict(self.method_options),
+                **({"base": self.base_method} if self.base_method else {}),
             },
             "seed": self.seed,
             "epochs": task.epochs,
@@ -296,6 +325,14 @@ def unsupported_reason(grower: Grower, net: GrowableNet) -> str | None:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """A registered ``method`` run under another name with ``options`` (an ablation)."""
+
+    method: str
+    options: dict[str, Any]  # the overrides the suite file gives, as written there
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     description: str
@@ -305,6 +342,13 @@ class Suite:
     tasks: tuple[Task, ...]
     source: str = "<string>"
     text: str = ""
+    variants: dict[str, Variant] = dataclasses.field(default_factory=dict)
+    matched: tuple[str, ...] = ()  # the methods whose cells get a matched static net
+
+    def base_of(self, method: str) -> str:
+        """The registered method behind ``method`` (itself unless it is a variant)."""
+        variant = self.variants.get(method)
+        return variant.method if variant else method
 
     def cells(self) -> list[CellConfig]:
         """Every cell, seed by seed, so a stopped run has whole comparisons for the first seeds."""
@@ -316,12 +360,38 @@ class Suite:
                 method,
                 self.method_options[method],
                 seed,
-                method_fingerprint(classes[method]),
+                method_fingerprint(classes[self.base_of(method)]),
+                self.variants[method].method if method in self.variants else "",
             )
             for seed in self.seeds
             for task in self.tasks
             for method in self.methods
         ]
+
+    def matched_cell(
+        self, cell: CellConfig, final_widths: Mapping[str, int], start_sites: Sequence[str]
+    ) -> tuple[CellConfig, str | None]:
+        """The matched static cell of ``cell`` (``static@<method>``: ``static`` at the widths
+        ``final_widths`` that cell ended with, same task and seed), and None, or why it cannot
+        be built: a net that inserted layers has sites the start net's model cannot express, so
+        its matched cell is a placeholder the harness never trains."""
+        sites = list(final_widths)
+        reason = None
+        widths: list[int] = []
+        if sites == list(start_sites):
+            widths = [int(final_widths[site]) for site in sites]
+        else:
+            inserted = [site for site in sites if site not in start_sites]
+            reason = (
+                f"{cell.label} inserted layers ({', '.join(inserted) or 'sites changed'}); a "
+                "matched static net is built only for widened nets, not deepened ones"
+            )
+        options = _resolve_options(STATIC, {"widths": widths})
+        fingerprint = method_fingerprint(available_methods()[STATIC])
+        name = matched_static(cell.method)
+        return CellConfig(
+            self.name, cell.task, name, options, cell.seed, fingerprint, STATIC
+        ), reason
 
     def smoke(self) -> Suite:
         """This suite at smoke scale, to check that it runs end to end (``--smoke``): named
@@ -357,7 +427,7 @@ class Suite:
             )  # fmt: skip
         classes = available_methods()
         options = {
-            method: {**chosen, **getattr(classes.get(method), "quick_overrides", {})}
+            method: {**chosen, **getattr(classes.get(self.base_of(method)), "quick_overrides", {})}
             for method, chosen in self.method_options.items()
         }
         return dataclasses.replace(
@@ -369,17 +439,24 @@ class Suite:
         methods: Iterable[str] | None = None,
         datasets: Iterable[str] | None = None,
         seeds: int | None = None,
+        tasks_option: str = "--datasets",
     ) -> Suite:
-        """A narrower suite (the command line's ``--methods``, ``--datasets``, ``--seeds``)."""
+        """A narrower suite (the command line's ``--methods``, ``--datasets``, ``--seeds``);
+        ``tasks_option`` names the tasks filter in error messages."""
         suite = self
         if methods is not None:
             chosen = tuple(methods)
             _check_subset("--methods", chosen, self.methods, f"suite {self.name!r} runs")
-            suite = dataclasses.replace(suite, methods=chosen)
+            suite = dataclasses.replace(
+                suite,
+                methods=chosen,
+                matched=tuple(m for m in self.matched if m in chosen),
+                variants={k: v for k, v in self.variants.items() if k in chosen},
+            )
         if datasets is not None:
             chosen = tuple(datasets)
             known = sorted({t.dataset for t in self.tasks} | {t.name for t in self.tasks})
-            _check_subset("--datasets", chosen, known, f"suite {self.name!r} has")
+            _check_subset(tasks_option, chosen, known, f"suite {self.name!r} has")
             tasks = tuple(t for t in self.tasks if t.dataset in chosen or t.name in chosen)
             suite = dataclasses.replace(suite, tasks=tasks)
         if seeds is not None:
@@ -449,17 +526,44 @@ def _build_suite(data: dict[str, Any], default_name: str, source: str, text: str
         raise SuiteError("epochs is required (how many epochs every cell trains)")
     epochs = _scalar(data["epochs"], "epochs", Rule("int", at_least=1))
     seeds = _seeds(data.get("seeds", 1))
-    methods = _methods(data.get("methods", ["*"]))
-    all_options = _method_options(data.get("method_options", {}))
+    variants = _variants(data.get("variants", {}))
+    methods = _methods(data.get("methods", ["*"]), variants)
+    all_options = _method_options(data.get("method_options", {}), variants)
     sections = {
         key: _section(data.get(key, {}), key, SECTION_TYPES[key](), rules)
         for key, rules in SECTION_RULES.items()
     }
     tasks = _tasks(data.get("tasks"), epochs, sections)
     options = {
-        method: all_options.get(method) or _resolve_options(method, {}) for method in methods
+        method: all_options[method] if method in all_options else _resolve_options(method, {})
+        for method in methods
     }
-    return Suite(name, description, seeds, methods, options, tasks, source, text)
+    chosen = {name: variant for name, variant in variants.items() if name in methods}
+    matched = _matched(data.get("matched_static", False), methods, chosen)
+    return Suite(name, description, seeds, methods, options, tasks, source, text, chosen, matched)
+
+
+def _matched(
+    value: Any, methods: tuple[str, ...], variants: Mapping[str, Variant]
+) -> tuple[str, ...]:
+    classes = available_methods()
+
+    def grows(method: str) -> bool:
+        return classes[variants[method].method if method in variants else method].grows
+
+    if value is True:
+        return tuple(method for method in methods if grows(method))
+    if value is False:
+        return ()
+    if not isinstance(value, list):
+        raise SuiteError(f"matched_static must be true, false or a list of methods, got {value!r}")
+    for i, method in enumerate(value):
+        path = f"matched_static[{i}]"
+        if _string(method, path) not in methods:
+            raise SuiteError(f"{path}: {method!r} is not among the suite's methods")
+        if not grows(method):
+            raise SuiteError(f"{path}: {method!r} never grows; there is no size to match")
+    return tuple(dict.fromkeys(value))
 
 
 def _seeds(value: Any) -> tuple[int, ...]:
@@ -474,10 +578,37 @@ def _seeds(value: Any) -> tuple[int, ...]:
     return tuple(range(count))
 
 
-def _methods(value: Any) -> tuple[str, ...]:
-    registered = list(available_methods())
+def _variants(value: Any) -> dict[str, Variant]:
+    table = _table(value, "variants")
+    registered = available_methods()
+    variants = {}
+    for name, entry in table.items():
+        path = f"variants.{name}"
+        _name(name, path)
+        if name in registered:
+            raise SuiteError(
+                f"{path}: {name!r} is a registered method; give the variant a new name"
+            )
+        entry = _table(entry, path)
+        _reject_unknown(entry, ("method", "options"), path)
+        if "method" not in entry:
+            raise SuiteError(f"{path}.method is required: the registered method it runs")
+        base = _string(entry["method"], f"{path}.method")
+        if base not in registered:
+            raise SuiteError(
+                f"{path}.method: unknown method {base!r} (a variant runs a registered method); "
+                f"choose from {', '.join(registered)}"
+            )
+        options = _table(entry.get("options", {}), f"{path}.options")
+        _resolve_options(base, options, f"{path}.options")
+        variants[name] = Variant(base, dict(options))
+    return variants
+
+
+def _methods(value: Any, variants: Mapping[str, Variant]) -> tuple[str, ...]:
+    known = [*available_methods(), *variants]
     if value == "*" or value == ["*"]:
-        return tuple(registered)
+        return tuple(known)
     if not isinstance(value, list) or not value:
         raise SuiteError(
             f'methods must be "*" or a non-empty list of method names, got {value!r}; '
@@ -485,26 +616,33 @@ def _methods(value: Any) -> tuple[str, ...]:
         )
     for i, method in enumerate(value):
         path = f"methods[{i}]"
-        if _string(method, path) not in registered:
+        if _string(method, path) not in known:
             raise SuiteError(
-                f"{path}: unknown method {method!r}; choose from {', '.join(registered)}"
+                f"{path}: unknown method {method!r}; choose from {', '.join(known)} "
+                "(or declare it in [variants.NAME])"
             )
     if len(set(value)) != len(value):
         raise SuiteError(f"methods lists a method twice: {value}")
     return tuple(value)
 
 
-def _method_options(value: Any) -> dict[str, dict[str, Any]]:
+def _method_options(value: Any, variants: Mapping[str, Variant]) -> dict[str, dict[str, Any]]:
     table = _table(value, "method_options")
     registered = list(available_methods())
     resolved = {}
     for method, options in table.items():
         path = f"method_options.{method}"
+        if method in variants:
+            raise SuiteError(
+                f"{path}: {method!r} is a variant; its options go in [variants.{method}]"
+            )
         if method not in registered:
             raise SuiteError(
                 f"{path}: unknown method {method!r}; choose from {', '.join(registered)}"
             )
         resolved[method] = _resolve_options(method, _table(options, path), path)
+    for name, variant in variants.items():
+        resolved[name] = _resolve_options(variant.method, variant.options, f"variants.{name}")
     return resolved
 
 

@@ -6,12 +6,13 @@ hash is never trained again, so an interrupted suite resumes where it stopped. T
 directory; with sqlite the artifacts go to ``mlartifacts/`` beside the database file. The store
 and the experiment are created once, before any cell runs (sqlite's schema creation must not race).
 
-Each cell run carries tags (``growbench.method``, ``.dataset``, ``.model``, ``.task``, ``.seed``,
-``.config_hash``, ``.git_commit``, ``.device``, ``.version.*``), the flattened resolved config as
-params plus the runner's facts (``budget.limit``, ``start.widths``, ``start.params``, ...), one
-``log_batch`` of metrics per epoch (``step`` = epoch), and the artifacts ``growth_events.json``,
-``architecture.json`` and, when it failed, ``traceback.txt``. Only the ``MlflowClient`` is used,
-never the fluent API's process-global active run.
+Each cell run carries tags (``growbench.method``, ``.base_method`` (the registered method a
+variant runs), ``.dataset``, ``.model``, ``.task``, ``.seed``, ``.config_hash``, ``.git_commit``,
+``.device``, ``.version.*``, ``.machine.*``: CPU model, threads, BLAS, accelerator), the
+flattened resolved config as params plus the runner's facts (``budget.limit``, ``start.widths``,
+``start.params``, ...), one ``log_batch`` of metrics per epoch (``step`` = epoch), and the
+artifacts ``growth_events.json``, ``architecture.json`` and, when it failed, ``traceback.txt``.
+Only the ``MlflowClient`` is used, never the fluent API's process-global active run.
 
 The store's health (URI checks, creation under a lock, repair) is ``store``'s; who trains which
 cell is ``leases``'s: ``SuiteTracker.claim`` hands out a cell only to one runner, and a
@@ -30,7 +31,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,15 @@ def _read_head(git: Path) -> str:
     return "unknown"
 
 
+# The tags of ``machine_tags``, by the cells-table column that reads them.
+MACHINE_TAGS = {
+    "cpu": "growbench.machine.cpu",
+    "threads": "growbench.machine.threads",
+    "blas": "growbench.machine.blas",
+    "accelerator": "growbench.machine.accelerator",
+}
+
+
 def environment_tags(device: str) -> dict[str, str]:
     return {
         "growbench.git_commit": git_commit(),
@@ -113,7 +123,38 @@ def environment_tags(device: str) -> dict[str, str]:
         "growbench.version.growbench": growbench.__version__,
         "growbench.version.torch": torch.__version__,
         "growbench.version.python": platform.python_version(),
+        **machine_tags(device),
     }
+
+
+def machine_tags(device: str) -> dict[str, str]:
+    """The machine a cell ran on, as far as it moves float results: CPU model, torch's CPU
+    threads, the BLAS torch was built with, and the accelerator (its name on CUDA)."""
+    accelerator = device
+    if device.startswith("cuda") and torch.cuda.is_available():
+        accelerator = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return {
+        MACHINE_TAGS["cpu"]: cpu_model(),
+        MACHINE_TAGS["threads"]: str(torch.get_num_threads()),
+        MACHINE_TAGS["blas"]: _built_with("BLAS_INFO"),
+        MACHINE_TAGS["accelerator"]: accelerator,
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` says)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _built_with(key: str) -> str:
+    match = re.search(rf"{key}=([^,\s]+)", torch.__config__.show())
+    return match.group(1) if match else "unknown"
 
 
 def cell_runs(client: MlflowClient, experiment_id: str) -> Iterator[Run]:
@@ -131,6 +172,32 @@ def cell_runs(client: MlflowClient, experiment_id: str) -> Iterator[Run]:
         token = page.token
         if not token:
             return
+
+
+def json_artifact(client: MlflowClient, run_id: str, path: str) -> Any:
+    """A JSON artifact of the run, or None when it was never logged."""
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            local = client.download_artifacts(run_id, path, folder)
+        except (MlflowException, OSError):
+            return None
+        return json.loads(Path(local).read_text())
+
+
+def final_widths(uri: str, suite_name: str, hashes: Iterable[str]) -> dict[str, dict[str, int]]:
+    """Per config hash among ``hashes`` with a FINISHED run, the site widths its net ended with
+    (``architecture.json``, sites in the net's order)."""
+    runs = best_runs(uri, suite_name)
+    client = MlflowClient(uri)
+    widths = {}
+    for config_hash in hashes:
+        run = runs.get(config_hash)
+        if run is None or run.info.status != "FINISHED":
+            continue
+        architecture = json_artifact(client, run.info.run_id, "architecture.json") or {}
+        if "widths" in architecture:
+            widths[config_hash] = {site: int(w) for site, w in architecture["widths"].items()}
+    return widths
 
 
 def best_runs(uri: str, suite_name: str) -> dict[str, Run]:
@@ -270,6 +337,7 @@ class SuiteTracker:
             PARENT_TAG: self.parent_id,
             "growbench.suite": self.suite.name,
             "growbench.method": cell.method,
+            "growbench.base_method": cell.registered_method,
             "growbench.dataset": task.dataset,
             "growbench.model": task.model,
             "growbench.task": task.name,

@@ -184,6 +184,7 @@ class Grower:
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[GrowerConfig]] = GrowerConfig
+    grows: ClassVar[bool] = True  # False for the fixed-size references (no matched static net)
     preserves_function: ClassVar[str] = "no"
     supported_kinds: ClassVar[frozenset[str]] = SITE_KINDS
     zero_step_overrides: ClassVar[dict[str, Any]] = {}

@@ -3,6 +3,9 @@
 ``none`` trains the start net and never grows: the lower reference. ``static`` trains, from
 scratch and for the same epochs, the net the budget would buy (all start widths scaled by the
 largest common factor r ≥ 1 whose cost fits): the upper reference a growth method has to match.
+With ``widths`` set it trains the net of exactly those widths instead: the harness runs it so as
+the *matched* static net of a growing cell (``static@<method>``, the widths that cell ended
+with), so that "same-size" claims compare like with like (see ``Suite.matched_cell``).
 Both leave every decision about data, optimizer and schedule to the runner, like every method.
 """
 
@@ -21,6 +24,7 @@ from growbench.nn import GrowableNet, ModelConfig
 @register
 class NoGrowth(Grower):
     name = "none"
+    grows = False
     preserves_function = "exact"
     description = "the start net, never grown (lower reference)"
 
@@ -32,11 +36,18 @@ class NoGrowth(Grower):
 class StaticConfig(GrowerConfig):
     positive: ClassVar[tuple[str, ...]] = ("bisection_steps",)
     bisection_steps: int = 40
+    widths: tuple[int, ...] = ()  # train exactly these site widths (empty: the budget's size)
+
+    def check(self, method: str) -> None:
+        super().check(method)
+        if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.widths):
+            raise ValueError(f"{method}: widths must be whole numbers ≥ 1, got {self.widths!r}")
 
 
 @register
 class StaticBudgetNet(Grower):
     name = "static"
+    grows = False
     Config = StaticConfig
     preserves_function = "exact"
     description = "the budget-size net trained from scratch (upper reference)"
@@ -55,7 +66,15 @@ class StaticBudgetNet(Grower):
     def start_config(
         self, model: ModelConfig, budget_limit: float, cost_of: Callable[[ModelConfig], float]
     ) -> ModelConfig:
-        return scaled_to_budget(model, budget_limit, cost_of, self.config.bisection_steps)
+        widths = self.config.widths
+        if not widths:
+            return scaled_to_budget(model, budget_limit, cost_of, self.config.bisection_steps)
+        if len(widths) != len(model.widths):
+            raise ValueError(
+                f"static: widths has {len(widths)} entries but the model has "
+                f"{len(model.widths)} sites"
+            )
+        return model.with_widths(tuple(widths))
 
 
 def scaled_to_budget(

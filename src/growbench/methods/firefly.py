@@ -600,12 +600,14 @@ class Firefly(Grower):
             statement="Firefly descent beats splitting steepest descent at equal parameters",
             method="firefly",
             baseline="s2d",
+            matched=True,
         ),
         Claim(
             paper="Wu, Liu, Stone & Liu, NeurIPS 2020, arXiv:2102.08574",
             statement="Firefly descent beats random growth at equal parameters",
             method="firefly",
             baseline="random-add",
+            matched=True,
         ),
     )
 

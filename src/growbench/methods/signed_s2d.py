@@ -163,6 +163,7 @@ class SignedS2D(Grower):
             baseline="s2d",
             relation="non_inferior",
             margin=0.01,
+            matched=True,
         ),
     )
 

@@ -186,6 +186,7 @@ class Tiny(Grower):
             baseline="static",
             relation="non_inferior",
             margin=0.01,
+            matched=True,
         ),
     )
 

@@ -8,17 +8,25 @@ depends on the clock or the machine, so the same runs give byte-identical files.
 
 from __future__ import annotations
 
+import json
 import math
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from growbench.benchmarks.suite import Suite
+from growbench.benchmarks.suite import Suite, packaged_suites, resolve_suite_path
 from growbench.benchmarks.tracking import best_runs
 from growbench.reports import figures
-from growbench.reports.claims import collect_claims, evaluate_claims
-from growbench.reports.statistics import ranking
+from growbench.reports.claims import (
+    INCONCLUSIVE,
+    NOT_RUN,
+    collect_claims,
+    compare_verdicts,
+    evaluate_claims,
+)
+from growbench.reports.statistics import MAX_SEEDS, ranking
 from growbench.reports.tables import (
     ReportTables,
     expected_cells,
@@ -29,19 +37,66 @@ from growbench.reports.tables import (
 
 REFERENCES = ("static", "none")
 REPORT_FILE = "report.md"
+COMPARE_FOLDER = "compare"  # the tables of a second store of the same suite (``--compare-uri``)
 PAIRED_TEST = "p from a paired t-test over seeds (`scipy.stats.ttest_rel`, two-sided)"
 
 
-def write_report(tracking_uri: str, suite: Suite, out: Path, progress: bool = False) -> Path:
-    """Read the suite's runs into ``out``'s tables and build the report there."""
+def write_report(
+    tracking_uri: str,
+    suite: Suite,
+    out: Path,
+    progress: bool = False,
+    command: str = "",
+    compare_uri: str | None = None,
+) -> Path:
+    """Read the suite's runs into ``out``'s tables and build the report there.
+
+    ``command`` is the command line that rebuilds the report, printed in it (default: the one
+    ``report_command`` gives for the suite). ``compare_uri``, a second store holding the same
+    suite run elsewhere (another machine or thread count), adds its tables under
+    ``out/compare/`` and a section on how many verdicts differ between the two."""
     writable_folder(out)
-    if not best_runs(tracking_uri, suite.name):
-        raise ValueError(
-            f"no runs of suite {suite.name!r} in {tracking_uri}; run "
-            f"`growbench run --suite {suite.name}` first (or pass --tracking-uri)"
-        )
-    write_tables(read_runs(tracking_uri, suite.name, expected_cells(suite), progress), out)
-    return build_report(out, suite.name, suite.description)
+    stores = [(tracking_uri, out)]
+    if compare_uri is not None:
+        stores.append((compare_uri, out / COMPARE_FOLDER))
+        writable_folder(out / COMPARE_FOLDER)
+    for uri, folder in stores:
+        if not best_runs(uri, suite.name):
+            raise ValueError(
+                f"no runs of suite {suite.name!r} in {uri}; run "
+                f"`growbench run --suite {suite_argument(suite)}` first (or pass --tracking-uri)"
+            )
+        expected = expected_cells(suite, uri)
+        write_tables(read_runs(uri, suite.name, expected, progress), folder)
+    return build_report(out, suite.name, suite.description, command or report_command(suite))
+
+
+def suite_argument(suite: Suite) -> str:
+    """What to pass as ``--suite`` to name this suite again: its name when it is the packaged
+    suite of that name, else the file it was read from."""
+    if suite.name in packaged_suites() and Path(suite.source) == resolve_suite_path(suite.name):
+        return suite.name
+    if suite.source.startswith("<"):  # parsed from a string: no file to name
+        return suite.name
+    return shlex.quote(suite.source)
+
+
+def report_command(
+    suite: Suite,
+    methods: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
+    compared: bool = False,
+) -> str:
+    """The ``growbench report`` command that builds this report, with its filters (the stores
+    are not named: they are paths on the machine that made it)."""
+    parts = ["growbench report --suite", suite_argument(suite)]
+    if methods:
+        parts += ["--methods", ",".join(methods)]
+    if tasks:
+        parts += ["--tasks", ",".join(tasks)]
+    if compared:
+        parts.append("--compare-uri <second store>")
+    return " ".join(parts)
 
 
 def writable_folder(folder: Path) -> None:
@@ -54,13 +109,22 @@ def writable_folder(folder: Path) -> None:
         ) from None
 
 
-def build_report(folder: Path, suite_name: str, description: str = "") -> Path:
-    """Figures and ``report.md`` in ``folder`` from the CSV tables there (and nothing else)."""
+def build_report(folder: Path, suite_name: str, description: str = "", command: str = "") -> Path:
+    """Figures and ``report.md`` in ``folder`` from the CSV tables there (and nothing else).
+    ``command`` (default ``growbench report --suite <suite_name>``) is printed as the command
+    that rebuilds it."""
     tables = read_tables(folder)
     ran = tables.cells[tables.cells["status"] != "UNSUPPORTED"]
     figures.draw_all(ran, tables.history, tables.events, tables.widths, folder)
     claims = evaluate_claims(ran, collect_claims())
-    text = _markdown(tables, ran, claims, suite_name, description)
+    command = command or f"growbench report --suite {suite_name}"
+    text = _markdown(tables, ran, claims, suite_name, description, command)
+    if (folder / COMPARE_FOLDER / "cells.csv").exists():
+        other = read_tables(folder / COMPARE_FOLDER).cells
+        other = other[other["status"] != "UNSUPPORTED"]
+        text += "\n" + "\n".join(
+            _stability_section(claims, evaluate_claims(other, collect_claims()), ran, other)
+        )
     path = folder / REPORT_FILE
     path.write_text(text, encoding="utf-8")
     return path
@@ -73,6 +137,7 @@ def _markdown(
     claims: pd.DataFrame,
     suite_name: str,
     description: str,
+    command: str,
 ) -> str:
     cells = tables.cells
     counts = cells["status"].value_counts()
@@ -80,7 +145,7 @@ def _markdown(
         f"# growbench report: suite `{suite_name}`",
         "",
         *([description, ""] if description else []),
-        f"Built by `growbench report --suite {suite_name}` from the runs in the MLflow store; "
+        f"Built by `{command}` from the runs in the MLflow store; "
         "rebuilding never trains. Every number below comes from the tables beside this file: "
         "[cells.csv](cells.csv) (one row per cell), [history.csv](history.csv) (per epoch), "
         "[events.csv](events.csv) (per growth event), [widths.csv](widths.csv) (final widths).",
@@ -97,7 +162,11 @@ def _markdown(
     lines += [
         "## Ranking per task",
         "",
-        f"Δ = method − reference (`static`, `none`) in the task's score, {PAIRED_TEST}.",
+        f"Δ = method − reference (`static`, `none`) in the task's score, {PAIRED_TEST}. "
+        "Size / budget: the final size (in the budget's metric) as a share of the budget's "
+        "limit, mean over finished seeds; a method that stops short of it is compared at a "
+        "smaller size than `static` (see its matched static net `static@<method>` where the "
+        "suite runs one), and its cells below 90 % are counted.",
         "",
     ]
     for task in sorted(ran["task"].unique()):
@@ -108,19 +177,27 @@ def _markdown(
 
 
 def _methods_section(cells: pd.DataFrame) -> list[str]:
-    """Each method of the report with its description and its notes (what is ours)."""
+    """Each method of the report with its description and its notes (what is ours); a variant
+    names the method it runs and its options."""
     from growbench.methods.registry import get_method
 
     lines = ["## Methods", ""]
     for name in sorted(cells["method"].dropna().unique()):
+        own = cells[cells["method"] == name]
+        base = next((b for b in own.get("base_method", ()) if b), name)
+        options = next((o for o in own.get("variant_options", ()) if o), "")
+        variant = ""
+        if base != name:
+            settings = ", ".join(f"{k} = {v!r}" for k, v in json.loads(options or "{}").items())
+            variant = f"variant of `{base}`" + (f" with {settings}" if settings else "") + ". "
         try:
-            cls = get_method(name)
+            cls = get_method(base)
         except (KeyError, ValueError):
-            lines.append(f"- `{name}`: not registered where this report was built.")
+            lines.append(f"- `{name}`: {variant}not registered where this report was built.")
             continue
         notes = "".join(f" *Note:* {note}" for note in getattr(cls, "notes", ()))
         description = (cls.description or "no description").rstrip(".")
-        lines.append(f"- `{name}`: {description}.{notes}")
+        lines.append(f"- `{name}`: {variant}{description}.{notes}")
     return [*lines, ""]
 
 
@@ -130,11 +207,12 @@ def _ranking_section(cells: pd.DataFrame, task: str) -> list[str]:
     better = "higher" if bool(rows["higher_is_better"].iloc[0]) else "lower"
     table = ranking(cells, task, REFERENCES)
     header = ["rank", "method", "seeds", f"{score_name} (95 % CI)", "params", "FLOPs"]
-    header += ["train compute (FLOPs)", "growth time %"]
+    header += ["size / budget", "train compute (FLOPs)", "growth time %"]
     references = [r for r in REFERENCES if f"diff_vs_{r}" in table.columns]
     header += [f"vs `{r}`: Δ (p)" for r in references]
     body = []
-    for rank, row in enumerate(table.itertuples(index=False), start=1):
+    ranks = shared_ranks(table["score"])
+    for rank, row in zip(ranks, table.itertuples(index=False)):
         finished = int(row.finished)
         seeds = f"{finished}" + "".join(
             f", {int(getattr(row, what))} {what}"
@@ -142,12 +220,13 @@ def _ranking_section(cells: pd.DataFrame, task: str) -> list[str]:
             if int(getattr(row, what))
         )
         cell = [
-            str(rank) if finished else "—",
+            str(rank) if finished and rank else "—",
             f"`{row.method}`",
             seeds,
             _interval(row.score, row.low, row.high),
             _count(row.params),
             _count(row.flops),
+            _budget_share(row.budget_fraction, int(row.short_of_budget)),
             _count(row.train_flops),
             _number(100 * row.growth_share, ".1f"),
         ]
@@ -158,21 +237,41 @@ def _ranking_section(cells: pd.DataFrame, task: str) -> list[str]:
     return [f"### {task} — {score_name}, {better} is better", "", *_table(header, body), ""]
 
 
+def shared_ranks(scores: pd.Series) -> list[int]:
+    """Competition ranks of ``scores`` sorted best first ("1, 2, 2, 4"): equal means share a
+    rank; a missing score gets 0 (no rank)."""
+    ranks: list[int] = []
+    for position, score in enumerate(scores, start=1):
+        if _missing(score):
+            ranks.append(0)
+        elif ranks and ranks[-1] and score == scores.iloc[position - 2]:
+            ranks.append(ranks[-1])
+        else:
+            ranks.append(position)
+    return ranks
+
+
 def _claims_section(claims: pd.DataFrame) -> list[str]:
     lines = [
         "## The papers' claims",
         "",
         "Each claim is declared beside its method's code (`claims` on the plugin class) and "
-        "tested on the runs above, per task. Δ is oriented so that positive favours the claim's "
-        "method; verdicts use the claim's own test and level.",
+        "tested on the runs above, per task, with the claim's own level. Δ is oriented so that "
+        "positive favours the claim's method. **reproduced**: the one-sided paired test for the "
+        "claim rejects; **contradicted**: the test in the opposite direction rejects (the method "
+        "is significantly worse, or for a non-inferiority claim its interval lies wholly beyond "
+        "the margin); **inconclusive**: neither, and the last column says what would decide it: "
+        "the smallest advantage beyond the claim's boundary the test detects with 80 % power at "
+        "the observed paired spread, and the seeds that would decide the observed effect.",
         "",
     ]
     if claims.empty:
         return [*lines, "No method declares a claim.", ""]
+    tested = claims[claims["verdict"] != NOT_RUN]
     header = ["paper", "claim", "task", "method vs baseline", "pairs", "Δ (95 % CI)", "p"]
-    header += ["verdict"]
+    header += ["verdict", "80 % power: detectable Δ; seeds to decide"]
     body = []
-    for row in claims.itertuples(index=False):
+    for row in tested.itertuples(index=False):
         body.append(
             [
                 row.paper,
@@ -183,12 +282,77 @@ def _claims_section(claims: pd.DataFrame) -> list[str]:
                 _interval(row.diff, row.diff_low, row.diff_high, signed=True),
                 _p(row.p_value),
                 f"**{row.verdict}**",
+                _power(row),
             ]
         )
-    lines += _table(header, body)
-    lines += ["", "Reasons:", ""]
-    lines += [f"- {row.claim} ({row.task}): {row.verdict_reason}" for row in claims.itertuples()]
-    return [*lines, ""]
+    if body:
+        lines += _table(header, body)
+        lines += ["", "Reasons:", ""]
+        lines += [
+            f"- {row.claim} ({row.task}): {row.verdict_reason}" for row in tested.itertuples()
+        ]
+        lines.append("")
+    untested = claims[claims["verdict"] == NOT_RUN]
+    if not untested.empty:
+        absent = ", ".join(
+            f"{row.claim} (`{row.method}` vs `{row.baseline}`)" for row in untested.itertuples()
+        )
+        lines += [f"Not tested, for want of cells of both methods in this suite: {absent}.", ""]
+    return lines
+
+
+def _stability_section(
+    claims: pd.DataFrame, other_claims: pd.DataFrame, ran: pd.DataFrame, other: pd.DataFrame
+) -> list[str]:
+    """How many verdicts the same suite gives on a second store (``compare/``), and which."""
+    compared = compare_verdicts(claims, other_claims)
+    moved = compared[compared["moved"]]
+    flipped = int(compared["flipped"].sum())
+    lines = [
+        "## Verdict stability",
+        "",
+        f"The same suite, run a second time into another store ([compare/](compare/cells.csv)): "
+        f"here on {_machine(ran)}; there on {_machine(other)}. Float reductions differ between "
+        "thread counts and machines, so scores move a little; a verdict should not. "
+        f"**{len(moved)} of {len(compared)}** (claim, task) verdicts differ; **{flipped}** "
+        "flip between *reproduced* and *contradicted*.",
+        "",
+    ]
+    if moved.empty:
+        return lines
+    header = ["claim", "task", "verdict here", "p here", "verdict there", "p there"]
+    body = [
+        [
+            row.claim,
+            row.task,
+            row.verdict,
+            _p(row.p_value),
+            row.other_verdict,
+            _p(row.other_p_value),
+        ]
+        for row in moved.itertuples(index=False)
+    ]
+    return [*lines, *_table(header, body), ""]
+
+
+def _machine(cells: pd.DataFrame) -> str:
+    """The machines a table's cells ran on, as "N torch thread(s), CPU" (each kind once)."""
+    recorded = cells.dropna(subset=["threads"]) if "threads" in cells.columns else cells[:0]
+    if recorded.empty:
+        return "an unrecorded machine"
+    kinds = recorded[["threads", "cpu"]].drop_duplicates()
+    return "; ".join(
+        f"{int(threads)} torch thread{'s' * (int(threads) != 1)}, {cpu}"
+        for threads, cpu in kinds.itertuples(index=False)
+    )
+
+
+def _power(row: object) -> str:
+    if row.verdict != INCONCLUSIVE:
+        return "—"
+    needed = row.seeds_needed
+    seeds = f"> {MAX_SEEDS}" if _missing(needed) else f"{int(needed)}"
+    return f"{_number(row.mde, '.3g')}; {seeds} seeds"
 
 
 def _unfinished_section(cells: pd.DataFrame) -> list[str]:
@@ -233,6 +397,13 @@ def _interval(mean: float, low: float, high: float, signed: bool = False) -> str
     if not (_missing(low) or _missing(high)):
         text += f" ({low:{sign}.4g} … {high:{sign}.4g})"
     return text
+
+
+def _budget_share(fraction: float, short: int) -> str:
+    """The mean final size as a % of the budget, flagging the cells that ended below 90 %."""
+    if _missing(fraction):
+        return "—"
+    return f"{100 * fraction:.0f} %" + (f" ({short} below 90 %)" if short else "")
 
 
 def _count(value: float) -> str:

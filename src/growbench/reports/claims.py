@@ -2,8 +2,10 @@
 
 Each method declares what its paper claims (``Grower.claims``, ``growbench.claims.Claim``).
 ``collect_claims`` gathers them from the registered methods and ``evaluate_claims`` tests each on
-every task it concerns with a one-sided paired t-test over seeds, so the report can say plainly
-which claims our runs reproduce, which they do not, and where there are too few runs to tell.
+every task it concerns with one-sided paired t-tests over seeds, in both directions, so the report
+can say plainly which claims our runs reproduce, which the data contradict, and which they cannot
+decide: an under-powered test is *inconclusive*, never read as evidence against a paper, and the
+report states the effect it could have detected and the seeds that would decide it.
 """
 
 from __future__ import annotations
@@ -13,13 +15,23 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from growbench.claims import SCORE, Claim
-from growbench.reports.statistics import by_seed, describe_test, paired, task_direction
+from growbench.claims import SCORE, Claim, matched_static
+from growbench.reports.statistics import (
+    MAX_SEEDS,
+    POWER,
+    by_seed,
+    describe_test,
+    minimum_detectable_effect,
+    paired,
+    seeds_needed,
+    task_direction,
+)
 from growbench.reports.tables import ACCURACY_SCORE
 
 NO_TASK = "—"
 REPRODUCED = "reproduced"
-NOT_REPRODUCED = "not reproduced"
+CONTRADICTED = "contradicted"
+INCONCLUSIVE = "inconclusive"
 NOT_ENOUGH = "not enough runs"
 NOT_RUN = "not run"
 CLAIM_COLUMNS = [
@@ -39,6 +51,9 @@ CLAIM_COLUMNS = [
     "diff_low",
     "diff_high",
     "p_value",
+    "p_against",
+    "mde",
+    "seeds_needed",
     "verdict",
     "verdict_reason",
 ]
@@ -73,9 +88,18 @@ def evaluate_claims(cells: pd.DataFrame, claims: Sequence[Claim]) -> pd.DataFram
     Tasks: those named by ``claim.tasks`` (task or dataset names), else all; of these, the ones
     where both the method and the baseline have at least one cell (any status). A claim with no
     such task gets one row, task "—", verdict "not run". ``diff`` is oriented: positive means the
-    method is better, in the metric's units. Verdicts: "not enough runs" below ``min_pairs``
-    paired finished seeds; else "reproduced" when the one-sided p < ``alpha``, else "not
-    reproduced".
+    method is better, in the metric's units.
+
+    Two one-sided paired tests at the claim's ``alpha`` against the claim's boundary (0 for
+    "better", −margin × the baseline's mean for "non_inferior"): ``p_value`` for the claim (the
+    advantage lies above the boundary), ``p_against`` for its opposite (below it: the method is
+    significantly worse, or for non-inferiority its interval lies wholly beyond the margin).
+    Verdicts: "not enough runs" below ``min_pairs`` paired finished seeds; else "reproduced" when
+    ``p_value`` < alpha, "contradicted" when ``p_against`` < alpha, else "inconclusive". For an
+    inconclusive row, ``mde`` is the smallest advantage beyond the boundary the test detects with
+    80 % power at the observed paired standard deviation and seed count, and ``seeds_needed``
+    the seeds at which the observed distance from the boundary would be decided with 80 % power
+    (NaN when more than 1000 would be needed).
     """
     rows: list[dict[str, object]] = []
     for claim in claims:
@@ -90,13 +114,26 @@ def evaluate_claims(cells: pd.DataFrame, claims: Sequence[Claim]) -> pd.DataFram
     return pd.DataFrame.from_records(rows, columns=CLAIM_COLUMNS)
 
 
+def sides(claim: Claim) -> tuple[tuple[str, str | None], tuple[str, str | None]]:
+    """What the claim compares, as (method, reference subtracted from it or None) for the
+    claim's method and for its baseline (see ``Claim.matched``)."""
+    if not claim.matched:
+        return (claim.method, None), (claim.baseline, None)
+    if claim.baseline == "static":
+        return (claim.method, None), (matched_static(claim.method), None)
+    return (claim.method, matched_static(claim.method)), (
+        claim.baseline,
+        matched_static(claim.baseline),
+    )
+
+
 def _claim_tasks(cells: pd.DataFrame, claim: Claim) -> list[str]:
     scope = cells
     if claim.tasks:
         scope = cells[cells["task"].isin(claim.tasks) | cells["dataset"].isin(claim.tasks)]
-    with_method = set(scope.loc[scope["method"] == claim.method, "task"])
-    with_baseline = set(scope.loc[scope["method"] == claim.baseline, "task"])
-    return sorted(with_method & with_baseline)
+    needed = [name for side in sides(claim) for name in side if name is not None]
+    tasks = [set(scope.loc[scope["method"] == name, "task"]) for name in needed]
+    return sorted(set.intersection(*tasks))
 
 
 def _base_row(claim: Claim, task: str) -> dict[str, object]:
@@ -104,7 +141,7 @@ def _base_row(claim: Claim, task: str) -> dict[str, object]:
         "paper": claim.paper,
         "claim": claim.statement,
         "method": claim.method,
-        "baseline": claim.baseline,
+        "baseline": sides(claim)[1][0],
         "task": task,
         "metric": claim.metric,
         "relation": claim.relation,
@@ -117,6 +154,9 @@ def _base_row(claim: Claim, task: str) -> dict[str, object]:
         "diff_low": math.nan,
         "diff_high": math.nan,
         "p_value": math.nan,
+        "p_against": math.nan,
+        "mde": math.nan,
+        "seeds_needed": math.nan,
     }
 
 
@@ -124,8 +164,19 @@ def _not_run(cells: pd.DataFrame, claim: Claim) -> dict[str, object]:
     where = f" on {', '.join(claim.tasks)}" if claim.tasks else ""
     row = _base_row(claim, NO_TASK)
     row["verdict"] = NOT_RUN
-    row["verdict_reason"] = f"no task{where} has cells of both {claim.method} and {claim.baseline}"
+    needed = [name for side in sides(claim) for name in side if name is not None]
+    row["verdict_reason"] = f"no task{where} has cells of all of {', '.join(needed)}"
     return row
+
+
+def _side_by_seed(rows: pd.DataFrame, side: tuple[str, str | None], metric: str, task: str):
+    """The side's metric per seed: the method's, minus its reference's when it has one."""
+    method, reference = side
+    values = by_seed(rows[rows["method"] == method], metric, f"{task}/{method}")
+    if reference is None:
+        return values, values
+    adjusted = values - by_seed(rows[rows["method"] == reference], metric, f"{task}/{reference}")
+    return adjusted.dropna(), values
 
 
 def _evaluate(rows: pd.DataFrame, claim: Claim, task: str) -> dict[str, object]:
@@ -144,18 +195,19 @@ def _evaluate(rows: pd.DataFrame, claim: Claim, task: str) -> dict[str, object]:
         unit = " s" if claim.metric in _SECONDS else ""
         metric_text = claim.metric
     sign = 1.0 if higher else -1.0
-    ours = by_seed(rows[rows["method"] == claim.method], claim.metric, f"{task}/{claim.method}")
-    theirs = by_seed(
-        rows[rows["method"] == claim.baseline], claim.metric, f"{task}/{claim.baseline}"
-    )
+    mine, theirs_side = sides(claim)
+    ours, _ = _side_by_seed(rows, mine, claim.metric, task)
+    theirs, theirs_raw = _side_by_seed(rows, theirs_side, claim.metric, task)
     # Oriented so that larger is better; a non-inferiority test shifts the method by the margin,
-    # a fraction of the baseline's mean over the paired seeds.
+    # a fraction of the baseline's own mean (not of its size-adjusted one) over the paired seeds.
     # The numbers reported come from the unshifted comparison (no rounding from the shift).
-    plain = test = paired(sign * ours, sign * theirs, "greater")
+    plain = paired(sign * ours, sign * theirs, "greater")
     shift = 0.0
-    if claim.relation == "non_inferior" and test.n:
-        shift = claim.margin * abs(test.mean_b)
-        test = paired(sign * ours + shift, sign * theirs, "greater")
+    if claim.relation == "non_inferior" and plain.n:
+        common = theirs_raw.loc[theirs_raw.index.isin(ours.index.intersection(theirs.index))]
+        shift = claim.margin * abs(float(common.mean()))
+    test = paired(sign * ours + shift, sign * theirs, "greater") if shift else plain
+    against = paired(sign * ours + shift, sign * theirs, "less")
     row.update(
         test=_test_text(test.test, claim, unit),
         n_pairs=test.n,
@@ -165,10 +217,14 @@ def _evaluate(rows: pd.DataFrame, claim: Claim, task: str) -> dict[str, object]:
         diff_low=plain.low,
         diff_high=plain.high,
         p_value=test.p_value,
+        p_against=against.p_value,
     )
     direction = "higher" if higher else "lower"
+    over = theirs_side[0]
+    if mine[1] is not None:
+        over = f"{theirs_side[0]}, each less its matched static net"
     advantage = (
-        f"advantage of {claim.method} over {claim.baseline} ({direction} {metric_text} is better)"
+        f"advantage of {claim.method} over {over} ({direction} {metric_text} is better)"
         f" = {_num(row['diff'], unit)}"
     )
     if test.n >= 2:
@@ -181,13 +237,38 @@ def _evaluate(rows: pd.DataFrame, claim: Claim, task: str) -> dict[str, object]:
         else:
             row["verdict_reason"] = f"{advantage} over only {seeds} ({claim.min_pairs} needed)"
         return row
-    reproduced = test.p_value < claim.alpha
-    row["verdict"] = REPRODUCED if reproduced else NOT_REPRODUCED
-    hypothesis = "" if shift == 0 else f" for advantage > {_num(-shift, unit)}"
-    comparison = "<" if reproduced else "≥"
+    boundary = f" for advantage > {_num(-shift, unit)}" if shift else ""
+    level = f"{claim.alpha:g}"
+    if test.p_value < claim.alpha:
+        row["verdict"] = REPRODUCED
+        row["verdict_reason"] = (
+            f"{advantage} over {seeds}, one-sided p = {test.p_value:.2g} < {level}{boundary}"
+        )
+        return row
+    if against.p_value < claim.alpha:
+        row["verdict"] = CONTRADICTED
+        opposite = f"advantage < {_num(-shift, unit)}" if shift else "advantage < 0"
+        row["verdict_reason"] = (
+            f"{advantage} over {seeds}: the data reject the claim, one-sided p = "
+            f"{against.p_value:.2g} < {level} for {opposite}"
+        )
+        return row
+    row["verdict"] = INCONCLUSIVE
+    mde = minimum_detectable_effect(test.sd_diff, test.n, claim.alpha)
+    distance = abs(test.mean_diff)  # the observed advantage's distance from the boundary
+    needed = seeds_needed(distance, test.sd_diff, claim.alpha)
+    row["mde"] = mde
+    row["seeds_needed"] = math.nan if needed is None else needed
+    decide = (
+        f"about {needed} paired seeds would decide it at the observed effect"
+        if needed is not None
+        else f"the observed effect is too small to decide with {MAX_SEEDS} seeds"
+    )
     row["verdict_reason"] = (
-        f"{advantage} over {seeds}, one-sided p = {test.p_value:.2g} {comparison} "
-        f"{claim.alpha:g}{hypothesis}"
+        f"{advantage} over {seeds}: neither the claim (p = {test.p_value:.2g}{boundary}) nor its "
+        f"opposite (p = {against.p_value:.2g}) is significant at {level}; with {test.n} seeds the "
+        f"test detects an advantage {_num(mde, unit).lstrip('+')} beyond its boundary with "
+        f"{POWER * 100:.0f} % power; {decide}"
     )
     return row
 
@@ -208,3 +289,26 @@ def _num(value: object, unit: str) -> str:
         return "n/a"
     text = f"{x:+,.0f}" if abs(x) >= 1000 else f"{x:+.3g}"
     return text.replace("-", "−") + unit
+
+
+STABILITY_COLUMNS = ["claim", "task", "verdict", "other_verdict", "p_value", "other_p_value"]
+
+
+def compare_verdicts(claims: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
+    """The verdicts of the same claims on two sets of runs of one suite (another machine, thread
+    count or seed set), side by side: one row per (claim, task) tested in either, with columns
+    ``STABILITY_COLUMNS`` and ``moved`` (the verdicts differ) and ``flipped`` (one is
+    *reproduced* and the other *contradicted*, the change a reader must never see)."""
+    keys = ["claim", "task"]
+    kept = ["verdict", "p_value"]
+    tested = [frame[frame["verdict"] != NOT_RUN][keys + kept] for frame in (claims, other)]
+    both = tested[0].merge(tested[1], on=keys, how="outer", suffixes=("", "_other"))
+    both = both.rename(columns={"verdict_other": "other_verdict", "p_value_other": "other_p_value"})
+    both[["verdict", "other_verdict"]] = both[["verdict", "other_verdict"]].fillna(NOT_RUN)
+    both["moved"] = both["verdict"] != both["other_verdict"]
+    decisive = {REPRODUCED, CONTRADICTED}
+    both["flipped"] = [
+        {mine, theirs} == decisive
+        for mine, theirs in zip(both["verdict"], both["other_verdict"], strict=True)
+    ]
+    return both[[*STABILITY_COLUMNS, "moved", "flipped"]].reset_index(drop=True)

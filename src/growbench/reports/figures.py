@@ -27,7 +27,13 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import (
+    FixedLocator,
+    FuncFormatter,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+)
 
 from growbench.reports.statistics import mean_interval
 from growbench.reports.tables import (
@@ -58,6 +64,9 @@ _MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
 _DPI = 100
 _PANEL_SIZE = (5.0, 4.0)  # inches per panel
 _MAX_COLUMNS = 3
+# A growth event that predicts no change and changes the loss by at most this much preserved
+# the network's function (float rounding moves the loss by ~1e-9).
+FUNCTION_PRESERVED = 1e-6
 # Columns drawn as numbers; read as float so a column of NaN (or of text) never breaks a plot.
 _NUMERIC = {
     "score",
@@ -129,7 +138,9 @@ FIGURES: tuple[FigureInfo, ...] = (
         "prediction.png",
         "Predicted vs realised loss change",
         "Each growth event of a finished run of a method that predicts: predicted vs realised loss "
-        "decrease on log axes, y = x dashed; events where either rose are counted, not drawn.",
+        "decrease on log axes, y = x dashed. Function-preserving growth (predicted 0, realised "
+        "|ΔL| ≤ 1e-6: the function unchanged up to rounding) is named per method in the panel, "
+        "not drawn; other events where either rose are counted, not drawn.",
     ),
 )
 _INFO = {info.file: info for info in FIGURES}
@@ -259,16 +270,33 @@ def _draw(
 
 
 def _log_axis(ax: Axes, which: str, values: Iterable[float]) -> None:
-    """A log ``which`` ("x" or "y") axis in compact numbers (1.2k, 50M), no minor labels
-    (matplotlib's defaults overlap on axes spanning less than a decade): labels at 1, 2, 5 ×
-    10^k when ``values`` (the positive data drawn) span up to 3 decades, else at powers of 10."""
+    """A log ``which`` ("x" or "y") axis in compact numbers (1.2k, 50M) with at least three
+    labelled ticks in view and no minor labels (matplotlib's defaults overlap, or label nothing,
+    on axes spanning less than a decade): ticks at powers of 10 when ``values`` (the positive
+    data drawn) span more than 3 decades, else at 1, 2, 5 × 10^k, else at every 1…9 × 10^k, and on
+    an axis narrower than that at evenly spaced round numbers."""
     getattr(ax, f"set_{which}scale")("log")
     axis = getattr(ax, f"{which}axis")
     drawn = np.asarray([v for v in values if v > 0 and math.isfinite(v)], dtype=float)
-    narrow = drawn.size == 0 or drawn.max() <= 1e3 * drawn.min()
-    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
+    if drawn.size and drawn.max() > 1e3 * drawn.min():
+        axis.set_major_locator(LogLocator(subs=(1.0,)))
+    else:
+        low, high = getattr(ax, f"get_{which}lim")()
+        axis.set_major_locator(FixedLocator(_log_ticks(low, high)))
     axis.set_major_formatter(FuncFormatter(lambda value, _: _compact(value)))
     axis.set_minor_formatter(NullFormatter())
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    """Round tick positions in [low, high] (low > 0): at least three when the range allows."""
+    if not (0 < low < high and math.isfinite(high)):
+        return []
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    for subs in ((1,), (1, 2, 5), tuple(range(1, 10))):
+        ticks = [m * 10.0**k for k in decades for m in subs if low <= m * 10.0**k <= high]
+        if len(ticks) >= 3:
+            return ticks
+    return [float(t) for t in MaxNLocator(nbins=4).tick_values(low, high) if low <= t <= high]
 
 
 def _compact(value: float) -> str:
@@ -457,18 +485,34 @@ def growth_share(cells: pd.DataFrame, out: Path) -> Path:
     return _draw("growth_share.png", cells, cells, out, panel)
 
 
+def split_function_preserving(events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``events`` split into the others and the function-preserving ones (predicted exactly 0,
+    realised within ``FUNCTION_PRESERVED`` of 0: the function unchanged up to rounding)."""
+    preserving = (events["predicted_loss_change"] == 0) & (
+        events["realised_loss_change"].abs() <= FUNCTION_PRESERVED
+    )
+    return events[~preserving], events[preserving]
+
+
 def prediction(cells: pd.DataFrame, events: pd.DataFrame, out: Path) -> Path:
     """Predicted vs realised loss change per growth event, for methods that predict."""
     cells = _tidy(cells, CELL_COLUMNS)
     events = _finished(cells, _tidy(events, EVENT_COLUMNS))
     both = ["predicted_loss_change", "realised_loss_change"]
     events = events[np.isfinite(events[both].astype(float)).all(axis=1)]
-    predictors = set(events["method"])
+    kept, unchanged = split_function_preserving(events)
 
     def panel(ax: Axes, task: str, styles: dict[str, tuple[str, str]]) -> None:
-        rows = events[events["task"] == task]
+        rows = kept[kept["task"] == task]
+        same = unchanged[unchanged["task"] == task]["method"].value_counts().sort_index()
+        notes = [
+            f"{method}: {count} event(s) function-preserving (predicted 0, |realised| ≤ 1e-6)"
+            for method, count in same.items()
+        ]
         if rows.empty:
-            _note(ax, "no predicted growth events")
+            _note(ax, "\n".join(notes) if notes else "no predicted growth events")
+            ax.set_xticks([])
+            ax.set_yticks([])
             return
         # Growth predicts a loss decrease: both axes show −ΔL on a log scale, so predictions
         # spanning decades stay readable; events outside it (a rise, or no change) are counted.
@@ -485,10 +529,12 @@ def prediction(cells: pd.DataFrame, events: pd.DataFrame, out: Path) -> Path:
             _log_axis(ax, "y", drops[shown].ravel())
         hidden = int((~shown).sum())
         if hidden:
+            notes.append(f"{hidden} event(s) with a predicted or realised rise not shown")
+        if notes:
             ax.text(
                 0.98,
                 0.02,
-                f"{hidden} event(s) with a predicted or realised rise not shown",
+                "\n".join(notes),
                 transform=ax.transAxes,
                 ha="right",
                 va="bottom",
@@ -497,7 +543,7 @@ def prediction(cells: pd.DataFrame, events: pd.DataFrame, out: Path) -> Path:
         ax.set_xlabel("predicted loss decrease −ΔL")
         ax.set_ylabel("realised loss decrease −ΔL")
 
-    return _draw("prediction.png", cells, events, out, panel, only=predictors)
+    return _draw("prediction.png", cells, events, out, panel, only=set(kept["method"]))
 
 
 def draw_all(

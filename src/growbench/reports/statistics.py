@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import optimize, stats
 
 Alternative = Literal["two-sided", "greater", "less"]
 ALTERNATIVES = ("two-sided", "greater", "less")
@@ -23,6 +23,9 @@ FINISHED = "FINISHED"
 NOT_DONE = ("FAILED", "KILLED", "RUNNING")
 MISSING = "MISSING"
 CONFIDENCE = 0.95
+POWER = 0.8  # the power at which a report states the effect and seeds that would decide a claim
+MAX_SEEDS = 1000  # seeds_needed's search stops here ("more than 1000": the effect is too small)
+SHORT_OF_BUDGET = 0.9  # a cell that ended below this fraction of its budget is flagged
 ROUNDING = 1e-12  # differences spread less than this × the values' size count as constant
 
 
@@ -40,14 +43,16 @@ class Interval:
 class PairedTest:
     """A paired t-test of ``a`` against ``b`` over the ``n`` seeds both have.
 
-    ``mean_diff`` is the mean of a − b, ``low``/``high`` its 95 % two-sided Student-t interval,
-    ``p_value`` the test's p for the alternative named in ``test``.
+    ``mean_diff`` is the mean of a − b, ``sd_diff`` the standard deviation of a − b (ddof 1),
+    ``low``/``high`` the mean's 95 % two-sided Student-t interval, ``p_value`` the test's p for
+    the alternative named in ``test``.
     """
 
     n: int
     mean_a: float
     mean_b: float
     mean_diff: float
+    sd_diff: float
     low: float
     high: float
     p_value: float
@@ -122,11 +127,62 @@ def paired(a: pd.Series, b: pd.Series, alternative: Alternative = "two-sided") -
         mean_a=mean_a,
         mean_b=mean_b,
         mean_diff=interval.mean,
+        sd_diff=float(diff.std(ddof=1)) if n >= 2 else math.nan,
         low=interval.low,
         high=interval.high,
         p_value=p_value,
         test=test,
     )
+
+
+def one_sided_power(effect: float, sd: float, n: int, alpha: float) -> float:
+    """The power of the one-sided paired t-test at level ``alpha`` over ``n`` seeds (H1: the mean
+    difference > 0) when the true mean difference is ``effect`` and its standard deviation ``sd``.
+
+    Exact, through the noncentral t distribution: the statistic is t(n − 1) with noncentrality
+    effect·√n / sd, and the test rejects above the (1 − alpha) quantile of the central t. With
+    sd = 0 every difference equals ``effect``: power 1 if it is > 0, else 0 (``paired``'s rule).
+    """
+    if n < 2:
+        return math.nan
+    if sd == 0:
+        return 1.0 if effect > 0 else 0.0
+    critical = float(stats.t.ppf(1 - alpha, n - 1))
+    return float(stats.nct.sf(critical, n - 1, effect * math.sqrt(n) / sd))
+
+
+def minimum_detectable_effect(sd: float, n: int, alpha: float, power: float = POWER) -> float:
+    """The smallest true mean difference that the one-sided paired test at ``alpha`` over ``n``
+    seeds detects with probability ``power``, at a paired standard deviation ``sd`` (NaN when
+    n < 2 or sd is not a number; 0 when sd is 0)."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    if sd == 0:
+        return 0.0
+    high = sd
+    while one_sided_power(high, sd, n, alpha) < power:
+        high *= 2
+    return float(optimize.brentq(lambda d: one_sided_power(d, sd, n, alpha) - power, 0.0, high))
+
+
+def seeds_needed(effect: float, sd: float, alpha: float, power: float = POWER) -> int | None:
+    """The fewest paired seeds at which the one-sided test at ``alpha`` detects a true mean
+    difference ``effect`` (> 0) with probability ``power`` at standard deviation ``sd``; None
+    when more than MAX_SEEDS would be needed (or the effect is not positive)."""
+    if not (math.isfinite(effect) and math.isfinite(sd)) or effect <= 0:
+        return None
+    if sd == 0:
+        return 2
+    if one_sided_power(effect, sd, MAX_SEEDS, alpha) < power:
+        return None
+    low, high = 2, MAX_SEEDS  # power grows with n: bisect for the first n that reaches it
+    while low < high:
+        middle = (low + high) // 2
+        if one_sided_power(effect, sd, middle, alpha) >= power:
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 def task_direction(rows: pd.DataFrame, task: str) -> bool | None:
@@ -154,10 +210,11 @@ def ranking(
     """One row per method of ``task``, best mean score first (methods without scores last).
 
     Columns: method, finished, failed (FAILED, KILLED or RUNNING cells), missing, score with its
-    95 % interval (low, high), the means of params, flops, train_flops and
-    growth_share, and for each reference ``r`` among the task's methods ``diff_vs_<r>`` (mean
-    paired score difference method − r) and ``p_vs_<r>`` (two-sided paired t-test), NaN in the
-    reference's own row.
+    95 % interval (low, high), the means of params, flops, train_flops, growth_share and
+    budget_fraction, short_of_budget (finished cells that ended below 90 % of the budget), and
+    for each reference ``r`` among the task's methods ``diff_vs_<r>`` (mean paired score
+    difference method − r) and ``p_vs_<r>`` (two-sided paired t-test), NaN in the reference's
+    own row.
     """
     rows = cells[cells["task"] == task]
     if rows.empty:
@@ -180,8 +237,10 @@ def ranking(
             "low": interval.low,
             "high": interval.high,
         }
-        for column in ("params", "flops", "train_flops", "growth_share"):
+        for column in ("params", "flops", "train_flops", "growth_share", "budget_fraction"):
             record[column] = mean_interval(pd.to_numeric(done[column], errors="coerce")).mean
+        fraction = pd.to_numeric(done["budget_fraction"], errors="coerce")
+        record["short_of_budget"] = int((fraction < SHORT_OF_BUDGET).sum())
         for ref in present:
             if method == ref:
                 record[f"diff_vs_{ref}"] = record[f"p_vs_{ref}"] = math.nan

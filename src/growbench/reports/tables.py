@@ -5,7 +5,12 @@ variable), written as CSV beside the report and read back before anything is dra
 holds only what the files hold:
 
 ``cells``   one row per expected cell (a config hash of the suite, or a run found in the store):
-            CELL_COLUMNS. ``status`` is the run's (FINISHED, FAILED, KILLED, RUNNING) or MISSING;
+            CELL_COLUMNS. ``base_method`` is the registered method a variant runs (the method
+            itself otherwise) and ``variant_options`` the variant's overrides as JSON; ``cpu``,
+            ``threads``, ``blas`` and ``accelerator`` the machine the run trained on;
+            ``budget_fraction`` the final size over the budget's limit, in the budget's metric
+            (params or FLOPs): growth stops short of the budget when its rounds run out.
+            ``status`` is the run's (FINISHED, FAILED, KILLED, RUNNING) or MISSING;
             the final numbers are NaN unless FINISHED. ``score`` is the final test accuracy in %
             (classification, higher is better) or the final test loss (regression, lower is
             better), named by ``score_name``. UNSUPPORTED: the method cannot grow the task's
@@ -21,10 +26,10 @@ sample × samples trained on, summed over epochs (forward + backward ≈ 3 forwa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,17 +39,20 @@ from typing import Any
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
 from tqdm.auto import tqdm
 
-from growbench.benchmarks.executor import plan
-from growbench.benchmarks.suite import Suite
-from growbench.benchmarks.tracking import best_runs
+from growbench.benchmarks.executor import plan, plan_matched
+from growbench.benchmarks.suite import CellConfig, Suite
+from growbench.benchmarks.tracking import MACHINE_TAGS, best_runs, json_artifact
 from growbench.datasets import dataset_spec
+from growbench.methods import make_grower
 
 KEY = ["task", "method", "seed"]
+MACHINE_COLUMNS = list(MACHINE_TAGS)  # cpu, threads, blas, accelerator
 CELL_COLUMNS = [
     *KEY,
+    "base_method",
+    "variant_options",
     "dataset",
     "model",
     "status",
@@ -59,6 +67,8 @@ CELL_COLUMNS = [
     "growth_seconds",
     "growth_share",
     "epochs",
+    "budget_fraction",
+    *MACHINE_COLUMNS,
 ]
 # The metrics the runner logs per epoch that a report reads.
 HISTORY_METRICS = [
@@ -89,6 +99,7 @@ ACCURACY_SCORE = "test accuracy %"
 LOSS_SCORE = "test loss"
 TEXT_COLUMNS = frozenset(
     {"task", "method", "dataset", "model", "status", "run_id", "score_name", "site", "stop_reason"}
+    | {"base_method", "variant_options", "cpu", "blas", "accelerator"}
 )
 FILES = {name: f"{name}.csv" for name in ("cells", "history", "events", "widths")}
 
@@ -114,10 +125,16 @@ class ExpectedCell:
     dataset: str
     model: str
     unsupported: str = ""  # why the method cannot run this task, when it cannot
+    base_method: str = ""  # the registered method ("" = ``method``)
+    variant_options: str = ""  # a variant's option overrides as JSON ("" for a plain method)
 
 
-def expected_cells(suite: Suite) -> list[ExpectedCell]:
-    """The suite's cells; those whose method cannot grow the task's layers say why."""
+def expected_cells(suite: Suite, tracking_uri: str | None = None) -> list[ExpectedCell]:
+    """The suite's cells, and with ``tracking_uri`` the matched static cells of its growing
+    cells that finished there; those a method cannot run say why."""
+    planned = plan(suite, set())
+    if tracking_uri is not None:
+        planned += plan_matched(suite, tracking_uri, set())
     return [
         ExpectedCell(
             item.cell.config_hash(),
@@ -127,9 +144,21 @@ def expected_cells(suite: Suite) -> list[ExpectedCell]:
             item.cell.task.dataset,
             item.cell.task.model,
             item.reason if item.status == "unsupported" else "",
+            item.cell.registered_method,
+            _overrides(item.cell),
         )
-        for item in plan(suite, set())
+        for item in planned
     ]
+
+
+def _overrides(cell: CellConfig) -> str:
+    """A variant's options that differ from its base method's defaults, as JSON ("" for a
+    plain method)."""
+    if not cell.base_method:
+        return ""
+    defaults = dataclasses.asdict(make_grower(cell.base_method).config)
+    changed = {k: v for k, v in cell.method_options.items() if defaults.get(k) != v}
+    return json.dumps(changed, sort_keys=True)
 
 
 def read_runs(
@@ -174,6 +203,8 @@ def _read_runs(
         higher = _is_classification(cell.dataset)
         row = {
             **key,
+            "base_method": cell.base_method or cell.method,
+            "variant_options": cell.variant_options,
             "dataset": cell.dataset,
             "model": cell.model,
             "status": "MISSING",
@@ -188,6 +219,7 @@ def _read_runs(
             cells.append(row)
             continue
         row.update(status=run.info.status, run_id=run.info.run_id)
+        row.update({column: run.data.tags.get(tag, "") for column, tag in MACHINE_TAGS.items()})
         epochs = _history(client, run.info.run_id, higher)
         history += [{**key, **epoch} for epoch in epochs]
         row["epochs"] = max((e["epoch"] for e in epochs), default=0)
@@ -196,10 +228,11 @@ def _read_runs(
             row.update({name: last[name] for name in ("score", *HISTORY_METRICS[3:])})
             spent = last["train_seconds"] + last["growth_seconds"]
             row["growth_share"] = last["growth_seconds"] / spent if spent > 0 else math.nan
-            architecture = _artifact(client, run.info.run_id, "architecture.json") or {}
+            row["budget_fraction"] = _budget_fraction(run, last)
+            architecture = json_artifact(client, run.info.run_id, "architecture.json") or {}
             for index, (site, width) in enumerate(architecture.get("widths", {}).items()):
                 widths.append({**key, "site": site, "site_index": index, "width": int(width)})
-        for record in _artifact(client, run.info.run_id, "growth_events.json") or []:
+        for record in json_artifact(client, run.info.run_id, "growth_events.json") or []:
             events.append({**key, **_event_row(record)})
         cells.append(row)
     return ReportTables(
@@ -219,6 +252,7 @@ def _cell_of(config_hash: str, run: Run) -> ExpectedCell:
         int(tags.get("growbench.seed", -1)),
         tags.get("growbench.dataset", "?"),
         tags.get("growbench.model", "?"),
+        base_method=tags.get("growbench.base_method", ""),
     )
 
 
@@ -243,14 +277,20 @@ def _history(client: MlflowClient, run_id: str, classification: bool) -> list[di
     return rows
 
 
-def _artifact(client: MlflowClient, run_id: str, path: str) -> Any:
-    """A JSON artifact of the run, or None when it was never logged."""
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            local = client.download_artifacts(run_id, path, folder)
-        except (MlflowException, OSError):
-            return None
-        return json.loads(Path(local).read_text())
+def _budget_fraction(run: Run, last: dict[str, Any]) -> float:
+    """The final params (or FLOPs, per the budget's metric) over the budget's limit."""
+    params = run.data.params
+    limit = _number(_json_value(params.get("budget.limit")))
+    metric = params.get("budget.metric", "params")
+    size = _number(last.get(metric))
+    return size / limit if limit > 0 else math.nan
+
+
+def _json_value(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text is not None else None
+    except ValueError:
+        return text
 
 
 def _number(value: Any) -> float:
