@@ -38,3 +38,30 @@ def test_readme_plugin_example_registers_and_grows(monkeypatch: pytest.MonkeyPat
     event = make_grower("widen-last").grow(tight.net, tight.context(remaining_budget=budget))
     assert sum(event.units_added.values()) == 1
     assert torch.isfinite(tight.net(tight.inputs)).all()
+
+
+REPO = README.parent
+PACKAGE = REPO / "src" / "growbench"
+TOP_FOLDERS = ("src/", "tests/", "reports/", "bench/", "docs/", ".ci/")
+PACKAGE_FOLDERS = ("methods/", "nn/", "datasets/", "benchmarks/")
+
+
+def readme_paths() -> list[str]:
+    """Every repository path the README names: in backticks or as a link target, starting with
+    a top-level folder of the repo or a package folder (``methods/...`` inside src/growbench);
+    templates with ``<...>`` are not paths."""
+    text = README.read_text()
+    found = re.findall(r"`([^`\s]+)`", text) + re.findall(r"\]\(([^)\s#]+)\)", text)
+    starts = TOP_FOLDERS + PACKAGE_FOLDERS
+    return sorted({path for path in found if path.startswith(starts) and "<" not in path})
+
+
+def test_every_path_the_readme_gives_exists():
+    paths = readme_paths()
+    assert "src/growbench/benchmarks/suites/default.toml" in paths  # the scan finds paths
+    missing = []
+    for path in paths:
+        local = PACKAGE / path if path.startswith(PACKAGE_FOLDERS) else REPO / path
+        if not local.exists():
+            missing.append(path)
+    assert missing == [], f"the README names paths that do not exist: {missing}"

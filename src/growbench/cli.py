@@ -140,6 +140,15 @@ def _parser() -> argparse.ArgumentParser:
     methods = commands.add_parser("methods", help="list the registered growth methods")
     methods.set_defaults(command=_methods)
 
+    check = commands.add_parser(
+        "check", help="run the plugin contract on installed methods (tiny CPU tasks)"
+    )
+    check.add_argument("names", nargs="+", metavar="NAME", help="registered method names")
+    check.add_argument(
+        "--rules", help="comma-separated subset of the contract's rules (default: all)"
+    )
+    check.set_defaults(command=_check)
+
     datasets = commands.add_parser("datasets", help="list the registered datasets")
     datasets.set_defaults(command=_datasets)
 
@@ -317,6 +326,34 @@ def _methods(args: argparse.Namespace) -> int:
         print(f"    {cls.description or '(no description)'}")
         print(f"    options: {options or '(none)'}")
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from growbench import contract
+    from growbench.methods import available_methods
+
+    known = available_methods()
+    unknown = [name for name in args.names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    rules = {check.rule: check for check in contract.CHECKS}
+    chosen = tuple(rules.values())
+    if args.rules:
+        wanted = _names(args.rules) or []
+        bad = [rule for rule in wanted if rule not in rules]
+        if bad:
+            raise ValueError(
+                f"--rules: unknown rule(s) {', '.join(bad)}; choose from {', '.join(rules)}"
+            )
+        chosen = tuple(rules[rule] for rule in wanted)
+    failed = 0
+    for name in args.names:
+        for check, outcome in contract.run_contract(name, chosen):
+            print(outcome.line(check.says), flush=True)
+            failed += outcome.status == "fail"
+    verdict = f"{failed} check(s) failed" if failed else "every check passed"
+    print(f"growbench check: {verdict} ({', '.join(args.names)})")
+    return 1 if failed else 0
 
 
 def _default_text(config_field: dataclasses.Field) -> str:

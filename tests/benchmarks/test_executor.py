@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+import growbench
 from growbench.benchmarks import executor, runner
 from growbench.benchmarks.executor import run_suite
 from growbench.benchmarks.suite import SuiteError, flatten, load_suite, parse_suite
@@ -79,6 +80,10 @@ def test_cell_runs_hold_tags_params_metrics_and_artifacts(finished_store) -> Non
         assert tags["growbench.git_commit"]
         assert tags["growbench.version.torch"]
         assert tags["growbench.version.growbench"]
+        built_in = f"growbench {growbench.__version__}"
+        for part in ("method", "dataset", "model"):
+            assert tags[f"growbench.provider.{part}"] == built_in
+        assert tags["growbench.git_dirty"] in ("true", "false", "unknown")
         for key, value in flatten(cell.resolved()).items():
             assert params[key] == value
         limits.add(float(params["budget.limit"]))

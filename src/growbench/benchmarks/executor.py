@@ -13,13 +13,12 @@ closes the parent and re-raises, and the finished cells stay finished.
 from __future__ import annotations
 
 import json
-import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from growbench.benchmarks.leases import lease_seconds
 from growbench.benchmarks.runner import CellObserver, cpu_threads, resolve_device, run_cell
@@ -34,6 +33,7 @@ from growbench.benchmarks.tracking import (
 )
 from growbench.datasets import Dataset, load_dataset
 from growbench.nn import build_model
+from growbench.progress import bar, cell_line, log_line, on_terminal
 
 
 @dataclass
@@ -219,14 +219,22 @@ def _run_cells(
 ) -> SuiteOutcome:
     outcome = SuiteOutcome()
     for todo in stages(suite, tracker, outcome):
-        bar = tqdm(todo, desc=suite.name, unit="cell", disable=not progress, file=sys.stderr)
-        for cell in bar:
-            bar.set_postfix_str(cell.label)
+        cells = bar(todo, progress=progress, desc=suite.name, unit="cell")
+        for done, cell in enumerate(cells, start=1):
+            cells.set_postfix_str(cell.label)
             result = claim_and_train(tracker, cell, datasets[cell.task.name], device, progress)
             outcome.add(result)
-            if result.status == "failed":
-                tqdm.write(f"growbench: cell {cell.label} FAILED: {result.detail}", file=sys.stderr)
+            report_cell(result, done, len(todo), progress)
     return outcome
+
+
+def report_cell(result: CellOutcome, done: int, total: int, progress: bool) -> None:
+    """A failed cell is always one line; off a terminal, so is every finished one (the bars
+    that show them on a terminal are off there)."""
+    if result.status == "failed":
+        log_line(f"growbench: cell {result.label} FAILED: {result.detail}")
+    elif result.status == "finished" and progress and not on_terminal():
+        log_line(cell_line(done, total, result.label, "finished", result.score, result.seconds))
 
 
 @dataclass
@@ -238,6 +246,8 @@ class CellOutcome:
     status: str
     detail: str = ""
     resumed_from: int | None = None  # the epoch of the checkpoint it went on from
+    score: str = ""  # a finished cell's final score, as its log line shows it
+    seconds: float = 0.0  # the wall time this runner spent on the cell
 
 
 def claim_and_train(
@@ -251,6 +261,7 @@ def claim_and_train(
     one) and end its run FINISHED or FAILED. Ctrl-C ends it KILLED and propagates; an error of
     the store itself propagates too (the next cells would meet it as well)."""
     cell_tracker = None
+    started = time.perf_counter()
     try:
         claim, cell_tracker = tracker.claim(cell)
         if cell_tracker is None:
@@ -270,9 +281,18 @@ def claim_and_train(
         if cell_tracker is None:
             raise
         cell_tracker.fail(exc)
-        return CellOutcome(cell.label, "failed", str(exc), resumed_from)
+        seconds = time.perf_counter() - started
+        return CellOutcome(cell.label, "failed", str(exc), resumed_from, seconds=seconds)
     cell_tracker.finish(result)
-    return CellOutcome(cell.label, "finished", resumed_from=resumed_from)
+    seconds = time.perf_counter() - started
+    return CellOutcome(cell.label, "finished", "", resumed_from, final_score(result.final), seconds)
+
+
+def final_score(metrics: dict[str, float]) -> str:
+    """A cell's final score in a few characters: test accuracy, else test loss."""
+    if "test_accuracy" in metrics:
+        return f"acc {100 * metrics['test_accuracy']:.2f} %"
+    return f"test loss {metrics['test_loss']:.4g}"
 
 
 class _ProgressObserver(CellObserver):
@@ -280,13 +300,8 @@ class _ProgressObserver(CellObserver):
 
     def __init__(self, tracker: CellTracker, cell: CellConfig, progress: bool) -> None:
         self.tracker = tracker
-        self.bar = tqdm(
-            total=cell.task.epochs,
-            desc=cell.label,
-            unit="epoch",
-            leave=False,
-            disable=not progress,
-            file=sys.stderr,
+        self.bar = bar(
+            total=cell.task.epochs, progress=progress, desc=cell.label, unit="epoch", leave=False
         )
 
     def started(self, info: dict[str, Any]) -> None:

@@ -25,18 +25,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from growbench.benchmarks.executor import (
     CellOutcome,
     SuiteOutcome,
     claim_and_train,
     load_datasets,
+    report_cell,
     stages,
 )
 from growbench.benchmarks.leases import HASH, ROLE, lease_seconds
@@ -44,6 +43,7 @@ from growbench.benchmarks.runner import DEVICES, cpu_threads, resolve_device
 from growbench.benchmarks.store import bound_http_retries, check_store_uri, check_uri
 from growbench.benchmarks.suite import CellConfig, Suite
 from growbench.benchmarks.tracking import CheckpointPolicy, SuiteTracker
+from growbench.progress import bar
 
 TASK_TAG = "growbench.ray_task"
 SERVER_HOWTO = (
@@ -158,8 +158,8 @@ def _run_tasks(
     context = (tracker.uri, suite, tracker.experiment_id, tracker.parent_id, device, threads)
     for todo in stages(suite, tracker, outcome):
         pending = {remote.remote(*context, tracker.checkpoints, cell): cell for cell in todo}
-        bar = tqdm(total=len(pending), desc=suite.name, unit="cell", disable=not progress,
-                   file=sys.stderr)  # fmt: skip
+        cells = bar(total=len(pending), progress=progress, desc=suite.name, unit="cell")
+        done = 0
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
@@ -170,17 +170,15 @@ def _run_tasks(
                     result = CellOutcome(cell.label, "failed", _first_line(exc))
                     _close_dead_runs(tracker, cell, result.detail)
                 outcome.add(result)
-                if result.status == "failed":
-                    tqdm.write(
-                        f"growbench: cell {cell.label} FAILED: {result.detail}", file=sys.stderr
-                    )
-                bar.update()
+                cells.update()
+                done += 1
+                report_cell(result, done, len(todo), progress)
         except KeyboardInterrupt:
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise
         finally:
-            bar.close()
+            cells.close()
     return outcome
 
 

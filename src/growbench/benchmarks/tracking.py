@@ -8,7 +8,9 @@ and the experiment are created once, before any cell runs (sqlite's schema creat
 
 Each cell run carries tags (``growbench.method``, ``.base_method`` (the registered method a
 variant runs), ``.dataset``, ``.model``, ``.task``, ``.seed``, ``.config_hash``, ``.git_commit``,
-``.device``, ``.version.*``, ``.machine.*``: CPU model, threads, BLAS, accelerator), the
+``.git_dirty``, ``.device``, ``.version.*``, ``.machine.*``: CPU model, threads, BLAS,
+accelerator; ``.provider.method``, ``.provider.dataset``, ``.provider.model``: the installed
+package and version that supplies each), the
 flattened resolved config as params plus the runner's facts (``budget.limit``, ``start.widths``,
 ``start.params``, ...), one ``log_batch`` of metrics per epoch (``step`` = epoch), and the
 artifacts ``growth_events.json``, ``architecture.json`` and, when it failed, ``traceback.txt``.
@@ -47,6 +49,7 @@ from growbench.benchmarks.leases import CHECKPOINT, HASH, ROLE, Claim, Heartbeat
 from growbench.benchmarks.runner import CellObserver, CellResult
 from growbench.benchmarks.store import open_store, sqlite_path, store_lock
 from growbench.benchmarks.suite import CellConfig, Suite
+from growbench.provenance import git_commit, git_dirty, provider_tags
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
@@ -78,35 +81,6 @@ def artifact_location(uri: str, suite_name: str) -> str | None:
     return (database.parent / "mlartifacts" / folder).as_uri()
 
 
-def git_commit() -> str:
-    """The commit growbench's source tree is at, read from ``.git`` (no git process), or unknown."""
-    for folder in Path(growbench.__file__).resolve().parents:
-        git = folder / ".git"
-        if git.is_file():  # a worktree: ".git" names the real git dir
-            git = (folder / git.read_text().removeprefix("gitdir:").strip()).resolve()
-        if git.is_dir():
-            return _read_head(git)
-    return "unknown"
-
-
-def _read_head(git: Path) -> str:
-    try:
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref:"):
-            return head
-        ref = head.removeprefix("ref:").strip()
-        if (git / ref).is_file():
-            return (git / ref).read_text().strip()
-        packed = git / "packed-refs"
-        if packed.is_file():
-            for line in packed.read_text().splitlines():
-                if line.endswith(f" {ref}"):
-                    return line.split()[0]
-    except OSError:
-        pass
-    return "unknown"
-
-
 # The tags of ``machine_tags``, by the cells-table column that reads them.
 MACHINE_TAGS = {
     "cpu": "growbench.machine.cpu",
@@ -119,6 +93,7 @@ MACHINE_TAGS = {
 def environment_tags(device: str) -> dict[str, str]:
     return {
         "growbench.git_commit": git_commit(),
+        "growbench.git_dirty": git_dirty(),
         "growbench.device": device,
         "growbench.version.growbench": growbench.__version__,
         "growbench.version.torch": torch.__version__,
@@ -178,10 +153,25 @@ def json_artifact(client: MlflowClient, run_id: str, path: str) -> Any:
     """A JSON artifact of the run, or None when it was never logged."""
     with tempfile.TemporaryDirectory() as folder:
         try:
-            local = client.download_artifacts(run_id, path, folder)
+            local = download_artifact(client, run_id, path, folder)
         except (MlflowException, OSError):
             return None
         return json.loads(Path(local).read_text())
+
+
+def download_artifact(client: MlflowClient, run_id: str, path: str, folder: str) -> str:
+    """``client.download_artifacts`` without MLflow's progress bar, which it draws for every
+    file, however small (a report reads two per run; a log would fill with them)."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        return client.download_artifacts(run_id, path, folder)
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
 
 
 def final_widths(uri: str, suite_name: str, hashes: Iterable[str]) -> dict[str, dict[str, int]]:
@@ -342,6 +332,7 @@ class SuiteTracker:
             "growbench.model": task.model,
             "growbench.task": task.name,
             "growbench.seed": str(cell.seed),
+            **provider_tags(cell),
             HASH: cell.config_hash(),
             **environment_tags(self.device),
             **self.run_tags,
@@ -448,7 +439,7 @@ class CellTracker(CellObserver):
         record = json.loads(run.data.tags[CHECKPOINT])
         try:
             with tempfile.TemporaryDirectory() as folder:
-                local = self.client.download_artifacts(run.info.run_id, record["file"], folder)
+                local = download_artifact(self.client, run.info.run_id, record["file"], folder)
                 data = Path(local).read_bytes()
             if checkpoint.digest(data) != record["sha256"]:
                 raise checkpoint.CheckpointError("its checksum does not match")

@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from growbench.progress import bar
+
 ENV_VAR = "GROWBENCH_DATA"
 CHUNK = 1 << 20
 DONE_MARKER = ".growbench-extracted"  # written last: an extraction cut short is redone
@@ -203,10 +205,8 @@ def _bar(enabled: bool, total: int | None, name: str, initial: int) -> Iterator:
     if not enabled:
         yield lambda _count: None
         return
-    from tqdm.auto import tqdm
-
-    with tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=name) as bar:
-        yield bar.update
+    with bar(total=total, initial=initial, unit="B", unit_scale=True, desc=name) as shown:
+        yield shown.update
 
 
 # ------------------------------------------------------------------------------ extract

@@ -35,6 +35,7 @@ from torchvision.datasets import Imagenette
 from growbench.datasets import archives
 from growbench.datasets.base import Dataset, DatasetSpec, Entry
 from growbench.datasets.fashion_mnist import balanced_subset
+from growbench.progress import bar
 
 IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 PIPELINE = "rgb-uint8/shorter-side-antialias/centre-crop/v1"  # part of every cache key
@@ -143,11 +144,9 @@ def cached_images(
                 return stored["images"], stored["labels"]
         except (RuntimeError, OSError, EOFError, KeyError, AttributeError):
             pass  # a damaged cache is rebuilt
-    from tqdm.auto import tqdm
-
     images = torch.empty(len(items), 3, resolution, resolution, dtype=torch.uint8)
     for index, (image_path, _) in enumerate(
-        tqdm(items, desc=f"{name} {split}: decoding to {resolution}px", unit="img", disable=None)
+        bar(items, desc=f"{name} {split}: decoding to {resolution}px", unit="img")
     ):
         images[index] = decode(image_path, resolution)
     labels = torch.tensor([label for _, label in items], dtype=torch.int64)

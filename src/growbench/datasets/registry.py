@@ -16,7 +16,6 @@ is a warning naming it, and every other dataset stays available.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -31,6 +30,7 @@ from growbench.datasets import (
     toy2d,
 )
 from growbench.datasets.base import Dataset, DatasetSpec, Entry
+from growbench.plugins import loaded
 
 ENTRY_POINT_GROUP = "growbench.datasets"
 _BUILTINS: dict[str, Entry] = {
@@ -53,27 +53,20 @@ _BUILTINS: dict[str, Entry] = {
 }
 
 
+def _check_entry(name: str, entry: Any) -> None:
+    if not isinstance(entry, Entry):
+        raise TypeError(f"it loads {type(entry).__name__}, not a growbench Entry")
+    if not dataclasses.is_dataclass(entry.options):
+        raise TypeError("its options are not a dataclass")
+    if entry.spec.name != name:
+        raise TypeError(f"it loads a dataset named {entry.spec.name!r}")
+
+
 def available_entries() -> dict[str, Entry]:
     """Every dataset by name: the built-ins, then plugins in entry-point order."""
     entries = dict(_BUILTINS)
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            entry = point.load()
-            if not isinstance(entry, Entry):
-                raise TypeError(f"it loads {type(entry).__name__}, not a growbench Entry")
-            if not dataclasses.is_dataclass(entry.options):
-                raise TypeError("its options are not a dataclass")
-            if entry.spec.name != point.name:
-                raise TypeError(f"it loads a dataset named {entry.spec.name!r}")
-        except Exception as exc:  # a broken plugin must not break every command
-            warnings.warn(
-                f"growbench: dataset entry point {point.name!r} ({point.value}) could not be "
-                f"loaded and is skipped: {exc}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            continue
-        entries.setdefault(point.name, entry)
+    for name, entry in loaded(entry_points(group=ENTRY_POINT_GROUP), "dataset", _check_entry):
+        entries.setdefault(name, entry)
     return entries
 
 

@@ -29,9 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +37,13 @@ from typing import Any
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from tqdm.auto import tqdm
 
 from growbench.benchmarks.executor import plan, plan_matched
 from growbench.benchmarks.suite import CellConfig, Suite
 from growbench.benchmarks.tracking import MACHINE_TAGS, best_runs, json_artifact
 from growbench.datasets import dataset_spec
 from growbench.methods import make_grower
+from growbench.progress import bar
 
 KEY = ["task", "method", "seed"]
 MACHINE_COLUMNS = list(MACHINE_TAGS)  # cpu, threads, blas, accelerator
@@ -170,23 +168,7 @@ def read_runs(
     """The four tables of a suite from the store (reads only). With ``expected`` (the suite's
     cells), a cell without a run is a MISSING row and runs of other configurations are left
     out; without it, every cell run of the experiment counts."""
-    with _quiet_artifacts():
-        return _read_runs(tracking_uri, suite_name, expected, progress)
-
-
-@contextmanager
-def _quiet_artifacts() -> Iterator[None]:
-    """No MLflow progress bar per artifact read (a report reads two per run)."""
-    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(name)
-    os.environ[name] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = before
+    return _read_runs(tracking_uri, suite_name, expected, progress)
 
 
 def _read_runs(
@@ -197,8 +179,7 @@ def _read_runs(
         expected = [_cell_of(config_hash, run) for config_hash, run in runs.items()]
     client = MlflowClient(tracking_uri) if runs else None
     cells, history, events, widths = [], [], [], []
-    bar = tqdm(expected, desc=f"reading {suite_name}", unit="cell", disable=not progress)
-    for cell in bar:
+    for cell in bar(expected, progress=progress, desc=f"reading {suite_name}", unit="cell"):
         key = {"task": cell.task, "method": cell.method, "seed": cell.seed}
         higher = _is_classification(cell.dataset)
         row = {
