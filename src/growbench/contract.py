@@ -395,13 +395,13 @@ def check_zoo(name: str, model: str) -> None:
     task = make_task(model)
     task.net.eval()
     before = outputs(task.net, task.inputs)
-    event = _grow_checked(name, task, seed=3, **overrides)
+    event = grow_checked(name, task, seed=3, **overrides)
     if cls.preserves_function != "no":
         task.net.eval()
         moved = float((outputs(task.net, task.inputs) - before).abs().max())
         require(moved <= ZOO_EXACT, "preserves the function as declared", f"moved by {moved:.3g}")
     twin = make_task(model)
-    twin_event = _grow_checked(name, twin, seed=3, **overrides)
+    twin_event = grow_checked(name, twin, seed=3, **overrides)
     require(
         event.to_json(timings=False) == twin_event.to_json(timings=False),
         "the same seed gives the same event",
@@ -417,7 +417,7 @@ def check_zoo(name: str, model: str) -> None:
     require(spent <= budget, "never spends more than the remaining budget", f"{spent} > {budget}")
 
 
-def _grow_checked(name: str, task: Task, seed: int, **overrides: Any) -> GrowthEvent:
+def grow_checked(name: str, task: Task, seed: int, **overrides: Any) -> GrowthEvent:
     """One grow() from train mode with every no-side-effect and bookkeeping rule."""
     net = task.net.train()
     buffers = {key: value.clone() for key, value in net.named_buffers() if "running" in key}

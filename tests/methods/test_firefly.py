@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from growbench.contract import grow_checked
 from growbench.methods import make_grower
 from growbench.methods.base import GrowthEvent
 from growbench.methods.firefly import (
@@ -26,7 +27,6 @@ from growbench.methods.firefly import (
 from growbench.nn.counting import insertion_cost
 
 from .conftest import ZOO, make_task
-from .test_contract import _grow_checked
 
 TASKS = ["tanh_mlp", "conv_bn"]
 # with depth: zero-branch layers (tanh, silu) and identity layers (relu; a relu VGG)
@@ -287,9 +287,9 @@ def test_depth_on_the_zoo_grows_a_layer_with_exact_bookkeeping(model):
     """With ``depth`` on every zoo model: every site offers a layer and it is scored; a kept
     layer is inserted with exact bookkeeping; the step is deterministic; the grown net trains."""
     task = make_task(model)
-    event = _grow_checked("firefly", task, seed=3, depth=True, growth_ratio=0.5)
+    event = grow_checked("firefly", task, seed=3, depth=True, growth_ratio=0.5)
     twin = make_task(model)
-    assert event.to_json(timings=False) == _grow_checked(
+    assert event.to_json(timings=False) == grow_checked(
         "firefly", twin, seed=3, depth=True, growth_ratio=0.5
     ).to_json(timings=False)
     assert event.extras["layer_candidates"]

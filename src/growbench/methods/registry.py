@@ -5,8 +5,9 @@ An outside package adds a method by declaring, in its own ``pyproject.toml``::
     [project.entry-points."growbench.methods"]
     my-method = "my_package.module:MyGrower"
 
-Configs are built from plain dicts (a suite file's ``[methods.NAME]`` table) with every key checked
-against the method's ``Config`` dataclass, so a typo is one clear error, not a silent default.
+Configs are built from plain dicts (a suite file's ``[method_options.NAME]`` table) with every
+key checked against the method's ``Config`` dataclass, so a typo is one clear error, not a
+silent default.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from growbench.methods.base import FUNCTION_PRESERVATION, Grower
+from growbench.plugins import loaded
 
 ENTRY_POINT_GROUP = "growbench.methods"
 _BUILTINS: dict[str, type[Grower]] = {}
@@ -39,20 +41,23 @@ def _validate(cls: type) -> None:
         raise TypeError(f"{cls.__name__}.Config must be a dataclass")
 
 
+def _check_entry(name: str, cls: Any) -> None:
+    _validate(cls)
+    if cls.name != name:
+        raise TypeError(
+            f"entry point {name!r} loads {cls.__name__}, whose name is {cls.name!r}: "
+            "they must match"
+        )
+
+
 def available_methods() -> dict[str, type[Grower]]:
-    """Every method by name, built-ins first, then plugins in entry-point order."""
+    """Every method by name, built-ins first, then plugins in entry-point order. A plugin that
+    fails to load is one warning naming it (``growbench.plugins``); the others stay."""
     import growbench.methods.builtin  # noqa: F401  (registers the built-ins)
 
     methods = dict(_BUILTINS)
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        cls = entry.load()
-        _validate(cls)
-        if cls.name != entry.name:
-            raise TypeError(
-                f"entry point {entry.name!r} loads {cls.__name__}, whose name is {cls.name!r}: "
-                "they must match"
-            )
-        methods.setdefault(cls.name, cls)
+    for name, cls in loaded(entry_points(group=ENTRY_POINT_GROUP), "method", _check_entry):
+        methods.setdefault(name, cls)
     return methods
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
@@ -29,6 +28,7 @@ import torch
 
 from growbench.nn.activations import activation_info
 from growbench.nn.growable import GrowableNet
+from growbench.plugins import loaded
 
 ENTRY_POINT_GROUP = "growbench.models"
 
@@ -76,27 +76,20 @@ def _validate(cls: type) -> None:
         raise TypeError(f"{cls.__name__}.Options needs the options 'widths' and 'activation'")
 
 
+def _check_entry(name: str, cls: Any) -> None:
+    _validate(cls)
+    if cls.name != name:
+        raise TypeError(f"it loads a model named {cls.name!r}")
+
+
 def available_models() -> dict[str, type[ZooModel]]:
     """Every model by name, built-ins first (by name), then plugins in entry-point order. A plugin
     whose module fails to load is a warning naming it, and the others stay available."""
     import growbench.nn.zoo.builtin  # noqa: F401  (registers the built-ins)
 
     models = dict(sorted(_BUILTINS.items()))
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            cls = entry.load()
-            _validate(cls)
-            if cls.name != entry.name:
-                raise TypeError(f"it loads a model named {cls.name!r}")
-        except Exception as exc:  # a broken plugin must not break every command
-            warnings.warn(
-                f"growbench: model entry point {entry.name!r} ({entry.value}) could not be "
-                f"loaded and is skipped: {exc}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            continue
-        models.setdefault(cls.name, cls)
+    for name, cls in loaded(entry_points(group=ENTRY_POINT_GROUP), "model", _check_entry):
+        models.setdefault(name, cls)
     return models
 
 
