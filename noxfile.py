@@ -95,6 +95,15 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """Build the reference pages in docs/ (mkdocs + mkdocstrings) into site/; any warning, a
+    broken reference or link included, fails the build. Needs no torch: the API pages are read
+    from the source, not imported."""
+    session.install("mkdocs>=1.6,<2", "mkdocstrings[python]>=0.26", "ruff>=0.6")
+    session.run("mkdocs", "build", "--strict", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff>=0.6")

@@ -46,22 +46,25 @@ TOP_FOLDERS = ("src/", "tests/", "reports/", "bench/", "docs/", ".ci/")
 PACKAGE_FOLDERS = ("methods/", "nn/", "datasets/", "benchmarks/")
 
 
-def readme_paths() -> list[str]:
-    """Every repository path the README names: in backticks or as a link target, starting with
-    a top-level folder of the repo or a package folder (``methods/...`` inside src/growbench);
+def named_paths(text: str) -> list[str]:
+    """Every repository path a page names: in backticks or as a link target, starting with a
+    top-level folder of the repo or a package folder (``methods/...`` inside src/growbench);
     templates with ``<...>`` are not paths."""
-    text = README.read_text()
     found = re.findall(r"`([^`\s]+)`", text) + re.findall(r"\]\(([^)\s#]+)\)", text)
     starts = TOP_FOLDERS + PACKAGE_FOLDERS
     return sorted({path for path in found if path.startswith(starts) and "<" not in path})
 
 
-def test_every_path_the_readme_gives_exists():
-    paths = readme_paths()
-    assert "src/growbench/benchmarks/suites/default.toml" in paths  # the scan finds paths
+def missing_paths(text: str) -> list[str]:
     missing = []
-    for path in paths:
+    for path in named_paths(text):
         local = PACKAGE / path if path.startswith(PACKAGE_FOLDERS) else REPO / path
         if not local.exists():
             missing.append(path)
-    assert missing == [], f"the README names paths that do not exist: {missing}"
+    return missing
+
+
+def test_every_path_the_readme_gives_exists():
+    text = README.read_text()
+    assert "src/growbench/benchmarks/suites/default.toml" in named_paths(text)  # the scan works
+    assert missing_paths(text) == [], "the README names paths that do not exist"

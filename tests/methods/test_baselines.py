@@ -1,4 +1,4 @@
-"""Checks specific to the baselines (the baselines method note, B1, B3, C1, C2)."""
+"""Checks specific to the baselines (docs/methods/baselines.md, random-split.md, random-add.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fidelity checks of ``fast-s2d`` (the fast-S2D method note, §7), float64.
+"""Fidelity checks of ``fast-s2d`` (docs/methods/fast-s2d.md), float64.
 
 References are built here from the definitions: explicit splitting matrices (``splitting_matrices``
 of the shared machinery, itself checked against Hessians in test_splitting.py) with ``eigh``, the
@@ -103,7 +103,7 @@ def lp_problem(sites: list[Site]) -> dict:
     }
 
 
-# ------------------------------------------------------------------------- §7.1 the Sv pass
+# ------------------------------------------------------------------------- the Sv pass
 
 
 def smooth_activation(name: str):
@@ -212,7 +212,7 @@ def test_sv_pass_equals_explicit_products_and_dummy_route(name):
         torch.testing.assert_close(dummy[site.name], expected, rtol=1e-10, atol=1e-14)
 
 
-# ------------------------------------------------------------- §7.2 estimates against exact
+# ------------------------------------------------------------- estimates against exact
 
 
 def agreement(name: str) -> dict:
@@ -263,7 +263,7 @@ def test_rayleigh_estimates_agree_with_exact_eigenpairs(name):
 
 
 def test_exact_diagnostics_report_the_same_agreement():
-    """The opt-in per-event report (spec §10) equals the reference computed here."""
+    """The opt-in per-event report equals the reference computed here."""
     task = task_named("tanh_mlp")
     event = make_grower("fast-s2d", {"exact_diagnostics": True}).grow(task.net, task.context())
     report, reference = event.extras["exact_agreement"], agreement("tanh_mlp")
@@ -305,7 +305,7 @@ def test_largest_eigenpairs_for_signed_splitting():
 
 @pytest.mark.slow
 def test_rayleigh_estimates_on_a_fan_in_of_65():
-    """A wider fan-in (spec §5: |cos| ≥ 0.995, λ errors ≤ 0.5 % seen up to p = 65).
+    """A wider fan-in (|cos| ≥ 0.995, λ errors ≤ 0.5 % seen up to p = 65).
 
     The λ error is checked on the split candidates (λ < 0): this net has a unit with λ₁ = +2.7e-4
     whose relative gap is 40, where λ̂ (the window mean of R_B along the still slightly jittering
@@ -338,7 +338,7 @@ def test_rayleigh_estimates_on_a_fan_in_of_65():
     assert spearmanr(estimate.values.numpy(), lam1.numpy()).statistic >= 0.9
 
 
-# -------------------------------------------------------------------- §7.3 the hand gradient
+# -------------------------------------------------------------------- the hand gradient
 
 
 def test_hand_gradient_equals_autograd_of_the_rayleigh_quotient():
@@ -386,7 +386,7 @@ def test_minibatches_come_in_seeded_passes_that_end_with_the_run():
     assert lrs == pytest.approx([1e-2, 1e-2, 2e-3, 4e-4, 8e-5, 1.6e-5, 1.6e-5], rel=1e-12)
 
 
-# -------------------------------------------------------------------------------- §7.4 the LP
+# -------------------------------------------------------------------------------- the LP
 
 
 def random_instance(rng: np.random.Generator, n: int, groups: int = 2, sites: int = 4) -> dict:
@@ -477,7 +477,7 @@ def test_lp_without_negative_estimates_selects_nothing():
         fast.select_by_lp([-1.0], [0.0], [0], [1.0])
 
 
-# --------------------------------------------------------------------------- §7.5 prediction
+# --------------------------------------------------------------------------- prediction
 
 
 def test_prediction_matches_the_realised_change_of_one_split():
@@ -535,7 +535,7 @@ def test_event_prediction_with_a_small_step():
         assert event.seconds[phase] >= 0
 
 
-# -------------------------------------------------------------------------- §7.6 determinism
+# -------------------------------------------------------------------------- determinism
 
 
 def test_same_seed_gives_bitwise_equal_estimates():

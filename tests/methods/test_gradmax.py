@@ -1,4 +1,4 @@
-"""Fidelity checks of ``gradmax`` (the baselines method note, A7), float64."""
+"""Fidelity checks of ``gradmax`` (docs/methods/gradmax.md), float64."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``gradmax`` against GroMo 0.1.0's GradMax setting (the baselines method note, A7.5).
+"""``gradmax`` against GroMo 0.1.0's GradMax setting (docs/methods/gradmax.md).
 
 GroMo is a test-only oracle: growbench never imports it. On a bias-free tanh MLP (so the bias
 conventions of the two codes coincide) GroMo with ``compute_delta=False, use_covariance=False,

@@ -1,4 +1,4 @@
-"""Fidelity of the ``s2d`` plugin (the S2D method note, §4, §7.3, §7.4, §7.6, §7.7).
+"""Fidelity of the ``s2d`` plugin (docs/methods/s2d.md).
 
 Loss changes are measured on the statistics set with ``ctx.loss`` (float64, eval mode) and
 compared with the second-order prediction (ε²/2)·λ_min. Selection is checked on synthetic λ
@@ -54,7 +54,7 @@ def split_copy(net: GrowableNet, position: int, unit: int, vector: torch.Tensor,
     return grown
 
 
-# ---------------------------------------------------------------- §7.3 predicted vs realised
+# ---------------------------------------------------------------- predicted vs realised
 
 
 def test_split_loss_change_is_second_order_with_predicted_coefficient():
@@ -115,7 +115,7 @@ def test_split_along_another_direction_does_not_match_lambda_min():
     assert abs(change / (epsilon**2 / 2 * lam) - 1) > 0.5
 
 
-# ---------------------------------------------------------------------------- §7.4 additivity
+# ---------------------------------------------------------------------------- additivity
 
 
 # conv_bn: block0 feeds a 2×2 max-pool whose windows have near-ties (gaps down to ~2e-4 on the
@@ -140,7 +140,7 @@ def test_predictions_add_over_units_and_consecutive_sites(name, epsilon):
     assert abs(realised / predicted - 1) <= 1e-2
 
 
-# ----------------------------------------------------------------- §7.6 selection (synthetic λ)
+# ----------------------------------------------------------------- selection (synthetic λ)
 
 
 def synthetic_net() -> tuple[GrowableNet, torch.Tensor, torch.Tensor]:
@@ -325,7 +325,7 @@ def test_unknown_selection_is_a_clear_error():
         make_grower("s2d", {"selection": "top-k"})
 
 
-# --------------------------------------------------------- §7.6 and event records, real scores
+# --------------------------------------------------------- and event records, real scores
 
 
 @pytest.mark.parametrize("name", ["tanh_mlp", "conv_bn"])
@@ -386,7 +386,7 @@ def test_event_records_every_lambda_and_splits_the_lowest_along_v_min(name):
     assert checked > 0
 
 
-# --------------------------------------------------------------------------- §7.7 ReLU sanity
+# --------------------------------------------------------------------------- ReLU sanity
 
 
 def test_relu_split_without_sign_changes_leaves_the_loss_unchanged():

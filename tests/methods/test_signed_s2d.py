@@ -1,4 +1,4 @@
-"""Fidelity checks of ``signed-s2d`` (the signed-S2D method note, §7), float64.
+"""Fidelity checks of ``signed-s2d`` (docs/methods/signed-s2d.md), float64.
 
 The shared contract checks (``test_contract.py``) run on this plugin through the registry.
 """
@@ -81,7 +81,7 @@ def test_invalid_options_are_clear_errors(options, message):
         make_grower(NAME, options)
 
 
-# ----------------------------------------------------------------------- §7.1 reduces to S2D
+# ----------------------------------------------------------------------- reduces to S2D
 def test_c_equal_1_is_the_s2d_split():
     direction = torch.tensor([0.6, -0.8, 0.0], dtype=torch.float64)
     deltas, weights = split_scheme("split", direction, 1.0, 1e-2)
@@ -120,7 +120,7 @@ def test_c_equal_1_grows_the_same_net_as_s2d(budget_units):
         torch.testing.assert_close(state[key], expected[key], rtol=1e-14, atol=0)
 
 
-# --------------------------------------------------- §7.2 closed form against numerical optima
+# --------------------------------------------------- closed form against numerical optima
 def random_symmetric(index: int, rng: np.random.Generator) -> np.ndarray:
     d = 3 if index % 2 == 0 else 5
     a = rng.normal(size=(d, d))
@@ -136,7 +136,7 @@ def bound_m4(lam: np.ndarray, c: float) -> float:
 
 
 def general_m3(lam: np.ndarray, c: float) -> float:
-    """The best II over *all* 3-copy splits (our finding, not in the spec): with a = −λ_min,
+    """The best II over *all* 3-copy splits (our finding, not in the papers): with a = −λ_min,
     b = λ_max > 0 the asymmetric split (P/2 @ ±αv_min + βv_max, −N @ v_max; P = (1+c)/2,
     N = (c−1)/2, β = N/P) gives −(ac + bN)/P, lower than both symmetric schemes when b > aN and
     ac > bN²; it is O(ε³)-accurate only, which is why the plugin keeps the symmetric ones."""
@@ -266,10 +266,10 @@ def check_closed_forms(count: int, cs: tuple[float, ...], starts: int) -> None:
             assert abs(np.abs(weights).sum() - c) <= 1e-15
             assert np.abs(weights @ deltas).max() <= 1e-15
             assert np.linalg.norm(deltas, axis=1).max() <= 1 + 1e-15
-            # the symmetric 3-copy family (copies at 0, ±δ): the spec's formula is its optimum
+            # the symmetric 3-copy family (copies at 0, ±δ): the closed-form formula is its optimum
             best = numerical_optimum(matrix, c, 3, rng, starts, symmetric=True)
             assert best >= expected - 1e-6 * scale
-            # all 3-copy splits: the spec's formula is the optimum for definite S only
+            # all 3-copy splits: the closed-form formula is the optimum for definite S only
             best = numerical_optimum(matrix, c, 3, rng, starts, symmetric=False)
             assert best >= general_m3(lam, c) - 1e-6 * scale
             if lam[0] >= 0 or lam[-1] <= 0:
@@ -291,12 +291,12 @@ def test_closed_form_against_numerical_optimum_quick():
 
 @pytest.mark.slow
 def test_closed_form_against_numerical_optimum_full():
-    """§7.2 as written: 20 matrices, c ∈ {1.5, 2, 3}, 20 SLSQP starts per problem."""
+    """The full check: 20 matrices, c ∈ {1.5, 2, 3}, 20 SLSQP starts per problem."""
     check_closed_forms(count=20, cs=(1.5, 2.0, 3.0), starts=20)
 
 
 def test_general_3_copy_optimum_beats_the_symmetric_schemes_on_indefinite_s():
-    """Documents a gap in the spec's §3 table: its m = 3 "best II" is the optimum over symmetric
+    """Documents a gap in the closed-form table: its m = 3 "best II" is the optimum over symmetric
     splits only. The asymmetric split of ``general_m3`` attains a lower II on S = diag(−1, 1)."""
     matrix = np.diag([-1.0, 1.0])
     for c in (1.5, 2.0, 3.0):
@@ -315,7 +315,7 @@ def test_general_3_copy_optimum_beats_the_symmetric_schemes_on_indefinite_s():
     assert general_m3(np.array([-1.0, 1.0]), 2.0) == pytest.approx(-5 / 3)  # vs −1.5
 
 
-# ------------------------------------------------------------- §7.3 predicted vs realised loss
+# ------------------------------------------------------------- predicted vs realised loss
 def split_one(task: Task, site_name: str, unit: int, kind: str, direction, c: float, eps: float):
     net = copy.deepcopy(task.net)
     deltas, weights = split_scheme(kind, direction, c, eps)
@@ -364,7 +364,7 @@ def test_event_prediction_matches_realised_at_default_step():
     assert realised / event.predicted_loss_change == pytest.approx(1, abs=1e-2)
 
 
-# ------------------------------------------------------------- §7.4 escapes where S2D stalls
+# ------------------------------------------------------------- escapes where S2D stalls
 TOY_MODEL = ModelConfig("mlp", (2,), 1, (1,), activation="tanh")
 TOY_SAMPLES, TOY_STEPS, TOY_LR, TOY_CHUNK = 400, 20_000, 0.05, 10
 
@@ -457,7 +457,7 @@ def test_signed_split_escapes_where_s2d_stalls():
     assert abs(realised / event.predicted_loss_change - 1) <= 1e-2
 
 
-# --------------------------------------------------------------------- §7.5 cost accounting
+# --------------------------------------------------------------------- cost accounting
 def synthetic_eigen(spectra: dict[str, list[tuple[float, float]]]):
     """A stand-in for ``site_eigen``: (λ_min, λ_max) per unit, random unit directions."""
 
@@ -619,7 +619,7 @@ def test_event_records_scores_eigenvalues_and_fan_out_norms():
     assert event.predicted_loss_change == pytest.approx(expected, rel=1e-14)
 
 
-# ------------------------------------------------------------ §7 / §6 function preservation
+# ------------------------------------------------------------ / function preservation
 @pytest.mark.parametrize("task_name", TASKS)
 @pytest.mark.parametrize("c", [1.0, 2.0, 3.0])
 def test_function_preserved_at_zero_step_with_negative_weights(task_name, c):
@@ -645,7 +645,7 @@ def test_function_preserved_at_zero_step_with_negative_weights(task_name, c):
 
 
 def test_rayleigh_solver_agrees_with_eigh_on_conv_bn():
-    """Spec §7.6: with ``eigen_solver="rayleigh"`` the estimated extreme eigenpairs match eigh."""
+    """With ``eigen_solver="rayleigh"`` the estimated extreme eigenpairs match eigh."""
     exact_task, estimated_task = make_task("conv_bn"), make_task("conv_bn")
     exact = make_grower(NAME, {"eigen_solver": "exact"}).grow(exact_task.net, exact_task.context())
     estimated = make_grower(NAME, {"eigen_solver": "rayleigh"}).grow(

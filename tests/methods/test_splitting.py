@@ -1,4 +1,4 @@
-"""The splitting machinery of the S2D family (the S2D method note, §3, §7.1, §7.2, §7.5).
+"""The splitting machinery of the S2D family (docs/methods/s2d.md).
 
 Every check compares ``growbench.methods._splitting`` with a computation built here from the
 definitions, never from the module itself:
@@ -223,7 +223,7 @@ def test_splittable_sites_are_all_hidden_sites_of_the_fixtures():
         assert all(site.consumer is not net.sites[-1].consumer for site in net.sites[:-1])
 
 
-# ------------------------------------------------------------------------- §7.1 S_j brute force
+# ------------------------------------------------------------------------- S_j brute force
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
@@ -297,7 +297,7 @@ def test_splitting_products_equal_explicit_matrix_products(name):
         torch.testing.assert_close(total / len(task.inputs), expected, rtol=1e-10, atol=1e-14)
 
 
-# ------------------------------------------------------------------------------ §7.2 eigenpairs
+# ------------------------------------------------------------------------------ eigenpairs
 
 
 def canonical(vector: Tensor) -> bool:
@@ -373,7 +373,7 @@ def test_chunked_site_eigen_equals_one_chunk_and_respects_the_budget(name):
                 )
 
 
-# ---------------------------------------------------------------------- §7.5 consecutive sites
+# ---------------------------------------------------------------------- consecutive sites
 
 
 def random_unit(generator: torch.Generator, size: int) -> Tensor:

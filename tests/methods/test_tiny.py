@@ -1,4 +1,4 @@
-"""Fidelity checks of ``tiny`` (the TINY method note, §7, checks 2-8), float64.
+"""Fidelity checks of ``tiny`` (docs/methods/tiny.md), float64.
 
 The GroMo oracle (check 1) is in ``test_tiny_gromo_oracle.py``.
 """

@@ -1,4 +1,4 @@
-"""TINY against GroMo 0.1.0, the TINY authors' library (the TINY method note, §7.1).
+"""TINY against GroMo 0.1.0, the TINY authors' library (docs/methods/tiny.md).
 
 MLP: the tanh MLP 8→3→3→4 (float64) and 64 samples of ``fixtures/make_gromo_fixture.py`` are
 given to growbench, and GroMo's ``GrowingMLP`` with the same weights computes its quantities:

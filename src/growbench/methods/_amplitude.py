@@ -1,4 +1,4 @@
-"""Amplitude (γ) line search for ``tiny`` with few loss evaluations (the TINY method note, §4.5).
+"""Amplitude (γ) line search for ``tiny`` with few loss evaluations (docs/methods/tiny.md).
 
 The dense search evaluates L(0) and L on 20 log-spaced γ in [1e-4, 1] (plus decade extensions up
 to ``gamma_max``): 21+ evaluations. Here: L(0) and a coarse log grid (``points_per_decade``, 1 by

@@ -27,8 +27,8 @@ cross-tap products t ≠ t', so the SVD solves a tap-decoupled quadratic; the fi
 FO_exact = Δ − σ'(0)·tr(ωαM_x) is exact regardless), a conv read by a Linear at several flattened
 positions, and the MobileNet path through a depthwise conv. With T = 1 every statistic is one
 Gram matrix of [B | h̃ | g_a] rows (sample and position), summed across batches in float64 and cut
-once; T > 1 uses the tensor products. Per-batch products run in the model dtype (README
-convention 3).
+once; T > 1 uses the tensor products. Per-batch products run in the model dtype (convention 3,
+docs/conventions.md).
 
 ``unsupported_reason`` says why a site cannot be described this way (a module on the path whose
 linear part is unknown, a Linear producer read by a conv, σ(0) ≠ 0, ...).

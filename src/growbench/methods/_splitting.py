@@ -1,6 +1,6 @@
 """The splitting machinery shared by ``s2d``, ``signed-s2d`` and ``fast-s2d``.
 
-All three score a unit j by its splitting matrix (the S2D method note, §3)
+All three score a unit j by its splitting matrix (docs/methods/s2d.md)
 
     S_j = E[ g_j · σ''(z_j) · b_j² · x̃ x̃ᵀ ]
 
@@ -12,7 +12,7 @@ r (a sample, or a sample and position), so no double-backward per unit is ever r
 needs only products S_j v_j, which are ``x̃ᵀ (c ⊙ (x̃ Vᵀ)) / N``, never forming S.
 
 ReLU's σ'' is 0 almost everywhere, so its units are scored with the softplus(β = 3) surrogate
-(method-notes convention 5) and the method's loss prediction is then a ranking heuristic.
+(convention 5, docs/conventions.md) and the method's loss prediction is then a ranking heuristic.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ SURROGATE_ACTIVATIONS = frozenset({"relu", "leaky_relu", "elu", "selu"})
 
 
 def second_derivative(activation: str, z: Tensor) -> Tensor:
-    """σ''(z) for the S2D family (method-notes convention 5); surrogates where σ'' is 0 or a
+    """σ''(z) for the S2D family (convention 5, docs/conventions.md); surrogates where σ'' is 0 or a
     kink."""
     if activation == "tanh":
         t = torch.tanh(z)
@@ -218,7 +218,7 @@ def first_derivative(act: Activation, z: Tensor) -> Tensor:
 
 class _RectifierCurvature(torch.autograd.Function):
     """A (leaky) rectifier with its true value and slope and, for second derivatives, the
-    softplus(β = 3) surrogate's curvature (method-notes convention 5): the backward pass is
+    softplus(β = 3) surrogate's curvature (convention 5, docs/conventions.md): the backward pass is
     written in differentiable ops whose derivative in z is the surrogate σ''."""
 
     @staticmethod
@@ -456,8 +456,8 @@ class PlannedSplit:
 
 
 def apply_splits(net: GrowableNet, splits: list[PlannedSplit]) -> dict[str, list]:
-    """Apply the planned splits site by site from the output side to the input side (README
-    convention 9), so directions computed on the old net never need re-indexing. Returns the
+    """Apply the planned splits site by site from the output side to the input side (convention 9,
+    docs/conventions.md), so directions computed on the old net never need re-indexing. Returns the
     event's ``selected`` entries."""
     selected: dict[str, list] = {}
     by_site: dict[str, list[PlannedSplit]] = {}

@@ -290,7 +290,7 @@ class Grower:
 
 
 def take_within_budget(net: GrowableNet, ctx: GrowthContext, candidates: list[str]) -> list[bool]:
-    """Convention 7 of the method notes: walk ``candidates`` (one new unit at the named site
+    """Convention 7 (docs/conventions.md): walk ``candidates`` (one new unit at the named site
     each) in order and accept each one whose exact cost, together with those accepted before,
     still fits."""
     accepted: dict[str, int] = {}

@@ -1,4 +1,4 @@
-"""The fixed-architecture references: ``none`` and ``static`` (the baselines method note, Part C).
+"""The fixed-architecture references: ``none`` and ``static`` (docs/methods/baselines.md).
 
 ``none`` trains the start net and never grows: the lower reference. ``static`` trains, from
 scratch and for the same epochs, the net the budget would buy (all start widths scaled by the

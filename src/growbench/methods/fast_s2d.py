@@ -1,7 +1,7 @@
 """``fast-s2d``: energy-aware fast splitting (Wang, Wu, Li, Chandra, Liu, arXiv 1910.03103).
 
 Rule: S2D's split (θ ± εv, fan-out halved, loss change (ε²/2)·vᵀS_jv) with two changes
-(the fast-S2D method note). (1) The splitting matrices are never formed: each unit's smallest
+(docs/methods/fast-s2d.md). (1) The splitting matrices are never formed: each unit's smallest
 eigenpair is estimated by stochastic descent on the Rayleigh quotient R(v) = vᵀSv / vᵀv, whose
 gradient needs only S_B·v_j, and the statistics taps of a mini-batch (x̃ and c per sample) give
 S_B·v_j for every unit of every site at once (``x̃ᵀ (c ⊙ x̃Vᵀ)/|B|``). The net and the set stay
@@ -18,7 +18,7 @@ every step, LR decays by ×0.2, estimates averaged over the final window (λ̂ =
 renormalised), v initialised U(−0.1, 0.1), the LP relaxation with groups, ≤ 2× caps and β_keep,
 ε on the unit-norm direction, the ±εv̂ split with fan-out weights ½, ½ of s2d.
 
-Changed (spec §5, §8, §9, and [ours] where marked):
+Changed ([ours] where marked):
 * the whole net runs in eval mode (the code leaves all but the split conv's BN in train mode and
   overwrites running statistics), on the fixed, un-augmented statistics set;
 * 1,600 steps of 64 from lr 1e-2, decays at 20/40/60/80 % of the steps, window = last 10 % (the
@@ -29,10 +29,10 @@ Changed (spec §5, §8, §9, and [ours] where marked):
 * [ours] conv sites get S_B·v from a convolution and its weight gradient (no im2col rows);
 * exact per-unit costs in the suite's metric, identity transform (the code: √ or log of a rough
   MAC proxy, kept as options); LP by HiGHS (a vertex solution), then truncation to the exact
-  remaining budget (method-notes convention 7); linear units are never split; float64 throughout the
-  estimator's sums, the LP and the directions;
+  remaining budget (convention 7, docs/conventions.md); linear units are never split; float64
+  throughout the estimator's sums, the LP and the directions;
 * each event reports |λ̂ − v̂ᵀSv̂| (one more pass, phase ``diagnostics``) and, opt-in, the
-  agreement with exact eigenpairs (spec §10).
+  agreement with exact eigenpairs.
 
 ``rayleigh_extremes`` also estimates the largest eigenpair (R of −S); ``rayleigh_eigen`` returns
 both in ``site_eigen``'s shape, for ``signed-s2d``.
@@ -95,7 +95,7 @@ FRACTIONAL = (0.01, 0.99)  # β strictly inside counts as fractional in the LP r
 
 @dataclass(frozen=True)
 class RayleighSchedule:
-    """Settings of the stochastic Rayleigh-quotient descent (spec §5, CPU defaults)."""
+    """Settings of the stochastic Rayleigh-quotient descent (CPU defaults)."""
 
     steps: int = 1600
     batch_size: int = 64
@@ -190,7 +190,7 @@ def minibatch_indices(
 
 class SiteBatch:
     """The per-sample quantities of one site for a set of samples (a mini-batch, or the whole
-    statistics set), ready to give S_B·v_j for every unit j (spec §3).
+    statistics set), ready to give S_B·v_j for every unit j.
 
     Closed form (``_splitting.closed_form``), Linear producers: rows x̃ and c, then
     ``x̃ᵀ (c ⊙ x̃Vᵀ) / |B|`` (``splitting_products``). Conv producers never unfold: x̃Vᵀ is a
@@ -327,7 +327,7 @@ def rayleigh_extremes(
     extremes: Sequence[str] = ("min",),
 ) -> dict[str, dict[str, RayleighEstimate]]:
     """Estimate the smallest (``"min"``) and/or largest (``"max"``, descent on R of −S) eigenpair
-    of every unit's splitting matrix at ``sites`` (spec §3, §4 steps 2–4).
+    of every unit's splitting matrix at ``sites``.
 
     The taps of all sites are taken once for the whole statistics set (``statistics_set_batches``,
     within ``schedule.cache_bytes``; otherwise ONE forward/backward per step). Every step draws
@@ -435,7 +435,7 @@ def select_by_lp(
     caps: tuple[Sequence[int], Sequence[float]] | None = None,
     beta_keep: float = 0.99,
 ) -> tuple[np.ndarray, dict]:
-    """The energy-aware selection LP (spec §3), solved with HiGHS in float64.
+    """The energy-aware selection LP, solved with HiGHS in float64.
 
     minimise Σ β_j λ_j  s.t.  Σ_{j∈g} τ_j β_j ≤ B_g (g = ``groups[j]`` indexes ``budgets``),
     Σ_{j∈l} β_j ≤ C_l (``caps = (site label per unit, C per site)``; inf: no row), 0 ≤ β ≤ 1.
@@ -779,9 +779,10 @@ def agreement_with_exact(
     problem: dict | None = None,
     beta_keep: float = 0.99,
 ) -> dict:
-    """Spec §10: cos(v̂, v) and relative λ error for units whose relative gap (λ₂ − λ₁)/|λ₁| is
-    ≥ 0.1, Spearman ρ(λ̂, λ) over all units and, given the LP ``problem``, the Jaccard overlap of
-    the units selected with λ̂ and with λ. Costs the exact S of every unit (not charged)."""
+    """The fidelity figures: cos(v̂, v) and relative λ error for units whose relative gap
+    (λ₂ − λ₁)/|λ₁| is ≥ 0.1, Spearman ρ(λ̂, λ) over all units and, given the LP ``problem``, the
+    Jaccard overlap of the units selected with λ̂ and with λ. Costs the exact S of every unit (not
+    charged)."""
     exact, estimated, cosines, errors = [], [], [], []
     for site in sites:
         lam1, lam2, v1 = exact_lowest_pairs(net, ctx, site, max_stat_bytes)

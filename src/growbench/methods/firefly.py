@@ -62,7 +62,7 @@ class FireflyConfig(GrowerConfig):
         "max_layers",
     )
     candidates: int = 32  # K new candidate units per site
-    search_steps: int = 128  # the spec's 200 took more than a training epoch on MobileNetV1
+    search_steps: int = 128  # the planned 200 took more than a training epoch on MobileNetV1
     search_batch: int = 128
     lr: float = 1e-3
     momentum: float = 0.1

@@ -1,6 +1,6 @@
 """``gradmax``: new units with zero fan-in whose fan-out maximises their fan-in gradient.
 
-GradMax (Evci et al., ICLR 2022, arXiv 2201.05125; the baselines method note, Part A). A new
+GradMax (Evci et al., ICLR 2022, arXiv 2201.05125; docs/methods/gradmax.md). A new
 unit k at a site gets fan-in α_k = 0 (weights and bias) and fan-out ω_k. With σ(0) = 0 it outputs
 exactly 0, so the function is unchanged, while its fan-in gradient is
 
@@ -29,9 +29,10 @@ refused (``refusal``), recorded in the event.
 Decisions [ours]: sites whose activation is the identity are not grown (as ``random-add``);
 K per site is ceil(growth_fraction · the site's width at this grower's first ``grow()``), capped
 at the fan-out size (no more orthogonal directions exist); all Γ and c are computed on the net
-before any change and sites are applied from the output side (method-notes convention 9), the
-fan-out of a site towards new units of the next site being 0; the prediction of the gradient norm
-holds in eval mode (BN in train mode rescales gradients of a zero channel, baselines note A8).
+before any change and sites are applied from the output side (convention 9,
+docs/conventions.md), the fan-out of a site towards new units of the next site being 0; the
+prediction of the gradient norm holds in eval mode (BN in train mode rescales the gradients of a
+zero channel).
 """
 
 from __future__ import annotations
@@ -281,7 +282,7 @@ class GradMax(Grower):
             event.stop_reason = "budget exhausted"
         event.predicted_loss_change = 0.0  # new units output exactly 0
         with event.phase("apply"):
-            for plan in reversed(plans):  # output side first (method-notes convention 9)
+            for plan in reversed(plans):  # output side first (convention 9, docs/conventions.md)
                 self._apply(net, event, plan, counts[plan.site_name])
 
     def _apply(self, net: GrowableNet, event: GrowthEvent, plan: _Plan, count: int) -> None:

@@ -1,6 +1,6 @@
 """``random-add``: brand-new units chosen without looking at data.
 
-The control for TINY, SENN and GradMax (the baselines method note, B3). ``zero-fan-out``
+The control for TINY, SENN and GradMax (docs/methods/random-add.md). ``zero-fan-out``
 (default): Gaussian fan-in direction scaled to the mean norm of the site's existing fan-in rows,
 bias 0, fan-out 0, so the function is kept and the fan-out starts learning from
 E[h_new g_aᵀ]. ``zero-fan-in``: fan-in 0 and fan-out of norm c by GradMax's ``mean_norm`` rule,

@@ -1,6 +1,6 @@
 """``random-split``: S2D's surgery on random units along random directions.
 
-The control of the splitting papers (the baselines method note, B1): the same number of units,
+The control of the splitting papers (docs/methods/random-split.md): the same number of units,
 the same symmetric split θ ± εv with halved fan-out, but units drawn uniformly without
 replacement over all sites and v uniform on the unit sphere of R^p (bias entry included). Any gap
 to ``s2d`` measures what the eigen-analysis of the splitting matrices is worth. klightz/Firefly's
@@ -58,7 +58,7 @@ class RandomSplit(Grower):
         if not all(accepted):
             event.stop_reason = "budget exhausted"
         with event.phase("apply"):
-            for site in reversed(sites):  # output side first (method-notes convention 9)
+            for site in reversed(sites):  # output side first (convention 9, docs/conventions.md)
                 ids = chosen.get(site.name)
                 if not ids:
                     continue

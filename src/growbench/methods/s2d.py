@@ -4,7 +4,7 @@ Rule: split a unit into two copies θ ± εv with halved fan-out. The first-orde
 the loss moves by (ε²/2)·vᵀS_jv, so the best direction is the eigenvector of the unit's splitting
 matrix S_j with the smallest eigenvalue λ_min, and splitting helps wherever λ_min < 0 even at a
 stationary point of ordinary training. Each round pools every splittable unit of every site, sorts
-them by λ_min and splits the lowest (the S2D method note).
+them by λ_min and splits the lowest (docs/methods/s2d.md).
 
 Kept from the official code (klightz/splitting): exact S_j per unit, one global ranking across
 sites, 30 % of all units per round whatever the sign of λ (``only_negative = True`` gives the

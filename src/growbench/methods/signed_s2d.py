@@ -9,20 +9,20 @@ at θ and θ ± εv, accurate to O(ε⁴)) the best second-order change is
 ((1−c)/2, (1+c)/4, (1+c)/4) at θ, θ + εv_min, θ − εv_min) or ``signed−`` (weights
 ((1+c)/2, (1−c)/4, (1−c)/4) at θ, θ + εv_max, θ − εv_max). So a unit with positive curvature
 descends too; only S_j = 0 is stuck. Each round scores every splittable unit by that minimum and
-splits greedily by score per unit of cost within a round budget (the signed-S2D method note).
+splits greedily by score per unit of cost within a round budget (docs/methods/signed-s2d.md).
 
 The paper has no public code and its body was not read: every formula here is the team's
-derivation (spec §3), guarded by tests against a numerical optimum, not against the paper.
+derivation, guarded by tests against a numerical optimum, not against the paper.
 Kept from S2D (``methods/s2d.py``, ``methods/_splitting.py``): exact S_j per unit on a fixed,
 un-augmented statistics set in eval mode, ``eigh`` in float64, the bias inside the split direction,
 ReLU scored with the softplus(β = 3) surrogate (the prediction is then a ranking heuristic).
-Decided [ours] (spec §9): m = 3 and c = 2 by default; per unit the better of ``signed+`` and
+Decided [ours]: m = 3 and c = 2 by default; per unit the better of ``signed+`` and
 ``signed−``; m = 4 (both ends at once) is not implemented, the event counts how often it would
 have helped; c = 1 falls back to S2D's 2-copy split ±εv_min with weights (½, ½). Only symmetric
 schemes are used: an asymmetric 3-split does better on indefinite S (II = −(a·c + b·N)/P with
 a = −λ_min, b = λ_max, P = (1+c)/2, N = (c−1)/2, whenever b > a·N and a·c > b·N²; found and
-checked numerically in the tests, not in the spec), but its error is O(ε³), the reason the spec
-rejects the 2-copy signed split. Selection is greedy by score / exact cost (a 3-split costs 2
+checked numerically in the tests, not in the papers), but its error is O(ε³), the reason we
+reject the 2-copy signed split. Selection is greedy by score / exact cost (a 3-split costs 2
 units) within B = ``growth_ratio`` × the net's current cost and the remaining budget, at most
 doubling a site per round. ``eigen_solver``: ``"exact"`` (``eigh`` of every S_j), ``"rayleigh"``
 (fast-s2d's Rayleigh-quotient estimator for v_min and v_max, S never formed) or ``"auto"`` (the

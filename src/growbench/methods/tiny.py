@@ -1,6 +1,6 @@
 """``tiny``: Growing Tiny Networks (Verbockhaven et al., TMLR 2024, arXiv 2405.19816).
 
-Rule (the TINY method note, §3): the consumer's pre-activation should move along −g_a. The best
+Rule (docs/methods/tiny.md): the consumer's pre-activation should move along −g_a. The best
 change of the consumer's existing weights is δ = (S_h⁻¹ M_h)ᵀ; the rest, r = −g_a + δh̃, is the
 expressivity bottleneck. New units with fan-in α and fan-out ω fit r through their linearised
 activity ωαx̃: a rank-K regression solved by the SVD of S_x^{-1/2} N with N = −M_x + Pδᵀ. The new
@@ -21,7 +21,7 @@ Linear→Linear, conv → global pool → Linear, conv → [pool] → conv with 
 coupling, a conv read by a Linear at several flattened positions, ResNet inner widths and
 MobileNet's path through a depthwise conv. Across a max pool a new unit's pooled map is not
 linear in its fan-in, so its average stands in for it when choosing the units (our decision, the
-method notes are silent); the first-order gain is then measured through the real path
+papers are silent); the first-order gain is then measured through the real path
 (``measured_gains``: FO_homog for a positively homogeneous path, FO_max_pool for smooth σ), which
 keeps the prediction exact to first order. A site it cannot describe is refused (``refusal``),
 recorded in ``event.extras["refused_sites"]`` by ``Grower.grow``.

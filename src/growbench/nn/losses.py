@@ -1,11 +1,10 @@
 """Per-sample losses.
 
 Everything in growbench computes per-sample losses ℓ(ξ): training minimises their mean, and the
-statistics taps differentiate their sum, which gives per-sample gradients (the convention of
-the method notes' common conventions). One function per task keeps the two consistent. Each takes
-``reduction`` like torch's losses: ``"none"`` (the default, one loss per sample), ``"mean"`` (what
-training steps on, computed by torch's fused kernel: about 5 % faster on small nets than
-reducing the per-sample vector) or ``"sum"``.
+statistics taps differentiate their sum, which gives per-sample gradients. One function per task
+keeps the two consistent. Each takes ``reduction`` like torch's losses: ``"none"`` (the default,
+one loss per sample), ``"mean"`` (what training steps on, computed by torch's fused kernel: about
+5 % faster on small nets than reducing the per-sample vector) or ``"sum"``.
 """
 
 from __future__ import annotations
