@@ -54,8 +54,9 @@ def measure(name: str, task_name: str) -> dict[str, str]:
         task = contract.make_task(task_name)
         task.net.eval()
         outputs = contract.outputs(task.net, task.inputs)
-        overrides = cls.zero_step_overrides if cls.preserves_function == "at_zero_step" else {}
-        contract.quick_grower(name, **overrides).grow(task.net, task.context())
+        contract.quick_grower(name, **contract.preserving_overrides(cls)).grow(
+            task.net, task.context()
+        )
         moved = (contract.outputs(task.net, task.inputs) - outputs).abs().max()
         row["moved"] = f"{float(moved):.1e}"
     return row

@@ -11,6 +11,7 @@ import pytest
 
 from growbench import provenance
 from growbench.cli import main
+from tests.conftest import install_distribution
 
 PLUGINS = '''
 from dataclasses import dataclass
@@ -89,18 +90,11 @@ ENTRIES = {
 
 
 @pytest.fixture
-def scratch_package(tmp_path: Path, monkeypatch) -> None:
-    (tmp_path / "scratch_plugins.py").write_text(PLUGINS)
-    info = tmp_path / "scratch_plugins-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: scratch-plugins\nVersion: 0.1\n")
-    (info / "top_level.txt").write_text("scratch_plugins\n")
-    lines = "".join(f"{name} = scratch_plugins:{cls}\n" for name, cls in ENTRIES.items())
-    (info / "entry_points.txt").write_text(f"[growbench.methods]\n{lines}")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    provenance._distributions.cache_clear()
-    yield
-    provenance._distributions.cache_clear()
+def scratch_package(plugin_site: Path) -> None:
+    methods = {name: f"scratch_plugins:{cls}" for name, cls in ENTRIES.items()}
+    install_distribution(
+        plugin_site, "scratch-plugins", "0.1", methods, ("scratch_plugins", PLUGINS)
+    )
 
 
 def check(capsys, *argv: str) -> tuple[int, list[str]]:

@@ -164,7 +164,8 @@ def require(condition: bool, rule: str, detail: str = "") -> None:
         raise Violation(f"{rule}{': ' + detail if detail else ''}")
 
 
-def _preserving_overrides(cls: type[Grower]) -> dict[str, Any]:
+def preserving_overrides(cls: type[Grower]) -> dict[str, Any]:
+    """The settings under which ``cls`` declares it keeps the function (ε = 0 and the like)."""
     return cls.zero_step_overrides if cls.preserves_function == "at_zero_step" else {}
 
 
@@ -181,6 +182,34 @@ def _same_rng(before: tuple[Any, ...]) -> bool:
         and now[1] == before[1]
         and bool(np.array_equal(now[2], before[2]))
     )
+
+
+@dataclass
+class _Untouched:
+    """What a growth round must leave as it found it: the mode, the global RNGs and the running
+    statistics of existing units; and it must leave no gradient behind."""
+
+    training: bool
+    rng: tuple[Any, ...]
+    buffers: dict[str, torch.Tensor]
+
+    @classmethod
+    def of(cls, net: GrowableNet) -> _Untouched:
+        running = {k: v.clone() for k, v in net.named_buffers() if "running" in k}
+        return cls(net.training, _global_rng(), running)
+
+    def require(self, net: GrowableNet) -> None:
+        mode = "train" if self.training else "eval"
+        require(net.training == self.training, f"restores {mode} mode")
+        require(
+            _same_rng(self.rng),
+            "leaves the global RNGs alone (torch, random, numpy): use ctx.generator",
+        )
+        stale_grads = [n for n, p in net.named_parameters() if p.grad is not None]
+        require(not stale_grads, "leaves no .grad on the net's parameters", f"{stale_grads}")
+        now = dict(net.named_buffers())
+        for key, value in self.buffers.items():
+            require(torch.equal(now[key][: len(value)], value), "keeps running statistics", key)
 
 
 def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -254,7 +283,7 @@ def check_function(name: str, task_name: str) -> None:
     task = supported_task(name, task_name)
     task.net.eval()
     before = outputs(task.net, task.inputs)
-    event = quick_grower(name, **_preserving_overrides(cls)).grow(task.net, task.context())
+    event = quick_grower(name, **preserving_overrides(cls)).grow(task.net, task.context())
     moved = float((outputs(task.net, task.inputs) - before).abs().max())
     require(
         moved <= exact,
@@ -275,22 +304,12 @@ def check_side_effects(name: str, task_name: str) -> None:
     for mode in ("train", "eval"):
         task = make_task(task_name)
         net = task.net.train(mode == "train")
-        buffers = {key: value.clone() for key, value in net.named_buffers() if "running" in key}
+        untouched = _Untouched.of(net)
         old_params = [weakref.ref(p) for p in net.parameters()]
-        rng = _global_rng()
         grower = quick_grower(name)
         for seed in (1, 2):
             grower.grow(net, task.context(seed=seed))
-        require(net.training == (mode == "train"), f"restores {mode} mode")
-        require(
-            _same_rng(rng),
-            "leaves the global RNGs alone (torch, random, numpy): use ctx.generator",
-        )
-        stale_grads = [n for n, p in net.named_parameters() if p.grad is not None]
-        require(not stale_grads, "leaves no .grad on the net's parameters", f"{stale_grads}")
-        for key, value in buffers.items():
-            now = dict(net.named_buffers())[key]
-            require(torch.equal(now[: len(value)], value), "keeps running statistics", key)
+        untouched.require(net)
         net.pop_lineage()  # the net's own record for the optimizer hand-over
         gc.collect()
         current = {id(p) for p in net.parameters()}
@@ -391,7 +410,7 @@ def check_zoo(name: str, model: str) -> None:
     """One model of the zoo: side effects, bookkeeping, function preservation as declared,
     determinism, a usable net afterwards, and the budget."""
     cls = get_method(name)
-    overrides = _preserving_overrides(cls)
+    overrides = preserving_overrides(cls)
     task = make_task(model)
     task.net.eval()
     before = outputs(task.net, task.inputs)
@@ -420,17 +439,11 @@ def check_zoo(name: str, model: str) -> None:
 def grow_checked(name: str, task: Task, seed: int, **overrides: Any) -> GrowthEvent:
     """One grow() from train mode with every no-side-effect and bookkeeping rule."""
     net = task.net.train()
-    buffers = {key: value.clone() for key, value in net.named_buffers() if "running" in key}
-    rng = _global_rng()
+    untouched = _Untouched.of(net)
     grower = quick_grower(name, **overrides)
     widths, params, flops = net.widths(), net.params(), net.flops()
     event = grower.grow(net, task.context(seed=seed))
-    require(net.training, "restores train mode")
-    require(all(p.grad is None for p in net.parameters()), "leaves no .grad on the parameters")
-    require(_same_rng(rng), "leaves the global RNGs alone (torch, random, numpy)")
-    for key, value in buffers.items():
-        now = dict(net.named_buffers())[key]
-        require(torch.equal(now[: len(value)], value), "keeps running statistics", key)
+    untouched.require(net)
     after = net.widths()
     added = {k: after[k] - widths[k] for k in widths if k in after and after[k] != widths[k]}
     require(event.units_added == added, "the event records the units added")

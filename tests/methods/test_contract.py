@@ -78,8 +78,9 @@ def test_every_builtin_on_a_rational_net(name):
     task = make_task("rational_mlp")
     task.net.eval()
     before = contract.outputs(task.net, task.inputs)
-    overrides = cls.zero_step_overrides if cls.preserves_function == "at_zero_step" else {}
-    event = contract.quick_grower(name, **overrides).grow(task.net, task.context())
+    event = contract.quick_grower(name, **contract.preserving_overrides(cls)).grow(
+        task.net, task.context()
+    )
     if name in ("s2d", "signed-s2d", "fast-s2d"):
         assert all("per-unit parameters" in r for r in event.extras["refused_sites"].values())
         assert not event.grew

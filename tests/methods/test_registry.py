@@ -11,6 +11,7 @@ import pytest
 from growbench import provenance
 from growbench.cli import main
 from growbench.methods import available_methods
+from tests.conftest import install_distribution
 
 PLUGIN = """
 from growbench.methods.baselines import NoGrowth
@@ -21,27 +22,16 @@ class Renamed(NoGrowth):
 """
 
 
-def install(site: Path, name: str, version: str, entries: dict[str, str], module: str = "") -> None:
-    """A distribution as pip leaves it: its metadata, entry points and top-level module."""
-    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    lines = "".join(f"{key} = {value}\n" for key, value in entries.items())
-    (info / "entry_points.txt").write_text(f"[growbench.methods]\n{lines}")
-    if module:
-        (site / f"{module}.py").write_text(PLUGIN)
-        (info / "top_level.txt").write_text(f"{module}\n")
-
-
 @pytest.fixture
-def plugins(tmp_path: Path, monkeypatch) -> None:
-    install(tmp_path, "good-plugin", "1.2", {"renamed": "good_plugin:Renamed"}, "good_plugin")
-    install(tmp_path, "broken-plugin", "0.3", {"broken": "no_such_plugin_module:Grower"})
-    install(tmp_path, "misnamed-plugin", "0.1", {"wrong-name": "good_plugin:Renamed"})
-    monkeypatch.syspath_prepend(str(tmp_path))
-    provenance._distributions.cache_clear()
-    yield
-    provenance._distributions.cache_clear()
+def plugins(plugin_site: Path) -> None:
+    good = ("good_plugin", PLUGIN)
+    install_distribution(
+        plugin_site, "good-plugin", "1.2", {"renamed": "good_plugin:Renamed"}, good
+    )
+    broken = {"broken": "no_such_plugin_module:Grower"}
+    install_distribution(plugin_site, "broken-plugin", "0.3", broken)
+    misnamed = {"wrong-name": "good_plugin:Renamed"}
+    install_distribution(plugin_site, "misnamed-plugin", "0.1", misnamed)
 
 
 def test_a_broken_plugin_is_one_warning_and_the_others_stay(plugins, capsys) -> None:
