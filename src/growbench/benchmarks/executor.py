@@ -229,12 +229,15 @@ def _run_cells(
 
 
 def report_cell(result: CellOutcome, done: int, total: int, progress: bool) -> None:
-    """A failed cell is always one line; off a terminal, so is every finished one (the bars
-    that show them on a terminal are off there)."""
+    """A failed cell is always one line, and so is a finished cell with a health flag; off a
+    terminal, so is every finished one (the bars that show them on a terminal are off there)."""
     if result.status == "failed":
         log_line(f"growbench: cell {result.label} FAILED: {result.detail}")
-    elif result.status == "finished" and progress and not on_terminal():
+        return
+    if result.status == "finished" and progress and not on_terminal():
         log_line(cell_line(done, total, result.label, "finished", result.score, result.seconds))
+    if result.health:
+        log_line(f"growbench: warning: cell {result.label}: {'; '.join(result.health)}")
 
 
 @dataclass
@@ -248,6 +251,7 @@ class CellOutcome:
     resumed_from: int | None = None  # the epoch of the checkpoint it went on from
     score: str = ""  # a finished cell's final score, as its log line shows it
     seconds: float = 0.0  # the wall time this runner spent on the cell
+    health: tuple[str, ...] = ()  # a finished cell's health flags (``health.cell_flags``)
 
 
 def claim_and_train(
@@ -285,7 +289,9 @@ def claim_and_train(
         return CellOutcome(cell.label, "failed", str(exc), resumed_from, seconds=seconds)
     cell_tracker.finish(result)
     seconds = time.perf_counter() - started
-    return CellOutcome(cell.label, "finished", "", resumed_from, final_score(result.final), seconds)
+    score = final_score(result.final)
+    flags = tuple(result.health)
+    return CellOutcome(cell.label, "finished", "", resumed_from, score, seconds, flags)
 
 
 def final_score(metrics: dict[str, float]) -> str:

@@ -11,8 +11,11 @@ times the cost of that common start net, whatever the method starts from. Precis
 channels-last and where the data lives are ``accelerator``'s.
 
 Per epoch: train, step the LR schedule, evaluate on the test split, report metrics, then grow if
-the schedule says so. Around each ``grow()`` the runner measures the realised loss change on the
-statistics set (not charged to growth time) and hands the optimizer over (``carry`` or ``reset``).
+the schedule says so. A growth round hands the grower a statistics set and a disjoint held-out set
+of training samples; around ``grow()`` the runner measures the realised loss change on the
+statistics set and the loss on a third disjoint set, the probe, that no grower sees (not charged
+to growth time), then hands the optimizer over (``carry`` or ``reset``). The epoch after a growth
+and the finished cell get the health checks of ``health``.
 Metrics at step e describe the net trained during epoch e; step 0 is the untrained start net.
 ``train_seconds`` and ``growth_seconds`` are running totals. A non-finite train loss raises
 ``NonFiniteLossError``. What happens is reported to a ``CellObserver`` (the tracker, a progress
@@ -26,19 +29,20 @@ bar); ``run_cell`` also returns the whole history, so a cell runs and is inspect
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from growbench.benchmarks import accelerator, checkpoint
+from growbench.benchmarks import accelerator, checkpoint, health
 from growbench.benchmarks.augment import augmentation
 from growbench.benchmarks.suite import CellConfig, Training
 from growbench.datasets import Dataset, load_dataset
@@ -82,6 +86,7 @@ class CellResult:
     history: list[dict[str, float]]  # metrics per step, step 0 first
     events: list[dict[str, Any]]
     architecture: dict[str, Any]
+    health: list[str] = field(default_factory=list)  # ``health.cell_flags``; empty: healthy
 
     @property
     def final(self) -> dict[str, float]:
@@ -237,6 +242,8 @@ def growth_due(cell: CellConfig, epoch: int, rounds_done: int) -> bool:
     growth, epochs = cell.task.growth, cell.task.epochs
     if epoch < growth.first_epoch or epoch >= epochs:
         return False
+    if growth.last_epoch is not None and epoch > growth.last_epoch:
+        return False
     if growth.max_rounds is not None and rounds_done >= growth.max_rounds:
         return False
     return (epoch - growth.first_epoch) % growth.every == 0
@@ -382,9 +389,13 @@ class _CellRun:
             )  # fmt: skip
             self.seconds["train"] += time.perf_counter() - start
             self.train_flops += 3.0 * self.sizes.flops * self.dataset.num_train
+            after_growth = self.events and self.events[-1]["epoch"] == epoch - 1
+            if after_growth:
+                health.after_next_epoch(self.events[-1], train_loss)
             if not math.isfinite(train_loss):
+                cause = " right after a growth step" if after_growth else ""
                 raise NonFiniteLossError(
-                    f"{self.cell.label}: train loss became {train_loss} in epoch {epoch}; "
+                    f"{self.cell.label}: train loss became {train_loss} in epoch {epoch}{cause}; "
                     f"lower training.lr (now {self.training.lr:g}) for this task"
                 )
             if self.schedule is not None:
@@ -397,7 +408,11 @@ class _CellRun:
                 self._new_optimizer(epoch)  # every round starts afresh, grown or not
             self.epoch = epoch
             self.observer.checkpoint(epoch, len(self.events) > rounds_before, self.state_dict)
-        return CellResult(self.cell, self.info, self.history, self.events, self.net.describe())
+        classes = self.dataset.spec.num_outputs if self.classification else None
+        flags = health.cell_flags(self.history, self.events, classes)
+        return CellResult(
+            self.cell, self.info, self.history, self.events, self.net.describe(), flags
+        )
 
     # ------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -500,26 +515,27 @@ class _CellRun:
         if remaining <= 0:
             return False
         seed = self.cell.seed
-        samples = min(self.cell.task.growth.stats_samples, self.dataset.num_train)
-        inputs, targets = self.dataset.subset(
-            "train", samples, seeded_generator(seed, "statistics", round_index)
-        )
-        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        statistics, heldout, probe = self._growth_sets(round_index)
         ctx = GrowthContext(
-            inputs=inputs,
-            targets=targets,
+            inputs=statistics[0],
+            targets=statistics[1],
             loss_fn=self.loss_fn,
             budget_metric=self.metric,
             remaining_budget=remaining,
             generator=seeded_generator(seed, "grower", round_index),
+            heldout_inputs=heldout[0],
+            heldout_targets=heldout[1],
         )
+        probe_ctx = dataclasses.replace(ctx, inputs=probe[0], targets=probe[1])
         loss_before = statistics_loss(self.net, ctx)
+        probe_before = statistics_loss(self.net, probe_ctx) if len(probe[0]) else None
         _synchronize(self.device)
         start = time.perf_counter()
         event = self.grower.grow(self.net, ctx)
         _synchronize(self.device)
         self.seconds["growth"] += time.perf_counter() - start
         event.realised_loss_change = statistics_loss(self.net, ctx) - loss_before
+        probe_after = statistics_loss(self.net, probe_ctx) if len(probe[0]) else None
         if event.grew or self.net.lineage:  # parameters were replaced
             accelerator.to_memory_format(self.net, self.training.channels_last)
             if self.training.schedule_span == "round":
@@ -533,10 +549,28 @@ class _CellRun:
             "budget_limit": self.budget_limit,
             "remaining_budget": remaining,
             **event.to_dict(),
+            "health": {
+                "train_loss_before": self.history[-1]["train_loss"],
+                "probe_loss_before": probe_before,
+                "probe_loss_after": probe_after,
+                "probe_samples": len(probe[0]),
+            },
         }
         self.events.append(record)
         self.observer.grew(record)
         return event.stop_reason != "budget exhausted"
+
+    def _growth_sets(self, round_index: int) -> list[tuple[Tensor, Tensor]]:
+        """Round ``round_index``'s statistics set, held-out set and probe: disjoint training
+        subsets drawn with a generator of (seed, round), the same for every method. The two
+        held-out sets get ``heldout_samples`` each, at most an eighth of the split each; the
+        statistics set ``stats_samples`` of the rest."""
+        growth, n = self.cell.task.growth, self.dataset.num_train
+        held = min(growth.heldout_samples, n // 8)
+        counts = [min(growth.stats_samples, n - 2 * held), held, held]
+        order = seeded_generator(self.cell.seed, "statistics", round_index)
+        sets = self.dataset.subsets("train", counts, order)
+        return [(inputs.to(self.device), targets.to(self.device)) for inputs, targets in sets]
 
     def _hand_over_optimizer(self, epoch: int) -> None:
         """``carry``: slice the state over to the grown parameters; ``reset``: a fresh optimizer

@@ -35,7 +35,12 @@ defaults, except where a comment says "example"::
     first_epoch = 1               # grow after epochs first_epoch, first_epoch + every, ...
     every = 1                     # ... never after the last epoch, only while budget remains,
     # max_rounds = 3              # and at most max_rounds times (default: no limit)
+    # last_epoch = 10             # example: no growth after this epoch (a growth phase, then
+                                  # training only, the papers' protocol; default: none)
     stats_samples = 2048          # size of the statistics subset handed to the grower
+    heldout_samples = 512         # two more disjoint training subsets of at most this size
+                                  # (each at most 1/8 of the split): one the grower may tune
+                                  # its step on, one the harness measures growth health on
 
     [budget]                      # a task may override any key in [tasks.budget]
     metric = "params"             # "params" | "flops"
@@ -125,7 +130,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # need no such number: their part of the hash is the fingerprint of their code.
 # 2: the ``train_flops`` metric. 3: named sites, model options, ``macs``, refusals recorded.
 # 4: augmentation, precision, channels-last, multistep schedules and per-round spans.
-HARNESS_VERSION = 4
+# 5: held-out samples beside the statistics set (to the grower, and a probe for growth health).
+HARNESS_VERSION = 5
 
 
 STATIC = "static"  # the baseline a matched static cell runs
@@ -159,7 +165,9 @@ class Growth:
     first_epoch: int = 1
     every: int = 1
     max_rounds: int | None = None  # None: as many rounds as the epochs and the budget allow
+    last_epoch: int | None = None  # None: growth may go on to the last epoch
     stats_samples: int = 2048
+    heldout_samples: int = 512
 
 
 @dataclass(frozen=True)
@@ -201,7 +209,9 @@ SECTION_RULES: dict[str, dict[str, Rule]] = {
         "first_epoch": Rule("int", at_least=1),
         "every": Rule("int", at_least=1),
         "max_rounds": Rule("int", at_least=0),
+        "last_epoch": Rule("int", at_least=1),
         "stats_samples": Rule("int", at_least=1),
+        "heldout_samples": Rule("int", at_least=0),
     },
     "budget": {
         "metric": Rule("str", choices=BUDGET_METRICS),
@@ -414,7 +424,8 @@ class Suite:
             elif "width_multiplier" in model_options(task.model):
                 model["width_multiplier"] = min(model.get("width_multiplier", 1.0), 1 / 16)
             growth = dataclasses.replace(
-                task.growth, first_epoch=1, every=1, max_rounds=1, stats_samples=32
+                task.growth, first_epoch=1, every=1, max_rounds=1, last_epoch=None,
+                stats_samples=32,
             )
             training = dataclasses.replace(
                 task.training, batch_size=min(task.training.batch_size, 16)
@@ -752,6 +763,12 @@ def _task(table: dict[str, Any], path: str, epochs: int, sections: dict[str, Any
         raise SuiteError(
             f"{path} ({name}): growth.first_epoch = {task.growth.first_epoch} must be less than "
             f"epochs = {task_epochs}, since a net grows after an epoch and trains after that"
+        )
+    last = task.growth.last_epoch
+    if last is not None and not task.growth.first_epoch <= last < task_epochs:
+        raise SuiteError(
+            f"{path} ({name}): growth.last_epoch = {last} must be at least growth.first_epoch "
+            f"= {task.growth.first_epoch} and less than epochs = {task_epochs}"
         )
     return task
 

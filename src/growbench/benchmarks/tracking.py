@@ -55,6 +55,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
 PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
 METRICS_PER_CALL = 1000
+HEALTH = "growbench.health"  # a finished cell's health flags, a JSON list (``health``)
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -462,6 +463,7 @@ class CellTracker(CellObserver):
         self._heartbeat.stop()
         self.client.log_dict(self.run_id, result.events, "growth_events.json")
         self.client.log_dict(self.run_id, result.architecture, "architecture.json")
+        self.client.set_tag(self.run_id, HEALTH, json.dumps(list(result.health)))
         self.client.set_terminated(self.run_id, status="FINISHED")
 
     def fail(self, error: BaseException) -> None:

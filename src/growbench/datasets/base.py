@@ -8,7 +8,7 @@ much faster for small models, and seeding the batch order is one ``torch.Generat
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,17 +140,26 @@ class Dataset:
                 index = order[start : start + size]
                 yield prepare(inputs[index]), targets[index]
 
-    def subset(self, split: str, count: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """``count`` samples of ``split`` picked at random with ``generator`` (all of them, in
-        stored order, if ``count`` is at least the split's size). Used as growth statistics set."""
+    def subsets(
+        self, split: str, counts: Sequence[int], generator: torch.Generator
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Disjoint subsets of ``split`` of ``counts`` samples each, in that order, cut from one
+        random permutation drawn with ``generator`` (one subset asking for the whole split gets
+        it in stored order). Subsets past the split's end come back shorter, possibly empty. The
+        growth statistics set and the held-out sets beside it are drawn this way."""
         inputs, targets = self._split(split)
-        if count < 0:
-            raise ValueError(f"count must not be negative, not {count}")
+        if any(count < 0 for count in counts):
+            raise ValueError(f"counts must not be negative, not {list(counts)}")
         n = inputs.shape[0]
-        if count >= n:
-            return self.prepare(inputs), targets
-        pick = torch.randperm(n, generator=generator)[:count].to(inputs.device)
-        return self.prepare(inputs[pick]), targets[pick]
+        if len(counts) == 1 and counts[0] >= n:
+            return [(self.prepare(inputs), targets)]
+        order = torch.randperm(n, generator=generator).to(inputs.device)
+        found, start = [], 0
+        for count in counts:
+            pick = order[start : start + count]
+            found.append((self.prepare(inputs[pick]), targets[pick]))
+            start += len(pick)
+        return found
 
     def _split(self, split: str) -> tuple[Tensor, Tensor]:
         if split == "train":

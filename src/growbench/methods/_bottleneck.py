@@ -376,11 +376,17 @@ def _gram_parts(gram: Tensor, sizes: tuple[int, int]) -> list[Tensor]:
 
 
 def new_unit_contribution(
-    site: Site, producer_input: Tensor, alpha: Tensor, omega: Tensor, linearised: bool
+    site: Site,
+    producer_input: Tensor,
+    alpha: Tensor,
+    omega: Tensor,
+    linearised: bool,
+    per_unit: bool = False,
 ) -> Tensor:
     """What new units (fan-in rows α over x̃, fan-out rows ω) add to the consumer's output,
-    N × q × O: their producer output through the real new-unit path (real max pools; real
-    activations, or ``linearised`` ones times the path slope) and the consumer's reading."""
+    N × q × O (N × K × q × O, unit by unit, with ``per_unit``): their producer output through
+    the real new-unit path (real max pools; real activations, or ``linearised`` ones times the
+    path slope) and the consumer's reading."""
     maps = patch_maps(site, producer_input).double()
     units = torch.einsum("iphw,kp->ikhw", maps, alpha.double())
     path = site.unit_path(units, linear_activations=linearised)
@@ -388,7 +394,7 @@ def new_unit_contribution(
         path = path * site.path_slope()
     read = consumer_taps(site, path)  # N × k × T × O
     kernels = omega.double().reshape(alpha.shape[0], -1, read.shape[2])
-    return torch.einsum("iktl,kct->icl", read, kernels)
+    return torch.einsum("iktl,kct->ikcl" if per_unit else "iktl,kct->icl", read, kernels)
 
 
 def inverse_sqrt(matrix: Tensor, threshold: float) -> tuple[Tensor, int]:

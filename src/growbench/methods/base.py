@@ -5,7 +5,8 @@ defaults), and implements ``grow_step``, which changes the net in place through 
 ``growbench.nn`` and fills in the ``GrowthEvent``. ``Grower.grow`` wraps it with what every method
 must do alike and should not have to remember: measure the exact cost it added, time it, restore
 the train/eval mode, check the budget was respected. Methods see data only through the
-``GrowthContext`` (a fixed statistics set, the loss, the budget left, a seeded generator).
+``GrowthContext`` (a fixed statistics set, held-out samples to choose a step's size on, the loss,
+the budget left, a seeded generator).
 """
 
 from __future__ import annotations
@@ -46,12 +47,35 @@ class GrowthContext:
     remaining_budget: float
     generator: torch.Generator
     batch_size: int = 512
+    # Training samples outside the statistics set (None: there are none): a method that tunes
+    # something on data (TINY's amplitude) chooses it here, not on the samples it fitted.
+    heldout_inputs: Tensor | None = None
+    heldout_targets: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.budget_metric not in BUDGET_METRICS:
             raise ValueError(
                 f"unknown budget metric {self.budget_metric!r}; choose one of {BUDGET_METRICS}"
             )
+        if (self.heldout_inputs is None) != (self.heldout_targets is None):
+            raise ValueError("heldout_inputs and heldout_targets go together")
+
+    @property
+    def has_heldout(self) -> bool:
+        return self.heldout_inputs is not None and len(self.heldout_inputs) > 0
+
+    def held_out(self) -> GrowthContext:
+        """The same context over the held-out samples; the statistics set itself when there
+        are none (``has_heldout`` tells which)."""
+        if not self.has_heldout:
+            return self
+        return dataclasses.replace(
+            self,
+            inputs=self.heldout_inputs,
+            targets=self.heldout_targets,
+            heldout_inputs=None,
+            heldout_targets=None,
+        )
 
     @property
     def device(self) -> torch.device:

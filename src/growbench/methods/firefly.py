@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from growbench.claims import Claim
 from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
 from growbench.methods.registry import register
-from growbench.nn import GrowableNet, Site, insert_layer
+from growbench.nn import GrowableNet, NonFiniteStatisticsError, Site, insert_layer
 from growbench.nn.activations import activation_info, make_activation
 from growbench.nn.counting import growth_cost, insertion_cost
 from growbench.nn.growable import eval_mode
@@ -406,10 +406,16 @@ def search(
                 net, searches, ctx.inputs[batch], ctx.targets[batch], ctx.loss_fn
             ) + penalty(searches, config)
             grads = torch.autograd.grad(objective, variables)
+        value = float(objective.detach())
+        if not math.isfinite(value):
+            raise NonFiniteStatisticsError(
+                f"firefly: the search objective became {value} (the statistics batch or the "
+                "net's weights hold NaN/inf); lower the learning rate or check the data"
+            )
         for variable, grad in zip(variables, grads):
             variable.grad = grad
         optimizer.step()
-        curve.append(float(objective.detach()))
+        curve.append(value)
     for variable in variables:
         variable.grad = None
     return curve
@@ -438,6 +444,11 @@ def gate_scores(
     finally:
         for gate in gates:
             gate.requires_grad_(False)
+    if not all(bool(torch.isfinite(total).all()) for total in totals):
+        raise NonFiniteStatisticsError(
+            "firefly: a candidate's score is not finite (the statistics batch or the net's "
+            "weights hold NaN/inf); lower the learning rate or check the data"
+        )
     flat = iter(totals)
     return {name: {kind: next(flat).detach() for kind in kinds[name]} for name in searches}
 

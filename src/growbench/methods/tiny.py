@@ -67,6 +67,7 @@ class TinyConfig(GrowerConfig):
         "gamma_min",
         "gamma_top",
         "max_added",
+        "delta_rcond",
     )
     numerical_threshold: float = 1e-6
     statistical_threshold: float = 1e-3
@@ -77,8 +78,10 @@ class TinyConfig(GrowerConfig):
     gamma_min: float = 1e-4
     gamma_top: float = 1.0
     gamma_points: int = 20
-    gamma_max: float = 1e3
+    gamma_max: float = 1.0  # > gamma_top: extend by decades while the held-out loss improves
     gamma_fixed: float | None = None  # skip the line search and use this amplitude
+    delta_rcond: float = 1e-6  # S_h eigenvalues below this share of the largest are cut
+    choose_signs: bool = True  # per unit pair, the sign with the larger measured gain
     line_search: str = "grid"  # "grid": GroMo's dense log grid; "refine": coarse grid + Brent
     site_selection: str = "best-fo"
 
@@ -93,6 +96,11 @@ class TinyConfig(GrowerConfig):
             )
         if self.gamma_fixed is not None and self.gamma_fixed < 0:
             raise ValueError("tiny: gamma_fixed must be >= 0")
+        if self.gamma_max < self.gamma_top:
+            raise ValueError(
+                f"tiny: gamma_max ({self.gamma_max:g}) must be at least gamma_top "
+                f"({self.gamma_top:g})"
+            )
 
 
 @dataclass
@@ -107,6 +115,11 @@ class SiteSolution:
     omega: Tensor  # K_max × q: fan-out rows
     count: int  # K
     slope: float  # σ'(0)
+    unit_gains: Tensor | None = None  # measured per-unit gains (``measured_unit_gains``)
+
+    def fo_measured(self, k: int) -> float:
+        """Δ plus the measured gains of the first k units (``measured_unit_gains``)."""
+        return self.gain_delta + float(self.unit_gains[:k].sum())
 
     def fo_gromo(self, k: int) -> float:
         return self.gain_delta + self.slope * float((self.singular_values[:k] ** 2).sum())
@@ -144,12 +157,8 @@ def solve_site(
 ) -> SiteSolution:
     S_h, M_h = stats.S_h, stats.M_h
     if config.compute_delta:
-        solution, info = torch.linalg.solve_ex(S_h, M_h)  # no exception to raise and catch
-        delta = solution.T
+        delta = guarded_solve(S_h, M_h, config.delta_rcond).T
         gain = float((delta.T * M_h).sum())
-        if int(info) != 0 or not math.isfinite(gain) or gain < 0:
-            delta = (torch.linalg.pinv(S_h) @ M_h).T
-            gain = float((delta.T * M_h).sum())
     else:
         delta = torch.zeros_like(M_h.T)
         gain = 0.0
@@ -162,6 +171,20 @@ def solve_site(
     alpha = (root @ u[:, :k] * scale).T
     omega = (v[:, :k] * scale).T
     return SiteSolution(delta, gain, N, s, alpha, omega, k, slope)
+
+
+def guarded_solve(S: Tensor, M: Tensor, rcond: float) -> Tensor:
+    """S⁻¹M for a symmetric positive semi-definite S, in float64, through ``eigh`` with the
+    eigenvalues at or below ``rcond`` times the largest cut (a pseudo-inverse on the kept
+    eigenspace). On a near-singular S_h the plain solve succeeds and returns a δ whose huge
+    components cancel on the statistics set only (measured: ‖δ‖ = 5e3 at condition 1e300, and
+    the next optimiser step broke the cancellation)."""
+    values, vectors = torch.linalg.eigh(S.double())
+    keep = values > rcond * values[-1].clamp(min=0)
+    if not bool(keep.any()):
+        return torch.zeros_like(M, dtype=torch.float64)
+    kept = vectors[:, keep]
+    return (kept / values[keep]) @ (kept.T @ M.double())
 
 
 @register
@@ -214,7 +237,11 @@ class Tiny(Grower):
                     statistics[site.name], config, limit, site.path_slope()
                 )
         with event.phase("solve"):
-            fo_measured = measured_gains(net, ctx, measured, solutions)
+            unit_gains = measured_unit_gains(net, ctx, measured, solutions)
+            flipped = {
+                name: orient(solutions[name], gains, config.choose_signs)
+                for name, gains in unit_gains.items()
+            }
         report = {}
         gains = {}
         for site in sites:
@@ -229,10 +256,11 @@ class Tiny(Grower):
                 "cross_term": solution.cross_term(k, stats),
                 "bottleneck_norm": stats.residual_norm(solution.delta),
             }
-            if site.name in fo_measured:
+            gains[site.name] = entry["fo_exact"]
+            if site.name in unit_gains:
                 key = "fo_homog" if homogeneous(site) else "fo_max_pool"
-                entry[key] = fo_measured[site.name]
-            gains[site.name] = fo_measured.get(site.name, entry["fo_exact"])
+                entry[key] = gains[site.name] = solution.fo_measured(k)
+                entry["signs_flipped"] = flipped[site.name]
             report[site.name] = entry
             event.scores[site.name] = solution.singular_values.tolist()
         event.extras["sites"] = report
@@ -269,12 +297,8 @@ class Tiny(Grower):
         if k < solution.count:
             event.stop_reason = "budget exhausted"
         alpha, omega = solution.alpha[:k], solution.omega[:k]
-        if chosen.name in fo_measured:
-            if k < solution.count:
-                fo = measured_gains(net, ctx, [chosen], {chosen.name: _truncated(solution, k)})
-                fo = fo[chosen.name]
-            else:
-                fo = fo_measured[chosen.name]
+        if chosen.name in unit_gains:
+            fo = solution.fo_measured(k)
         else:
             fo = solution.fo_exact(k, stats)
         event.extras.update(site=chosen.name, K=k, first_order_gain=fo)
@@ -283,8 +307,13 @@ class Tiny(Grower):
             if config.gamma_fixed is not None:
                 gamma = config.gamma_fixed
             else:
-                gamma, curve = self._line_search(net, ctx, chosen, alpha, omega, solution.delta)
+                event.extras["amplitude_samples"] = "held-out" if ctx.has_heldout else "statistics"
+                gamma, curve = self._line_search(
+                    net, ctx.held_out(), chosen, alpha, omega, solution.delta
+                )
                 event.extras["line_search"] = curve
+                at_gamma = next(loss for g, loss in curve if g == gamma)
+                event.extras["search_loss_change"] = at_gamma - curve[0][1]
                 if gamma == 0.0:
                     event.stop_reason = "line search chose gamma = 0"
                     event.extras["gamma"] = 0.0
@@ -341,22 +370,26 @@ def homogeneous(site: Site) -> bool:
 
 def gain_is_measured(site: Site) -> bool:
     """Whether the site's first-order gain is measured on the statistics set
-    (``measured_gains``) rather than read from the closed form FO_exact: a positively
+    (``measured_unit_gains``) rather than read from the closed form FO_exact: a positively
     homogeneous path, or a max pool on it."""
     return homogeneous(site) or site.max_pooled
 
 
-def measured_gains(
+def measured_unit_gains(
     net: GrowableNet, ctx: GrowthContext, sites: list[Site], solutions: dict[str, SiteSolution]
-) -> dict[str, float]:
-    """Δ − E[g_aᵀ · what the new units add to the consumer at γ = 1] per site, in one taps pass
-    over the statistics set, the new units' maps passing through the site's real path (real max
-    pools, depthwise identity filters) and the consumer.
+) -> dict[str, Tensor]:
+    """Per site, K × 2: −E[g_aᵀ · what new unit k adds to the consumer at γ = 1], for the pair
+    (α_k, ω_k) (column 0) and for (−α_k, −ω_k) (column 1), in one taps pass over the statistics
+    set, the new units' maps passing through the site's real path (real max pools, depthwise
+    identity filters) and the consumer. Units add up (the path acts on each unit alone), so the
+    first-order gain of the first k units is Δ plus the sum of their entries.
 
     FO_homog: a positively homogeneous path adds exactly γ²·ω·path(αx̃), so σ itself is used.
     FO_max_pool: any other σ (σ(0) = 0, σ'(0) > 0, increasing near 0) commutes with a max pool,
     so a new unit adds γ²·σ'(0)·ω·maxpool(αX) + O(γ³): σ is linearised. Both are exact to
-    first order although the units were chosen through the pool's average stand-in."""
+    first order although the units were chosen through the pool's average stand-in. On such a
+    path the two signs of a singular pair give different functions (−ω·σ(−αx̃) ≠ ω·σ(αx̃)),
+    which is why both are measured."""
     if not sites:
         return {}
     totals = {site.name: 0.0 for site in sites}
@@ -366,34 +399,38 @@ def measured_gains(
         )
         for site in sites:
             solution = solutions[site.name]
-            k = solution.count
+            alpha, omega = solution.alpha[: solution.count], solution.omega[: solution.count]
             for chunk in sample_chunks(site, taps[site.name], ("input", "grad_output")):
-                added = new_unit_contribution(
-                    site,
-                    chunk.input,
-                    solution.alpha[:k],
-                    solution.omega[:k],
-                    linearised=not homogeneous(site),
-                )
-                grad = output_rows(chunk.grad_output).double()
-                totals[site.name] += float((added * grad).sum())
+                grad = output_rows(chunk.grad_output).double()[:, None]
+                terms = []
+                for sign in (1.0, -1.0):
+                    added = new_unit_contribution(
+                        site,
+                        chunk.input,
+                        sign * alpha,
+                        sign * omega,
+                        linearised=not homogeneous(site),
+                        per_unit=True,
+                    )
+                    terms.append((added * grad).sum(dim=(0, 2, 3)))
+                totals[site.name] = totals[site.name] + torch.stack(terms, dim=1)
     count = len(ctx.inputs)
-    return {
-        site.name: solutions[site.name].gain_delta - totals[site.name] / count for site in sites
-    }
+    return {site.name: -totals[site.name] / count for site in sites}
 
 
-def _truncated(solution: SiteSolution, k: int) -> SiteSolution:
-    return SiteSolution(
-        solution.delta,
-        solution.gain_delta,
-        solution.N,
-        solution.singular_values,
-        solution.alpha,
-        solution.omega,
-        k,
-        solution.slope,
-    )
+def orient(solution: SiteSolution, unit_gains: Tensor, choose_signs: bool) -> int:
+    """Give each new unit of ``solution`` the sign with the larger measured gain (column 1 of
+    ``measured_unit_gains`` is the flipped pair) when ``choose_signs``; store the chosen gains
+    in ``solution.unit_gains``; return how many pairs were flipped."""
+    flip = unit_gains[:, 1] > unit_gains[:, 0]
+    if not choose_signs:
+        flip = torch.zeros_like(flip)
+    signs = 1.0 - 2.0 * flip.double()
+    k = solution.count
+    solution.alpha[:k] *= signs[:, None]
+    solution.omega[:k] *= signs[:, None]
+    solution.unit_gains = torch.where(flip, unit_gains[:, 1], unit_gains[:, 0])
+    return int(flip.sum())
 
 
 def elementwise_pair(site: Site) -> bool:

@@ -1,0 +1,59 @@
+"""Growth health: whether a growth step destabilised training, whether a cell ended broken.
+
+A verdict over seeds averages a wrecked cell in with the others; these flags make it visible in
+the run output and the report. The thresholds are stated here, once:
+
+* a growth event is **destabilised** when the training loss of the epoch after it is not finite
+  or exceeds ``DESTABILISED_FACTOR`` times the training loss of the epoch before it (growth that
+  works leaves the next epoch's loss near or below the last one);
+* a classification cell is **at chance** when its final test accuracy is within
+  ``CHANCE_MARGIN`` of 1 / classes;
+* any cell is **worse than its start** when its final test loss exceeds ``WORSE_FACTOR`` times
+  the test loss of its untrained start net (step 0).
+
+Each event also records the loss on the *probe*: training samples outside both the statistics
+set and the held-out set the grower may tune on, measured in eval mode before and after the
+change, so a step that fits its own samples and hurts the rest shows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+DESTABILISED_FACTOR = 3.0
+CHANCE_MARGIN = 0.02
+WORSE_FACTOR = 1.1
+
+
+def destabilised(train_loss_before: float, next_train_loss: float) -> bool:
+    return not math.isfinite(next_train_loss) or next_train_loss > (
+        DESTABILISED_FACTOR * train_loss_before
+    )
+
+
+def after_next_epoch(record: dict[str, Any], next_train_loss: float) -> None:
+    """Complete an event's ``health`` entry with the training loss of the epoch after it."""
+    health = record.setdefault("health", {})
+    before = health.get("train_loss_before")
+    health["next_train_loss"] = next_train_loss
+    health["destabilised"] = before is not None and destabilised(before, next_train_loss)
+
+
+def cell_flags(
+    history: list[dict[str, float]], events: list[dict[str, Any]], num_classes: int | None
+) -> list[str]:
+    """The health flags of a finished cell, in words (empty when healthy). ``num_classes`` is
+    None for a regression task."""
+    flags = []
+    count = sum(1 for event in events if event.get("health", {}).get("destabilised"))
+    if count:
+        flags.append(f"{count} destabilised growth event{'s' * (count != 1)}")
+    final, start = history[-1], history[0]
+    accuracy = final.get("test_accuracy")
+    if num_classes and accuracy is not None and accuracy <= 1 / num_classes + CHANCE_MARGIN:
+        flags.append(f"at chance ({100 * accuracy:.1f} %)")
+    loss, start_loss = final.get("test_loss"), start.get("test_loss")
+    if loss is not None and start_loss is not None and not loss <= WORSE_FACTOR * start_loss:
+        flags.append(f"worse than its start net (test loss {loss:.3g} vs {start_loss:.3g})")
+    return flags
