@@ -534,7 +534,9 @@ def default_task_growth(threads: int, methods: tuple[str, ...]) -> Iterator[str]
                 train_one_epoch(net, optimizer, batches, loss_fn)
                 epochs.append(time.perf_counter() - start)
             samples = min(task.growth.stats_samples, dataset.num_train)
-            inputs, targets = dataset.subset("train", samples, torch.Generator().manual_seed(1))
+            inputs, targets = dataset.subsets("train", [samples], torch.Generator().manual_seed(1))[
+                0
+            ]
             ctx = GrowthContext(
                 inputs, targets, loss_fn, task.budget.metric, math.inf,
                 torch.Generator().manual_seed(2),

@@ -1,7 +1,7 @@
 """``growbench check`` on plugins installed from a scratch package (a real ``.dist-info`` on
 ``sys.path``, as pip leaves one): a good plugin passes every rule; plugins that overspend their
-budget, break declared function preservation, leave gradients behind or reseed the global RNG
-fail, each on the line of the rule it breaks, and the command exits 1."""
+budget, break declared function preservation, leave gradients behind, reseed the global RNG or
+wreck the net's loss on samples they never saw fail, each on the line of the rule it breaks, and the command exits 1."""
 
 from __future__ import annotations
 
@@ -74,6 +74,12 @@ class LeavesGradients(Good):
         ctx.loss_fn(net(ctx.inputs), ctx.targets).mean().backward()
 
 
+class Wrecks(Good):
+    name = "scratch-wrecks"
+    preserves_function = "no"
+    fan_out_scale = 30.0  # new units that shout: the loss everywhere jumps
+
+
 class Reseeds(Good):
     name = "scratch-reseeds"
 
@@ -86,6 +92,7 @@ ENTRIES = {
     "scratch-unfaithful": "Unfaithful",
     "scratch-leaves-gradients": "LeavesGradients",
     "scratch-reseeds": "Reseeds",
+    "scratch-wrecks": "Wrecks",
 }
 
 
@@ -119,6 +126,7 @@ def test_a_good_plugin_passes_every_rule(scratch_package, capsys) -> None:
         ("scratch-unfaithful", "function", "preserves the function as declared"),
         ("scratch-leaves-gradients", "side-effects", "leaves no .grad"),
         ("scratch-reseeds", "side-effects", "leaves the global RNGs alone"),
+        ("scratch-wrecks", "step-safety", "raises the loss on unseen samples by at most 5%"),
     ],
 )
 def test_a_broken_plugin_fails_on_the_rule_it_breaks(scratch_package, capsys, name, rule, says):

@@ -36,6 +36,9 @@ from growbench.nn import GrowableNet, ModelConfig, build_model, carry_optimizer_
 from growbench.nn.losses import PerSampleLoss, classification_loss, regression_loss
 
 FIXTURES = ("tanh_mlp", "relu_mlp", "conv_bn")
+# The fixtures whose targets a net can learn (a teacher's outputs): on conv_bn's random labels any
+# fit to some samples raises the loss on the others, so a step's safety cannot be judged there.
+LEARNABLE = ("tanh_mlp", "relu_mlp")
 # The papers' networks (and PointNet) at tiny widths, ReLU, 3 classes.
 ZOO = {
     "vgg": ModelConfig("vgg", (3, 32, 32), 3, width_multiplier=1 / 32),
@@ -44,6 +47,8 @@ ZOO = {
     "pointnet": ModelConfig("pointnet", (16, 3), 3, width_multiplier=1 / 32),
 }
 EXACT = 1e-12  # how closely a function-preserving step must keep the outputs (float64)
+# How much a default growth step may raise the loss on samples it never saw, relative to it.
+STEP_TOLERANCE = 0.05
 ZOO_EXACT = 1e-10  # deeper nets accumulate more rounding
 
 
@@ -328,6 +333,33 @@ def check_determinism(name: str, task_name: str) -> None:
     require(_same_state(state_a, state_b), "the same seed gives the same net")
 
 
+def check_step_safety(name: str, task_name: str) -> None:
+    """The method's default step (its own settings, not the quick ones) on the first half of the
+    task's samples, with the next quarter as held-out samples it may tune on, does not raise the
+    loss on the last quarter, which it never sees, by more than ``STEP_TOLERANCE``."""
+    task = supported_task(name, task_name)
+    n = len(task.inputs)
+    stats, heldout = slice(0, n // 2), slice(n // 2, 3 * n // 4)
+    ctx = dataclasses.replace(
+        task.context(),
+        inputs=task.inputs[stats],
+        targets=task.targets[stats],
+        heldout_inputs=task.inputs[heldout],
+        heldout_targets=task.targets[heldout],
+    )
+    probe = dataclasses.replace(
+        task.context(), inputs=task.inputs[3 * n // 4 :], targets=task.targets[3 * n // 4 :]
+    )
+    before = probe.loss(task.net)
+    make_grower(name).grow(task.net, ctx)
+    after = probe.loss(task.net)
+    require(
+        after <= before * (1 + STEP_TOLERANCE),
+        f"a default step raises the loss on unseen samples by at most {STEP_TOLERANCE:.0%}",
+        f"{before:.4g} -> {after:.4g}",
+    )
+
+
 def check_prediction(name: str, _task: str) -> None:
     cls = get_method(name)
     task = make_task("tanh_mlp")
@@ -476,6 +508,7 @@ CHECKS = (
     Check("function", "preserves the function as declared", check_function, FIXTURES),
     Check("side-effects", "leaves no gradients, RNG or mode changes", check_side_effects, FIXTURES),
     Check("determinism", "gives the same result for the same seed", check_determinism, FIXTURES),
+    Check("step-safety", "does not raise the loss on unseen samples", check_step_safety, LEARNABLE),
     Check("prediction", "predicts the loss change it realises", check_prediction),
     Check("optimizer", "hands the optimizer state over", check_optimizer),
     Check("timings", "times its phases within its wall time", check_timings),

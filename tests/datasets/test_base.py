@@ -80,22 +80,35 @@ def test_batches_reject_bad_arguments() -> None:
         data.batches("train", 0)
 
 
+def subset(data, split, count, generator):
+    return data.subsets(split, [count], generator)[0]
+
+
 def test_subset_is_seeded_and_sized() -> None:
     data = make_dataset()
-    inputs, targets = data.subset("train", 10, torch.Generator().manual_seed(0))
+    inputs, targets = subset(data, "train", 10, torch.Generator().manual_seed(0))
     assert inputs.shape == (10, 3)
     assert torch.equal(inputs[:, 0].long(), targets)
     assert len(set(targets.tolist())) == 10
-    again = data.subset("train", 10, torch.Generator().manual_seed(0))[1]
-    other = data.subset("train", 10, torch.Generator().manual_seed(1))[1]
+    again = subset(data, "train", 10, torch.Generator().manual_seed(0))[1]
+    other = subset(data, "train", 10, torch.Generator().manual_seed(1))[1]
     assert torch.equal(again, targets)
     assert not torch.equal(other, targets)
+
+
+def test_subsets_are_disjoint_and_shorter_past_the_end() -> None:
+    data = make_dataset()
+    total = len(data.train_targets)
+    sets = data.subsets("train", [total - 3, 2, 5], torch.Generator().manual_seed(0))
+    assert [len(targets) for _, targets in sets] == [total - 3, 2, 1]
+    seen = [t for _, targets in sets for t in targets.tolist()]
+    assert len(seen) == len(set(seen)) == total  # every sample once
 
 
 @pytest.mark.parametrize("count", [7, 100])
 def test_subset_returns_everything_when_count_reaches_size(count: int) -> None:
     data = make_dataset()
-    inputs, targets = data.subset("test", count, torch.Generator().manual_seed(0))
+    inputs, targets = subset(data, "test", count, torch.Generator().manual_seed(0))
     assert torch.equal(inputs, data.test_inputs)
     assert torch.equal(targets, data.test_targets)
 
@@ -142,7 +155,7 @@ def test_uint8_pixels_are_prepared_per_batch_and_need_a_normalization() -> None:
     batch, _ = next(data.batches("train", 4))
     assert batch.dtype == torch.float32
     assert torch.allclose(batch, expected)
-    inputs, _ = data.subset("test", 10, torch.Generator())
+    inputs, _ = subset(data, "test", 10, torch.Generator())
     assert torch.allclose(inputs, expected)
     shuffled = torch.cat([x for x, _ in data.batches("train", 3, torch.Generator().manual_seed(0))])
     assert torch.allclose(shuffled.sort(dim=0).values, expected.sort(dim=0).values)

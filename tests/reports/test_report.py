@@ -43,6 +43,8 @@ model_options = { widths = [5], activation = "relu" }
 """
 FAILED = ("digits-mlp", "s2d", 2)  # its run fails in epoch 2
 MISSING = ("teacher-student-mlp", "random-split", 1)  # never run
+FLAGGED = ("teacher-student-mlp", "s2d", 0)  # its growth destabilised training
+FLAGS = ["1 destabilised growth event"]
 
 
 def final_accuracy(method: str, seed: int) -> float:
@@ -77,7 +79,14 @@ def metrics(cell, epoch: int) -> dict[str, float]:
 
 def event(cell) -> dict:
     predicted = -0.05 if cell.method == "s2d" else None
+    flagged = (cell.task.name, cell.method, cell.seed) == FLAGGED
     return {
+        "health": {
+            "probe_loss_before": 1.0,
+            "probe_loss_after": 1.5 if flagged else 0.9,
+            "next_train_loss": 40.0 if flagged else 0.5,
+            "destabilised": flagged,
+        },
         "round": 0,
         "epoch": 1,
         "units_added": {"block0": 2},
@@ -113,7 +122,9 @@ def fill_store(uri: str, suite: Suite) -> dict[tuple[str, str, int], str]:
         else:
             width = 10 if cell.method != "none" else 8
             architecture = {"widths": {"block0": width + cell.seed}}
-            cell_tracker.finish(CellResult(cell, {}, history, [event(cell)], architecture))
+            flags = FLAGS if key == FLAGGED else []
+            result = CellResult(cell, {}, history, [event(cell)], architecture, flags)
+            cell_tracker.finish(result)
     tracker.close("FINISHED")
     return run_ids
 
@@ -362,3 +373,20 @@ def test_a_second_store_adds_the_verdict_stability_section(store, tmp_path: Path
         assert f"| {row.claim} | {row.task} | {row.verdict} |" in section
     assert "1 torch thread" in section
     assert "--compare-uri <second store>" in text
+
+
+def test_health_section_and_marks(report: Path):
+    text = (report / "report.md").read_text()
+    section = text.split("## Growth health")[1].split("\n## ")[0]
+    task = section.split("### teacher-student-mlp")[1]
+    s2d = next(line for line in task.splitlines() if line.startswith("| `s2d`"))
+    assert s2d == "| `s2d` | 3 | 1 | 1 of 3 | 1 of 3 (seed 0: 1 destabilised growth event) |"
+    digits = section.split("### digits-mlp")[1].split("###")[0]
+    assert "| `s2d` | 3 | 0 | 0 of 3 | 0 of 2 |" in digits  # seed 2 failed after growing
+    ranking = text.split("### teacher-student-mlp")[1]
+    assert "| `s2d` | 3, 1 flagged |" in ranking
+    cells = read_tables(report).cells
+    flagged = cells[cells["health"] != ""]
+    assert list(zip(flagged["task"], flagged["method"], flagged["seed"])) == [FLAGGED]
+    events = read_tables(report).events
+    assert int(events["destabilised"].sum()) == 1

@@ -424,7 +424,11 @@ class Suite:
             elif "width_multiplier" in model_options(task.model):
                 model["width_multiplier"] = min(model.get("width_multiplier", 1.0), 1 / 16)
             growth = dataclasses.replace(
-                task.growth, first_epoch=1, every=1, max_rounds=1, last_epoch=None,
+                task.growth,
+                first_epoch=1,
+                every=1,
+                max_rounds=1,
+                last_epoch=None,
                 stats_samples=32,
             )
             training = dataclasses.replace(

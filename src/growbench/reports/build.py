@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from growbench.benchmarks import health
 from growbench.benchmarks.suite import Suite, packaged_suites, resolve_suite_path
 from growbench.benchmarks.tracking import best_runs
 from growbench.reports import figures
@@ -171,7 +172,8 @@ def _markdown(
     ]
     for task in sorted(ran["task"].unique()):
         lines += _ranking_section(ran, task)
-    lines += _claims_section(claims)
+    lines += _health_section(ran, tables.events)
+    lines += _claims_section(claims, ran)
     lines += _unfinished_section(cells)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -216,7 +218,7 @@ def _ranking_section(cells: pd.DataFrame, task: str) -> list[str]:
         finished = int(row.finished)
         seeds = f"{finished}" + "".join(
             f", {int(getattr(row, what))} {what}"
-            for what in ("failed", "missing")
+            for what in ("failed", "missing", "flagged")
             if int(getattr(row, what))
         )
         cell = [
@@ -251,7 +253,53 @@ def shared_ranks(scores: pd.Series) -> list[int]:
     return ranks
 
 
-def _claims_section(claims: pd.DataFrame) -> list[str]:
+def _health_section(cells: pd.DataFrame, events: pd.DataFrame) -> list[str]:
+    """Per task: each growing method's events that destabilised training or raised the loss on
+    the probe, and its cells with a health flag (the flags in words)."""
+    lines = [
+        "## Growth health",
+        "",
+        "A growth event is *destabilised* when the next epoch's training loss is not finite or "
+        f"exceeds {health.DESTABILISED_FACTOR:g}× the loss of the epoch before it; *probe up*: "
+        "the loss on the probe (training samples outside the statistics and held-out sets, "
+        "never seen by the method) rose across the step. A cell is flagged when a growth "
+        "event destabilised it, when it ends within "
+        f"{100 * health.CHANCE_MARGIN:g} points of chance, or when its final test loss exceeds "
+        f"{health.WORSE_FACTOR:g}× its untrained start's. Flagged cells count as *flagged* in "
+        "the rankings' seeds and are marked ⚠ in the claims.",
+        "",
+    ]
+    grew = events[events["grew"].astype(bool)] if not events.empty else events
+    for task in sorted(cells["task"].unique()):
+        rows, body = cells[cells["task"] == task], []
+        for method in sorted(rows["method"].unique()):
+            own = grew[(grew["task"] == task) & (grew["method"] == method)] if len(grew) else grew
+            done = rows[(rows["method"] == method) & (rows["status"] == "FINISHED")]
+            flagged = done[done.get("health", pd.Series("", index=done.index)).fillna("") != ""]
+            if own.empty and flagged.empty:
+                continue
+            before = pd.to_numeric(own["probe_loss_before"], errors="coerce")
+            after = pd.to_numeric(own["probe_loss_after"], errors="coerce")
+            measured = int((before.notna() & after.notna()).sum())
+            words = "; ".join(
+                f"seed {int(cell.seed)}: {cell.health}" for cell in flagged.itertuples()
+            )
+            body.append(
+                [
+                    f"`{method}`",
+                    str(len(own)),
+                    str(int(own["destabilised"].astype(bool).sum())),
+                    f"{int((after > before).sum())} of {measured}" if measured else "—",
+                    f"{len(flagged)} of {len(done)}" + (f" ({words})" if words else ""),
+                ]
+            )
+        if body:
+            header = ["method", "growth events", "destabilised", "probe up", "cells flagged"]
+            lines += [f"### {task}", "", *_table(header, body), ""]
+    return lines
+
+
+def _claims_section(claims: pd.DataFrame, cells: pd.DataFrame | None = None) -> list[str]:
     lines = [
         "## The papers' claims",
         "",
@@ -281,7 +329,7 @@ def _claims_section(claims: pd.DataFrame) -> list[str]:
                 str(int(row.n_pairs)),
                 _interval(row.diff, row.diff_low, row.diff_high, signed=True),
                 _p(row.p_value),
-                f"**{row.verdict}**",
+                f"**{row.verdict}**" + _flag_mark(cells, row),
                 _power(row),
             ]
         )
@@ -299,6 +347,20 @@ def _claims_section(claims: pd.DataFrame) -> list[str]:
         )
         lines += [f"Not tested, for want of cells of both methods in this suite: {absent}.", ""]
     return lines
+
+
+def _flag_mark(cells: pd.DataFrame | None, claim: object) -> str:
+    """ " ⚠ N flagged" when cells of the claim's method or baseline on its task carry a health
+    flag (the Growth health section says which)."""
+    if cells is None or "health" not in cells.columns:
+        return ""
+    rows = cells[
+        (cells["task"] == claim.task)
+        & cells["method"].isin([claim.method, claim.baseline])
+        & (cells["status"] == "FINISHED")
+    ]
+    count = int((rows["health"].fillna("") != "").sum())
+    return f" ⚠ {count} flagged" if count else ""
 
 
 def _stability_section(

@@ -204,6 +204,13 @@ def by_seed(rows: pd.DataFrame, column: str, what: str) -> pd.Series:
     return series
 
 
+def flagged_count(cells: pd.DataFrame) -> int:
+    """How many of ``cells`` carry a health flag (tables of older runs have no such column)."""
+    if "health" not in cells.columns:
+        return 0
+    return int((cells["health"].fillna("").astype(str) != "").sum())
+
+
 def ranking(
     cells: pd.DataFrame, task: str, references: Sequence[str] = ("static", "none")
 ) -> pd.DataFrame:
@@ -211,7 +218,8 @@ def ranking(
 
     Columns: method, finished, failed (FAILED, KILLED or RUNNING cells), missing, score with its
     95 % interval (low, high), the means of params, flops, train_flops, growth_share and
-    budget_fraction, short_of_budget (finished cells that ended below 90 % of the budget), and
+    budget_fraction, short_of_budget (finished cells that ended below 90 % of the budget),
+    flagged (finished cells with a health flag), and
     for each reference ``r`` among the task's methods ``diff_vs_<r>`` (mean paired score
     difference method − r) and ``p_vs_<r>`` (two-sided paired t-test), NaN in the reference's
     own row.
@@ -241,6 +249,7 @@ def ranking(
             record[column] = mean_interval(pd.to_numeric(done[column], errors="coerce")).mean
         fraction = pd.to_numeric(done["budget_fraction"], errors="coerce")
         record["short_of_budget"] = int((fraction < SHORT_OF_BUDGET).sum())
+        record["flagged"] = flagged_count(done)
         for ref in present:
             if method == ref:
                 record[f"diff_vs_{ref}"] = record[f"p_vs_{ref}"] = math.nan

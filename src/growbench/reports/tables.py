@@ -13,11 +13,13 @@ holds only what the files hold:
             ``status`` is the run's (FINISHED, FAILED, KILLED, RUNNING) or MISSING;
             the final numbers are NaN unless FINISHED. ``score`` is the final test accuracy in %
             (classification, higher is better) or the final test loss (regression, lower is
-            better), named by ``score_name``. UNSUPPORTED: the method cannot grow the task's
-            layers, so the suite never runs it.
+            better), named by ``score_name``. ``health`` the cell's health flags
+            (``growbench.benchmarks.health``; "; "-separated, empty when healthy).
+            UNSUPPORTED: the method cannot grow the task's layers, so the suite never runs it.
 ``history`` one row per (cell, logged epoch), epoch 0 = before training: HISTORY_COLUMNS.
 ``events``  one row per growth event: EVENT_COLUMNS (predicted_loss_change NaN when the method
-            predicts nothing).
+            predicts nothing; the probe losses, the next epoch's training loss and
+            ``destabilised`` from the event's health record, NaN and False for older runs).
 ``widths``  one row per (cell, site) of the final architecture: WIDTH_COLUMNS.
 
 ``train_flops`` is the training compute spent up to the end of an epoch: 3 × forward FLOPs per
@@ -40,7 +42,7 @@ from mlflow.entities import Run
 
 from growbench.benchmarks.executor import plan, plan_matched
 from growbench.benchmarks.suite import CellConfig, Suite
-from growbench.benchmarks.tracking import MACHINE_TAGS, best_runs, json_artifact
+from growbench.benchmarks.tracking import HEALTH, MACHINE_TAGS, best_runs, json_artifact
 from growbench.datasets import dataset_spec
 from growbench.methods import make_grower
 from growbench.progress import bar
@@ -66,6 +68,7 @@ CELL_COLUMNS = [
     "growth_share",
     "epochs",
     "budget_fraction",
+    "health",
     *MACHINE_COLUMNS,
 ]
 # The metrics the runner logs per epoch that a report reads.
@@ -91,12 +94,17 @@ EVENT_COLUMNS = [
     "realised_loss_change",
     "wall_seconds",
     "stop_reason",
+    "probe_loss_before",
+    "probe_loss_after",
+    "next_train_loss",
+    "destabilised",
 ]
 WIDTH_COLUMNS = [*KEY, "site", "site_index", "width"]
 ACCURACY_SCORE = "test accuracy %"
 LOSS_SCORE = "test loss"
 TEXT_COLUMNS = frozenset(
     {"task", "method", "dataset", "model", "status", "run_id", "score_name", "site", "stop_reason"}
+    | {"health"}
     | {"base_method", "variant_options", "cpu", "blas", "accelerator"}
 )
 FILES = {name: f"{name}.csv" for name in ("cells", "history", "events", "widths")}
@@ -210,6 +218,7 @@ def _read_runs(
             spent = last["train_seconds"] + last["growth_seconds"]
             row["growth_share"] = last["growth_seconds"] / spent if spent > 0 else math.nan
             row["budget_fraction"] = _budget_fraction(run, last)
+            row["health"] = "; ".join(_json_value(run.data.tags.get(HEALTH)) or [])
             architecture = json_artifact(client, run.info.run_id, "architecture.json") or {}
             for index, (site, width) in enumerate(architecture.get("widths", {}).items()):
                 widths.append({**key, "site": site, "site_index": index, "width": int(width)})
@@ -283,6 +292,7 @@ def _number(value: Any) -> float:
 
 def _event_row(record: dict[str, Any]) -> dict[str, Any]:
     added = record.get("units_added") or {}
+    health = record.get("health") or {}
     return {
         "round": int(record.get("round", 0)),
         "epoch": int(record.get("epoch", 0)),
@@ -293,6 +303,10 @@ def _event_row(record: dict[str, Any]) -> dict[str, Any]:
         "realised_loss_change": _number(record.get("realised_loss_change")),
         "wall_seconds": _number(record.get("wall_seconds")),
         "stop_reason": record.get("stop_reason") or "",
+        "probe_loss_before": _number(health.get("probe_loss_before")),
+        "probe_loss_after": _number(health.get("probe_loss_after")),
+        "next_train_loss": _number(health.get("next_train_loss")),
+        "destabilised": bool(health.get("destabilised", False)),
     }
 
 
