@@ -77,11 +77,21 @@ def page() -> str:
     return "\n".join(lines) + "\n"
 
 
+def hand_written(path: Path) -> str:
+    """The page's sections after the generated table (from its first ``## `` heading), which a
+    regeneration keeps: the end-to-end comparisons are tests' results, not this script's."""
+    if not path.exists():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    start = text.find("\n## ")
+    return text[start:] if start >= 0 else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "fidelity.md")
     args = parser.parse_args()
-    args.out.write_text(page(), encoding="utf-8")
+    args.out.write_text(page() + hand_written(args.out), encoding="utf-8")
     print(f"written: {args.out}")
 
 

@@ -86,6 +86,7 @@ def make_frames() -> dict[str, pd.DataFrame]:
                     layers = int(method == "beta" and rnd == 0)
                     events.append(
                         [task, method, seed, rnd, rnd + 1, True, 4, layers, pred, real, 0.2, ""]
+                        + [1.0, 1.0 + real, 0.5, False]  # probe before/after, next loss, health
                     )
                 for index, site in enumerate(["fc1", "fc2"]):
                     widths.append([task, method, seed, site, index, 8 + 4 * m + seed + index])

@@ -26,8 +26,15 @@ cand→cand fan-out, the search objective and optimiser, the initialisations (v 
 α ~ N(0, 0.1²), Ω ~ U(±0.01)), the gate-gradient score at one point, the global ranking, the
 unscaled split step. Not copied: the code keeps n_select + 1 candidates (we keep n_select); it
 writes zero fan-out for the last hidden site's new units (we write the trained Ω); every site of
-every GrowableNet is supported, not only chains of convs. ``max_search_bytes`` caps K on conv
-sites so the super-network's extra activations fit (an estimate, recorded per site).
+every GrowableNet is supported, not only chains of convs; the code re-draws the classifier's bias
+at every growth step (a defect: it changes the function for no reason; we leave it alone).
+Changed: where a max pool follows a split unit, its two children are averaged after the pool
+(the per-unit path as the net runs it); the code averages before it. Measured on the same net:
+score Spearman 0.93, 18 of 20 kept candidates the same. Otherwise a Firefly step equals the
+code's to 1.3e-13 on the same net, data and weights. ``max_search_bytes`` caps K on conv sites
+so the super-network's extra activations fit (an estimate, recorded per site): under its
+default (1 GiB) VGG-19's first two sites at 16 channels get K = 1 instead of 70, so a suite
+that promises the code's K raises it (``firefly-cifar10`` does).
 """
 
 from __future__ import annotations

@@ -218,6 +218,13 @@ class Tiny(Grower):
         "TINY: add units whose fan-in/fan-out best fit the expressivity bottleneck (one SVD), "
         "with the consumer's best update, scaled by a line-searched amplitude"
     )
+    notes = (
+        "The amplitude γ ≤ 1 is searched on held-out training samples, not on the statistics "
+        "samples as in GroMo 0.1.0, whose in-sample search overfit (γ = 2.5–4, the loss on the "
+        "rest of the data up at 19 of 21 events on Fashion-MNIST). δ cuts S_h's eigenvalues "
+        "below 1e-6 of the largest; each new unit pair takes the sign with the larger measured "
+        "gain.",
+    )
     claims = (
         Claim(
             paper="Verbockhaven et al., TMLR 2024, arXiv:2405.19816",
@@ -364,9 +371,8 @@ class Tiny(Grower):
                 evaluate, config.gamma_min, config.gamma_top, config.gamma_max
             )
             return result.gamma, [list(point) for point in result.curve]
-        grid = torch.logspace(
-            math.log10(config.gamma_min), math.log10(config.gamma_top), config.gamma_points
-        ).tolist()
+        low, high = math.log10(config.gamma_min), math.log10(config.gamma_top)
+        grid = torch.logspace(low, high, config.gamma_points, dtype=torch.float64).tolist()
         decades = math.log10(config.gamma_top / config.gamma_min)
         per_decade = max(1, round((config.gamma_points - 1) / decades)) if decades > 0 else 1
         curve = [list(pair) for pair in zip([0.0, *grid], evaluate([0.0, *grid]), strict=True)]
@@ -374,9 +380,8 @@ class Tiny(Grower):
         while min(curve, key=lambda c: c[1])[0] == top and top * 10 <= config.gamma_max * (
             1 + 1e-12
         ):
-            extra = torch.logspace(math.log10(top), math.log10(top * 10), per_decade + 1).tolist()[
-                1:
-            ]
+            decade = (math.log10(top), math.log10(top * 10), per_decade + 1)
+            extra = torch.logspace(*decade, dtype=torch.float64).tolist()[1:]
             curve += [list(pair) for pair in zip(extra, evaluate(extra), strict=True)]
             top = extra[-1]
         best = min(curve, key=lambda c: c[1])
