@@ -13,7 +13,9 @@ the run output and the report. The thresholds are stated here, once:
 
 Each event also records the loss on the *probe*: training samples outside both the statistics
 set and the held-out set the grower may tune on, measured in eval mode before and after the
-change, so a step that fits its own samples and hurts the rest shows.
+change, so a step that fits its own samples and hurts the rest shows; the report counts the steps
+that raised it by more than ``PROBE_TOLERANCE`` of its value (a split's own ε-sized change and
+float noise stay below it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 DESTABILISED_FACTOR = 3.0
 CHANCE_MARGIN = 0.02
 WORSE_FACTOR = 1.1
+PROBE_TOLERANCE = 1e-3  # a probe loss "rose" when it grew by more than this share of itself
 
 
 def destabilised(train_loss_before: float, next_train_loss: float) -> bool:

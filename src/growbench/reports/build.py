@@ -262,7 +262,8 @@ def _health_section(cells: pd.DataFrame, events: pd.DataFrame) -> list[str]:
         "A growth event is *destabilised* when the next epoch's training loss is not finite or "
         f"exceeds {health.DESTABILISED_FACTOR:g}× the loss of the epoch before it; *probe up*: "
         "the loss on the probe (training samples outside the statistics and held-out sets, "
-        "never seen by the method) rose across the step. A cell is flagged when a growth "
+        "never seen by the method) rose across the step by more than "
+        f"{100 * health.PROBE_TOLERANCE:g} % of itself. A cell is flagged when a growth "
         "event destabilised it, when it ends within "
         f"{100 * health.CHANCE_MARGIN:g} points of chance, or when its final test loss exceeds "
         f"{health.WORSE_FACTOR:g}× its untrained start's. Flagged cells count as *flagged* in "
@@ -289,7 +290,9 @@ def _health_section(cells: pd.DataFrame, events: pd.DataFrame) -> list[str]:
                     f"`{method}`",
                     str(len(own)),
                     str(int(own["destabilised"].astype(bool).sum())),
-                    f"{int((after > before).sum())} of {measured}" if measured else "—",
+                    f"{int((after > before * (1 + health.PROBE_TOLERANCE)).sum())} of {measured}"
+                    if measured
+                    else "—",
                     f"{len(flagged)} of {len(done)}" + (f" ({words})" if words else ""),
                 ]
             )
