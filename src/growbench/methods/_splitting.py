@@ -32,6 +32,11 @@ from growbench.nn.activations import activation_info
 from growbench.nn.growable import eval_mode
 
 RELU_SURROGATE_BETA = 3.0
+# The splitting matrix a method forms: "exact", the Hessian of the unit's whole per-unit path
+# (with a second curved activation when the path has one: ``SecondCurvature``,
+# ``PathCurvature``); "first-activation", the official codes' E[g σ''(z) b² x̃x̃ᵀ] at the first
+# activation only, which is the exact matrix on every site ``closed_form`` accepts.
+SPLITTING_MATRICES = ("exact", "first-activation")
 SURROGATE_ACTIVATIONS = frozenset({"relu", "leaky_relu", "elu", "selu"})
 
 
@@ -84,12 +89,13 @@ def uses_surrogate(sites: list[Site]) -> bool:
     return any(act.name in SURROGATE_ACTIVATIONS for site in sites for act in site.activations)
 
 
-def prediction_is_heuristic(sites: list[Site]) -> bool:
+def prediction_is_heuristic(sites: list[Site], matrix: str = "exact") -> bool:
     """Whether the second-order prediction (ε²/2)·vᵀSv is only a ranking heuristic here: a
-    surrogate σ'' was used, or a max pool (local or global) follows a site (two copies of a
+    surrogate σ'' was used, a max pool (local or global) follows a site (two copies of a
     channel may pick different maxima when a pooling window holds near-ties, a first-order
-    change S misses)."""
-    return any(site.max_pooled for site in sites) or uses_surrogate(sites)
+    change S misses), or the first-activation matrix stands in for a longer path's."""
+    truncated = matrix == "first-activation" and not all(closed_form(site) for site in sites)
+    return any(site.max_pooled for site in sites) or uses_surrogate(sites) or truncated
 
 
 def closed_form(site: Site) -> bool:
@@ -100,6 +106,24 @@ def closed_form(site: Site) -> bool:
     (``SecondCurvature``); any other path gets Hessian-vector products (``PathCurvature``)."""
     curved = [m for m in site.between if isinstance(m, Activation) and m.name != "identity"]
     return len(curved) <= 1 and site.between.index(site.act) <= (site.norm is not None)
+
+
+def check_splitting_matrix(method: str, matrix: str) -> None:
+    """A method's ``splitting_matrix`` option, checked where its Config is."""
+    if matrix not in SPLITTING_MATRICES:
+        raise ValueError(
+            f"{method}: unknown splitting_matrix {matrix!r}; choose {SPLITTING_MATRICES}"
+        )
+
+
+def curvature_route(site: Site, matrix: str = "exact") -> str:
+    """How S_j is formed at ``site`` (``SPLITTING_MATRICES``): ``"closed"`` (E[c x̃x̃ᵀ] from the
+    first activation), ``"second"`` (``SecondCurvature``) or ``"path"`` (``PathCurvature``)."""
+    if matrix not in SPLITTING_MATRICES:
+        raise ValueError(f"unknown splitting_matrix {matrix!r}; choose {SPLITTING_MATRICES}")
+    if matrix == "first-activation" or closed_form(site):
+        return "closed"
+    return "second" if SecondCurvature.of(site) else "path"
 
 
 _SHAPE_KEEPING = (Slot, nn.Identity, nn.Dropout, nn.Dropout2d)
@@ -311,17 +335,21 @@ SECOND_CURVATURE_TAPS = ("input", "pre", "post", "grad_post", "grad_consumer_inp
 PATH_TAPS = ("input", "grad_consumer_input")
 
 
-def taps_needed(site: Site) -> tuple[str, ...]:
-    if closed_form(site):
-        return CLOSED_FORM_TAPS
-    return SECOND_CURVATURE_TAPS if SecondCurvature.of(site) else PATH_TAPS
+ROUTE_TAPS = {"closed": CLOSED_FORM_TAPS, "second": SECOND_CURVATURE_TAPS, "path": PATH_TAPS}
 
 
-def site_taps(net: GrowableNet, ctx: GrowthContext, sites: list[Site], inputs, targets) -> dict:
+def site_taps(
+    net: GrowableNet,
+    ctx: GrowthContext,
+    sites: list[Site],
+    inputs,
+    targets,
+    matrix: str = "exact",
+) -> dict:
     """One eval-mode taps pass with what the splitting matrices of ``sites`` need."""
     want = set()
     for site in sites:
-        want.update(taps_needed(site))
+        want.update(ROUTE_TAPS[curvature_route(site, matrix)])
     taps, _ = collect_taps(net, inputs, targets, ctx.loss_fn, sites=sites, want=want)
     return taps
 
@@ -333,16 +361,19 @@ def unit_chunks(site: Site, max_stat_bytes: int) -> list[range]:
     return [range(start, min(start + size, site.width)) for start in range(0, site.width, size)]
 
 
-def splitting_matrices(net: GrowableNet, ctx: GrowthContext, site: Site, units: range) -> Tensor:
+def splitting_matrices(
+    net: GrowableNet, ctx: GrowthContext, site: Site, units: range, matrix: str = "exact"
+) -> Tensor:
     """S_j for ``units`` of ``site`` (len × p × p, float64) over the whole statistics set."""
     total = None
     count = 0
-    second = SecondCurvature.of(site)
+    route = curvature_route(site, matrix)
+    second = SecondCurvature.of(site) if route == "second" else None
     for inputs, targets in ctx.batches():
-        taps = site_taps(net, ctx, [site], inputs, targets)[site.name]
+        taps = site_taps(net, ctx, [site], inputs, targets, matrix)[site.name]
         if second is not None:
             product = second.matrices(taps.input, *second.coefficients(taps), units)
-        elif closed_form(site):
+        elif route == "closed":
             rows = site_rows(site, taps.input, taps.pre, taps.grad_post)
             # one (p × rows)(rows × p) product per unit: an einsum over three operands would
             # build a rows × units × p intermediate
@@ -422,6 +453,7 @@ def site_eigen(
     site: Site,
     max_stat_bytes: int,
     event: GrowthEvent | None = None,
+    matrix: str = "exact",
 ) -> tuple[Eigen, int]:
     """Eigenpairs of every unit of ``site``, chunked so at most ``max_stat_bytes`` of splitting
     matrices are held at once; also returns the bytes of the largest chunk of matrices (the
@@ -431,7 +463,7 @@ def site_eigen(
     peak = 0
     for units in unit_chunks(site, max_stat_bytes):
         with _phase(event, "stats"):
-            matrices = splitting_matrices(net, ctx, site, units)
+            matrices = splitting_matrices(net, ctx, site, units, matrix)
         peak = max(peak, matrices.numel() * matrices.element_size())
         with _phase(event, "solve"):
             parts.append(extreme_eigenpairs(matrices))

@@ -63,7 +63,8 @@ from growbench.methods._splitting import (
     apply_splits,
     bn_gain,
     canonical_sign,
-    closed_form,
+    check_splitting_matrix,
+    curvature_route,
     prediction_is_heuristic,
     second_derivative,
     site_rows,
@@ -107,6 +108,7 @@ class RayleighSchedule:
     milestones: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     window: float = 0.1
     init_scale: float = 0.1
+    matrix: str = "exact"  # the splitting matrix estimated (``_splitting.SPLITTING_MATRICES``)
     cache_bytes: int = 2 * 2**30  # the statistics set's per-sample quantities, if they fit
 
     def __post_init__(self) -> None:
@@ -223,12 +225,12 @@ class SiteBatch:
         self._curvature: PathCurvature | None = None  # built once, for every extreme
 
     @classmethod
-    def from_taps(cls, site: Site, taps: Taps) -> SiteBatch:
-        second = SecondCurvature.of(site)
-        if second is not None:
-            c1, d, e2 = second.coefficients(taps)
+    def from_taps(cls, site: Site, taps: Taps, matrix: str = "exact") -> SiteBatch:
+        route = curvature_route(site, matrix)
+        if route == "second":
+            c1, d, e2 = SecondCurvature.of(site).coefficients(taps)
             return cls(site, taps.input, c1, slopes=d, second=e2)
-        if not closed_form(site):
+        if route == "path":
             return cls(site, taps.input, path_grad=taps.grad_consumer_input)
         if not isinstance(site.producer, nn.Conv2d):
             rows = site_rows(site, taps.input, taps.pre, taps.grad_post)
@@ -283,15 +285,25 @@ class SiteBatch:
 
 
 def site_batches(
-    net: GrowableNet, ctx: GrowthContext, sites: Sequence[Site], inputs: Tensor, targets: Tensor
+    net: GrowableNet,
+    ctx: GrowthContext,
+    sites: Sequence[Site],
+    inputs: Tensor,
+    targets: Tensor,
+    matrix: str = "exact",
 ) -> dict[str, SiteBatch]:
     """One eval-mode forward and ONE backward through the taps of all ``sites`` for a batch."""
-    taps = site_taps(net, ctx, list(sites), inputs, targets)
-    return {site.name: SiteBatch.from_taps(site, taps[site.name]) for site in sites}
+    taps = site_taps(net, ctx, list(sites), inputs, targets, matrix)
+    return {site.name: SiteBatch.from_taps(site, taps[site.name], matrix) for site in sites}
 
 
 def statistics_set_batches(
-    net: GrowableNet, ctx: GrowthContext, sites: Sequence[Site], batch_size: int, max_bytes: int
+    net: GrowableNet,
+    ctx: GrowthContext,
+    sites: Sequence[Site],
+    batch_size: int,
+    max_bytes: int,
+    matrix: str = "exact",
 ) -> dict[str, SiteBatch] | None:
     """``site_batches`` of the whole statistics set, from one taps pass in batches of
     ``batch_size``, or None when they would take more than ``max_bytes`` (judged from the first
@@ -300,7 +312,8 @@ def statistics_set_batches(
     whole: dict[str, SiteBatch] = {}
     for start in range(0, count, batch_size):
         stop = min(start + batch_size, count)
-        batch = site_batches(net, ctx, sites, ctx.inputs[start:stop], ctx.targets[start:stop])
+        inputs, targets = ctx.inputs[start:stop], ctx.targets[start:stop]
+        batch = site_batches(net, ctx, sites, inputs, targets, matrix)
         if start == 0:
             tensors = [t for part in batch.values() for t in part.tensors().values()]
             if sum(t[0].nelement() * t.element_size() for t in tensors) * count > max_bytes:
@@ -355,11 +368,14 @@ def rayleigh_extremes(
     window_samples = 0
     window_start = schedule.window_start(math.ceil(len(ctx.inputs) / schedule.batch_size))
     batches = minibatch_indices(len(ctx.inputs), schedule.batch_size, schedule.steps, generator)
-    cached = statistics_set_batches(net, ctx, sites, schedule.batch_size, schedule.cache_bytes)
+    matrix = schedule.matrix
+    cached = statistics_set_batches(
+        net, ctx, sites, schedule.batch_size, schedule.cache_bytes, matrix
+    )
     for step, index in enumerate(batches):
         index = index.to(ctx.device)
         if cached is None:
-            batch = site_batches(net, ctx, sites, ctx.inputs[index], ctx.targets[index])
+            batch = site_batches(net, ctx, sites, ctx.inputs[index], ctx.targets[index], matrix)
         else:
             batch = {name: whole.take(index) for name, whole in cached.items()}
         lr = schedule.lr_at(step)
@@ -410,13 +426,17 @@ def rayleigh_eigen(
 
 
 def quadratic_forms(
-    net: GrowableNet, ctx: GrowthContext, sites: Sequence[Site], vectors: dict[str, Tensor]
+    net: GrowableNet,
+    ctx: GrowthContext,
+    sites: Sequence[Site],
+    vectors: dict[str, Tensor],
+    matrix: str = "exact",
 ) -> dict[str, Tensor]:
     """v_jᵀ S_j v_j over the whole statistics set for given unit vectors (one pass, no S)."""
     totals = {site.name: torch.zeros(site.width, dtype=torch.float64) for site in sites}
     count = 0
     for inputs, targets in ctx.batches():
-        batch = site_batches(net, ctx, sites, inputs, targets)
+        batch = site_batches(net, ctx, sites, inputs, targets, matrix)
         for site in sites:
             v = vectors[site.name]
             totals[site.name] += (v * batch[site.name].products(v)).sum(dim=1) * len(inputs)
@@ -550,8 +570,10 @@ class FastS2DConfig(GrowerConfig):
     check_estimates: bool = True  # report |λ̂ − v̂ᵀSv̂| (one more pass; phase "diagnostics")
     exact_diagnostics: bool = False  # exact S per unit, cos / λ error / Spearman / Jaccard
     max_stat_bytes: int = 512 * 2**20  # for exact_diagnostics only
+    splitting_matrix: str = "exact"  # "first-activation": the official code's matrix
 
     def __post_init__(self) -> None:
+        check_splitting_matrix("fast-s2d", self.splitting_matrix)
         if self.cost_transform not in COST_TRANSFORMS:
             raise ValueError(
                 f"fast-s2d: unknown cost_transform {self.cost_transform!r}; "
@@ -576,6 +598,7 @@ class FastS2DConfig(GrowerConfig):
             window=self.rq_window,
             init_scale=self.rq_init_scale,
             cache_bytes=self.rq_cache_bytes,
+            matrix=self.splitting_matrix,
         )
 
 
@@ -658,16 +681,25 @@ class FastS2D(Grower):
             site.name: [problem["raw_costs"][k], problem["site_costs"][k]]
             for k, site in enumerate(sites)
         }
-        event.extras["prediction_is_heuristic"] = prediction_is_heuristic(sites)
+        event.extras["prediction_is_heuristic"] = prediction_is_heuristic(
+            sites, config.splitting_matrix
+        )
         # diagnostics of the estimates, not the method's own work: timed apart
         with event.phase("diagnostics"):
             if config.exact_diagnostics:
                 event.extras["exact_agreement"] = agreement_with_exact(
-                    net, ctx, sites, estimates, config.max_stat_bytes, problem, config.beta_keep
+                    net,
+                    ctx,
+                    sites,
+                    estimates,
+                    config.max_stat_bytes,
+                    problem,
+                    config.beta_keep,
+                    config.splitting_matrix,
                 )
             if config.check_estimates:
                 vectors = {site.name: estimates[site.name].vectors for site in sites}
-                forms = quadratic_forms(net, ctx, sites, vectors)
+                forms = quadratic_forms(net, ctx, sites, vectors, config.splitting_matrix)
                 gaps = {
                     site.name: (forms[site.name] - estimates[site.name].values).abs()
                     / estimates[site.name].values.abs().clamp_min(1e-300)
@@ -756,12 +788,13 @@ class FastS2D(Grower):
 
 
 def exact_lowest_pairs(
-    net: GrowableNet, ctx: GrowthContext, site: Site, max_stat_bytes: int
+    net: GrowableNet, ctx: GrowthContext, site: Site, max_stat_bytes: int, matrix: str = "exact"
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """λ₁, λ₂ and v₁ (canonical) of every unit's exact splitting matrix, float64."""
+    """λ₁, λ₂ and v₁ (canonical) of every unit's splitting matrix (``matrix``, formed whole),
+    float64."""
     first, second, vectors = [], [], []
     for units in unit_chunks(site, max_stat_bytes):
-        matrices = splitting_matrices(net, ctx, site, units)
+        matrices = splitting_matrices(net, ctx, site, units, matrix)
         values, eigvectors = torch.linalg.eigh(matrices)
         first.append(values[:, 0])
         second.append(values[:, min(1, values.shape[1] - 1)])
@@ -778,6 +811,7 @@ def agreement_with_exact(
     max_stat_bytes: int,
     problem: dict | None = None,
     beta_keep: float = 0.99,
+    matrix: str = "exact",
 ) -> dict:
     """The fidelity figures: cos(v̂, v) and relative λ error for units whose relative gap
     (λ₂ − λ₁)/|λ₁| is ≥ 0.1, Spearman ρ(λ̂, λ) over all units and, given the LP ``problem``, the
@@ -785,7 +819,7 @@ def agreement_with_exact(
     charged)."""
     exact, estimated, cosines, errors = [], [], [], []
     for site in sites:
-        lam1, lam2, v1 = exact_lowest_pairs(net, ctx, site, max_stat_bytes)
+        lam1, lam2, v1 = exact_lowest_pairs(net, ctx, site, max_stat_bytes, matrix)
         estimate = estimates[site.name]
         gapped = (lam2 - lam1) >= 0.1 * lam1.abs()
         cos = (estimate.vectors * v1).sum(dim=1).abs()

@@ -18,7 +18,10 @@ depthwise conv → BN → σ), S_j here includes that second activation's curvat
 (``_splitting.SecondCurvature``); the code's matrix stops at the first activation. Measured on
 MobileNetV1 sites, realised / predicted loss change of a split: 1.0000 with this matrix, 0.57 to
 1.24 with the code's. Run side by side with the code on the same net, data and weights, a round
-equals klightz/splitting's to 1.1e-14 once that term is switched off.
+equals klightz/splitting's to 1.1e-14 once that term is switched off:
+``splitting_matrix = "first-activation"`` (in ``s2d``, ``signed-s2d`` and ``fast-s2d``) is that
+switch, the code's matrix, flagged ``prediction_is_heuristic`` where the path is longer; the
+paper suites run it beside ours as the ``-as-code`` variants.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from growbench.claims import Claim
 from growbench.methods._splitting import (
     PlannedSplit,
     apply_splits,
+    check_splitting_matrix,
     prediction_is_heuristic,
     site_eigen,
     splittable_sites,
@@ -61,8 +65,10 @@ class S2DConfig(GrowerConfig):
     selection: str = "global-ratio"
     lambda_tol: float = 1e-8  # relative to the largest ‖S_j‖ of the round
     max_stat_bytes: int = 512 * 2**20
+    splitting_matrix: str = "exact"  # "first-activation": the official code's matrix
 
     def __post_init__(self) -> None:
+        check_splitting_matrix("s2d", self.splitting_matrix)
         if self.selection not in SELECTIONS:
             raise ValueError(f"s2d: unknown selection {self.selection!r}; choose {SELECTIONS}")
 
@@ -96,7 +102,9 @@ class S2D(Grower):
         candidates = []  # (λ, site position, unit, direction)
         peak = 0
         for position, site in enumerate(sites):
-            eigen, site_peak = site_eigen(net, ctx, site, config.max_stat_bytes, event)
+            eigen, site_peak = site_eigen(
+                net, ctx, site, config.max_stat_bytes, event, config.splitting_matrix
+            )
             peak = max(peak, site_peak)
             event.scores[site.name] = eigen.lambda_min.tolist()
             scale = float(eigen.matrix_norm.max())
@@ -136,7 +144,9 @@ class S2D(Grower):
             ]
             event.selected = apply_splits(net, plans)
         event.predicted_loss_change = sum(config.epsilon**2 / 2 * c[0] for c in chosen)
-        event.extras["prediction_is_heuristic"] = prediction_is_heuristic(sites)
+        event.extras["prediction_is_heuristic"] = prediction_is_heuristic(
+            sites, config.splitting_matrix
+        )
         event.extras["peak_stat_bytes"] = peak
         event.extras["fraction_split_nonnegative"] = (
             sum(c[0] >= 0 for c in chosen) / len(chosen) if chosen else 0.0

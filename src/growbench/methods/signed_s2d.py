@@ -50,6 +50,7 @@ from growbench.claims import Claim
 from growbench.methods._splitting import (
     PlannedSplit,
     apply_splits,
+    check_splitting_matrix,
     prediction_is_heuristic,
     site_eigen,
     splittable_sites,
@@ -76,8 +77,10 @@ class SignedS2DConfig(GrowerConfig):
     lambda_tol: float = 1e-8  # eligible if score < −lambda_tol · max_j ‖S_j‖
     max_stat_bytes: int = 512 * 2**20
     eigen_solver: str = "auto"
+    splitting_matrix: str = "exact"  # "first-activation": the official code's matrix
 
     def __post_init__(self) -> None:
+        check_splitting_matrix("signed-s2d", self.splitting_matrix)
         if self.copies != 3:
             raise ValueError(
                 f"signed-s2d: copies must be 3, got {self.copies!r} (the 2-copy signed split is "
@@ -190,12 +193,15 @@ class SignedS2D(Grower):
         estimated = [site for site in sites if self._estimates(site, len(ctx.inputs))]
         if estimated:
             with event.phase("search"):
-                rayleigh = rayleigh_eigen(net, ctx, estimated, FastS2DConfig().schedule())
+                schedule = FastS2DConfig(splitting_matrix=config.splitting_matrix).schedule()
+                rayleigh = rayleigh_eigen(net, ctx, estimated, schedule)
         for site in sites:
             if site in estimated:
                 eigens.append(rayleigh[site.name])
                 continue
-            eigen, site_peak = site_eigen(net, ctx, site, config.max_stat_bytes, event)
+            eigen, site_peak = site_eigen(
+                net, ctx, site, config.max_stat_bytes, event, config.splitting_matrix
+            )
             peak = max(peak, site_peak)
             eigens.append(eigen)
         event.extras["rayleigh_sites"] = [site.name for site in estimated]
@@ -235,7 +241,9 @@ class SignedS2D(Grower):
                     "copies_per_split": units_per_split + 1,
                     "s2d_stable_but_splittable": stable_but_splittable,
                     "four_copies_would_help": four_would_help,
-                    "prediction_is_heuristic": prediction_is_heuristic(sites),
+                    "prediction_is_heuristic": prediction_is_heuristic(
+                        sites, config.splitting_matrix
+                    ),
                     "peak_stat_bytes": peak,
                 }
             )
