@@ -1,7 +1,8 @@
 """``growbench check`` on plugins installed from a scratch package (a real ``.dist-info`` on
 ``sys.path``, as pip leaves one): a good plugin passes every rule; plugins that overspend their
 budget, break declared function preservation, leave gradients behind, reseed the global RNG or
-wreck the net's loss on samples they never saw fail, each on the line of the rule it breaks, and the command exits 1."""
+wreck the net's loss on samples they never saw fail, each on the line of the rule it breaks, and
+the command exits 1."""
 
 from __future__ import annotations
 

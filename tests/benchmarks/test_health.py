@@ -55,9 +55,7 @@ def test_thresholds() -> None:
     at_chance = [start, {"test_loss": 2.3, "test_accuracy": 0.11}]
     assert health.cell_flags(at_chance, [], 10) == ["at chance (11.0 %)"]
     worse = [{"test_loss": 1.0}, {"test_loss": 1.2}]
-    assert health.cell_flags(worse, [], None) == [
-        "worse than its start net (test loss 1.2 vs 1)"
-    ]
+    assert health.cell_flags(worse, [], None) == ["worse than its start net (test loss 1.2 vs 1)"]
     events = [{"health": {"destabilised": True}}, {"health": {"destabilised": False}}, {}]
     assert health.cell_flags(fine, events, 10) == ["1 destabilised growth event"]
 
@@ -68,7 +66,8 @@ def test_every_growth_event_records_its_health() -> None:
     for event, after in zip(result.events, result.history[2:], strict=True):
         record = event["health"]
         assert record["probe_samples"] == 25  # an eighth of the 200 training samples
-        assert record["probe_loss_before"] > 0 and record["probe_loss_after"] > 0
+        assert record["probe_loss_before"] > 0
+        assert record["probe_loss_after"] > 0
         assert record["next_train_loss"] == after["train_loss"]
         assert record["destabilised"] is False
     assert result.health == []

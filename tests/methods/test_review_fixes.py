@@ -70,7 +70,7 @@ def test_non_finite_statistics_are_one_clear_error(name, where):
     else:
         with torch.no_grad():
             task.net.site(0).producer.weight[1, 0] = float("nan")
-    with pytest.raises(NonFiniteStatisticsError, match="not finite|objective became nan"):
+    with pytest.raises(NonFiniteStatisticsError, match=r"not finite|objective became nan"):
         make_grower(name, QUICK[name]).grow(task.net, ctx)
 
 

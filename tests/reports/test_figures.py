@@ -84,10 +84,9 @@ def make_frames() -> dict[str, pd.DataFrame]:
                 for rnd, pred in enumerate(predicted):
                     real = -0.08 * (seed + 1) if rnd == 0 else 0.0005
                     layers = int(method == "beta" and rnd == 0)
-                    events.append(
-                        [task, method, seed, rnd, rnd + 1, True, 4, layers, pred, real, 0.2, ""]
-                        + [1.0, 1.0 + real, 0.5, False]  # probe before/after, next loss, health
-                    )
+                    health = [1.0, 1.0 + real, 0.5, False]  # probe before/after, next loss
+                    row = [task, method, seed, rnd, rnd + 1, True, 4, layers, pred, real, 0.2]
+                    events.append([*row, "", *health])
                 for index, site in enumerate(["fc1", "fc2"]):
                     widths.append([task, method, seed, site, index, 8 + 4 * m + seed + index])
     return {
