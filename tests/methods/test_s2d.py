@@ -161,7 +161,7 @@ def synthetic_context(inputs, targets, budget=float("inf")) -> GrowthContext:
 def fake_site_eigen(values: dict[str, list[float]]):
     """A ``site_eigen`` replacement returning the given λ_min, random unit directions."""
 
-    def replacement(net, ctx, site, max_stat_bytes, event=None):
+    def replacement(net, ctx, site, max_stat_bytes, event=None, matrix="exact"):
         lam = torch.tensor(values[site.name], dtype=torch.float64)
         n, p = site.width, site.fan_in_size
         generator = torch.Generator().manual_seed(100 * n + p)

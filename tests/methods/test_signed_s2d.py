@@ -55,6 +55,7 @@ def test_registration_and_cpu_defaults():
         "lambda_tol": 1e-8,
         "max_stat_bytes": 512 * 2**20,
         "eigen_solver": "auto",
+        "splitting_matrix": "exact",
     }
     assert SignedS2D.preserves_function == "at_zero_step"
     assert SignedS2D.zero_step_overrides == {"epsilon": 0.0}
@@ -461,7 +462,7 @@ def test_signed_split_escapes_where_s2d_stalls():
 def synthetic_eigen(spectra: dict[str, list[tuple[float, float]]]):
     """A stand-in for ``site_eigen``: (λ_min, λ_max) per unit, random unit directions."""
 
-    def fake(net, ctx, site, max_stat_bytes, event=None):
+    def fake(net, ctx, site, max_stat_bytes, event=None, matrix="exact"):
         pairs = spectra.get(site.name, [(0.0, 0.0)] * site.width)
         lam_min = torch.tensor([p[0] for p in pairs], dtype=torch.float64)
         lam_max = torch.tensor([p[1] for p in pairs], dtype=torch.float64)
