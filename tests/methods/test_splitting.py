@@ -510,8 +510,15 @@ def path_hessians(task: Task, site: Site, units: range) -> Tensor:
     finally:
         handle.remove()
     (path_grad,) = torch.autograd.grad(losses.sum(), reads)
+    count = len(task.inputs)
+    return row_hessians(site, x, units, lambda u: (site.run_between(u) * path_grad).sum() / count)
+
+
+def row_hessians(site: Site, x: Tensor, units: range, objective) -> Tensor:
+    """For each unit j of ``units``, the Hessian at θ_j of ``objective(U)``, U the producer's
+    output on its input ``x`` with fan-in row j (bias last) replaced by θ."""
     rows = site.fan_in_matrix()
-    layer, count = site.producer, len(task.inputs)
+    layer = site.producer
     has_bias = layer.bias is not None
     matrices = []
     for j in units:
@@ -524,7 +531,7 @@ def path_hessians(task: Task, site: Site, units: range) -> Tensor:
                 u = F.conv2d(x, kernel, bias, layer.stride, layer.padding, layer.dilation)
             else:
                 u = F.linear(x, kernel, bias)
-            return (site.run_between(u) * path_grad).sum() / count
+            return objective(u)
 
         matrices.append(torch.autograd.functional.hessian(phi, rows[j].clone(), vectorize=True))
     return torch.stack(matrices)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from growbench.methods import make_grower
 from growbench.methods._splitting import (
@@ -19,7 +18,7 @@ from growbench.methods.fast_s2d import SiteBatch
 from growbench.nn import collect_taps
 
 from .conftest import make_task
-from .test_splitting import path_hessians, site_input
+from .test_splitting import path_hessians, row_hessians, site_input
 
 TASK, SITE = "mobilenetv1:tanh", "pw1"  # pointwise conv → BN → tanh → depthwise → BN → tanh
 
@@ -42,22 +41,14 @@ def first_activation_hessians(task, site, units: range) -> torch.Tensor:
         handle.remove()
     (g1,) = torch.autograd.grad(losses.sum(), caught["out"])
     first = site.between[: site.between.index(site.act) + 1]
-    rows, layer, count = site.fan_in_matrix(), site.producer, len(task.inputs)
-    has_bias = layer.bias is not None
-    matrices = []
-    for j in units:
+    count = len(task.inputs)
 
-        def phi(theta, j=j):
-            weights = torch.cat([rows[:j], theta[None], rows[j + 1 :]])
-            kernel = weights[:, : weights.shape[1] - has_bias].reshape(layer.weight.shape)
-            bias = weights[:, -1] if has_bias else None
-            u = F.conv2d(x, kernel, bias, layer.stride, layer.padding, layer.dilation)
-            for module in first:
-                u = module(u)
-            return (u * g1).sum() / count
+    def objective(u):
+        for module in first:
+            u = module(u)
+        return (u * g1).sum() / count
 
-        matrices.append(torch.autograd.functional.hessian(phi, rows[j].clone(), vectorize=True))
-    return torch.stack(matrices)
+    return row_hessians(site, x, units, objective)
 
 
 def test_the_first_activation_matrix_is_the_code_s_and_differs_from_the_exact_one():

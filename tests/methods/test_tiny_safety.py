@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from growbench.contract import ZOO, make_task
+from growbench.contract import ZOO, Task, make_task
 from growbench.datasets import load_dataset
 from growbench.methods import GrowthContext, make_grower, statistics_loss
 from growbench.methods._bottleneck import site_statistics
@@ -89,28 +89,30 @@ def test_default_amplitude_does_not_overfit_the_statistics_set(digits_mlp):
     assert max(rises) <= 0, rises
 
 
-def conv_pool_linear():
+def task_named(name: str) -> Task:
+    """A contract task, or ``"conv_pool_linear"``: ReLU conv → global average pool → Linear on
+    48 random 8×8 images with 3 classes."""
+    if name != "conv_pool_linear":
+        return make_task(name)
     layers = [
         ChainLayer("conv", nn.Conv2d(3, 4, 3, padding=1), None, "relu",
                    [nn.AdaptiveAvgPool2d(1), nn.Flatten()]),
         ChainLayer("head", nn.Linear(4, 3)),
     ]  # fmt: skip
     torch.manual_seed(0)
-    return chain_net(layers, (3, 8, 8)).double().eval()
+    net = chain_net(layers, (3, 8, 8)).double().eval()
+    generator = torch.Generator().manual_seed(3)
+    inputs = torch.randn(48, 3, 8, 8, generator=generator, dtype=torch.float64)
+    targets = torch.randint(0, 3, (48,), generator=generator)
+    return Task(net, inputs, targets, classification_loss)
 
 
 @pytest.mark.parametrize("name", [*ZOO, "conv_pool_linear"])
 def test_a_default_step_never_raises_the_held_out_loss(name):
     """On every zoo model and on a conv → pool → Linear chain net: the loss on the held-out
     samples the amplitude was chosen on does not rise (γ = 0 is a candidate)."""
-    if name == "conv_pool_linear":
-        generator = torch.Generator().manual_seed(3)
-        inputs = torch.randn(48, 3, 8, 8, generator=generator, dtype=torch.float64)
-        targets = torch.randint(0, 3, (48,), generator=generator)
-        net, loss_fn = conv_pool_linear(), classification_loss
-    else:
-        task = make_task(name)
-        net, inputs, targets, loss_fn = task.net, task.inputs, task.targets, task.loss_fn
+    task = task_named(name)
+    net, inputs, targets, loss_fn = task.net, task.inputs, task.targets, task.loss_fn
     ctx = split_context(inputs, targets, loss_fn, len(inputs) // 2, len(inputs) // 2)
     before = statistics_loss(net, ctx.held_out())
     event = make_grower("tiny").grow(net, ctx)
@@ -146,14 +148,8 @@ def test_each_pair_takes_the_sign_that_gains_more(name):
     """ReLU: −ω·relu(−αx̃) ≠ ω·relu(αx̃), so the SVD's sign matters. With ``choose_signs`` every
     pair's measured gain is at least its flipped pair's, and the step's first-order gain is at
     least the canonical-sign one."""
-    if name == "conv_pool_linear":
-        generator = torch.Generator().manual_seed(3)
-        inputs = torch.randn(48, 3, 8, 8, generator=generator, dtype=torch.float64)
-        targets = torch.randint(0, 3, (48,), generator=generator)
-        net, loss_fn = conv_pool_linear(), classification_loss
-    else:
-        task = make_task(name)
-        net, inputs, targets, loss_fn = task.net, task.inputs, task.targets, task.loss_fn
+    task = task_named(name)
+    net, inputs, targets, loss_fn = task.net, task.inputs, task.targets, task.loss_fn
     ctx = GrowthContext(inputs, targets, loss_fn, "params", float("inf"), torch.Generator())
     gains = {}
     for choose in (False, True):

@@ -27,7 +27,7 @@ from growbench.reports.claims import (
     compare_verdicts,
     evaluate_claims,
 )
-from growbench.reports.statistics import MAX_SEEDS, ranking
+from growbench.reports.statistics import MAX_SEEDS, flagged, flagged_count, ranking
 from growbench.reports.tables import (
     ReportTables,
     expected_cells,
@@ -276,14 +276,14 @@ def _health_section(cells: pd.DataFrame, events: pd.DataFrame) -> list[str]:
         for method in sorted(rows["method"].unique()):
             own = grew[(grew["task"] == task) & (grew["method"] == method)] if len(grew) else grew
             done = rows[(rows["method"] == method) & (rows["status"] == "FINISHED")]
-            flagged = done[done.get("health", pd.Series("", index=done.index)).fillna("") != ""]
-            if own.empty and flagged.empty:
+            marked = done[flagged(done)]
+            if own.empty and marked.empty:
                 continue
             before = pd.to_numeric(own["probe_loss_before"], errors="coerce")
             after = pd.to_numeric(own["probe_loss_after"], errors="coerce")
             measured = int((before.notna() & after.notna()).sum())
             words = "; ".join(
-                f"seed {int(cell.seed)}: {cell.health}" for cell in flagged.itertuples()
+                f"seed {int(cell.seed)}: {cell.health}" for cell in marked.itertuples()
             )
             body.append(
                 [
@@ -293,7 +293,7 @@ def _health_section(cells: pd.DataFrame, events: pd.DataFrame) -> list[str]:
                     f"{int((after > before * (1 + health.PROBE_TOLERANCE)).sum())} of {measured}"
                     if measured
                     else "—",
-                    f"{len(flagged)} of {len(done)}" + (f" ({words})" if words else ""),
+                    f"{len(marked)} of {len(done)}" + (f" ({words})" if words else ""),
                 ]
             )
         if body:
@@ -355,14 +355,14 @@ def _claims_section(claims: pd.DataFrame, cells: pd.DataFrame | None = None) -> 
 def _flag_mark(cells: pd.DataFrame | None, claim: object) -> str:
     """ " ⚠ N flagged" when cells of the claim's method or baseline on its task carry a health
     flag (the Growth health section says which)."""
-    if cells is None or "health" not in cells.columns:
+    if cells is None:
         return ""
     rows = cells[
         (cells["task"] == claim.task)
         & cells["method"].isin([claim.method, claim.baseline])
         & (cells["status"] == "FINISHED")
     ]
-    count = int((rows["health"].fillna("") != "").sum())
+    count = flagged_count(rows)
     return f" ⚠ {count} flagged" if count else ""
 
 

@@ -204,11 +204,15 @@ def by_seed(rows: pd.DataFrame, column: str, what: str) -> pd.Series:
     return series
 
 
-def flagged_count(cells: pd.DataFrame) -> int:
-    """How many of ``cells`` carry a health flag (tables of older runs have no such column)."""
+def flagged(cells: pd.DataFrame) -> pd.Series:
+    """Which of ``cells`` carry a health flag (tables of older runs have no such column)."""
     if "health" not in cells.columns:
-        return 0
-    return int((cells["health"].fillna("").astype(str) != "").sum())
+        return pd.Series(False, index=cells.index)
+    return cells["health"].fillna("").astype(str) != ""
+
+
+def flagged_count(cells: pd.DataFrame) -> int:
+    return int(flagged(cells).sum())
 
 
 def ranking(
