@@ -22,17 +22,22 @@ def _one_torch_thread():
 
 
 def install_distribution(
-    site: Path, name: str, version: str, methods: dict[str, str], module: tuple[str, str] = ("", "")
+    site: Path,
+    name: str,
+    version: str,
+    methods: dict[str, str],
+    module: tuple[str, str] = ("", ""),
+    group: str = "growbench.methods",
 ) -> None:
     """Install a plugin package into ``site`` as pip leaves one, for ``importlib.metadata`` to
-    find once ``site`` is on ``sys.path``: its metadata, its ``growbench.methods`` entry points
-    (``methods``: name → ``module:Class``) and, given ``module`` (its name and source), its
+    find once ``site`` is on ``sys.path``: its metadata, its entry points in ``group``
+    (``methods``: name → ``module:Object``) and, given ``module`` (its name and source), its
     top-level module."""
     info = site / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
     lines = "".join(f"{key} = {value}\n" for key, value in methods.items())
-    (info / "entry_points.txt").write_text(f"[growbench.methods]\n{lines}")
+    (info / "entry_points.txt").write_text(f"[{group}]\n{lines}")
     module_name, source = module
     if module_name:
         (site / f"{module_name}.py").write_text(source)

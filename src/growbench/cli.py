@@ -22,29 +22,44 @@ from pathlib import Path
 USER_ERRORS = (ValueError, FileNotFoundError)  # SuiteError and StoreError are ValueErrors
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"growbench: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` for the command line: one line, whatever the message held
+    (``warnings.showwarning`` writes what this returns)."""
+    return f"growbench: warning: {' '.join(str(message).split())}\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``growbench`` console script; returns 0 or 1, or raises
     ``SystemExit``."""
     args = _parser().parse_args(argv)
-    default_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    from growbench.benchmarks import interrupts
+    from growbench.benchmarks.store import StoreUnreachableError
+
+    default_format, warnings.formatwarning = warnings.formatwarning, one_line_warning
     try:
-        return args.command(args)
+        with interrupts.terminate_as_interrupt():
+            return args.command(args)
+    except StoreUnreachableError as exc:  # mid-run: not the user's input, so not status 2
+        print(f"growbench: error: {_one_line(exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
     except USER_ERRORS as exc:
-        message = " ".join(str(exc).split())  # one line, whatever the exception held
-        print(f"growbench: error: {message}", file=sys.stderr)
+        print(f"growbench: error: {_one_line(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, interrupts.Terminated)
         print(
-            "growbench: interrupted; finished cells are kept, run the same command to do the rest",
+            f"growbench: {'stopped by SIGTERM' if terminated else 'interrupted'}; finished "
+            "cells are kept, run the same command to do the rest",
             file=sys.stderr,
         )
-        raise SystemExit(130) from None
+        status = interrupts.TERMINATED_STATUS if terminated else interrupts.INTERRUPTED_STATUS
+        raise SystemExit(status) from None
     finally:
         warnings.formatwarning = default_format
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())  # whatever the exception held
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,13 +81,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--suite", required=True, help="a packaged suite's name or a TOML file")
     run.add_argument("--methods", help="comma-separated subset of the suite's methods")
     run.add_argument("--datasets", help="comma-separated subset of the suite's datasets or tasks")
-    run.add_argument("--seeds", type=int, help="run seeds 0..N-1 instead of the suite's")
-    run.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    run.add_argument("--seeds", type=_whole, help="run seeds 0..N-1 instead of the suite's")
+    run.add_argument(
+        "--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N"
+    )
     run.add_argument(
         "--threads",
-        type=_positive_int,
+        type=_threads,
         default=1,
-        help="torch CPU threads (default 1: fastest for small nets)",
+        help=f"torch CPU threads, at most {MAX_THREADS} (default 1: fastest for small nets)",
     )
     run.add_argument(
         "--checkpoint-every",
@@ -124,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--tasks", help="comma-separated subset of the suite's tasks or datasets")
     report.add_argument(
         "--out",
-        type=Path,
+        type=_folder,
         help="output folder (default: reports/<suite>, or reports/<suite>-selection when "
         "--methods or --tasks narrow it)",
     )
@@ -157,14 +174,16 @@ def _parser() -> argparse.ArgumentParser:
     fetch = actions.add_parser("fetch", help="download (resuming), verify and extract a dataset")
     fetch.add_argument("name", help="a dataset with official archives (growbench datasets)")
     fetch.add_argument(
-        "--root", help="data root (default: $GROWBENCH_DATA, else ~/.cache/growbench)"
+        "--root", type=_folder, help="data root (default: $GROWBENCH_DATA, else ~/.cache/growbench)"
     )
-    fetch.add_argument("--mirror", help="a URL (http:// or file://) holding the archives instead")
+    fetch.add_argument(
+        "--mirror", help="a URL (http://, https:// or file://) holding the archives instead"
+    )
     fetch.set_defaults(command=_data_fetch)
     verify = actions.add_parser("verify", help="check a dataset's local files and checksums")
     verify.add_argument("name")
     verify.add_argument(
-        "--root", help="data root (default: $GROWBENCH_DATA, else ~/.cache/growbench)"
+        "--root", type=_folder, help="data root (default: $GROWBENCH_DATA, else ~/.cache/growbench)"
     )
     verify.set_defaults(command=_data_verify)
 
@@ -172,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     models.set_defaults(command=_models)
 
     ui = commands.add_parser("ui", help="open the MLflow UI on 127.0.0.1 over the store")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=_port, default=5000, help="1 to 65535 (default 5000)")
     _add_tracking_uri(ui)
     ui.set_defaults(command=_ui)
     return parser
@@ -185,11 +204,30 @@ def _add_tracking_uri(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive_int(text: str) -> int:
+MAX_THREADS = 1024  # more than any machine's cores (torch cannot even take 2**63)
+
+
+def _threads(text: str) -> int:
     value = _count(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS}, got {value}")
     return value
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
+def _folder(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"must name a folder, got {text!r}; leave the option out for its default"
+        )
+    return Path(text)
 
 
 def _positive_number(text: str) -> float:
@@ -199,11 +237,15 @@ def _positive_number(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
+def _whole(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
+def _count(text: str) -> int:
+    value = _whole(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
@@ -219,20 +261,32 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _store(uri: str | None, option: str = "--tracking-uri") -> str:
+    """The store ``option`` names (None: the default one); an empty one is refused, not taken
+    for the default."""
+    from growbench.benchmarks.tracking import resolve_tracking_uri
+
+    if uri is not None and not uri.strip():
+        raise ValueError(f"{option} is empty; pass a store such as sqlite:///mlflow.db")
+    return resolve_tracking_uri(uri)
+
+
 def _names(text: str | None) -> list[str] | None:
     return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _run(args: argparse.Namespace) -> int:
     from growbench.benchmarks.executor import dry_run, run_suite
+    from growbench.benchmarks.runner import check_device_name
     from growbench.benchmarks.suite import load_suite
     from growbench.benchmarks.summary import format_summary, summarise
-    from growbench.benchmarks.tracking import CheckpointPolicy, resolve_tracking_uri
+    from growbench.benchmarks.tracking import CheckpointPolicy
 
+    check_device_name(args.device)  # up front, whatever the executor
     suite = load_suite(args.suite).select(_names(args.methods), _names(args.datasets), args.seeds)
     if args.smoke:
         suite = suite.smoke()
-    uri = resolve_tracking_uri(args.tracking_uri)
+    uri = _store(args.tracking_uri)
     if args.dry_run:
         planned, data = dry_run(suite, uri, args.device)
         print(f"suite {suite.name}: {len(planned)} cells, store {uri} (dry run: nothing written)")
@@ -293,18 +347,17 @@ def _run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from growbench.benchmarks.suite import load_suite
-    from growbench.benchmarks.tracking import resolve_tracking_uri
     from growbench.reports.build import report_command, write_report
 
     methods, tasks = _names(args.methods), _names(args.tasks)
     full = load_suite(args.suite)
     suite = full.select(methods, tasks, tasks_option="--tasks")
-    uri = resolve_tracking_uri(args.tracking_uri)
+    uri = _store(args.tracking_uri)
+    compare = None if args.compare_uri is None else _store(args.compare_uri, "--compare-uri")
     # A narrowed report never overwrites the suite's full one unless --out says so.
     selected = methods is not None or tasks is not None
     out = args.out or Path("reports") / (f"{suite.name}-selection" if selected else suite.name)
     _quiet_mlflow()
-    compare = args.compare_uri
     command = report_command(full, methods, tasks, compared=compare is not None)
     path = write_report(uri, suite, out, progress=True, command=command, compare_uri=compare)
     print(f"report written: {path} (tables and figures beside it)")
@@ -417,9 +470,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from growbench.benchmarks.tracking import resolve_tracking_uri
-
-    uri = resolve_tracking_uri(args.tracking_uri)
+    uri = _store(args.tracking_uri)
     beside_python = Path(sys.executable).parent / "mlflow"
     program = str(beside_python) if beside_python.exists() else "mlflow"
     command = [program, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1"]

@@ -26,11 +26,11 @@ def loaded(
             check(point.name, value)
         except Exception as exc:  # a broken plugin must not break every command
             warnings.warn(
-                f"growbench: {kind} entry point {point.name!r} ({point.value}) of "
+                f"{kind} entry point {point.name!r} ({point.value}) of "
                 f"{_package(point)} could not be loaded and is skipped: "
                 f"{type(exc).__name__}: {exc}",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=1,  # attributed here, so Python shows it once however often loaded
             )
             continue
         yield point.name, value

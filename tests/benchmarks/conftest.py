@@ -8,7 +8,15 @@ in well under a second. Tests run with one torch thread, as ``growbench run`` do
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -75,3 +83,49 @@ def write_suite(tmp_path: Path) -> Callable[[str, str], Path]:
         return path
 
     return write
+
+
+def user_environment(**extra: str) -> dict[str, str]:
+    """The environment a user's shell gives: warnings shown (``extra``'s PYTHONPATH goes in
+    front of the one there is)."""
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    if "PYTHONPATH" in extra and environment.get("PYTHONPATH"):
+        extra = {**extra, "PYTHONPATH": f"{extra['PYTHONPATH']}:{environment['PYTHONPATH']}"}
+    return {**environment, **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real ``mlflow server`` on 127.0.0.1 with its store and artifacts in ``folder`` (the
+    same folder again gives the same runs): its URI and process (the leader of the server's
+    process group: ``os.killpg`` stops it with its workers), stopped at the end."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mlflow = Path(sys.executable).parent / "mlflow"
+    uri = f"http://127.0.0.1:{free_port()}"
+    command = [str(mlflow), "server", "--host", "127.0.0.1", "--port", uri.rsplit(":", 1)[1]]
+    command += ["--backend-store-uri", f"sqlite:///{folder}/server.db"]
+    command += ["--artifacts-destination", str(folder / "artifacts"), "--workers", "1"]
+    process = subprocess.Popen(  # its own process group: the server and its workers
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the mlflow server did not start") from None
+                time.sleep(0.5)
+        yield uri, process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)

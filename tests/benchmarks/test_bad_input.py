@@ -11,12 +11,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from growbench.benchmarks.executor import run_suite
-from growbench.benchmarks.suite import parse_suite
+from growbench.benchmarks.suite import load_suite, parse_suite
 from growbench.cli import main
 from growbench.datasets.fashion_mnist import FILES
 
@@ -99,6 +101,25 @@ SUITE_CASES = [
     ("method-option-unknown", "", "[method_options.none]\nspeed = 1", "has no option 'speed'"),
     ("method-option-type", "", '[method_options.s2d]\nepsilon = "big"', "must be a number"),
     ("not-toml", "lr = 0.1", "lr = = 0.1", "not valid TOML"),
+    ("seeds-huge", "seeds = 1", f"seeds = {10**23}", "seeds must be at most 10000"),
+    (
+        "ratio-overflow",
+        "",
+        "[method_options.random-split]\ngrowth_ratio = 1e308",
+        "method_options.random-split: random-split: growth_ratio must be at most 1,",
+    ),
+    (
+        "s2d-ratio-above-one",
+        "",
+        "[method_options.s2d]\ngrowth_ratio = 1.5",
+        "method_options.s2d: s2d: growth_ratio must be at most 1,",
+    ),
+    (
+        "variant-ratio-overflow",
+        "",
+        '[variants.big]\nmethod = "random-add"\noptions = { growth_ratio = 1e308 }',
+        "variants.big.options: random-add: growth_ratio must be at most 100,",
+    ),
 ]
 ARGUMENT_CASES = [
     ("threads-zero", ["--threads", "0"], "--threads: must be at least 1"),
@@ -116,6 +137,14 @@ ARGUMENT_CASES = [
     ("uri-sqlite-form", ["--tracking-uri", "sqlite://x.db"], "sqlite:///relative/path.db"),
     ("server-down", ["--tracking-uri", "http://127.0.0.1:9"], "is not reachable"),
     ("server-no-host", ["--tracking-uri", "http://"], "names no host"),
+    ("device-index-word", ["--device", "cuda:x"], "unknown device 'cuda:x'; use auto, cpu, cuda"),
+    ("device-cpu-index", ["--device", "cpu:abc"], "unknown device 'cpu:abc'"),
+    ("seeds-flag-huge", ["--seeds", str(10**23)], "--seeds must be at most 10000"),
+    ("seeds-flag-float", ["--seeds", "1e23"], "--seeds: must be a whole number"),
+    ("threads-huge", ["--threads", str(10**20)], "--threads: must be at most 1024"),
+    ("uri-empty", ["--tracking-uri", ""], "--tracking-uri is empty; pass a store such as"),
+    ("uri-memory", ["--tracking-uri", "sqlite:///:memory:"], "in-memory database"),
+    ("uri-name-too-long", ["--tracking-uri", f"sqlite:///{'a' * 5000}.db"], "too long"),
 ]
 
 
@@ -231,8 +260,76 @@ def damaged_store_dry_run(workdir: Path) -> list[str]:
     return ["run", "--suite", "ok.toml", "--tracking-uri", "sqlite:///broken.db", "--dry-run"]
 
 
+def suite_file(name: str, content: bytes):
+    """A case that runs the suite file ``name`` holding ``content``."""
+
+    def make(workdir: Path) -> list[str]:
+        (workdir / name).write_bytes(content)
+        return ["run", "--suite", name, "--tracking-uri", "sqlite:///mlflow.db"]
+
+    return make
+
+
+def suite_path(name: str):
+    """A case that runs ``--suite name`` (a folder made under that name when it ends in /)."""
+
+    def make(workdir: Path) -> list[str]:
+        if name.endswith("/"):
+            (workdir / name).mkdir()
+        return ["run", "--suite", name, "--tracking-uri", "sqlite:///mlflow.db"]
+
+    return make
+
+
+def report_argument(*arguments: str):
+    def make(workdir: Path) -> list[str]:
+        (workdir / "ok.toml").write_text(VALID)
+        return ["report", "--suite", "ok.toml", "--tracking-uri", "sqlite:///mlflow.db", *arguments]
+
+    return make
+
+
+def fetch_root_under_a_file(workdir: Path) -> list[str]:
+    (workdir / "afile").write_text("")
+    return ["data", "fetch", "cifar10", "--root", "afile/x"]
+
+
+def fetch_mirror_not_a_url(workdir: Path) -> list[str]:
+    return ["data", "fetch", "cifar10", "--root", "data", "--mirror", "not a url"]
+
+
+def verify_root(root: str):
+    def make(workdir: Path) -> list[str]:
+        return ["data", "verify", "cifar10", "--root", root]
+
+    return make
+
+
+DEEP = ("x = " + "[" * 50_000 + "]" * 50_000 + "\n").encode()
 OTHER_CASES = [
     ("corrupt-gzip", corrupt_gzip, "not a complete gzip file"),
+    (
+        "suite-latin-1",
+        suite_file("l1.toml", (VALID + "# café\n").encode("latin-1")),
+        ("l1.toml: not UTF-8 text", "a suite must be a UTF-8 TOML file"),
+    ),
+    ("suite-utf-16", suite_file("u16.toml", VALID.encode("utf-16")), "u16.toml: not UTF-8 text"),
+    ("suite-binary", suite_file("bin.toml", bytes(range(256)) * 4), "bin.toml: not UTF-8 text"),
+    (
+        "suite-nested-deep",
+        suite_file("deep.toml", VALID.encode() + DEEP),
+        "deep.toml: nested too deeply",
+    ),
+    ("suite-unreadable", suite_path("/proc/self/mem"), "/proc/self/mem: cannot be read"),
+    ("suite-folder", suite_path("folder.toml/"), "folder.toml/ is not a file"),
+    ("suite-name-too-long", suite_path("x" * 5000), "File name too long"),
+    ("report-out-empty", report_argument("--out", ""), "argument --out: must name a folder"),
+    ("report-uri-empty", report_argument("--tracking-uri", ""), "--tracking-uri is empty"),
+    ("report-compare-empty", report_argument("--compare-uri", ""), "--compare-uri is empty"),
+    ("fetch-root-under-a-file", fetch_root_under_a_file, ("data root afile/x", "--root")),
+    ("fetch-mirror-not-a-url", fetch_mirror_not_a_url, "http://, https:// or file://"),
+    ("verify-root-empty", verify_root(""), "argument --root: must name a folder, got ''"),
+    ("verify-root-too-long", verify_root("x" * 5000), ("File name too long", "another --root")),
     ("report-out-under-a-file", report_under_a_file, "report folder afile/report"),
     ("lease-not-a-number", lease_not_a_number, "GROWBENCH_LEASE_SECONDS"),
     ("suite-missing", suite_missing, "no suite 'no-such-suite'"),
@@ -248,7 +345,66 @@ def test_bad_files_and_settings_are_refused_before_anything_is_written(
     monkeypatch.setenv("GROWBENCH_LEASE_SECONDS", "300")
     argv = make(workdir)
     line = refused(argv, capsys, workdir)
-    assert words in line
+    for word in [words] if isinstance(words, str) else words:
+        assert word in line
+
+
+def test_a_failed_fetch_from_a_mirror_suggests_checking_it_not_a_mirror(
+    workdir: Path, capsys
+) -> None:
+    mirror = (workdir / "empty").as_uri()
+    (workdir / "empty").mkdir()
+    line = refused(["data", "fetch", "cifar10", "--root", "data", "--mirror", mirror],
+                   capsys, workdir)  # fmt: skip
+    assert f"Check that the mirror {mirror} holds cifar-10-python.tar.gz" in line
+    assert "pass --mirror" not in line
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "65536", "5000x"])
+def test_a_port_outside_1_to_65535_is_refused(port: str, workdir: Path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "execvp", lambda *_: pytest.fail("mlflow ui was started"))
+    line = refused(["ui", "--port", port, "--tracking-uri", "sqlite:///mlflow.db"],
+                   capsys, workdir)  # fmt: skip
+    assert f"argument --port: must be a port number from 1 to 65535, got {port!r}" in line
+
+
+def test_the_ui_help_shows_the_default_port(capsys) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["ui", "--help"])
+    assert stopped.value.code == 0
+    assert "(default 5000)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_suite_file_may_start_with_a_utf8_bom(tmp_path: Path) -> None:
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbf" + VALID.encode())
+    suite = load_suite(tmp_path / "bom.toml")
+    assert suite.name == "catalogue"
+    assert not suite.text.startswith("\ufeff")
+
+
+def test_the_installed_command_prints_one_line_and_no_traceback(workdir: Path) -> None:
+    """The console entry point, in a process of its own (what a user sees)."""
+    (workdir / "ok.toml").write_text(VALID)
+    (workdir / "deep.toml").write_bytes(VALID.encode() + DEEP)
+    (workdir / "afile").write_text("")
+    store = ["--tracking-uri", "sqlite:///mlflow.db"]
+    cases = [
+        ["run", "--suite", "ok.toml", "--device", "cuda:x", *store],
+        ["run", "--suite", "deep.toml", *store],
+        ["data", "fetch", "cifar10", "--root", "afile/x"],
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    before = digest(workdir)
+    for argv in cases:
+        done = subprocess.run([sys.executable, "-m", "growbench.cli", *argv], cwd=workdir,
+                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2, (argv, done.stderr)
+        assert len(lines) == 1, (argv, lines)
+        assert lines[0].startswith("growbench")  # "growbench run: error: " from argparse
+        assert ": error: " in lines[0]
+        assert "Traceback" not in done.stderr
+    assert digest(workdir) == before
 
 
 def test_a_run_whose_cells_all_fail_exits_one_and_names_them(workdir: Path, capsys) -> None:

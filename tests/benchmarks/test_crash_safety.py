@@ -11,7 +11,6 @@ uninterrupted run.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import sqlite3
@@ -30,7 +29,7 @@ from growbench.benchmarks.store import StoreError, StoreRepairedWarning, open_st
 from growbench.benchmarks.suite import load_suite, parse_suite
 from growbench.benchmarks.summary import format_summary, summarise
 from growbench.benchmarks.tracking import SuiteTracker, experiment_name
-from tests.benchmarks.conftest import TINY_SUITE
+from tests.benchmarks.conftest import TINY_SUITE, user_environment
 
 SUITE = """
 name = "crash"
@@ -58,7 +57,7 @@ CELLS = 16
 def runner(suite: Path, uri: str, *extra: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "growbench.cli", "run", "--suite", str(suite)]
     command += ["--tracking-uri", uri, "--device", "cpu", "--checkpoint-seconds", "0", *extra]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = user_environment()
     return subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )

@@ -4,14 +4,13 @@ method, seed, score, seconds) and draws no bar; on a terminal the bars stay."""
 from __future__ import annotations
 
 import io
-import os
 import re
 import subprocess
 import sys
 
 from growbench import progress
 from growbench.benchmarks.suite import parse_suite
-from tests.benchmarks.conftest import TINY_SUITE
+from tests.benchmarks.conftest import TINY_SUITE, user_environment
 
 LINE = re.compile(
     r"^\[(\d+)/(\d+)\] (\S+)/(\S+)/seed(\d+) finished: (acc \d+\.\d\d %|test loss \S+), "
@@ -23,7 +22,7 @@ def test_a_piped_run_logs_one_line_per_cell_and_no_bars(write_suite, tmp_path) -
     path = write_suite()
     command = [sys.executable, "-m", "growbench.cli", "run", "--suite", str(path)]
     command += ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--device", "cpu"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = user_environment()
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
     for bar_text in ("\r", "epoch/s", "cell/s"):

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from growbench.benchmarks.executor import run_suite
 from growbench.benchmarks.suite import parse_suite
 from growbench.benchmarks.tracking import experiment_name
 from growbench.cli import main
+from tests.benchmarks.conftest import mlflow_server, user_environment
 
 pytest.importorskip("ray")
 
@@ -50,35 +48,11 @@ model_options = { widths = [8] }
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A real tracking server with its own sqlite store and artifact folder."""
-    folder = tmp_path_factory.mktemp("server")
-    port = free_port()
-    mlflow = Path(sys.executable).parent / "mlflow"
-    command = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--backend-store-uri", f"sqlite:///{folder}/server.db"]
-    command += ["--artifacts-destination", str(folder / "artifacts"), "--workers", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the mlflow server did not start") from None
-            time.sleep(0.5)
-    yield uri
-    process.terminate()
-    process.wait(timeout=30)
+    with mlflow_server(tmp_path_factory.mktemp("server")) as (uri, _):
+        yield uri
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +114,7 @@ def driver(suite: Path, uri: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "growbench.cli", "run", "--suite", str(suite)]
     command += ["--tracking-uri", uri, "--executor", "ray", "--device", "cpu"]
     command += ["--checkpoint-seconds", "0", "--cpus-per-cell", "1"]
-    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "PYTHONWARNINGS": "ignore"}
+    env = user_environment(RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 

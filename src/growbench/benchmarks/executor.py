@@ -20,9 +20,17 @@ from typing import Any
 
 import torch
 
+from growbench.benchmarks.checkpoint import CheckpointError
+from growbench.benchmarks.interrupts import held_signals
 from growbench.benchmarks.leases import lease_seconds
-from growbench.benchmarks.runner import CellObserver, cpu_threads, resolve_device, run_cell
-from growbench.benchmarks.store import check_store_uri
+from growbench.benchmarks.runner import (
+    CellObserver,
+    CellResult,
+    cpu_threads,
+    resolve_device,
+    run_cell,
+)
+from growbench.benchmarks.store import StoreUnreachableError, check_store_uri
 from growbench.benchmarks.suite import CellConfig, Suite, SuiteError, Task, unsupported_reason
 from growbench.benchmarks.tracking import (
     CellTracker,
@@ -222,7 +230,13 @@ def _run_cells(
         cells = bar(todo, progress=progress, desc=suite.name, unit="cell")
         for done, cell in enumerate(cells, start=1):
             cells.set_postfix_str(cell.label)
-            result = claim_and_train(tracker, cell, datasets[cell.task.name], device, progress)
+            try:
+                result = claim_and_train(tracker, cell, datasets[cell.task.name], device, progress)
+            except StoreUnreachableError as exc:
+                left = len(todo) - done + 1
+                raise StoreUnreachableError(
+                    f"{exc}; {left} cell(s) of this stage were left, from {cell.label} on"
+                ) from None
             outcome.add(result)
             report_cell(result, done, len(todo), progress)
     return outcome
@@ -267,31 +281,61 @@ def claim_and_train(
     cell_tracker = None
     started = time.perf_counter()
     try:
-        claim, cell_tracker = tracker.claim(cell)
+        with held_signals():  # a claim cut in half would leave a run nobody closes
+            claim, cell_tracker = tracker.claim(cell)
         if cell_tracker is None:
             return CellOutcome(cell.label, claim.status)
-        resume = cell_tracker.resume_state
-        resumed_from = None if resume is None else resume["epoch"]
         observer = _ProgressObserver(cell_tracker, cell, progress)
         try:
-            result = run_cell(cell, dataset, device, observer, resume)
+            result = _train(cell_tracker, cell, dataset, device, observer)
         finally:
             observer.close()
     except KeyboardInterrupt:
         if cell_tracker is not None:
             cell_tracker.kill()
         raise
+    except StoreUnreachableError:
+        if cell_tracker is not None:
+            cell_tracker.kill()  # stops its heartbeat; the dead server is not called
+        raise
     except Exception as exc:
         if cell_tracker is None:
             raise
-        cell_tracker.fail(exc)
+        with held_signals():
+            cell_tracker.fail(exc)
         seconds = time.perf_counter() - started
+        resumed_from = _resumed_epoch(cell_tracker)
         return CellOutcome(cell.label, "failed", str(exc), resumed_from, seconds=seconds)
-    cell_tracker.finish(result)
+    with held_signals():
+        cell_tracker.finish(result)
+    resumed_from = _resumed_epoch(cell_tracker)
     seconds = time.perf_counter() - started
     score = final_score(result.final)
     flags = tuple(result.health)
     return CellOutcome(cell.label, "finished", "", resumed_from, score, seconds, flags)
+
+
+def _train(
+    cell_tracker: CellTracker,
+    cell: CellConfig,
+    dataset: Dataset,
+    device: torch.device,
+    observer: CellObserver,
+) -> CellResult:
+    """``run_cell`` from the checkpoint the claim found, or from epoch 0 when that checkpoint
+    does not fit the cell (one warning, and the checkpoint is never offered again)."""
+    resume = cell_tracker.resume_state
+    if resume is not None:
+        try:
+            return run_cell(cell, dataset, device, observer, resume)
+        except CheckpointError as exc:  # raised while loading it, before anything was logged
+            cell_tracker.refuse_checkpoint(str(exc))
+    return run_cell(cell, dataset, device, observer)
+
+
+def _resumed_epoch(cell_tracker: CellTracker) -> int | None:
+    resume = cell_tracker.resume_state
+    return None if resume is None else resume["epoch"]
 
 
 def final_score(metrics: dict[str, float]) -> str:

@@ -106,21 +106,38 @@ class _Sizes:
         return float(self.params if metric == "params" else self.flops)
 
 
+def check_device_name(name: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, else a ``ValueError`` saying so (whether the
+    GPU is there is ``resolve_device``'s to check, on the machine that trains)."""
+    kind, colon, index = name.partition(":")
+    whole = index.isascii() and index.isdigit()
+    if kind not in DEVICES or (colon and not (kind == "cuda" and whole)):
+        raise ValueError(
+            f"--device: unknown device {name!r}; use auto, cpu, cuda or cuda:N (N a GPU's "
+            "index, e.g. cuda:0)"
+        )
+
+
 def resolve_device(name: str | torch.device) -> torch.device:
-    """``auto`` is cuda when available; asking for cuda without one is a clear error."""
+    """``auto`` (cuda when available), ``cpu``, ``cuda`` or ``cuda:N``; anything else, or cuda
+    asked for without one (or beyond the GPUs there are), is a clear error."""
     if isinstance(name, torch.device):
         return name
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.split(":")[0] not in DEVICES:
-        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    kind, colon, index = name.partition(":")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             "device 'cuda' was asked for but torch sees no CUDA device; "
             "use --device cpu (or auto) here"
         )
-    return device
+    if colon and int(index) >= (count := torch.cuda.device_count()):
+        raise ValueError(
+            f"device {name!r}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
+            "use one of those"
+        )
+    return torch.device(name)
 
 
 def derived_seed(seed: int, purpose: str, index: int = 0) -> int:
@@ -317,7 +334,13 @@ def run_cell(
         torch.manual_seed(derived_seed(cell.seed, "torch"))
         cell_run = _CellRun(cell, dataset, device, observer, copy)
         if resume is not None:
-            cell_run.load_state_dict(resume)
+            try:
+                cell_run.load_state_dict(resume)
+            except Exception as exc:  # whatever a checkpoint that does not fit raises
+                raise checkpoint.CheckpointError(
+                    f"{cell.label}: the checkpoint does not fit the cell "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
         return cell_run.run()
 
 

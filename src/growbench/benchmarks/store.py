@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import sqlite3
@@ -36,10 +37,13 @@ SERVER_SCHEMES = ("http", "https")
 HEALTH_TIMEOUT_SECONDS = 5.0
 # MLflow's defaults are 7 retries with exponential backoff and a 120 s timeout (about 4 minutes
 # of silence against a server that is down); a benchmark would rather fail and be rerun.
+# Against a server MLflow also prints two "View run ... at" lines per finished run; growbench
+# prints its own line per cell.
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 SERVER_HINT = (
     "start one with `mlflow server --host 127.0.0.1 --port 5000` or pass another --tracking-uri"
@@ -48,6 +52,11 @@ SERVER_HINT = (
 
 class StoreError(ValueError):
     """The tracking store cannot be used; the message names the URI and what to do."""
+
+
+class StoreUnreachableError(StoreError):
+    """A tracking server stopped answering, or answered as something other than MLflow, while a
+    command was using it; nothing is asked of it again (see ``GuardedClient``)."""
 
 
 class StoreRepairedWarning(UserWarning):
@@ -63,7 +72,13 @@ def sqlite_path(uri: str) -> Path | None:
             f"tracking URI {uri!r}: a sqlite store is sqlite:///relative/path.db or "
             "sqlite:////absolute/path.db"
         )
-    return Path(uri.removeprefix("sqlite:///"))
+    name = uri.removeprefix("sqlite:///")
+    if name.split("?")[0] in ("", ":memory:") or "mode=memory" in name:
+        raise StoreError(
+            f"tracking URI {uri!r} is an in-memory database, whose runs are gone when the "
+            "command ends; use a file, e.g. sqlite:///mlflow.db"
+        )
+    return Path(name)
 
 
 def check_uri(uri: str) -> str:
@@ -103,22 +118,57 @@ def bound_http_retries() -> None:
         os.environ.setdefault(name, value)
 
 
+# An MLflow server answers this with JSON: the experiment, or RESOURCE_DOES_NOT_EXIST.
+PROBE_PATH = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=growbench-probe"
+
+
 def check_server(uri: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> None:
-    """One quick request to the server's ``/health``; ``StoreError`` naming the URI if it fails."""
+    """Two quick requests: the server is up (``/health``) and speaks MLflow's REST API (an
+    experiment lookup answered in JSON); ``StoreError`` naming the URI and what is wrong."""
+    _answer(uri, "/health", timeout)
+    body = _answer(uri, PROBE_PATH, timeout)
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
-            response.read()
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:  # a server without /health answered: it is up
-            return
+        json.loads(body)
+    except ValueError:
         raise StoreError(
-            f"tracking server {uri} answered /health with HTTP {exc.code}; is it an MLflow server?"
+            f"tracking server {uri} is up but is not an MLflow tracking server (its REST API "
+            f"answered {body[:60]!r}); {SERVER_HINT}"
+        ) from None
+
+
+def _answer(uri: str, path: str, timeout: float) -> str:
+    """The body the server gives ``path``, an error's body included (MLflow answers a missing
+    experiment with 404 and JSON; a server that is not MLflow, with its own 404 page)."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + path, timeout=timeout) as response:
+            return response.read(4096).decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        if exc.code in (404, 405):
+            return exc.read(4096).decode("utf-8", "replace")
+        raise StoreError(
+            f"tracking server {uri} answered {path.split('?')[0]} with HTTP {exc.code}; "
+            "is it an MLflow server you may use?"
         ) from None
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise StoreError(
             f"tracking server {uri} is not reachable ({reason}); {SERVER_HINT}"
         ) from None
+
+
+def server_gone(error: BaseException) -> bool:
+    """Whether an MLflow client call failed because the server did not answer (refused, reset,
+    timed out) or answered without MLflow's JSON, rather than with an MLflow error."""
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+
+    if isinstance(error, requests.exceptions.RequestException):
+        return True
+    return (
+        isinstance(error, MlflowException)
+        and not isinstance(error, RestException)
+        and str(error).startswith("API request to")
+    )
 
 
 @contextlib.contextmanager
@@ -165,17 +215,27 @@ def open_store(uri: str, create: bool) -> bool:
         return True
     path = sqlite_path(uri)
     assert path is not None
+    try:
+        path.exists()
+    except OSError as exc:  # a name too long, say
+        raise StoreError(
+            f"tracking store {uri}: {exc.strerror or exc}; pass another --tracking-uri"
+        ) from None
     if path.exists() and not path.is_file():
         raise StoreError(f"tracking store {uri}: {path} is not a file; pass another --tracking-uri")
     if not create:
         if not path.exists():
             return False
-        error = _half_made(path) or _try_open(uri)
+        if _journal(path).exists():
+            with store_lock(uri):
+                _roll_back(path)
+        error = _inspect(path, uri)
         if error is not None:
             _raise_unopenable(uri, error, hint_rerun=_runs_in(path) == 0)
         return True
     with store_lock(uri):
-        error = _half_made(path) or _try_open(uri)
+        _roll_back(path)
+        error = _inspect(path, uri)
         if error is None:
             return True
         if _runs_in(path) != 0:
@@ -184,7 +244,7 @@ def open_store(uri: str, create: bool) -> bool:
         path.rename(moved)
         _forget_cached_store(uri)
         warnings.warn(
-            f"tracking store {uri} could not be opened ({_first_line(error)}) and held no runs "
+            f"tracking store {uri} could not be opened ({first_line(error)}) and held no runs "
             f"(a creation cut short); moved it to {moved} and made a fresh one",
             StoreRepairedWarning,
             stacklevel=2,
@@ -193,6 +253,46 @@ def open_store(uri: str, create: bool) -> bool:
         if error is not None:
             _raise_unopenable(uri, error)
     return True
+
+
+def _journal(path: Path) -> Path:
+    return path.with_name(path.name + "-journal")
+
+
+def _roll_back(path: Path) -> None:
+    """Let SQLite recover the file as its next writer would: a process killed inside a write
+    transaction leaves a *hot* journal, which only a read-write open rolls back (a read-only
+    one refuses the file). Call under the store's lock; a file that cannot be opened read-write
+    is left to the checks that follow."""
+    if not path.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True)) as db:
+            db.execute("select count(*) from sqlite_master").fetchone()
+    except sqlite3.Error:
+        return
+
+
+def _inspect(path: Path, uri: str) -> Exception | None:
+    """Why the sqlite store at ``path`` cannot be used, or None: a creation cut short, damaged
+    pages, or an error MLflow meets opening it."""
+    return _half_made(path) or _damaged_pages(path) or _try_open(uri)
+
+
+def _damaged_pages(path: Path) -> Exception | None:
+    """SQLite's own quick integrity check (a fraction of a second for a 40 MB store): a file
+    with overwritten pages can open and answer some queries, then lose runs later."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            found = [row[0] for row in db.execute("pragma quick_check(3)")]
+    except sqlite3.DatabaseError as exc:
+        return exc
+    if found != ["ok"]:
+        lines = [line for row in found for line in row.splitlines() if not line.startswith("***")]
+        return RuntimeError(f"its pages fail SQLite's integrity check: {'; '.join(lines)}")
+    return None
 
 
 def _half_made(path: Path) -> Exception | None:
@@ -254,17 +354,19 @@ def _runs_in(path: Path) -> int | None:
 
 
 def _raise_unopenable(uri: str, error: Exception | None, hint_rerun: bool = False) -> bool:
-    detail = f" ({_first_line(error)})" if error is not None else ""
+    detail = f" ({first_line(error)})" if error is not None else ""
     if hint_rerun:
         fix = "it holds no runs: `growbench run` will move it aside and make a fresh one"
     else:
+        path = sqlite_path(uri)
+        pages = f" or `sqlite3 {path} .recover` (damaged pages)" if path else ""
         fix = (
-            "it was left as it is: back it up, then try `mlflow db upgrade "
-            f"{uri}`, or pass another --tracking-uri"
+            f"it was left as it is: back it up, then try `mlflow db upgrade {uri}` (an old "
+            f"schema){pages}, or pass another --tracking-uri"
         )
     raise StoreError(f"tracking store {uri} cannot be opened{detail}; {fix}") from None
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return " ".join(text[0].split())[:200] if text else type(error).__name__

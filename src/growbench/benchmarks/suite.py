@@ -123,6 +123,7 @@ SCHEDULE_SPANS = ("run", "round")
 SMOKE_TRAIN, SMOKE_TEST = 64, 32  # samples kept by Suite.smoke()
 AFTER_GROWTH = ("carry", "reset")
 PRECISIONS = ("fp32", "bf16", "fp16")
+MAX_SEEDS = 10_000  # seeds of one suite (file or --seeds): far beyond any study, and each a run
 
 
 # Bump when the runner changes what a run produces or logs (a new metric, a changed training
@@ -477,6 +478,8 @@ class Suite:
         if seeds is not None:
             if seeds < 1:
                 raise SuiteError(f"--seeds must be at least 1, got {seeds}")
+            if seeds > MAX_SEEDS:
+                raise SuiteError(f"--seeds must be at most {MAX_SEEDS} (seeds 0..N-1), got {seeds}")
             suite = dataclasses.replace(suite, seeds=tuple(range(seeds)))
         return suite
 
@@ -501,12 +504,21 @@ def packaged_suites() -> list[str]:
 
 def resolve_suite_path(name_or_path: str | Path) -> Path:
     """A packaged suite's file by name (``default``), else the path as given."""
-    packaged = resources.files(SUITES_PACKAGE) / "suites" / f"{name_or_path}.toml"
-    if packaged.is_file():
-        return Path(str(packaged))
     path = Path(name_or_path)
-    if path.is_file():
-        return path
+    try:
+        packaged = resources.files(SUITES_PACKAGE) / "suites" / f"{name_or_path}.toml"
+        if packaged.is_file():
+            return Path(str(packaged))
+        if path.is_file():
+            return path
+        exists = path.exists()
+    except (OSError, ValueError) as exc:  # a name too long for a file, a NUL byte in it
+        raise SuiteError(
+            f"no suite {str(name_or_path)!r}: {getattr(exc, 'strerror', None) or exc}; pass a "
+            "packaged suite's name or a suite file's path"
+        ) from None
+    if exists:
+        raise SuiteError(f"{name_or_path} is not a file; pass a suite's TOML file")
     raise SuiteError(
         f"no suite {str(name_or_path)!r}: not a packaged suite ({', '.join(packaged_suites())}) "
         "and no such file"
@@ -515,11 +527,24 @@ def resolve_suite_path(name_or_path: str | Path) -> Path:
 
 def load_suite(name_or_path: str | Path) -> Suite:
     path = resolve_suite_path(name_or_path)
-    return parse_suite(path.read_text(), default_name=path.stem, source=str(path))
+    try:
+        text = path.read_bytes().decode()
+    except OSError as exc:
+        raise SuiteError(
+            f"{path}: cannot be read ({exc.strerror or exc}); pass a suite file you can read"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise SuiteError(
+            f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); a suite "
+            "must be a UTF-8 TOML file: save it as UTF-8"
+        ) from None
+    return parse_suite(text, default_name=path.stem, source=str(path))
 
 
 def parse_suite(text: str, default_name: str = "suite", source: str = "<string>") -> Suite:
-    """Parse and check a suite's TOML text; raise one ``SuiteError`` for the first problem."""
+    """Parse and check a suite's TOML text (a UTF-8 byte order mark before it is dropped);
+    raise one ``SuiteError`` for the first problem."""
+    text = text.removeprefix("\ufeff")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -527,6 +552,11 @@ def parse_suite(text: str, default_name: str = "suite", source: str = "<string>"
         if "methods" in str(exc):
             hint = "; per-method options go in [method_options.NAME], `methods` is the name list"
         raise SuiteError(f"{source}: not valid TOML: {exc}{hint}") from None
+    except RecursionError:
+        raise SuiteError(
+            f"{source}: nested too deeply to read (arrays or tables inside one another); a "
+            "suite needs a few levels at most"
+        ) from None
     try:
         return _build_suite(data, default_name, source, text)
     except SuiteError as exc:
@@ -590,6 +620,8 @@ def _seeds(value: Any) -> tuple[int, ...]:
             raise SuiteError(f"seeds must be a non-empty list of distinct seeds, got {value}")
         return seeds
     count = _scalar(value, "seeds", Rule("int", at_least=1))
+    if count > MAX_SEEDS:
+        raise SuiteError(f"seeds must be at most {MAX_SEEDS} (seeds 0..N-1), got {count}")
     return tuple(range(count))
 
 

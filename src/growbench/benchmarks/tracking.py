@@ -25,6 +25,7 @@ complete one), which the next claimant of a killed cell resumes from.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -47,7 +48,16 @@ import growbench
 from growbench.benchmarks import checkpoint
 from growbench.benchmarks.leases import CHECKPOINT, HASH, ROLE, Claim, Heartbeat, claim_cell
 from growbench.benchmarks.runner import CellObserver, CellResult
-from growbench.benchmarks.store import open_store, sqlite_path, store_lock
+from growbench.benchmarks.store import (
+    StoreError,
+    StoreUnreachableError,
+    check_uri,
+    first_line,
+    open_store,
+    server_gone,
+    sqlite_path,
+    store_lock,
+)
 from growbench.benchmarks.suite import CellConfig, Suite
 from growbench.provenance import git_commit, git_dirty, provider_tags
 
@@ -56,6 +66,41 @@ PARENT_TAG = "mlflow.parentRunId"
 PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
 METRICS_PER_CALL = 1000
 HEALTH = "growbench.health"  # a finished cell's health flags, a JSON list (``health``)
+
+
+class GuardedClient:
+    """An ``MlflowClient`` that stops calling a tracking server the first time it fails to
+    answer: that call raises one ``StoreUnreachableError`` naming the server, and so does every
+    later call, at once. Without it the error path (the cell's ``fail``, the suite's ``close``)
+    called the dead server again, each call waiting out its retries and timeouts (minutes when
+    the server hangs) before a traceback. Local and database stores are passed through."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.client = MlflowClient(uri)
+        self.lost: StoreUnreachableError | None = None
+        self._guarded = check_uri(uri) == "server"
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.client, name)
+        if not self._guarded or not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.lost is not None:
+                raise self.lost
+            try:
+                return attribute(*args, **kwargs)
+            except Exception as exc:
+                if not server_gone(exc):
+                    raise
+                self.lost = StoreUnreachableError(
+                    f"tracking server {self.uri} stopped answering ({first_line(exc)}); "
+                    "finished cells are kept in it: rerun the same command once it is back"
+                )
+                raise self.lost from None
+
+        return call
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -179,6 +224,8 @@ def final_widths(uri: str, suite_name: str, hashes: Iterable[str]) -> dict[str, 
     """Per config hash among ``hashes`` with a FINISHED run, the site widths its net ended with
     (``architecture.json``, sites in the net's order)."""
     runs = best_runs(uri, suite_name)
+    if not runs:
+        return {}  # and no client made: one would create a missing store
     client = MlflowClient(uri)
     widths = {}
     for config_hash in hashes:
@@ -260,7 +307,7 @@ class SuiteTracker:
     ) -> None:
         self.uri, self.suite, self.device = uri, suite, device
         self.checkpoints = checkpoints or CheckpointPolicy()
-        self.client: MlflowClient
+        self.client: GuardedClient
         self.experiment_id = ""
         self.parent_id = ""
         self.run_tags: dict[str, str] = {}  # added to every cell run (a Ray task's id)
@@ -269,7 +316,7 @@ class SuiteTracker:
         """Create (or repair) the store, the experiment and the parent run, or reopen the
         latest parent: all under the store's lock, so runners starting together make one."""
         open_store(self.uri, create=True)
-        self.client = MlflowClient(self.uri)
+        self.client = GuardedClient(self.uri)
         with store_lock(self.uri):
             self.experiment_id = self._experiment()
             self.parent_id = self._parent()
@@ -278,12 +325,19 @@ class SuiteTracker:
 
     def attach(self, experiment_id: str, parent_id: str) -> None:
         """Use an experiment and parent run another process opened (a Ray worker's tracker)."""
-        self.client = MlflowClient(self.uri)
+        self.client = GuardedClient(self.uri)
         self.experiment_id, self.parent_id = experiment_id, parent_id
 
     def _experiment(self) -> str:
         name = experiment_name(self.suite.name)
         experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None and experiment.lifecycle_stage == "deleted":
+            raise StoreError(
+                f"experiment {name!r} is deleted in {self.uri} (its runs would be invisible); "
+                f"restore it (`mlflow experiments restore --experiment-id "
+                f"{experiment.experiment_id}`) or purge it (`mlflow gc --backend-store-uri "
+                f"{self.uri}`), then rerun"
+            )
         if experiment is not None:
             return experiment.experiment_id
         try:
@@ -359,7 +413,9 @@ class SuiteTracker:
         return claim, tracker
 
     def close(self, status: str) -> None:
-        self.client.set_terminated(self.parent_id, status=status)
+        """End the parent run (not when its server stopped answering: nobody would hear)."""
+        if self.client.lost is None:
+            self.client.set_terminated(self.parent_id, status=status)
 
 
 class CellTracker(CellObserver):
@@ -368,7 +424,7 @@ class CellTracker(CellObserver):
 
     def __init__(
         self,
-        client: MlflowClient,
+        client: MlflowClient | GuardedClient,
         run_id: str,
         cell: CellConfig | None = None,
         checkpoints: CheckpointPolicy | None = None,
@@ -377,6 +433,7 @@ class CellTracker(CellObserver):
         self.checkpoints = checkpoints or CheckpointPolicy(every=0)
         self.events: list[dict[str, Any]] = []
         self.resume_state: dict[str, Any] | None = None
+        self.resumed_from = ""  # the run whose checkpoint the cell goes on from
         self._last_save = time.monotonic()
         self._next_file = "a"
         self._heartbeat = Heartbeat(client, run_id)
@@ -436,27 +493,47 @@ class CellTracker(CellObserver):
 
     def load_resume_state(self, run: Run) -> None:
         """The checkpoint ``run`` (a killed run of this cell) left, when it is complete and
-        intact; otherwise the cell starts afresh, with a warning."""
-        record = json.loads(run.data.tags[CHECKPOINT])
+        intact; otherwise the cell starts afresh, with a warning (``refuse_checkpoint``)."""
+        self.resumed_from = run.info.run_id
         try:
+            record = json.loads(run.data.tags[CHECKPOINT])
             with tempfile.TemporaryDirectory() as folder:
                 local = download_artifact(self.client, run.info.run_id, record["file"], folder)
                 data = Path(local).read_bytes()
             if checkpoint.digest(data) != record["sha256"]:
                 raise checkpoint.CheckpointError("its checksum does not match")
             self.resume_state = checkpoint.from_bytes(data)
-        except (OSError, MlflowException, checkpoint.CheckpointError) as exc:
-            warnings.warn(
-                f"cell run {run.info.run_id}: its checkpoint cannot be used ({exc}); "
-                "the cell starts from epoch 0",
-                stacklevel=2,
-            )
+            epoch = int(record["epoch"])
+        except StoreUnreachableError:
+            raise
+        except (
+            OSError,
+            MlflowException,
+            checkpoint.CheckpointError,
+            ValueError,  # the tag is not JSON, or its epoch not a number
+            KeyError,  # the tag lacks a field
+            TypeError,  # the tag is JSON but not a record
+        ) as exc:
+            self.refuse_checkpoint(f"{type(exc).__name__}: {exc}")
             return
-        resumed = {
-            "growbench.resumed_from": run.info.run_id,
-            "growbench.resumed_epoch": record["epoch"],
-        }
+        resumed = {"growbench.resumed_from": run.info.run_id, "growbench.resumed_epoch": epoch}
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in resumed.items()])
+
+    def refuse_checkpoint(self, reason: str) -> None:
+        """The checkpoint of the run this cell was to resume from cannot be used: warn, start
+        from epoch 0, and take its tag off that run (marking why), so no later claim of the cell
+        picks it again."""
+        warnings.warn(
+            f"cell run {self.resumed_from}: its checkpoint cannot be used ({reason}); the cell "
+            "starts from epoch 0",
+            stacklevel=3,
+        )
+        self.resume_state = None
+        self.client.delete_tag(self.resumed_from, CHECKPOINT)
+        self.client.set_tag(self.resumed_from, "growbench.checkpoint_refused", reason[:4000])
+        for key in ("growbench.resumed_from", "growbench.resumed_epoch"):
+            with contextlib.suppress(MlflowException):  # not set when the download failed
+                self.client.delete_tag(self.run_id, key)
 
     # ------------------------------------------------------------------------- ending
     def finish(self, result: CellResult) -> None:
@@ -468,6 +545,8 @@ class CellTracker(CellObserver):
 
     def fail(self, error: BaseException) -> None:
         self._heartbeat.stop()
+        if self._store_lost():
+            return
         text = "".join(traceback.format_exception(error))
         self.client.log_text(self.run_id, text, "traceback.txt")
         self.client.log_dict(self.run_id, self.events, "growth_events.json")
@@ -475,4 +554,8 @@ class CellTracker(CellObserver):
 
     def kill(self) -> None:
         self._heartbeat.stop()
-        self.client.set_terminated(self.run_id, status="KILLED")
+        if not self._store_lost():
+            self.client.set_terminated(self.run_id, status="KILLED")
+
+    def _store_lost(self) -> bool:
+        return getattr(self.client, "lost", None) is not None

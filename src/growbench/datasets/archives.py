@@ -19,6 +19,7 @@ import hashlib
 import os
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from growbench.progress import bar
 
 ENV_VAR = "GROWBENCH_DATA"
+MIRROR_SCHEMES = ("http", "https", "file")
 CHUNK = 1 << 20
 DONE_MARKER = ".growbench-extracted"  # written last: an extraction cut short is redone
 
@@ -120,13 +122,22 @@ def fetch(
     spec = source(dataset)
     if spec.manual:
         raise DataError(f"{dataset} cannot be downloaded: {spec.manual}")
+    if mirror is not None:
+        check_mirror(mirror)
     folder = dataset_dir(dataset, root)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(
+            f"cannot make {folder} ({error.strerror or error}): the data root {data_root(root)} "
+            f"must be a folder you can write; pass another --root or set {ENV_VAR}"
+        ) from None
     for archive in spec.archives:
         path = folder / archive.filename
         if not (path.is_file() and _accepted(path, archive)):
             url = f"{mirror.rstrip('/')}/{archive.filename}" if mirror else archive.url
-            download(url, path, progress)
+            advice = f"Check that the mirror {mirror} holds {archive.filename}" if mirror else ""
+            download(url, path, progress, advice)
             check_md5(path, archive)
         if archive.extract:
             extract(path, folder)
@@ -145,15 +156,28 @@ def fetch(
     return folder
 
 
+def check_mirror(mirror: str) -> None:
+    """Refuse a mirror that is not an http(s) URL with a host or a file:// URL with a path."""
+    parts = urllib.parse.urlsplit(mirror)
+    where = parts.path if parts.scheme == "file" else parts.netloc
+    if parts.scheme not in MIRROR_SCHEMES or not where:
+        raise DataError(
+            f"mirror {mirror!r} is not a URL to fetch from: give one that starts with http://, "
+            "https:// or file:// (e.g. https://HOST/PATH or file:///FOLDER holding the archives)"
+        )
+
+
 def _accepted(path: Path, archive: Archive) -> bool:
     """Whether a downloaded archive passes its checksum (one without a published checksum is
     accepted here and judged by its extracted files)."""
     return archive.md5 is None or md5sum(path) in CHECKSUMS.get(archive.filename, set())
 
 
-def download(url: str, path: Path, progress: bool = True) -> None:
+def download(url: str, path: Path, progress: bool = True, advice: str = "") -> None:
     """``url`` to ``path`` through ``path.part``, resuming what a cut-short download left there
-    when the server honours a byte range (a server that does not sends everything again)."""
+    when the server honours a byte range (a server that does not sends everything again).
+    ``advice`` ends the message of a download that fails (default: how to do without a
+    network)."""
     partial = path.with_name(path.name + ".part")
     have = partial.stat().st_size if partial.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
@@ -163,13 +187,15 @@ def download(url: str, path: Path, progress: bool = True) -> None:
         if error.code == 416 and have:  # the range starts at the end: the part is complete
             partial.replace(path)
             return
-        raise DataError(f"download of {url} failed: HTTP {error.code} {error.reason}") from None
+        failed = f"download of {url} failed: HTTP {error.code} {error.reason}"
+        raise DataError(f"{failed}. {advice}" if advice else failed) from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise DataError(
-            f"download of {url} failed: {reason}. With no network here, fetch on a machine that "
-            f"has one and copy {path.parent} over, or pass --mirror"
-        ) from None
+        advice = advice or (
+            f"With no network here, fetch on a machine that has one and copy {path.parent} over, "
+            "or pass --mirror"
+        )
+        raise DataError(f"download of {url} failed: {reason}. {advice}") from None
     with response:
         resumed = have and getattr(response, "status", 200) == 206
         total = response.headers.get("Content-Length")
@@ -289,12 +315,19 @@ def verify(dataset: str, root: str | os.PathLike | None = None) -> list[str]:
     spec = source(dataset)
     folder = dataset_dir(dataset, root)
     problems = []
-    for archive in spec.archives:
-        path = folder / archive.filename
-        if path.is_file():
-            if not _accepted(path, archive):
-                problems.append(f"{archive.filename}: md5 {md5sum(path)}, expected {archive.md5}")
-        elif not (folder / f"{DONE_MARKER}.{archive.filename}").is_file() and not spec.manual:
-            problems.append(f"{archive.filename}: not downloaded")
-    problems += [f"{name}: missing" for name in missing_files(dataset, root)]
-    return problems + wrong_checksums(dataset, root)
+    try:
+        for archive in spec.archives:
+            path = folder / archive.filename
+            if path.is_file():
+                if not _accepted(path, archive):
+                    md5 = md5sum(path)
+                    problems.append(f"{archive.filename}: md5 {md5}, expected {archive.md5}")
+            elif not (folder / f"{DONE_MARKER}.{archive.filename}").is_file() and not spec.manual:
+                problems.append(f"{archive.filename}: not downloaded")
+        problems += [f"{name}: missing" for name in missing_files(dataset, root)]
+        return problems + wrong_checksums(dataset, root)
+    except OSError as error:
+        raise DataError(
+            f"cannot read {folder} ({error.strerror or error}); pass another --root or set "
+            f"{ENV_VAR}"
+        ) from None

@@ -161,13 +161,17 @@ def _json_ready(value: Any) -> Any:
 class GrowerConfig:
     """Base of every method's hyperparameters; subclasses add fields with defaults.
 
-    ``check`` (run by ``Grower.__init__``) refuses a non-finite number in any field, and a
-    field named in ``positive`` that is not > 0 or in ``non_negative`` that is < 0; a
-    subclass's ``__post_init__`` checks whatever else its fields need.
+    ``check`` (run by ``Grower.__init__``) refuses a non-finite number in any field, a field
+    named in ``positive`` that is not > 0 or in ``non_negative`` that is < 0, and one above its
+    bound in ``at_most``; a subclass's ``__post_init__`` checks whatever else its fields need.
+    ``at_most`` bounds the shares a method turns into a count of units at each growth
+    (``floor(growth_ratio · units)``) at the largest value that means anything, so that 1e308
+    is refused with the suite, not an overflow at the cell's first growth.
     """
 
     positive: ClassVar[tuple[str, ...]] = ()
     non_negative: ClassVar[tuple[str, ...]] = ()
+    at_most: ClassVar[dict[str, float]] = {}
 
     def check(self, method: str) -> None:
         for config_field in dataclasses.fields(self):
@@ -186,6 +190,10 @@ class GrowerConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{method}: {name} must be 0 or more, got {value!r}")
+        for name, limit in self.at_most.items():
+            value = getattr(self, name)
+            if value is not None and value > limit:
+                raise ValueError(f"{method}: {name} must be at most {limit:g}, got {value!r}")
 
 
 class Grower:

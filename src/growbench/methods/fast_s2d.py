@@ -549,6 +549,9 @@ class FastS2DConfig(GrowerConfig):
         "rq_init_scale",
         "site_cap_ratio",
     )
+    # growth_ratio over 100 is beyond any budget; site_cap_ratio over 1 caps nothing (a unit
+    # splits once at most)
+    at_most: ClassVar[dict[str, float]] = {"growth_ratio": 100.0, "site_cap_ratio": 1.0}
     epsilon: float = 1e-2
     growth_ratio: float = 0.3  # each group's budget: this share of its current (transformed) cost
     rq_steps: int = 1600

@@ -59,6 +59,7 @@ from growbench.nn.growable import eval_mode
 @dataclass
 class FireflyConfig(GrowerConfig):
     positive: ClassVar[tuple[str, ...]] = ("growth_ratio", "lr", "search_batch", "max_search_bytes")
+    at_most: ClassVar[dict[str, float]] = {"growth_ratio": 100.0}
     non_negative: ClassVar[tuple[str, ...]] = (
         "candidates",
         "search_steps",
@@ -76,7 +77,7 @@ class FireflyConfig(GrowerConfig):
     alpha: float = 0.9  # RMSprop's smoothing constant
     split_penalty: float = 1e-2  # · Σ‖v‖²
     new_penalty: float = 1e-4  # · Σ‖α‖²
-    growth_ratio: float = 0.3
+    growth_ratio: float = 0.3  # units chosen per unit of the net; over 100: beyond any budget
     max_search_bytes: float = 2**30  # cap on the candidates' extra activations, conv sites
     depth: bool = False  # also offer a candidate layer after every site's activation
     max_layers: int = 1  # at most this many layers inserted per growth step

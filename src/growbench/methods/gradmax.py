@@ -66,6 +66,7 @@ SCHEDULES = ("all-at-once", "round-robin")
 class GradMaxConfig(GrowerConfig):
     positive: ClassVar[tuple[str, ...]] = ("growth_fraction", "stats_samples")
     non_negative: ClassVar[tuple[str, ...]] = ("epsilon", "scale")
+    at_most: ClassVar[dict[str, float]] = {"growth_fraction": 100.0}  # over 100: beyond any budget
     epsilon: float = 0.0  # fan-in scale of the new units; the official configs all use 0
     scale_method: str = "mean_norm"  # c = scale · mean fan-out column norm, or c = scale
     scale: float = 0.5

@@ -33,7 +33,8 @@ DIRECTIONS = ("uniform", "gaussian")
 class RandomAddConfig(GrowerConfig):
     positive: ClassVar[tuple[str, ...]] = ("growth_ratio",)
     non_negative: ClassVar[tuple[str, ...]] = ("fan_out_scale",)
-    growth_ratio: float = 0.3
+    at_most: ClassVar[dict[str, float]] = {"growth_ratio": 100.0}
+    growth_ratio: float = 0.3  # new units per unit of a site; over 100 a round: beyond any budget
     mode: str = "zero-fan-out"
     fan_out_scale: float = 0.5  # zero-fan-in mode: c = scale · mean fan-out column norm
     direction: str = "uniform"  # zero-fan-in mode: fan-out entries U[0, 1) or Gaussian

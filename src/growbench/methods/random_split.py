@@ -31,7 +31,8 @@ from growbench.nn import GrowableNet
 class RandomSplitConfig(GrowerConfig):
     positive: ClassVar[tuple[str, ...]] = ("growth_ratio",)
     non_negative: ClassVar[tuple[str, ...]] = ("epsilon",)
-    growth_ratio: float = 0.3
+    at_most: ClassVar[dict[str, float]] = {"growth_ratio": 1.0}
+    growth_ratio: float = 0.3  # a share of the units there (each splits once at most): (0, 1]
     epsilon: float = 1e-2
 
 

@@ -59,7 +59,8 @@ SELECTIONS = ("global-ratio", "most-negative")
 class S2DConfig(GrowerConfig):
     positive: ClassVar[tuple[str, ...]] = ("growth_ratio", "max_stat_bytes")
     non_negative: ClassVar[tuple[str, ...]] = ("epsilon", "lambda_tol")
-    growth_ratio: float = 0.3
+    at_most: ClassVar[dict[str, float]] = {"growth_ratio": 1.0}
+    growth_ratio: float = 0.3  # a share of the units there (each splits once at most): (0, 1]
     epsilon: float = 1e-2
     only_negative: bool = False
     selection: str = "global-ratio"

@@ -81,6 +81,7 @@ MAX_SEARCH_ROWS = 2**16  # rows evaluated at once by the line search (γ values 
 @dataclass
 class TinyConfig(GrowerConfig):
     positive: ClassVar[tuple[str, ...]] = ("max_added_ratio", "gamma_points")
+    at_most: ClassVar[dict[str, float]] = {"max_added_ratio": 100.0}
     non_negative: ClassVar[tuple[str, ...]] = (
         "numerical_threshold",
         "statistical_threshold",
@@ -92,7 +93,7 @@ class TinyConfig(GrowerConfig):
     numerical_threshold: float = 1e-6
     statistical_threshold: float = 1e-3
     max_added: int | None = None  # None: ceil(max_added_ratio · site width)
-    max_added_ratio: float = 0.3
+    max_added_ratio: float = 0.3  # new units per unit of a site; over 100: beyond any budget
     compute_delta: bool = True
     use_projection: bool = True
     gamma_min: float = 1e-4
