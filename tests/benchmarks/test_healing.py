@@ -56,13 +56,13 @@ def growbench(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Comp
     )
 
 
-def start(*args: str, cwd: Path) -> subprocess.Popen:
+def start(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
     """The installed command, started."""
     command = [sys.executable, "-m", "growbench.cli", *args]
     return subprocess.Popen(
         command,
         cwd=cwd,
-        env=user_environment(),
+        env=user_environment(**(env or {})),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -434,25 +434,32 @@ def test_a_server_that_is_not_mlflow_is_named_as_such(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_a_server_that_dies_mid_run_ends_in_one_line_and_a_rerun_finishes(
-    tmp_path, write_suite
+@pytest.mark.parametrize("fault", ["killed", "hung"])
+def test_a_server_that_dies_or_hangs_mid_run_ends_in_one_line_and_a_rerun_finishes(
+    tmp_path, write_suite, fault
 ) -> None:
     suite = write_suite(SUITE.replace("epochs = 6", "epochs = 60"))  # seconds per cell
+    timeout = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}  # a user's setting: a hung call gives up soon
     with mlflow_server(tmp_path / "server") as (uri, process):
-        runner = start("run", "--suite", str(suite), "--tracking-uri", uri, cwd=tmp_path)
+        runner = start("run", "--suite", str(suite), "--tracking-uri", uri, cwd=tmp_path,
+                       env=timeout)  # fmt: skip
         first = runner.stderr.readline()  # the first cell finished
         assert "[1/5]" in first, runner.communicate()
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        if fault == "killed":
+            os.killpg(process.pid, signal.SIGKILL)
+        else:  # frozen: connections open, answers never come
+            os.killpg(process.pid, signal.SIGSTOP)
         started = time.monotonic()
         _out, err = runner.communicate(timeout=300)
+        if fault == "hung":
+            os.killpg(process.pid, signal.SIGCONT)
         assert runner.returncode == 1, err
         assert "Traceback" not in err
         (line,) = lines_with(err, "growbench:")
         assert "stopped answering" in line
         assert uri in line
         assert "cell(s) of this stage" in line
-        assert time.monotonic() - started < 60
+        assert time.monotonic() - started < 120  # one call's retries, not one per error path
     with mlflow_server(tmp_path / "server") as (uri, _):
         rerun = growbench("run", "--suite", str(suite), "--tracking-uri", uri, cwd=tmp_path)
         assert rerun.returncode == 0, rerun.stderr

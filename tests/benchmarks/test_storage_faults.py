@@ -21,30 +21,13 @@ from growbench.benchmarks import leases
 from growbench.benchmarks.executor import run_suite
 from growbench.benchmarks.suite import parse_suite
 from growbench.benchmarks.tracking import experiment_name
-from tests.benchmarks.conftest import user_environment
+from tests.benchmarks.conftest import TINY_SUITE, user_environment
 
-SUITE = """
-name = "faults"
-seeds = 2
-epochs = 4
-methods = ["none", "random-add"]
-
-[training]
-lr = 0.1
-batch_size = 32
-
-[growth]
-first_epoch = 1
-every = 1
-max_rounds = 2
-stats_samples = 64
-
-[[tasks]]
-dataset = "spirals"
-model = "mlp"
-model_options = { widths = [4] }
-dataset_options = { n_train = 200, n_test = 100 }
-"""
+SUITE = (
+    TINY_SUITE.replace('name = "tiny"', 'name = "faults"')
+    .replace("seeds = 1", "seeds = 2")
+    .replace("epochs = 3", "epochs = 4")
+)
 CELLS = 4
 KILL_POINTS = 10
 KILLER = Path(__file__).with_name("sqlite_killer.py")

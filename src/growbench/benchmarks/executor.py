@@ -6,8 +6,10 @@ store, experiment and parent run are created once (under the store's lock), the 
 FINISHED with the same config hash are skipped, and each other cell is claimed (``leases``) just
 before it trains: one FINISHED since the start or held by a live runner elsewhere is skipped, one
 killed earlier goes on from its checkpoint. A cell that raises or diverges is FAILED (with its
-traceback) and the suite goes on; Ctrl-C marks the running cell KILLED (its checkpoint kept),
-closes the parent and re-raises, and the finished cells stay finished.
+traceback) and the suite goes on; Ctrl-C (or SIGTERM, see ``interrupts``) marks the running cell
+KILLED (its checkpoint kept), closes the parent and re-raises, and the finished cells stay
+finished. A tracking server that stops answering ends the run with one ``StoreUnreachableError``
+naming the cells left, without calling the server again.
 """
 
 from __future__ import annotations
