@@ -4,8 +4,10 @@ the UI.
 Mistakes a user can make (a bad suite file, an unknown method or dataset, missing data, cuda
 asked for without one, a tracking store that is unusable or unreachable) end in one line,
 ``growbench: error: <what is wrong>``, and exit status 2, never a traceback; warnings are one line
-too. ``growbench run`` exits 1 when any cell failed, naming them. Ctrl-C during a run exits 130
-with the finished cells kept in the store and the running one's checkpoint kept to resume from.
+too, and never stop the command. ``growbench run`` exits 1 when any cell failed, naming them,
+or when its tracking server stopped answering mid-run. Ctrl-C during a run exits 130, SIGTERM
+143, with the finished cells kept in the store and the running one's checkpoint kept to resume
+from.
 """
 
 from __future__ import annotations
