@@ -99,7 +99,13 @@ def docs(session: nox.Session) -> None:
     """Build the reference pages in docs/ (mkdocs + mkdocstrings) into site/; any warning, a
     broken reference or link included, fails the build. Needs no torch: the API pages are read
     from the source, not imported."""
-    session.install("mkdocs>=1.6,<2", "mkdocstrings[python]>=0.26", "ruff>=0.6")
+    session.install(
+        "mkdocs>=1.6,<2",
+        "mkdocstrings[python]>=0.26",
+        "ruff>=0.6",
+        "pymdown-extensions>=10",  # code blocks highlighted at build time, no CDN script
+        "pygments>=2.17",
+    )
     session.run("mkdocs", "build", "--strict", *session.posargs)
 
 

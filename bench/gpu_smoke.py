@@ -1,7 +1,7 @@
 """A 2-epoch run of every paper suite's tasks on a GPU (or ``--device cpu`` to rehearse), on
-synthetic data of each dataset's real shape (no download; the loaders are tested on fixtures
-elsewhere), printing images/s per model and precision. Needs no MLflow: cells run through
-``run_cell`` directly. ``bench/gpu.sh`` runs it after the paper-path bench figures.
+synthetic data of each dataset's real shape (``Suite.synthetic``: no download; the loaders are
+tested on fixtures elsewhere), printing images/s per model and precision. Needs no MLflow: cells
+run through ``run_cell`` directly. ``bench/gpu.sh`` runs it after the paper-path bench figures.
 
 For each suite and task: the suite's first growth method, 2 epochs with one growth round after
 the first, at most ``--samples`` training samples, the suite's nets, batch size, augmentation
@@ -13,47 +13,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from dataclasses import dataclass
 
 import torch
 
 from growbench.benchmarks.runner import run_cell
 from growbench.benchmarks.suite import PAPER_SUITES, load_suite
-from growbench.datasets import Dataset, dataset_spec
-from growbench.datasets import registry as dataset_registry
-from growbench.datasets.base import Entry
-
-
-@dataclass(frozen=True)
-class AnyOptions:
-    size: str = "160px"
-    resolution: int = 224
-    root: str | None = None
-    download: bool = False
-    train_subset: int | None = None
-    test_subset: int | None = None
-
-
-def synthetic(name: str, samples: int, options: dict) -> Entry:
-    spec = dataset_spec(name)
-    if "resolution" in options:
-        side = options["resolution"]
-        spec = dataclasses.replace(spec, input_shape=(3, side, side))
-
-    def load(_options) -> Dataset:
-        generator = torch.Generator().manual_seed(0)
-        count = samples + 1000
-        if len(spec.input_shape) == 3:
-            inputs = torch.randint(0, 256, (count, *spec.input_shape), generator=generator,
-                                   dtype=torch.uint8)  # fmt: skip
-            normalization = ((0.5,) * spec.input_shape[0], (0.25,) * spec.input_shape[0])
-        else:
-            inputs, normalization = torch.randn(count, *spec.input_shape, generator=generator), None
-        labels = torch.randint(0, spec.num_outputs, (count,), generator=generator)
-        return Dataset(spec, inputs[:samples], labels[:samples], inputs[samples:],
-                       labels[samples:], normalization)  # fmt: skip
-
-    return Entry(spec, AnyOptions, load)
 
 
 def main() -> None:
@@ -64,12 +28,11 @@ def main() -> None:
     args = parser.parse_args()
     print(f"gpu smoke: torch {torch.__version__}, device {args.device}", flush=True)
     for name in args.suites.split(","):
-        suite = load_suite(name)
+        suite = load_suite(name).synthetic()  # random data of the real shapes
         growers = [m for m in suite.methods if m not in ("none", "static")]
         for task in suite.tasks:
-            dataset_registry._BUILTINS[task.dataset] = synthetic(
-                task.dataset, args.samples, task.dataset_options
-            )
+            sizes = {"train_subset": args.samples, "test_subset": 1000}
+            task = dataclasses.replace(task, dataset_options={**task.dataset_options, **sizes})
             precisions = [task.training.precision]
             if task.training.precision == "fp32":
                 precisions.append("bf16")

@@ -13,13 +13,14 @@ from.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
+from growbench import __version__
 
 USER_ERRORS = (ValueError, FileNotFoundError)  # SuiteError and StoreError are ValueErrors
 
@@ -41,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with interrupts.terminate_as_interrupt():
             return args.command(args)
+    except BrokenPipeError:  # `growbench methods --verbose | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        raise SystemExit(1) from None
     except StoreUnreachableError as exc:  # mid-run: not the user's input, so not status 2
         print(f"growbench: error: {_one_line(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -71,16 +75,22 @@ class _Parser(argparse.ArgumentParser):
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
+    def format_help(self) -> str:
+        if callable(self.epilog):  # made on demand: it imports torch (the contracts' rules)
+            self.epilog = self.epilog()
+        return super().format_help()
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="growbench",
         description="Benchmark methods that grow neural networks while they train.",
     )
+    parser.add_argument("--version", action="version", version=f"growbench {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run a suite (finished cells are skipped)")
-    run.add_argument("--suite", required=True, help="a packaged suite's name or a TOML file")
+    run.add_argument("--suite", required=True, help=_SUITE_HELP)
     run.add_argument("--methods", help="comma-separated subset of the suite's methods")
     run.add_argument("--datasets", help="comma-separated subset of the suite's datasets or tasks")
     run.add_argument("--seeds", type=_whole, help="run seeds 0..N-1 instead of the suite's")
@@ -133,12 +143,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a 2-epoch version of the suite on a data subset and narrow nets (suite NAME-smoke)",
     )
+    run.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="random data of each dataset's real shapes instead of the data (no download; "
+        "suite NAME-synthetic): with --smoke, a rehearsal of a paper suite's whole path",
+    )
     run.set_defaults(command=_run)
 
     report = commands.add_parser(
         "report", help="write a suite's comparison report from its runs (trains nothing)"
     )
-    report.add_argument("--suite", required=True, help="a packaged suite's name or a TOML file")
+    report.add_argument("--suite", required=True, help=_SUITE_HELP)
     report.add_argument("--methods", help="comma-separated subset of the suite's methods")
     report.add_argument("--tasks", help="comma-separated subset of the suite's tasks or datasets")
     report.add_argument(
@@ -157,18 +173,35 @@ def _parser() -> argparse.ArgumentParser:
     report.set_defaults(command=_report)
 
     methods = commands.add_parser("methods", help="list the registered growth methods")
+    methods.add_argument(
+        "--verbose", action="store_true", help="one line per option, with its description"
+    )
     methods.set_defaults(command=_methods)
 
     check = commands.add_parser(
-        "check", help="run the plugin contract on installed methods (tiny CPU tasks)"
+        "check",
+        help="run the contract on installed methods, or on models (tiny CPU tasks)",
+        description="Run the plugin contract on installed growth methods (NAME...), or the model "
+        "contract on zoo models (--model NAME); each rule prints PASS, FAIL or SKIP.",
+        epilog=_contract_rules,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    check.add_argument("names", nargs="+", metavar="NAME", help="registered method names")
+    check.add_argument("names", nargs="*", metavar="NAME", help="registered method names")
     check.add_argument(
-        "--rules", help="comma-separated subset of the contract's rules (default: all)"
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="run the model contract on this zoo model instead (repeatable)",
+    )
+    check.add_argument(
+        "--rules", help="comma-separated subset of the chosen contract's rules (default: all)"
     )
     check.set_defaults(command=_check)
 
     datasets = commands.add_parser("datasets", help="list the registered datasets")
+    datasets.add_argument(
+        "--verbose", action="store_true", help="one line per option, with its description"
+    )
     datasets.set_defaults(command=_datasets)
 
     data = commands.add_parser("data", help="fetch or verify a dataset's official files")
@@ -190,6 +223,9 @@ def _parser() -> argparse.ArgumentParser:
     verify.set_defaults(command=_data_verify)
 
     models = commands.add_parser("models", help="list the model zoo with each model's options")
+    models.add_argument(
+        "--verbose", action="store_true", help="one line per option, with its description"
+    )
     models.set_defaults(command=_models)
 
     ui = commands.add_parser("ui", help="open the MLflow UI on 127.0.0.1 over the store")
@@ -197,6 +233,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_tracking_uri(ui)
     ui.set_defaults(command=_ui)
     return parser
+
+
+# The packaged suites, listed without importing the harness (and torch) for --help.
+_SUITE_HELP = "a TOML file, or a packaged suite: " + ", ".join(
+    sorted(path.stem for path in (Path(__file__).parent / "benchmarks" / "suites").glob("*.toml"))
+)
 
 
 def _add_tracking_uri(parser: argparse.ArgumentParser) -> None:
@@ -288,6 +330,8 @@ def _run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite).select(_names(args.methods), _names(args.datasets), args.seeds)
     if args.smoke:
         suite = suite.smoke()
+    if args.synthetic:
+        suite = suite.synthetic()
     uri = _store(args.tracking_uri)
     if args.dry_run:
         planned, data = dry_run(suite, uri, args.device)
@@ -376,14 +420,48 @@ def _methods(args: argparse.Namespace) -> int:
     from growbench.methods import available_methods
 
     for name, cls in available_methods().items():
-        options = ", ".join(f"{f.name}={_default_text(f)}" for f in dataclasses.fields(cls.Config))
         print(f"{name}  (preserves function: {cls.preserves_function})")
         print(f"    {cls.description or '(no description)'}")
-        print(f"    options: {options or '(none)'}")
+        _print_options(cls.Config, args.verbose)
     return 0
 
 
+def _contract_rules() -> str:
+    """The rules of both contracts, one line each (the epilog of ``growbench check --help``)."""
+    from growbench import contract, model_contract
+
+    lines = []
+    for title, checks in (
+        ("method contract rules (growbench check NAME...):", contract.CHECKS),
+        ("model contract rules (growbench check --model NAME):", model_contract.MODEL_CHECKS),
+    ):
+        width = max(len(check.rule) for check in checks)
+        lines += [title, *(f"  {check.rule.ljust(width)}  {check.says}" for check in checks), ""]
+    return "\n".join(lines)
+
+
+def _chosen_rules(checks: tuple, text: str | None) -> tuple:
+    """The checks ``--rules`` names, in its order (all of them without it)."""
+    rules = {check.rule: check for check in checks}
+    if not text:
+        return tuple(rules.values())
+    wanted = _names(text) or []
+    bad = [rule for rule in wanted if rule not in rules]
+    if bad:
+        raise ValueError(
+            f"--rules: unknown rule(s) {', '.join(bad)}; choose from {', '.join(rules)}"
+        )
+    return tuple(rules[rule] for rule in wanted)
+
+
 def _check(args: argparse.Namespace) -> int:
+    if bool(args.names) == bool(args.model):
+        raise ValueError(
+            "check: name the methods to check (growbench check NAME...) or the models "
+            "(growbench check --model NAME), one of the two"
+        )
+    if args.model:
+        return _check_models(args)
     from growbench import contract
     from growbench.methods import available_methods
 
@@ -391,16 +469,7 @@ def _check(args: argparse.Namespace) -> int:
     unknown = [name for name in args.names if name not in known]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    rules = {check.rule: check for check in contract.CHECKS}
-    chosen = tuple(rules.values())
-    if args.rules:
-        wanted = _names(args.rules) or []
-        bad = [rule for rule in wanted if rule not in rules]
-        if bad:
-            raise ValueError(
-                f"--rules: unknown rule(s) {', '.join(bad)}; choose from {', '.join(rules)}"
-            )
-        chosen = tuple(rules[rule] for rule in wanted)
+    chosen = _chosen_rules(contract.CHECKS, args.rules)
     failed = 0
     for name in args.names:
         for check, outcome in contract.run_contract(name, chosen):
@@ -411,16 +480,43 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _default_text(config_field: dataclasses.Field) -> str:
-    if config_field.default is not dataclasses.MISSING:
-        return repr(config_field.default)
-    if config_field.default_factory is not dataclasses.MISSING:
-        return repr(config_field.default_factory())
-    return "(required)"
+def _check_models(args: argparse.Namespace) -> int:
+    from growbench import model_contract
+    from growbench.nn.zoo import available_models
+
+    known = available_models()
+    unknown = [name for name in args.model if name not in known]
+    if unknown:
+        raise ValueError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    chosen = _chosen_rules(model_contract.MODEL_CHECKS, args.rules)
+    failed = 0
+    for name in args.model:
+        for check, outcome in model_contract.run_model_contract(name, chosen):
+            print(outcome.line(check.says), flush=True)
+            failed += outcome.status == "fail"
+    verdict = f"{failed} check(s) failed" if failed else "every check passed"
+    print(f"growbench check: {verdict} ({', '.join(args.model)})")
+    return 1 if failed else 0
+
+
+def _print_options(options_class: type, verbose: bool, empty: str = "(none)") -> None:
+    """``    options: a=1, b=2`` on one line, or with ``verbose`` one line per option with its
+    description (its attribute docstring, ``growbench.options``)."""
+    from growbench.options import option_rows
+
+    rows = option_rows(options_class)
+    if not verbose:
+        print(f"    options: {', '.join(f'{r.name}={r.default}' for r in rows) or empty}")
+        return
+    if not rows:
+        print("    options: (none)")
+    for row in rows:
+        print(f"    {row.name} = {row.default}  — {row.description or '(no description)'}")
 
 
 def _datasets(args: argparse.Namespace) -> int:
     from growbench.datasets import dataset_names, dataset_options, dataset_spec
+    from growbench.datasets.registry import available_entries
 
     rows = [("name", "task", "input shape", "outputs", "source")]
     for name in dataset_names():
@@ -432,6 +528,10 @@ def _datasets(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
     print()
     for name in dataset_names():
+        if args.verbose:
+            print(name)
+            _print_options(available_entries()[name].options, verbose=True)
+            continue
         options = ", ".join(f"{k}={v!r}" for k, v in dataset_options(name).items())
         print(f"{name} options: {options or '(none)'}")
     return 0
@@ -464,10 +564,9 @@ def _models(args: argparse.Namespace) -> int:
     from growbench.nn.zoo import available_models
 
     for name, cls in available_models().items():
-        options = ", ".join(f"{f.name}={_default_text(f)}" for f in dataclasses.fields(cls.Options))
         print(name)
         print(f"    {cls.description or '(no description)'}")
-        print(f"    options: {options}")
+        _print_options(cls.Options, args.verbose, empty="")
     return 0
 
 

@@ -26,13 +26,13 @@ UNKNOWN = "unknown"
 def provider_tags(cell: CellConfig) -> dict[str, str]:
     """``growbench.provider.{method,dataset,model}``: the distribution and version that
     supplies each part of ``cell`` (``provider``)."""
-    from growbench.datasets.registry import available_entries
+    from growbench.datasets.registry import dataset_entry
     from growbench.methods import available_methods
     from growbench.nn.zoo.registry import get_model
 
     parts = {
         "method": available_methods()[cell.registered_method],
-        "dataset": available_entries()[cell.task.dataset].load,
+        "dataset": dataset_entry(cell.task.dataset).load,
         "model": get_model(cell.task.model),
     }
     return {f"growbench.provider.{part}": provider(code) for part, code in parts.items()}

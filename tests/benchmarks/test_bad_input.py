@@ -144,6 +144,7 @@ ARGUMENT_CASES = [
     ("threads-huge", ["--threads", str(10**20)], "--threads: must be at most 1024"),
     ("uri-empty", ["--tracking-uri", ""], "--tracking-uri is empty; pass a store such as"),
     ("uri-memory", ["--tracking-uri", "sqlite:///:memory:"], "in-memory database"),
+    ("uri-bad-ipv6", ["--tracking-uri", "http://[::1"], "is not a valid URL"),
     ("uri-name-too-long", ["--tracking-uri", f"sqlite:///{'a' * 5000}.db"], "too long"),
 ]
 
@@ -294,8 +295,11 @@ def fetch_root_under_a_file(workdir: Path) -> list[str]:
     return ["data", "fetch", "cifar10", "--root", "afile/x"]
 
 
-def fetch_mirror_not_a_url(workdir: Path) -> list[str]:
-    return ["data", "fetch", "cifar10", "--root", "data", "--mirror", "not a url"]
+def fetch_mirror(mirror: str):
+    def make(workdir: Path) -> list[str]:
+        return ["data", "fetch", "cifar10", "--root", "data", "--mirror", mirror]
+
+    return make
 
 
 def verify_root(root: str):
@@ -327,7 +331,8 @@ OTHER_CASES = [
     ("report-uri-empty", report_argument("--tracking-uri", ""), "--tracking-uri is empty"),
     ("report-compare-empty", report_argument("--compare-uri", ""), "--compare-uri is empty"),
     ("fetch-root-under-a-file", fetch_root_under_a_file, ("data root afile/x", "--root")),
-    ("fetch-mirror-not-a-url", fetch_mirror_not_a_url, "http://, https:// or file://"),
+    ("fetch-mirror-not-a-url", fetch_mirror("not a url"), "http://, https:// or file://"),
+    ("fetch-mirror-bad-ipv6", fetch_mirror("http://[::1"), "http://, https:// or file://"),
     ("verify-root-empty", verify_root(""), "argument --root: must name a folder, got ''"),
     ("verify-root-too-long", verify_root("x" * 5000), ("File name too long", "another --root")),
     ("report-out-under-a-file", report_under_a_file, "report folder afile/report"),

@@ -309,11 +309,14 @@ def test_a_store_with_damaged_pages_is_refused_untouched(tmp_path, empty_store_f
     assert database.read_bytes() == bytes(data)
 
 
-def test_a_dry_run_on_a_missing_store_makes_none(tmp_path) -> None:
-    done = growbench("run", "--suite", "default", "--dry-run", "--tracking-uri",
-                     f"sqlite:///{tmp_path}/absent.db", cwd=tmp_path)  # fmt: skip
+def test_a_dry_run_or_a_report_on_a_missing_store_makes_nothing(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path}/absent.db"
+    done = growbench("run", "--suite", "default", "--dry-run", "--tracking-uri", uri, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert not (tmp_path / "absent.db").exists()
+    refused = growbench("report", "--suite", "default", "--tracking-uri", uri, "--out",
+                        str(tmp_path / "report"), cwd=tmp_path)  # fmt: skip
+    assert refused.returncode == 2
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
 
 
 def test_stores_that_keep_nothing_or_are_deleted_are_refused(tmp_path, store) -> None:

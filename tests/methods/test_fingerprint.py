@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 
 import pytest
 
@@ -60,6 +61,84 @@ def test_comments_docstrings_and_layout_do_not_count(variant):
     code = fp._code_only(ast.parse(original))
     assert fp._code_only(ast.parse(variant)) == code
     assert fp._code_only(ast.parse(original.replace("+ 1", "+ 2"))) != code
+
+
+def tiny_fingerprint_with(monkeypatch, edit) -> str:
+    """``tiny``'s fingerprint with ``edit`` applied to the source of its own module."""
+    real_source = fp._source
+
+    def edited(module):
+        text, package = real_source(module)
+        return (edit(text) if module == "growbench.methods.tiny" else text), package
+
+    monkeypatch.setattr(fp, "_source", edited)
+    fp.dependency_digests.cache_clear()
+    try:
+        return fp.method_fingerprint(get_method("tiny"))
+    finally:
+        monkeypatch.setattr(fp, "_source", real_source)
+        fp.dependency_digests.cache_clear()
+
+
+GAMMA_MAX = "    gamma_max: float = 1.0\n"
+
+
+@pytest.mark.parametrize(
+    ("edit", "counts"),
+    [
+        # rewording an option's description (its attribute docstring) retrains nothing
+        (lambda text: text.replace("Upper bound on γ;", "The largest amplitude γ;"), False),
+        # nor does removing one, or adding one (here: a second string under the field)
+        (lambda text: re.sub(f'({GAMMA_MAX})    """.*?"""\n', r"\1", text, flags=re.S), False),
+        (lambda text: text.replace(GAMMA_MAX, GAMMA_MAX + '    """Also this."""\n'), False),
+        # a string statement inside a function body is no code either
+        (
+            lambda text: text.replace(
+                "        config = self.config\n",
+                '        config = self.config\n        """Note."""\n',
+                1,
+            ),
+            False,
+        ),
+        # a changed default is a code change
+        (lambda text: text.replace(GAMMA_MAX, "    gamma_max: float = 2.0\n"), True),
+    ],
+    ids=[
+        "reworded-description",
+        "removed-description",
+        "added-description",
+        "string-in-a-function",
+        "changed-default",
+    ],
+)
+def test_option_descriptions_do_not_count_but_code_does(monkeypatch, edit, counts):
+    source, _ = fp._source("growbench.methods.tiny")
+    assert edit(source) != source  # the edit applies to the current source
+    before = fp.method_fingerprint(get_method("tiny"))
+    after = tiny_fingerprint_with(monkeypatch, edit)
+    assert (after != before) is counts
+
+
+def test_every_bare_string_statement_is_dropped_wherever_it_stands():
+    original = (
+        "from dataclasses import dataclass\n\n\n@dataclass\nclass C:\n"
+        "    ratio: float = 0.3\n    steps: int = 4\n\n"
+        "    def f(self):\n        if self.steps:\n            return 1\n        return 2\n"
+    )
+    described = (
+        '"""Module."""\nfrom dataclasses import dataclass\n\n\n@dataclass\nclass C:\n'
+        '    """Class."""\n\n    ratio: float = 0.3\n    """Share split each round."""\n'
+        '    steps: int = 4\n    """Steps."""\n\n'
+        '    def f(self):\n        """Method."""\n        if self.steps:\n            """Why."""\n'
+        '            return 1\n        return 2\n        """After."""\n'
+    )
+    code = fp._code_only(ast.parse(original))
+    assert fp._code_only(ast.parse(described)) == code
+    assert fp._code_only(ast.parse(original.replace("= 0.3", "= 0.4"))) != code
+    assert (
+        fp._code_only(ast.parse(original.replace("return 1", "x = 'a'\n            return 1")))
+        != code
+    )
 
 
 def test_only_module_level_imports_are_followed():

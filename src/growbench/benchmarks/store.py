@@ -86,15 +86,22 @@ def check_uri(uri: str) -> str:
     store URIs look like."""
     if sqlite_path(uri) is not None:
         return "sqlite"
-    scheme = urlparse(uri).scheme.split("+")[0]
+    try:
+        parts = urlparse(uri)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise StoreError(
+            f"tracking URI {uri!r} is not a valid URL ({exc}); e.g. http://127.0.0.1:5000, "
+            "http://[::1]:5000 or sqlite:///mlflow.db"
+        ) from None
+    scheme = parts.scheme.split("+")[0]
     if scheme in SERVER_SCHEMES:
-        if not urlparse(uri).netloc:
+        if not parts.netloc:
             raise StoreError(f"tracking URI {uri!r} names no host; e.g. http://127.0.0.1:5000")
         return "server"
     if scheme in DATABASE_SCHEMES:
         return "database"
     if scheme in ("", "file") or len(scheme) == 1:
-        path = urlparse(uri).path if scheme == "file" else uri
+        path = parts.path if scheme == "file" else uri
         raise StoreError(
             f"tracking URI {uri!r}: file stores are not supported (MLflow deprecates them and "
             f"they cannot be shared safely); use sqlite:///{Path(path).with_suffix('.db')}"

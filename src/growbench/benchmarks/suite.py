@@ -4,7 +4,7 @@ A suite is a TOML file. A mistake in it should cost one clear message, not a hal
 store, so ``load_suite`` checks every field and raises one ``SuiteError`` naming the field by its
 dotted path (``training.optimizer``, ``tasks[1].dataset``) and what would be valid. Every field
 but ``epochs`` and the two task keys marked required is optional; the values shown are the
-defaults, except where a comment says "example"::
+defaults, except where a comment says "example":
 
     name = "default"              # experiment "growbench:<name>"; default: the file's stem
     description = ""
@@ -100,6 +100,7 @@ from growbench.benchmarks.augment import AUGMENTATIONS, check_shape
 from growbench.claims import matched_static
 from growbench.datasets import dataset_names, dataset_options, dataset_spec
 from growbench.datasets.base import DatasetSpec
+from growbench.datasets.synthetic import PREFIX as SYNTHETIC_PREFIX
 from growbench.methods import Grower, available_methods, make_grower
 from growbench.methods.base import BUDGET_METRICS
 from growbench.methods.fingerprint import method_fingerprint
@@ -449,6 +450,16 @@ class Suite:
         return dataclasses.replace(
             self, name=f"{self.name}-smoke", seeds=(0,), tasks=tuple(tasks), method_options=options
         )
+
+    def synthetic(self) -> Suite:
+        """This suite on random data of its datasets' real shapes (``--synthetic``, see
+        ``growbench.datasets.synthetic``): named ``<name>-synthetic`` (its own experiment), each
+        task's dataset ``synthetic:<dataset>`` with the same options."""
+        tasks = tuple(
+            dataclasses.replace(task, dataset=SYNTHETIC_PREFIX + task.dataset)
+            for task in self.tasks
+        )
+        return dataclasses.replace(self, name=f"{self.name}-synthetic", tasks=tasks)
 
     def select(
         self,

@@ -95,8 +95,11 @@ def dataset_dir(dataset: str, root: str | os.PathLike | None = None) -> Path:
 
 def source(dataset: str) -> Source:
     if dataset not in SOURCES:
-        known = ", ".join(sorted(SOURCES)) or "none"
-        raise DataError(f"no archive is known for dataset {dataset!r}; fetchable: {known}")
+        known = ", ".join(sorted(name for name, spec in SOURCES.items() if not spec.manual))
+        raise DataError(
+            f"no archive is known for {dataset!r}; `growbench data fetch` takes one of: "
+            f"{known or 'none'} (a dataset, or a dataset at one of its sizes)"
+        )
     return SOURCES[dataset]
 
 
@@ -125,6 +128,7 @@ def fetch(
     if mirror is not None:
         check_mirror(mirror)
     folder = dataset_dir(dataset, root)
+    made = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -132,15 +136,22 @@ def fetch(
             f"cannot make {folder} ({error.strerror or error}): the data root {data_root(root)} "
             f"must be a folder you can write; pass another --root or set {ENV_VAR}"
         ) from None
-    for archive in spec.archives:
-        path = folder / archive.filename
-        if not (path.is_file() and _accepted(path, archive)):
-            url = f"{mirror.rstrip('/')}/{archive.filename}" if mirror else archive.url
-            advice = f"Check that the mirror {mirror} holds {archive.filename}" if mirror else ""
-            download(url, path, progress, advice)
-            check_md5(path, archive)
-        if archive.extract:
-            extract(path, folder)
+    try:
+        for archive in spec.archives:
+            path = folder / archive.filename
+            if not (path.is_file() and _accepted(path, archive)):
+                url = f"{mirror.rstrip('/')}/{archive.filename}" if mirror else archive.url
+                advice = (
+                    f"Check that the mirror {mirror} holds {archive.filename}" if mirror else ""
+                )
+                download(url, path, progress, advice)
+                check_md5(path, archive)
+            if archive.extract:
+                extract(path, folder)
+    except BaseException:
+        if made and not any(folder.iterdir()):
+            folder.rmdir()  # a fetch that got nothing leaves no empty folder behind
+        raise
     missing = missing_files(dataset, root)
     if missing:
         raise DataError(
@@ -158,7 +169,10 @@ def fetch(
 
 def check_mirror(mirror: str) -> None:
     """Refuse a mirror that is not an http(s) URL with a host or a file:// URL with a path."""
-    parts = urllib.parse.urlsplit(mirror)
+    try:
+        parts = urllib.parse.urlsplit(mirror)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        parts = urllib.parse.SplitResult("", "", "", "", "")
     where = parts.path if parts.scheme == "file" else parts.netloc
     if parts.scheme not in MIRROR_SCHEMES or not where:
         raise DataError(

@@ -83,15 +83,21 @@ SOURCES = {
 
 @dataclass(frozen=True)
 class Options10:
-    root: str | None = None  # a folder holding cifar-10-batches-py (torchvision's layout)
-    download: bool = False  # fetch the archive (checksummed) when the files are nowhere
-    train_subset: int | None = None  # keep this many train images (class-balanced, seed 0)
+    root: str | None = None
+    """A folder searched first for the extracted batch files in torchvision's layout
+    (cifar-10-batches-py/ or cifar-100-python/); None: the data root only."""
+    download: bool = False
+    """Fetch and checksum the official archive when the files are found nowhere."""
+    train_subset: int | None = None
+    """Keep this many train images, class-balanced (seed 0); None: all 50,000."""
     test_subset: int | None = None
+    """Keep this many test images, class-balanced (seed 0); None: all 10,000."""
 
 
 @dataclass(frozen=True)
 class Options100(Options10):
-    labels: str = "fine"  # "fine" (100 classes) or "coarse" (20 superclasses)
+    labels: str = "fine"
+    """Which labels are the targets: "fine" (100 classes) or "coarse" (20 superclasses)."""
 
 
 def find_folder(name: str, root: str | None) -> Path | None:

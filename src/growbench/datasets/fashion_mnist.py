@@ -43,10 +43,15 @@ SUBSET_SEED = 0
 
 @dataclass(frozen=True)
 class Options:
-    root: str | None = None  # a directory searched first (directly and in torchvision's layout)
-    download: bool = False  # fetch through torchvision if the files are nowhere to be found
-    train_subset: int | None = None  # keep this many train samples (class-balanced, seed 0)
-    test_subset: int | None = None  # keep this many test samples (class-balanced, seed 0)
+    root: str | None = None
+    """A folder searched first for the IDX files, directly and in torchvision's FashionMNIST/raw
+    layout; None: the usual places only."""
+    download: bool = False
+    """Fetch the files through torchvision (MD5-checked) when they are found nowhere."""
+    train_subset: int | None = None
+    """Keep this many train images, class-balanced (seed 0); None: all 60,000."""
+    test_subset: int | None = None
+    """Keep this many test images, class-balanced (seed 0); None: all 10,000."""
 
 
 def load(options: Options) -> Dataset:

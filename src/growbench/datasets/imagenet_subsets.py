@@ -212,30 +212,50 @@ def class_list(classes: str) -> list[str]:
 # ---------------------------------------------------------------------------- datasets
 @dataclass(frozen=True)
 class FastaiOptions:
-    root: str | None = None  # a folder holding imagenette2-160/ (or the size chosen)
-    download: bool = False  # fetch the archive (checksummed) when the folder is nowhere
-    size: str = "160px"  # which published archive: "160px", "320px" or "full"
-    resolution: int = 64  # square side the images are cached and trained at
-    train_subset: int | None = None  # keep this many train images (class-balanced, seed 0)
+    root: str | None = None
+    """A folder searched first for the extracted archive (imagenette2-160/ or the size chosen);
+    None: the data root only."""
+    download: bool = False
+    """Fetch and checksum the archive when the folder is found nowhere."""
+    size: str = "160px"
+    """Which published archive: "160px", "320px" or "full" (the shorter side of its images)."""
+    resolution: int = 64
+    """Square side in pixels the images are cached and trained at: shorter side resized, then
+    centre-cropped (≥ 8)."""
+    train_subset: int | None = None
+    """Keep this many train images, class-balanced (seed 0); None: all."""
     test_subset: int | None = None
+    """Keep this many test (val) images, class-balanced (seed 0); None: all."""
 
 
 @dataclass(frozen=True)
 class TinyOptions:
-    root: str | None = None  # a folder holding tiny-imagenet-200/
+    root: str | None = None
+    """A folder searched first for tiny-imagenet-200/; None: the data root only."""
     download: bool = False
+    """Fetch and checksum the archive when the folder is found nowhere."""
     resolution: int = 64  # the images are 64×64
+    """Square side in pixels the images are cached and trained at; the originals are 64×64 (≥ 8)."""
     train_subset: int | None = None
+    """Keep this many train images, class-balanced (seed 0); None: all."""
     test_subset: int | None = None
+    """Keep this many test (val) images, class-balanced (seed 0); None: all."""
 
 
 @dataclass(frozen=True)
 class SubsetOptions:
-    root: str | None = None  # an ILSVRC-2012 folder holding train/ and val/ (required)
-    classes: str = "imagenet100"  # a shipped class list, or a file of WordNet ids
+    root: str | None = None
+    """The local ILSVRC-2012 folder holding train/ and val/ (required: ImageNet is never
+    fetched)."""
+    classes: str = "imagenet100"
+    """The classes kept: the name of a shipped class list, or a text file of WordNet ids."""
     resolution: int = 224
+    """Square side in pixels the images are cached and trained at: shorter side resized, then
+    centre-cropped (≥ 8)."""
     train_subset: int | None = None
+    """Keep this many train images, class-balanced (seed 0); None: all."""
     test_subset: int | None = None
+    """Keep this many test (val) images, class-balanced (seed 0); None: all."""
 
 
 def _spec(name: str, classes: int, resolution: int, description: str, source: str) -> DatasetSpec:

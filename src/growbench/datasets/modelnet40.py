@@ -50,11 +50,16 @@ SUBSET_SEED = 0
 
 @dataclass(frozen=True)
 class Options:
-    root: str | None = None  # a folder holding modelnet40_ply_hdf5_2048/
-    download: bool = False  # fetch the archive when the files are nowhere
-    points: int = 1024  # points kept per cloud (the first ones), at most 2048
-    train_subset: int | None = None  # keep this many train clouds (class-balanced, seed 0)
+    root: str | None = None
+    """A folder searched first for modelnet40_ply_hdf5_2048/; None: the data root only."""
+    download: bool = False
+    """Fetch the official archive when the files are found nowhere."""
+    points: int = 1024
+    """Points kept per cloud (the first ones of the 2,048 stored): 1 to 2048."""
+    train_subset: int | None = None
+    """Keep this many train clouds, class-balanced (seed 0); None: all 9,840."""
     test_subset: int | None = None
+    """Keep this many test clouds, class-balanced (seed 0); None: all 2,468."""
 
 
 def spec(points: int = 1024) -> DatasetSpec:

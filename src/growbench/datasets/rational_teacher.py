@@ -35,10 +35,15 @@ SPEC = DatasetSpec(
 @dataclass(frozen=True)
 class Options:
     n_train: int = 50
+    """Training points (≥ 1)."""
     n_test: int = 1000
+    """Test points (≥ 1)."""
     hidden: int = 16
+    """Width of each of the teacher's hidden layers (≥ 1)."""
     depth: int = 4
+    """Number of the teacher's hidden layers (≥ 1)."""
     seed: int = 0
+    """Seed of the generator that draws the teacher and the inputs."""
 
 
 def load(options: Options) -> Dataset:

@@ -26,6 +26,7 @@ from growbench.datasets import (
     imagenet_subsets,
     modelnet40,
     rational_teacher,
+    synthetic,
     teacher_student,
     toy2d,
 )
@@ -77,18 +78,18 @@ def dataset_names() -> list[str]:
 
 def dataset_spec(name: str) -> DatasetSpec:
     """The dataset's spec for its default options, without loading any data."""
-    return _entry(name).spec
+    return dataset_entry(name).spec
 
 
 def dataset_options(name: str) -> dict[str, Any]:
     """The dataset's options and their defaults."""
-    return {f.name: f.default for f in dataclasses.fields(_entry(name).options)}
+    return {f.name: f.default for f in dataclasses.fields(dataset_entry(name).options)}
 
 
 def load_dataset(name: str, **options: Any) -> Dataset:
     """Load ``name`` with ``options`` (see ``dataset_options``); the returned dataset's spec
     reflects the options (e.g. ``teacher-student``'s ``input_dim``)."""
-    entry = _entry(name)
+    entry = dataset_entry(name)
     defaults = dataset_options(name)
     for key in options:
         if key not in defaults:
@@ -97,7 +98,11 @@ def load_dataset(name: str, **options: Any) -> Dataset:
     return entry.load(entry.options(**options))
 
 
-def _entry(name: str) -> Entry:
+def dataset_entry(name: str) -> Entry:
+    """The registered entry of ``name``, or for ``synthetic:<name>`` its random-data twin
+    (``growbench.datasets.synthetic``)."""
+    if name.startswith(synthetic.PREFIX):  # any dataset's shapes, random data
+        return synthetic.synthetic_entry(dataset_entry(name.removeprefix(synthetic.PREFIX)))
     try:
         return available_entries()[name]
     except KeyError:

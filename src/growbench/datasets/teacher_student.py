@@ -30,11 +30,17 @@ SPEC = DatasetSpec(
 @dataclass(frozen=True)
 class Options:
     n_train: int = 1000
+    """Training samples (≥ 1)."""
     n_test: int = 1000
+    """Test samples (≥ 1)."""
     input_dim: int = 10
+    """Input features, drawn standard normal (≥ 1)."""
     hidden: int = 10
+    """Width of the teacher's hidden ReLU layer: the capacity a student must reach (≥ 1)."""
     output_dim: int = 10
+    """Regression targets per sample (≥ 1)."""
     seed: int = 0
+    """Seed of the generator that draws the teacher and the inputs."""
 
 
 def load(options: Options) -> Dataset:

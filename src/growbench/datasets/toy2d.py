@@ -39,18 +39,29 @@ MOONS_SPEC = DatasetSpec(
 @dataclass(frozen=True)
 class SpiralsOptions:
     n_train: int = 1000
+    """Training points, the two classes alternating (≥ 1)."""
     n_test: int = 1000
-    noise: float = 0.05  # std of the Gaussian noise, in units of the outer radius (1)
-    turns: float = 2.0  # full turns each arm makes from the centre out
+    """Test points, the two classes alternating (≥ 1)."""
+    noise: float = 0.05
+    """Standard deviation of the Gaussian noise added to each point, in units of the outer radius 1
+    (≥ 0)."""
+    turns: float = 2.0
+    """Full turns each of the two arms makes from the centre out."""
     seed: int = 0
+    """Seed of the generator that draws the points."""
 
 
 @dataclass(frozen=True)
 class MoonsOptions:
     n_train: int = 1000
+    """Training points (≥ 1)."""
     n_test: int = 1000
-    noise: float = 0.2  # std of the Gaussian noise (the moons have radius 1)
+    """Test points (≥ 1)."""
+    noise: float = 0.2
+    """Standard deviation of the Gaussian noise added to each point; the moons have radius 1
+    (≥ 0)."""
     seed: int = 0
+    """Seed of the generator that draws the points."""
 
 
 def load_spirals(options: SpiralsOptions) -> Dataset:

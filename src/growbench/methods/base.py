@@ -38,19 +38,42 @@ FUNCTION_PRESERVATION = ("exact", "at_zero_step", "no")
 
 @dataclass
 class GrowthContext:
-    """Everything a grower may use at one growth step."""
+    """Everything a grower may use at one growth step.
 
-    inputs: Tensor  # the statistics set: a fixed, un-augmented subset of the training split
+    The runner makes a new context for every growth round; a method sees data only through it
+    (never the training iterator). Tests and the contract build contexts by hand the same way.
+    """
+
+    inputs: Tensor
+    """The statistics set: a fixed, un-augmented subset of the training split (``stats_samples``
+    of the suite), drawn from the run's seed for this round and the same for every method; on
+    the run's device, prepared (float32, normalised) as the net reads it (convention 1)."""
     targets: Tensor
+    """The targets of ``inputs``: int64 class ids ``(N,)``, or float32 ``(N, outputs)`` for a
+    regression task."""
     loss_fn: PerSampleLoss
+    """The task's loss, ``loss_fn(outputs, targets)``: one loss per sample by default
+    (``reduction="none"``; also ``"mean"`` and ``"sum"``). Differentiate its sum to get
+    per-sample gradients."""
     budget_metric: str
+    """What the budget counts: ``"params"`` or ``"flops"`` (forward FLOPs of one sample)."""
     remaining_budget: float
+    """How much of ``budget_metric`` this step may still add (the suite's limit minus the net's
+    current cost). ``Grower.grow`` raises if the step spends more; ``take_within_budget`` keeps
+    a method's candidates within it (convention 7)."""
     generator: torch.Generator
+    """A CPU generator seeded from the run's seed and the round: the only source of randomness
+    a method may draw from (the global torch, ``random`` and numpy generators must stay
+    untouched; ``growbench check`` tests that they are)."""
     batch_size: int = 512
-    # Training samples outside the statistics set (None: there are none): a method that tunes
-    # something on data (TINY's amplitude) chooses it here, not on the samples it fitted.
+    """How many samples ``batches()`` yields at a time; a method that runs the net over the
+    statistics set should go in batches of this size to bound its memory."""
     heldout_inputs: Tensor | None = None
+    """Training samples outside the statistics set (``heldout_samples`` of the suite), or None.
+    A method that tunes something on data (TINY's amplitude) chooses it here, never on the
+    samples its statistics came from; ``held_out()`` gives a context over them."""
     heldout_targets: Tensor | None = None
+    """The targets of ``heldout_inputs`` (None exactly when those are None)."""
 
     def __post_init__(self) -> None:
         if self.budget_metric not in BUDGET_METRICS:
@@ -62,6 +85,7 @@ class GrowthContext:
 
     @property
     def has_heldout(self) -> bool:
+        """Whether there are held-out samples (``heldout_inputs`` is set and not empty)."""
         return self.heldout_inputs is not None and len(self.heldout_inputs) > 0
 
     def held_out(self) -> GrowthContext:
@@ -79,9 +103,11 @@ class GrowthContext:
 
     @property
     def device(self) -> torch.device:
+        """The device of the statistics set (and of the net)."""
         return self.inputs.device
 
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """The statistics set as ``(inputs, targets)`` batches of ``batch_size``, in order."""
         for start in range(0, len(self.inputs), self.batch_size):
             stop = start + self.batch_size
             yield self.inputs[start:stop], self.targets[start:stop]
@@ -106,23 +132,51 @@ def statistics_loss(net: GrowableNet, ctx: GrowthContext) -> float:
 
 @dataclass
 class GrowthEvent:
-    """What one growth step changed, why, what it predicted and what it cost."""
+    """What one growth step changed, why, what it predicted and what it cost.
+
+    ``Grower.grow`` creates it and hands it to ``grow_step``. Some fields are the method's to
+    fill, the others are filled for it (each field says which); the run stores the event, with
+    the round, the epoch and the growth-health figures, in its ``growth_events.json`` artifact,
+    and reports read it from there.
+    """
 
     method: str
+    """The name of the method that grew (set by ``grow``)."""
     units_added: dict[str, int] = field(default_factory=dict)
+    """Filled by ``grow``: units added per site that existed before the step (site name →
+    count; splits count their extra offspring), measured from the widths before and after."""
     layers_inserted: list[str] = field(default_factory=list)
+    """Filled by ``grow``: the sites that the step created by inserting layers."""
     selected: dict[str, list] = field(default_factory=dict)
+    """The method's: what it chose, per site (e.g. the indices of the units it split)."""
     scores: dict[str, list[float]] = field(default_factory=dict)
+    """The method's: the scores it ranked the candidates by, per site (e.g. eigenvalues), so
+    that a report can show why those were chosen."""
     predicted_loss_change: float | None = None
+    """The method's: the change of the statistics-set loss it expects from the step (negative
+    is a decrease; 0.0 for a step that keeps the function), or None when it makes no
+    prediction. The contract checks a prediction against ``realised_loss_change``."""
     realised_loss_change: float | None = None
+    """Filled by the runner after the step: the statistics-set loss after it minus before it."""
     cost_added: dict[str, int] = field(default_factory=lambda: {"params": 0, "flops": 0})
+    """Filled by ``grow``: the exact params and FLOPs the step added."""
     seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds per phase, filled by ``with event.phase("name"):`` blocks in ``grow_step``
+    (``stats``, ``solve``, ``search``, ``select``, ``apply``...)."""
     wall_seconds: float = 0.0
+    """Filled by ``grow``: the whole step's wall time."""
     stop_reason: str | None = None
+    """Why the step did not grow, in a few words (``"budget exhausted"`` when nothing fits; a
+    method may say why it stopped early, e.g. ``"splitting-stable"``). ``grow`` sets
+    ``"nothing to grow"`` when the method grew nothing and gave no reason."""
     extras: dict[str, Any] = field(default_factory=dict)
+    """Anything else worth recording, JSON-ready (numbers, strings, lists, dicts, tensors). The
+    harness uses ``refused_sites`` and ``sites_removed``; methods add their own keys, e.g.
+    ``prediction_is_heuristic``."""
 
     @property
     def grew(self) -> bool:
+        """Whether the step added any unit or layer."""
         return any(self.units_added.values()) or bool(self.layers_inserted)
 
     @contextmanager
@@ -135,6 +189,9 @@ class GrowthEvent:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
     def to_dict(self, timings: bool = True) -> dict[str, Any]:
+        """The event as JSON-ready data (tensors as lists, non-finite floats as strings);
+        ``timings=False`` leaves out ``seconds`` and ``wall_seconds``, which differ between two
+        otherwise identical steps."""
         data = dataclasses.asdict(self)
         if not timings:
             data.pop("seconds")
@@ -142,6 +199,7 @@ class GrowthEvent:
         return _json_ready(data)
 
     def to_json(self, timings: bool = True) -> str:
+        """``to_dict`` as a JSON string with sorted keys."""
         return json.dumps(self.to_dict(timings), sort_keys=True)
 
 
@@ -174,6 +232,8 @@ class GrowerConfig:
     at_most: ClassVar[dict[str, float]] = {}
 
     def check(self, method: str) -> None:
+        """Raise ``ValueError`` naming ``method`` and the field when a value breaks the rules
+        above."""
         for config_field in dataclasses.fields(self):
             value = getattr(self, config_field.name)
             values = value if isinstance(value, (list, tuple)) else [value]
@@ -235,6 +295,28 @@ class Grower:
 
     # ---------------------------------------------------------------- for subclasses
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
+        """Grow ``net`` in place, once: the one method a plugin must write.
+
+        Called by ``grow`` after each scheduled epoch, only while budget remains and some site
+        is growable. Change the net only through the surgery of ``growbench.nn``
+        (``Site.split``, ``Site.add_units``, ``insert_layer``), and only at
+        ``self.growable_sites(net)``; take data only from ``ctx`` and randomness only from
+        ``ctx.generator``; keep the cost of the change within ``ctx.remaining_budget``
+        (``take_within_budget`` truncates a ranking to it). Leave no ``.grad`` on the
+        parameters and keep no reference to them after returning; the train/eval mode is
+        restored for you.
+
+        Fill in ``event``: what was chosen (``selected``), why (``scores``), the expected loss
+        change (``predicted_loss_change``, or leave it None), timed phases
+        (``with event.phase("solve"):``), ``stop_reason`` when nothing was grown, and anything
+        else in ``extras``. ``grow`` records the units added, the layers inserted, the cost and
+        the wall time itself.
+
+        :param net: the network being trained, in whatever mode training left it.
+        :param ctx: the statistics set, the held-out samples, the loss, the budget and the
+            generator of this round.
+        :param event: this step's record, created by ``grow``.
+        """
         raise NotImplementedError
 
     def start_config(self, model: ModelConfig, budget_limit: float, cost_of: Any) -> ModelConfig:
@@ -251,6 +333,7 @@ class Grower:
         return {key: value for key, value in vars(self).items() if key != "config"}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned, when a cell resumes from a checkpoint."""
         for key, value in state.items():
             setattr(self, key, value)
 
@@ -275,6 +358,11 @@ class Grower:
 
     # ------------------------------------------------------------------- the contract
     def grow(self, net: GrowableNet, ctx: GrowthContext) -> GrowthEvent:
+        """One growth step, as the runner calls it: ``grow_step`` wrapped in what every method
+        must do alike. Records the refused sites; does nothing when the budget is spent or no
+        site is growable (``stop_reason`` says which); restores the train/eval mode; measures
+        the units and layers added, their exact cost and the wall time; and raises
+        ``RuntimeError`` when the step spent more than ``ctx.remaining_budget``."""
         event = GrowthEvent(method=self.name)
         refused = self.refusals(net)
         if refused:
@@ -324,7 +412,8 @@ class Grower:
 def take_within_budget(net: GrowableNet, ctx: GrowthContext, candidates: list[str]) -> list[bool]:
     """Convention 7 (docs/conventions.md): walk ``candidates`` (one new unit at the named site
     each) in order and accept each one whose exact cost, together with those accepted before,
-    still fits."""
+    still fits in ``ctx.remaining_budget``. Returns one decision per candidate; sum them per
+    site to know how many units to add there."""
     accepted: dict[str, int] = {}
     decisions = []
     for site_name in candidates:

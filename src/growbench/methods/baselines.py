@@ -36,7 +36,11 @@ class NoGrowth(Grower):
 class StaticConfig(GrowerConfig):
     positive: ClassVar[tuple[str, ...]] = ("bisection_steps",)
     bisection_steps: int = 40
-    widths: tuple[int, ...] = ()  # train exactly these site widths (empty: the budget's size)
+    """Bisection steps that search the largest width factor r ≥ 1 whose cost fits the budget
+    (> 0)."""
+    widths: tuple[int, ...] = ()
+    """Train exactly these site widths, one per site in site order; empty: the widths the budget
+    buys."""
 
     def check(self, method: str) -> None:
         super().check(method)

@@ -553,27 +553,58 @@ class FastS2DConfig(GrowerConfig):
     # splits once at most)
     at_most: ClassVar[dict[str, float]] = {"growth_ratio": 100.0, "site_cap_ratio": 1.0}
     epsilon: float = 1e-2
-    growth_ratio: float = 0.3  # each group's budget: this share of its current (transformed) cost
+    """Split step ε: the two copies move by ±ε along the estimated unit-norm direction v̂ (≥ 0)."""
+    growth_ratio: float = 0.3
+    """Each group's budget per round, as a share of its current (transformed) cost (> 0, at most
+    100)."""
     rq_steps: int = 1600
+    """Steps of the stochastic Rayleigh-quotient descent that estimates each unit's v_min (> 0)."""
     rq_batch_size: int = 64
+    """Statistics samples per step of the Rayleigh-quotient descent (> 0)."""
     rq_lr: float = 1e-2
+    """Initial learning rate of the descent's RMSprop (> 0)."""
     rq_momentum: float = 0.9
+    """RMSprop momentum of the descent (≥ 0)."""
     rq_alpha: float = 0.9
+    """RMSprop smoothing constant of the squared-gradient average (≥ 0)."""
     rq_eps: float = 1e-8
+    """RMSprop's term added to the root of the squared-gradient average (≥ 0)."""
     rq_decay: float = 0.2
+    """Factor the learning rate is multiplied by at each milestone (> 0)."""
     rq_milestones: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
-    rq_window: float = 0.1  # the last 10 % of the steps
+    """Points of the run, as shares of rq_steps, where the learning rate decays."""
+    rq_window: float = 0.1
+    """Share of the final steps averaged into λ̂ and v̂, rounded up to whole passes over the set:
+    (0, 1]."""
     rq_init_scale: float = 0.1
-    rq_cache_bytes: int = 2 * 2**30  # keep the taps of the whole set (else: per mini-batch)
+    """Directions start uniform in (−rq_init_scale, rq_init_scale) (≥ 0)."""
+    rq_cache_bytes: int = 2 * 2**30
+    """Keep the whole statistics set's taps in memory if they fit in this many bytes; else each step
+    recomputes its mini-batch's (> 0)."""
     beta_keep: float = 0.99
+    """A unit splits when its LP relaxation value β reaches this: (0, 1]."""
     cost_transform: str = "identity"
-    groups: tuple[tuple[str, ...], ...] = ()  # site names per group; unnamed sites: one more group
-    site_cap_ratio: float = 1.0  # at most floor(ratio · n_l) splits per site (1.0: doubling)
-    cost_free: bool = False  # unit costs, budget floor(growth_ratio · n_g): growth ratio only
-    check_estimates: bool = True  # report |λ̂ − v̂ᵀSv̂| (one more pass; phase "diagnostics")
-    exact_diagnostics: bool = False  # exact S per unit, cos / λ error / Spearman / Jaccard
-    max_stat_bytes: int = 512 * 2**20  # for exact_diagnostics only
-    splitting_matrix: str = "exact"  # "first-activation": the official code's matrix
+    """Applied to each unit's cost in the suite's metric before the LP: "identity" (exact costs),
+    or "sqrt" or "log" as in the official code."""
+    groups: tuple[tuple[str, ...], ...] = ()
+    """Site names per budget group, each group with its own budget; sites not named form one more
+    group."""
+    site_cap_ratio: float = 1.0
+    """At most floor(site_cap_ratio · width) splits per site and round; 1.0 allows doubling:
+    [0, 1]."""
+    cost_free: bool = False
+    """Give every unit cost 1, so the budget is floor(growth_ratio · units in the group): a pure
+    growth ratio."""
+    check_estimates: bool = True
+    """Report |λ̂ − v̂ᵀSv̂| for each unit, at the cost of one more pass (phase "diagnostics")."""
+    exact_diagnostics: bool = False
+    """Also form each unit's exact S_j and report the estimates' agreement with it (cosine, λ error,
+    Spearman, Jaccard)."""
+    max_stat_bytes: int = 512 * 2**20
+    """Most bytes of exact splitting matrices held at once; used by exact_diagnostics only (> 0)."""
+    splitting_matrix: str = "exact"
+    """Splitting matrix S_j estimated: "exact" (the curvature of the unit's whole path to its
+    consumer) or "first-activation" (S2D's official code's, stopping at the first activation)."""
 
     def __post_init__(self) -> None:
         check_splitting_matrix("fast-s2d", self.splitting_matrix)

@@ -10,8 +10,9 @@ The code of a method is its class's module plus every module it imports *at modu
 followed transitively within growbench and within the method's own top-level package (a plugin
 in ``my_package`` follows ``my_package.*``). Imports inside functions are not followed: they are
 lazy registration hooks (``registry.available_methods`` imports every built-in) whose targets
-would tie every method to every other. Each module counts by its syntax tree with docstrings
-removed, so comments, docstrings and formatting do not retrain anything; a change to code does.
+would tie every method to every other. Each module counts by its syntax tree with every docstring
+removed (attribute docstrings included), so comments, docstrings, option descriptions and
+formatting do not retrain anything; a change to code does.
 """
 
 from __future__ import annotations
@@ -67,19 +68,27 @@ def _source(name: str) -> tuple[str | None, str]:
 
 
 def _code_only(tree: ast.Module) -> str:
-    """The syntax tree without docstrings, as text."""
+    """The syntax tree without docstrings, as text: every statement that is a bare string
+    constant goes, wherever it stands (module, class and function docstrings, and the attribute
+    docstrings under a Config's fields that ``growbench.options`` reads), so rewording a
+    description never changes a fingerprint. Such a statement does nothing when it runs."""
     for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if not isinstance(body, list) or not body:
-            continue
-        first = body[0]
-        if (
-            isinstance(first, ast.Expr)
-            and isinstance(first.value, ast.Constant)
-            and isinstance(first.value.value, str)
-        ):
-            node.body = body[1:] or [ast.Pass()]
+        for name in ("body", "orelse", "finalbody"):
+            statements = getattr(node, name, None)
+            if not isinstance(statements, list) or not statements:
+                continue
+            kept = [statement for statement in statements if not _is_bare_string(statement)]
+            if len(kept) != len(statements):
+                setattr(node, name, kept or ([ast.Pass()] if name == "body" else []))
     return ast.dump(tree, annotate_fields=False)
+
+
+def _is_bare_string(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    )
 
 
 def _module_level_imports(tree: ast.Module, package: str, roots: set[str]) -> list[str]:

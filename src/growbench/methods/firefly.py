@@ -8,7 +8,7 @@ each) and K brand-new candidate units (fan-in α_k over the producer's old input
 per-unit path at its new-unit entries) whose fan-out Ω reaches every unit of the consumer,
 including the next site's candidates:
 
-    old unit i:  u_i = ½ [path(z_i + v_iᵀx) + path(z_i − v_iᵀx)]      (z_i includes Ω_{s−1} terms)
+    old unit i:  u_i = ½ [path(z_i + v_iᵀx) + path(z_i − v_iᵀx)]      (z_i includes Ω_(s−1) terms)
     candidate k: u_k = path_new(α_kᵀx + m_k)
 
 Only {v, α, Ω} are trained, by RMSprop (lr 1e-3, momentum 0.1, alpha 0.9) for ``search_steps``
@@ -69,18 +69,33 @@ class FireflyConfig(GrowerConfig):
         "new_penalty",
         "max_layers",
     )
-    candidates: int = 32  # K new candidate units per site
+    candidates: int = 32
+    """K, the brand-new candidate units offered at each site (≥ 0; max_search_bytes may lower it on
+    conv sites)."""
     search_steps: int = 128  # the planned 200 took more than a training epoch on MobileNetV1
+    """Mini-batches of RMSprop that train the candidates' perturbations before scoring (≥ 0)."""
     search_batch: int = 128
+    """Statistics samples per step of the candidate search (> 0)."""
     lr: float = 1e-3
+    """Learning rate of the search's RMSprop (> 0)."""
     momentum: float = 0.1
-    alpha: float = 0.9  # RMSprop's smoothing constant
-    split_penalty: float = 1e-2  # · Σ‖v‖²
-    new_penalty: float = 1e-4  # · Σ‖α‖²
-    growth_ratio: float = 0.3  # units chosen per unit of the net; over 100: beyond any budget
-    max_search_bytes: float = 2**30  # cap on the candidates' extra activations, conv sites
-    depth: bool = False  # also offer a candidate layer after every site's activation
-    max_layers: int = 1  # at most this many layers inserted per growth step
+    """Momentum of the search's RMSprop (≥ 0)."""
+    alpha: float = 0.9
+    """Smoothing constant of the search's RMSprop (≥ 0)."""
+    split_penalty: float = 1e-2
+    """Weight of the Σ‖v‖² penalty on the split directions in the search objective (≥ 0)."""
+    new_penalty: float = 1e-4
+    """Weight of the Σ‖α‖² penalty on the new units' fan-in in the search objective (≥ 0)."""
+    growth_ratio: float = 0.3
+    """Candidates kept per growth step, as a share of all units of the growable sites (> 0, at most
+    100)."""
+    max_search_bytes: float = 2**30
+    """Cap in bytes on the super-network's extra activations; lowers K on conv sites to fit
+    (> 0)."""
+    depth: bool = False
+    """Also offer a new width-preserving layer after every site's activation as a candidate."""
+    max_layers: int = 1
+    """Most layers inserted in one growth step when depth is on (≥ 0)."""
 
     def __post_init__(self) -> None:
         if self.candidates < 0 or self.search_steps < 0 or self.search_batch < 1:

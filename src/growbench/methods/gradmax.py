@@ -4,10 +4,10 @@ GradMax (Evci et al., ICLR 2022, arXiv 2201.05125; docs/methods/gradmax.md). A n
 unit k at a site gets fan-in α_k = 0 (weights and bias) and fan-out ω_k. With σ(0) = 0 it outputs
 exactly 0, so the function is unchanged, while its fan-in gradient is
 
-    ∇_{α_k} L = σ'(0) · ω_kᵀ Γ,      Γ = E[g_a xᵀ]   (fan-out size × producer input size),
+    ∂L/∂α_k = σ'(0) · ω_kᵀ Γ,      Γ = E[g_a xᵀ]   (fan-out size × producer input size),
 
 g_a the consumer pre-activation gradient (per sample, at every consumer output position) and x the
-producer input without the constant 1. Among orthogonal fan-outs of norm c, Σ_k ‖∇_{α_k} L‖² is
+producer input without the constant 1. Among orthogonal fan-outs of norm c, Σ_k ‖∂L/∂α_k‖² is
 largest for ω_k = c·u_k, u_k the top-K left singular vectors of Γ, and is σ'(0)²c²Σ_k s_k².
 
 How Γ is computed (one batch of taps, eval mode, float64): the producer input becomes *patch
@@ -67,12 +67,22 @@ class GradMaxConfig(GrowerConfig):
     positive: ClassVar[tuple[str, ...]] = ("growth_fraction", "stats_samples")
     non_negative: ClassVar[tuple[str, ...]] = ("epsilon", "scale")
     at_most: ClassVar[dict[str, float]] = {"growth_fraction": 100.0}  # over 100: beyond any budget
-    epsilon: float = 0.0  # fan-in scale of the new units; the official configs all use 0
-    scale_method: str = "mean_norm"  # c = scale · mean fan-out column norm, or c = scale
+    epsilon: float = 0.0  # the official configs all use 0
+    """Scale of the new units' fan-in; only 0 (zero fan-in, the function kept) is implemented."""
+    scale_method: str = "mean_norm"
+    """How the fan-out norm c is set: "mean_norm" (scale × the mean norm of the site's existing
+    fan-out columns) or "fixed" (c = scale)."""
     scale: float = 0.5
-    growth_fraction: float = 0.25  # K per site = ceil(fraction · initial width)
-    schedule: str = "all-at-once"  # or "round-robin": one site per growth event, in order
-    stats_samples: int = 128  # Γ from the first samples of the statistics set
+    """Multiplier (or, with scale_method "fixed", the value) of the new units' fan-out norm c
+    (> 0)."""
+    growth_fraction: float = 0.25
+    """Units added per site and event: K = ceil(growth_fraction · the site's width at the first
+    growth) (> 0, at most 100)."""
+    schedule: str = "all-at-once"
+    """Which sites grow each event: "all-at-once" (every site) or "round-robin" (one site per event,
+    in order)."""
+    stats_samples: int = 128
+    """Γ = E[g_a xᵀ] is computed from this many first samples of the statistics set (> 0)."""
 
     def __post_init__(self) -> None:
         if self.scale_method not in SCALE_METHODS:

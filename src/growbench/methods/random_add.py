@@ -34,10 +34,16 @@ class RandomAddConfig(GrowerConfig):
     positive: ClassVar[tuple[str, ...]] = ("growth_ratio",)
     non_negative: ClassVar[tuple[str, ...]] = ("fan_out_scale",)
     at_most: ClassVar[dict[str, float]] = {"growth_ratio": 100.0}
-    growth_ratio: float = 0.3  # new units per unit of a site; over 100 a round: beyond any budget
+    growth_ratio: float = 0.3
+    """New units added per existing unit of a site each round (> 0, at most 100)."""
     mode: str = "zero-fan-out"
-    fan_out_scale: float = 0.5  # zero-fan-in mode: c = scale · mean fan-out column norm
-    direction: str = "uniform"  # zero-fan-in mode: fan-out entries U[0, 1) or Gaussian
+    """How new units start: "zero-fan-out" (random fan-in at the site's mean fan-in norm, fan-out 0)
+    or "zero-fan-in" (fan-in 0, random fan-out of norm c; needs σ(0) = 0 and σ'(0) ≠ 0)."""
+    fan_out_scale: float = 0.5
+    """zero-fan-in mode: fan-out norm c = fan_out_scale × the mean norm of the site's existing
+    fan-out columns (≥ 0)."""
+    direction: str = "uniform"
+    """zero-fan-in mode: draw the fan-out entries "uniform" in [0, 1) or "gaussian"."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -32,8 +32,11 @@ class RandomSplitConfig(GrowerConfig):
     positive: ClassVar[tuple[str, ...]] = ("growth_ratio",)
     non_negative: ClassVar[tuple[str, ...]] = ("epsilon",)
     at_most: ClassVar[dict[str, float]] = {"growth_ratio": 1.0}
-    growth_ratio: float = 0.3  # a share of the units there (each splits once at most): (0, 1]
+    growth_ratio: float = 0.3
+    """Share of the units of the growable sites split each round, drawn at random (each splits once
+    at most): (0, 1]."""
     epsilon: float = 1e-2
+    """Split step ε: the two copies move by ±ε along a random unit-norm direction (≥ 0)."""
 
 
 @register

@@ -60,13 +60,24 @@ class S2DConfig(GrowerConfig):
     positive: ClassVar[tuple[str, ...]] = ("growth_ratio", "max_stat_bytes")
     non_negative: ClassVar[tuple[str, ...]] = ("epsilon", "lambda_tol")
     at_most: ClassVar[dict[str, float]] = {"growth_ratio": 1.0}
-    growth_ratio: float = 0.3  # a share of the units there (each splits once at most): (0, 1]
+    growth_ratio: float = 0.3
+    """Share of all splittable units split each round, lowest λ_min first (each unit splits once at
+    most): (0, 1]."""
     epsilon: float = 1e-2
+    """Split step ε: the two copies move by ±ε along the unit-norm direction v_min (≥ 0)."""
     only_negative: bool = False
+    """Split only units with λ_min < 0 (the theory's rule, stopping when splitting-stable); False
+    takes the quota whatever the sign."""
     selection: str = "global-ratio"
-    lambda_tol: float = 1e-8  # relative to the largest ‖S_j‖ of the round
+    """Which units split: "global-ratio" (the lowest growth_ratio share) or "most-negative" (every
+    unit with λ_min < 0)."""
+    lambda_tol: float = 1e-8
+    """λ_min counts as negative only below −lambda_tol times the round's largest ‖S_j‖ (≥ 0)."""
     max_stat_bytes: int = 512 * 2**20
-    splitting_matrix: str = "exact"  # "first-activation": the official code's matrix
+    """Most bytes of splitting matrices held at once; larger sites are processed in chunks (> 0)."""
+    splitting_matrix: str = "exact"
+    """Splitting matrix S_j: "exact" (the curvature of the unit's whole path to its consumer) or
+    "first-activation" (the official code's, stopping at the first activation)."""
 
     def __post_init__(self) -> None:
         check_splitting_matrix("s2d", self.splitting_matrix)

@@ -83,24 +83,50 @@ class SENNConfig(GrowerConfig):
         "layer_cooldown",
         "max_inserted_layers",
     )
-    threshold: float = 0.03  # τ: accept when score / η_W exceeds it
-    abs_threshold: float = 2.5e-3  # α_abs: and when score / E‖e‖² exceeds it
+    threshold: float = 0.03
+    """τ: a site's candidate is accepted only when its score / η_W (the rise relative to the layer's
+    own natural-gradient length) exceeds it (> 0)."""
+    abs_threshold: float = 2.5e-3
+    """α_abs: a candidate also needs score / E‖e‖² (relative to the squared output-gradient norm)
+    above this (> 0)."""
     proposals: int = 32
+    """Random candidate fan-ins (or layers) proposed per site and improved by ascent (> 0)."""
     proposal_steps: int = 25  # 50 took 1.3 training epochs on MobileNetV1-0.25; 25 took 0.85
+    """Ascent steps that improve each proposal's score before the draw (≥ 0)."""
     proposal_step: float = 0.3
+    """Initial size of a proposal's normalised ascent step; ×1.3 after a success, ÷3 after a failure
+    (> 0)."""
     temperature: float = 10.0
-    proposal_samples: int = 512  # the first samples of the statistics set
-    proposal_rows: int = 16384  # conv consumers: at most this many (sample, position) rows
-    g_tikhonov: float = 0.1  # G_reg = Ĝ + g_tikhonov · (tr Ĝ / q) · I
-    norm_penalty: float = 1e-2  # · ½(log det WᵀW)² on each proposal's fan-in kernel W
+    """T of the softmax(Δη′/(T·η_W)) draw among a site's proposals; larger is closer to uniform
+    (> 0)."""
+    proposal_samples: int = 512
+    """Statistics are taken on this many first samples of the statistics set (> 0)."""
+    proposal_rows: int = 16384
+    """Conv consumers: at most this many (sample, position) rows enter the statistics (> 0)."""
+    g_tikhonov: float = 0.1
+    """Damping of the gradient factor: G_reg = Ĝ + g_tikhonov · (tr Ĝ / q) · I (> 0)."""
+    norm_penalty: float = 1e-2
+    """Weight of the ½(log det WᵀW)² penalty on each proposal's fan-in kernel W during the ascent
+    (≥ 0)."""
     recursive: bool = True
-    max_additions: int = 16  # units and layers added in one event at most
-    depth: bool = False  # also propose identity-initialised layers with rational activations
-    layer_cost_mul: float = 2.0  # a layer's score is divided by this (× its width with
-    size_costing: bool = False  # ``size_costing``) before the thresholds and the choice
-    layer_abs_threshold: float = 2.5e-3  # α_abs for layers
-    layer_cooldown: int = 3  # growth checks without a layer after one was inserted
+    """After an addition, take the statistics again and repeat until nothing passes, the budget is
+    spent or max_additions is reached; False adds at most one."""
+    max_additions: int = 16
+    """Most units and layers added in one growth event (> 0)."""
+    depth: bool = False
+    """Also propose new layers (inserted at the identity, with rational activations) at Linear sites
+    read by a Linear consumer."""
+    layer_cost_mul: float = 2.0
+    """A layer candidate's score is divided by this (times its width with size_costing) before the
+    thresholds and the choice (> 0)."""
+    size_costing: bool = False
+    """Also divide a layer candidate's score by its width."""
+    layer_abs_threshold: float = 2.5e-3
+    """α_abs for layer candidates: score / E‖e‖² must exceed it (> 0)."""
+    layer_cooldown: int = 3
+    """Growth checks that propose no layer after one was inserted (≥ 0)."""
     max_inserted_layers: int = 3
+    """Most layers inserted over the whole run (≥ 0)."""
 
     def __post_init__(self) -> None:
         if self.proposals < 1 or self.proposal_steps < 0 or self.proposal_samples < 1:

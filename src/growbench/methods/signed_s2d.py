@@ -70,14 +70,28 @@ KINDS = ("signed+", "signed-", "split")
 class SignedS2DConfig(GrowerConfig):
     positive: ClassVar[tuple[str, ...]] = ("growth_ratio", "max_stat_bytes")
     non_negative: ClassVar[tuple[str, ...]] = ("epsilon", "lambda_tol")
-    copies: int = 3  # m; only 3 is supported (c = 1 uses S2D's 2-copy split)
-    weight_bound: float = 2.0  # c: Σ|w_i| ≤ c over a unit's offspring
-    epsilon: float = 1e-2  # split step on the unit-norm direction
-    growth_ratio: float = 0.3  # round budget B = growth_ratio × current cost (suite's metric)
-    lambda_tol: float = 1e-8  # eligible if score < −lambda_tol · max_j ‖S_j‖
+    copies: int = 3
+    """Copies m a split unit becomes; only 3 is supported (with weight_bound = 1 it falls back to
+    S2D's 2-copy split)."""
+    weight_bound: float = 2.0
+    """Bound c on Σ|w_i|, the absolute fan-out weights of a unit's offspring (≥ 1; 1 means no
+    negative weights)."""
+    epsilon: float = 1e-2
+    """Split step ε: offspring move by ±ε along the unit-norm direction v_min or v_max (≥ 0)."""
+    growth_ratio: float = 0.3
+    """Round budget B as a share of the net's current cost, in the suite's cost metric (> 0)."""
+    lambda_tol: float = 1e-8
+    """A unit is eligible only if its score is below −lambda_tol times the round's largest ‖S_j‖
+    (≥ 0)."""
     max_stat_bytes: int = 512 * 2**20
+    """Most bytes of splitting matrices held at once; with eigen_solver "auto", a site whose
+    matrices exceed it is estimated instead (> 0)."""
     eigen_solver: str = "auto"
-    splitting_matrix: str = "exact"  # "first-activation": the official code's matrix
+    """How v_min and v_max are found: "exact" (eigh of every S_j), "rayleigh" (fast-s2d's estimator,
+    S_j never formed) or "auto" (whichever is cheaper per site)."""
+    splitting_matrix: str = "exact"
+    """Splitting matrix S_j: "exact" (the curvature of the unit's whole path to its consumer) or
+    "first-activation" (S2D's official code's, stopping at the first activation)."""
 
     def __post_init__(self) -> None:
         check_splitting_matrix("signed-s2d", self.splitting_matrix)

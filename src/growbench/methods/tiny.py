@@ -3,13 +3,13 @@
 Rule (docs/methods/tiny.md): the consumer's pre-activation should move along −g_a. The best
 change of the consumer's existing weights is δ = (S_h⁻¹ M_h)ᵀ; the rest, r = −g_a + δh̃, is the
 expressivity bottleneck. New units with fan-in α and fan-out ω fit r through their linearised
-activity ωαx̃: a rank-K regression solved by the SVD of S_x^{-1/2} N with N = −M_x + Pδᵀ. The new
+activity ωαx̃: a rank-K regression solved by the SVD of S_x^(−1/2) N with N = −M_x + Pδᵀ. The new
 units (γα, γω) and the consumer update −γ²δ are scaled by an amplitude γ ≤ 1 found by a line
 search on held-out samples (``GrowthContext.held_out``: training samples the statistics were
 not fitted on); the site with the largest first-order gain is grown.
 
 Kept from GroMo 0.1.0 (the group's library, our oracle): the projected N, eigen-thresholded
-S_x^{-1/2}, the significance threshold on s_k, a log-grid line search. Changed: all linear
+S_x^(−1/2), the significance threshold on s_k, a log-grid line search. Changed: all linear
 algebra in float64, a coarser grid, at most ceil(0.3·width) units per event, and the first-order
 gain with the cross term −σ'(0)·tr(ωαPδᵀ) that GroMo omits (FO_exact; FO_homog, measured on the
 data, for positively homogeneous σ).
@@ -91,20 +91,42 @@ class TinyConfig(GrowerConfig):
         "delta_rcond",
     )
     numerical_threshold: float = 1e-6
+    """Eigenvalues of S_x at or below this are dropped when forming S_x^(−1/2) (absolute, ≥ 0)."""
     statistical_threshold: float = 1e-3
-    max_added: int | None = None  # None: ceil(max_added_ratio · site width)
-    max_added_ratio: float = 0.3  # new units per unit of a site; over 100: beyond any budget
+    """A new unit needs a singular value s_k at least this large (or the largest one, if smaller) to
+    be added (≥ 0)."""
+    max_added: int | None = None
+    """Most units added at a site per growth event; None: ceil(max_added_ratio · site width)."""
+    max_added_ratio: float = 0.3
+    """Cap on new units per existing unit of a site, used when max_added is None (> 0, at most
+    100)."""
     compute_delta: bool = True
+    """Also update the consumer's existing weights by the best change δ; False keeps δ = 0."""
     use_projection: bool = True
+    """Fit the new units to the bottleneck left after δ (N = −M_x + Pδᵀ) rather than to −M_x
+    alone."""
     gamma_min: float = 1e-4
+    """Smallest nonzero amplitude γ the line search tries (≥ 0; γ = 0 is always a candidate)."""
     gamma_top: float = 1.0
+    """Largest amplitude of the line search's log grid before any extension (≥ 0)."""
     gamma_points: int = 20
-    gamma_max: float = 1.0  # > gamma_top: extend by decades while the held-out loss improves
-    gamma_fixed: float | None = None  # skip the line search and use this amplitude
-    delta_rcond: float = 1e-6  # S_h eigenvalues below this share of the largest are cut
-    choose_signs: bool = True  # per unit pair, the sign with the larger measured gain
-    line_search: str = "grid"  # "grid": GroMo's dense log grid; "refine": coarse grid + Brent
+    """Number of log-spaced amplitudes between gamma_min and gamma_top (> 0)."""
+    gamma_max: float = 1.0
+    """Upper bound on γ; above gamma_top the grid extends by decades while the held-out loss
+    improves (≥ gamma_top)."""
+    gamma_fixed: float | None = None
+    """Use this amplitude and skip the line search (≥ 0); None searches."""
+    delta_rcond: float = 1e-6
+    """Eigenvalues of S_h below this share of the largest are cut when solving for δ (≥ 0)."""
+    choose_signs: bool = True
+    """Give each new unit pair the sign with the larger measured first-order gain; False keeps the
+    SVD's sign."""
+    line_search: str = "grid"
+    """How γ is chosen: "grid" (a log grid, as GroMo) or "refine" (a coarse grid refined by Brent's
+    method)."""
     site_selection: str = "best-fo"
+    """Which site grows each event: "best-fo" (largest first-order gain) or "round-robin" (each in
+    turn)."""
 
     def __post_init__(self) -> None:
         if self.site_selection not in SITE_SELECTIONS:

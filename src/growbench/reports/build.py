@@ -56,17 +56,18 @@ def write_report(
     ``report_command`` gives for the suite). ``compare_uri``, a second store holding the same
     suite run elsewhere (another machine or thread count), adds its tables under
     ``out/compare/`` and a section on how many verdicts differ between the two."""
-    writable_folder(out)
     stores = [(tracking_uri, out)]
     if compare_uri is not None:
         stores.append((compare_uri, out / COMPARE_FOLDER))
-        writable_folder(out / COMPARE_FOLDER)
-    for uri, folder in stores:
+    for uri, _ in stores:  # before any folder is made: a refused report leaves nothing behind
         if not best_runs(uri, suite.name):
             raise ValueError(
                 f"no runs of suite {suite.name!r} in {uri}; run "
                 f"`growbench run --suite {suite_argument(suite)}` first (or pass --tracking-uri)"
             )
+    for _, folder in stores:
+        writable_folder(folder)
+    for uri, folder in stores:
         expected = expected_cells(suite, uri)
         write_tables(read_runs(uri, suite.name, expected, progress), folder)
     return build_report(out, suite.name, suite.description, command or report_command(suite))

@@ -40,9 +40,16 @@ FORMS = {"cifar": (1, 32), "imagenet": (2, 32)}  # stem stride, smallest input
 @dataclass(frozen=True)
 class MobileNetV1Options:
     form: str = "cifar"
+    """The stem: "cifar" (stride 1, as the splitting papers) or "imagenet" (stride 2); both take
+    inputs from 32×32."""
     width_multiplier: float = 1.0
-    widths: tuple[int, ...] | None = None  # 14: the stem, then the 13 pointwise convs
+    """Scales the full widths (32 to 1024), rounded, at least 1 (> 0)."""
+    widths: tuple[int, ...] | None = None
+    """Start channels of the 14 growth sites, the stem then the 13 pointwise convs; None: the full
+    widths × width_multiplier."""
     activation: str = "relu"
+    """Activation after every conv, by name (relu, tanh, gelu, ..., any key of
+    `growbench.nn.activations.ACTIVATIONS`)."""
 
     def __post_init__(self) -> None:
         if self.form not in FORMS:

@@ -76,10 +76,18 @@ class PointMap(nn.Module):
 @dataclass(frozen=True)
 class PointNetOptions:
     width_multiplier: float = 1.0
-    widths: tuple[int, ...] | None = None  # 7: conv1..conv5, fc1, fc2
+    """Scales the full widths 64-64-64-128-1024 and 512-256, rounded, at least 1 (> 0)."""
+    widths: tuple[int, ...] | None = None
+    """Start widths of the 7 growth sites, conv1 ... conv5, fc1, fc2; None: the full widths
+    × width_multiplier."""
     activation: str = "relu"
+    """Activation after every conv and hidden Linear layer, by name (relu, tanh, gelu, ..., any key
+    of `growbench.nn.activations.ACTIVATIONS`)."""
     dropout: float = 0.3
+    """Dropout probability before the classifier: [0, 1)."""
     input_transform: bool = False
+    """Add the paper's input T-Net (a learned 3×3 transform of the points, not growable) before the
+    shared MLP."""
 
     def __post_init__(self) -> None:
         check_multiplier("pointnet", self.width_multiplier)

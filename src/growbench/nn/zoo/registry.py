@@ -3,7 +3,7 @@
 A model is a ``ZooModel`` subclass with a ``name``, an ``Options`` dataclass (its options with
 defaults, checked in ``__post_init__``), ``default_widths`` (the start width of every growth
 site, in site order, from the options) and ``build``. ``@register_model`` adds a built-in; an
-outside package adds one by declaring, in its own ``pyproject.toml``::
+outside package adds one by declaring, in its own ``pyproject.toml``:
 
     [project.entry-points."growbench.models"]
     my-net = "my_package.models:MyNet"
@@ -43,6 +43,16 @@ class ZooModel:
 
     @classmethod
     def default_widths(cls, options: Any, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The start width of every growth site, in site order, that ``options`` give when
+        their ``widths`` is None (e.g. a width multiplier applied to the standard widths).
+
+        ``ModelConfig`` also calls it when ``widths`` are given and requires as many of them:
+        its length must be the number of sites ``build`` makes from these options (a model
+        whose depth is its widths, as ``mlp``, may return ``options.widths`` itself).
+
+        :param options: an instance of the model's ``Options``.
+        :param input_shape: the shape of one input sample, e.g. ``(3, 32, 32)``.
+        """
         raise NotImplementedError
 
     @classmethod
@@ -51,6 +61,19 @@ class ZooModel:
 
     @classmethod
     def build(cls, options: Any, input_shape: tuple[int, ...], num_outputs: int) -> GrowableNet:
+        """The start net: a ``GrowableNet`` whose sites have exactly ``options.widths``.
+
+        ``options.widths`` is always explicit here (``ModelConfig`` fills it from
+        ``default_widths``), and the sites come in the same order. Initialise with PyTorch's
+        defaults and draw nothing from a generator of your own: ``build_model`` calls this
+        under a seeded, forked global RNG, so equal seeds give equal nets.
+        ``growbench.nn.zoo.layers.chain_net`` builds a chain of layers with its sites in one
+        call; any other net lists its ``Site``s itself.
+
+        :param options: an instance of the model's ``Options``, ``widths`` filled in.
+        :param input_shape: the shape of one input sample, e.g. ``(3, 32, 32)``.
+        :param num_outputs: classes, or regression outputs: the last layer's width.
+        """
         raise NotImplementedError
 
 

@@ -64,10 +64,19 @@ class BasicBlock(nn.Module):
 @dataclass(frozen=True)
 class ResNet18Options:
     form: str = "cifar"
-    width_multiplier: float = 1.0  # of the residual stream
-    inner_ratio: float = 1.0  # inner widths as a fraction of their block's stream width
-    widths: tuple[int, ...] | None = None  # the 8 inner widths; default from inner_ratio
+    """The stem: "cifar" (3×3 stride-1 conv, inputs from 8×8) or "imagenet" (7×7 stride-2 conv and
+    max pool, inputs from 32×32)."""
+    width_multiplier: float = 1.0
+    """Scales the residual stream's 64, 128, 256, 512 channels, rounded, at least 1 (> 0)."""
+    inner_ratio: float = 1.0
+    """Start inner width of each block as a fraction of its stream width, when widths is not set
+    (> 0)."""
+    widths: tuple[int, ...] | None = None
+    """Start inner widths of the 8 blocks (the growth sites layer1.0 ... layer4.1); None: from
+    inner_ratio."""
     activation: str = "relu"
+    """Activation of the stem and blocks, by name (relu, tanh, gelu, ..., any key of
+    `growbench.nn.activations.ACTIVATIONS`)."""
 
     def __post_init__(self) -> None:
         if self.form not in FORMS:

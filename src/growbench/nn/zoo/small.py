@@ -14,8 +14,13 @@ from growbench.nn.zoo.registry import ZooModel, register_model
 @dataclass(frozen=True)
 class MLPOptions:
     widths: tuple[int, ...] | None = (16,)
+    """Start width of each hidden Linear layer, one per layer in order (the growth sites); empty: no
+    hidden layer."""
     activation: str = "relu"
+    """Activation after each hidden layer, by name (relu, tanh, gelu, ..., any key of
+    `growbench.nn.activations.ACTIVATIONS`)."""
     batchnorm: bool = False
+    """Put BatchNorm between each hidden layer and its activation."""
 
     def __post_init__(self) -> None:
         check_widths("mlp", self.widths)
@@ -50,8 +55,13 @@ class MLP(ZooModel):
 @dataclass(frozen=True)
 class CNNOptions:
     widths: tuple[int, ...] | None = (8, 16)
+    """Start channels of each 3×3 conv block, one per block in order (the growth sites); at least
+    one."""
     activation: str = "relu"
+    """Activation after each conv block, by name (relu, tanh, gelu, ..., any key of
+    `growbench.nn.activations.ACTIVATIONS`)."""
     batchnorm: bool = False
+    """Put BatchNorm between each conv and its activation (the convs then have no bias)."""
 
     def __post_init__(self) -> None:
         check_widths("cnn", self.widths)

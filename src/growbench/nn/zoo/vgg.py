@@ -43,10 +43,17 @@ CONFIGS = {
 @dataclass(frozen=True)
 class VGGOptions:
     depth: int = 11
+    """Number of weight layers: 11, 13, 16 or 19 (VGG-11 to VGG-19)."""
     width_multiplier: float = 1.0
-    widths: tuple[int, ...] | None = None  # one per conv; default: the config × multiplier
+    """Scales the standard conv widths (64 to 512), rounded, at least 1 (> 0)."""
+    widths: tuple[int, ...] | None = None
+    """Start channels of each conv, one per conv in order (the growth sites); None: the standard
+    widths × width_multiplier."""
     activation: str = "relu"
+    """Activation after each conv, by name (relu, tanh, gelu, ..., any key of
+    `growbench.nn.activations.ACTIVATIONS`)."""
     batchnorm: bool = True
+    """Put BatchNorm between each conv and its activation (the convs then have no bias)."""
 
     def __post_init__(self) -> None:
         if self.depth not in CONFIGS:
