@@ -59,16 +59,41 @@ def oracle(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 def benchmark(session: nox.Session) -> None:
     """Run a suite (default: ``default``), print its results table and write its report (not
-    after ``--dry-run``)."""
+    after ``--dry-run``): the report covers what was run (``--methods``, ``--datasets``,
+    ``--seeds``; a selection goes to ``reports/<suite>-selection``)."""
     args = _with_suite(session.posargs)
     _run(session, "growbench", "run", *args)
-    if "--dry-run" in args or "--smoke" in args:  # a smoke run checks; it makes no report
+    # A smoke run checks, it makes no report; a synthetic one's suite (NAME-synthetic) is no
+    # suite `growbench report` can name.
+    if {"--dry-run", "--smoke", "--synthetic"} & set(args):
         return
-    suite = args[args.index("--suite") + 1]
-    report = ["--suite", suite]
-    if "--tracking-uri" in args:
-        report += ["--tracking-uri", args[args.index("--tracking-uri") + 1]]
-    _run(session, "growbench", "report", *report)
+    _run(session, "growbench", "report", *_report_args(args))
+
+
+# The options of ``growbench run`` that ``growbench report`` takes too, by the report's name.
+_SHARED_OPTIONS = {
+    "--suite": "--suite",
+    "--methods": "--methods",
+    "--datasets": "--tasks",
+    "--seeds": "--seeds",
+    "--tracking-uri": "--tracking-uri",
+}
+
+
+def _report_args(run_args: list[str]) -> list[str]:
+    """The ``growbench report`` arguments that report what ``growbench run run_args`` ran: its
+    suite, store and selection (``--option value`` or ``--option=value``)."""
+    report: list[str] = []
+    for index, arg in enumerate(run_args):
+        name, equals, value = arg.partition("=")
+        if name not in _SHARED_OPTIONS:
+            continue
+        if not equals:
+            if index + 1 >= len(run_args):
+                continue  # growbench run has refused it already
+            value = run_args[index + 1]
+        report += [_SHARED_OPTIONS[name], value]
+    return report
 
 
 @nox.session(venv_backend="none")

@@ -35,6 +35,12 @@ class Claim:
     task where both methods have cells. The claim is reproduced on a task when the one-sided
     p-value is below ``alpha`` over at least ``min_pairs`` paired seeds.
 
+    ``statement`` says what is tested, in the metric tested: with ``metric`` "score" that is each
+    task's score, test accuracy on classification tasks and test loss on regression tasks, so a
+    statement about "the loss" (or "the accuracy") alone misdescribes the rows of the other kind;
+    name the score, or restrict ``tasks``. A statement is part of the method's code (its
+    fingerprint): reword it only when it is wrong.
+
     ``matched`` compares at the size the method actually reached rather than at the budget (a
     "same-size" or "at equal parameters" claim): the baseline ``static`` is replaced by the
     method's matched static net ``static@<method>`` (trained from scratch at the widths each seed's

@@ -158,10 +158,13 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--methods", help="comma-separated subset of the suite's methods")
     report.add_argument("--tasks", help="comma-separated subset of the suite's tasks or datasets")
     report.add_argument(
+        "--seeds", type=_whole, help="report seeds 0..N-1 instead of the suite's (as run --seeds)"
+    )
+    report.add_argument(
         "--out",
         type=_folder,
         help="output folder (default: reports/<suite>, or reports/<suite>-selection when "
-        "--methods or --tasks narrow it)",
+        "--methods, --tasks or --seeds narrow it)",
     )
     report.add_argument(
         "--compare-uri",
@@ -393,19 +396,22 @@ def _run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from growbench.benchmarks.suite import load_suite
-    from growbench.reports.build import report_command, write_report
+    from growbench.reports.build import report_command, selection_note, write_report
 
     methods, tasks = _names(args.methods), _names(args.tasks)
     full = load_suite(args.suite)
-    suite = full.select(methods, tasks, tasks_option="--tasks")
+    suite = full.select(methods, tasks, args.seeds, tasks_option="--tasks")
     uri = _store(args.tracking_uri)
     compare = None if args.compare_uri is None else _store(args.compare_uri, "--compare-uri")
     # A narrowed report never overwrites the suite's full one unless --out says so.
-    selected = methods is not None or tasks is not None
+    selected = methods is not None or tasks is not None or args.seeds is not None
     out = args.out or Path("reports") / (f"{suite.name}-selection" if selected else suite.name)
     _quiet_mlflow()
-    command = report_command(full, methods, tasks, compared=compare is not None)
-    path = write_report(uri, suite, out, progress=True, command=command, compare_uri=compare)
+    command = report_command(full, methods, tasks, compare is not None, args.seeds)
+    note = selection_note(full, suite)
+    path = write_report(
+        uri, suite, out, progress=True, command=command, compare_uri=compare, selection=note
+    )
     print(f"report written: {path} (tables and figures beside it)")
     return 0
 
@@ -577,6 +583,12 @@ def _ui(args: argparse.Namespace) -> int:
     command = [program, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1"]
     command += ["--port", str(args.port)]
     print(" ".join(command), file=sys.stderr)
+    print(
+        f"growbench: open http://127.0.0.1:{args.port}/#/experiments, pick a growbench:<suite> "
+        "experiment, and choose 'Model training' in the sidebar (MLflow 3 opens on its GenAI "
+        "pages) to see the cells as runs with their metrics",
+        file=sys.stderr,
+    )
     os.execvp(program, command)
     return 0  # not reached: exec replaced this process
 

@@ -190,7 +190,10 @@ def test_the_report_shows_variants_and_matched_nets_side_by_side(ran):
     assert cells["budget_fraction"].between(0, 1.0 + 1e-9).all()
     text = (out / "report.md").read_text()
     assert "- `add-more`: variant of `random-add` with growth_ratio = 1.0." in text
-    assert "- `static@random-add`: variant of `static` with widths = [" in text
+    # matched nets are references: described once, compared in their own section, not ranked
+    assert "- `static@add-more`, `static@random-add`: matched static nets" in text
+    assert "| `random-add` | `static@random-add` | 2 |" in text.split("## Matched static nets")[1]
+    assert "| `static@random-add` |" not in text.split("## Matched static nets")[0]
     assert "| `add-more` |" in text
     assert "| `random-add` |" in text
     # a same-size claim is tested against the matched nets, seed by seed

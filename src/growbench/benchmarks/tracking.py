@@ -66,6 +66,12 @@ PARENT_TAG = "mlflow.parentRunId"
 PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
 METRICS_PER_CALL = 1000
 HEALTH = "growbench.health"  # a finished cell's health flags, a JSON list (``health``)
+# MLflow 3's UI shows an experiment as GenAI work (traces, an Overview page) or as model training
+# (the runs table) by this tag; "custom_model_development" is its "Machine learning" kind. A
+# suite's experiment gets it when made, and an older one without it (or with a GenAI kind) when
+# a run opens it; another training kind a user chose in the UI is kept.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+TRAINING_RUNS = "custom_model_development"
 
 
 class GuardedClient:
@@ -339,14 +345,17 @@ class SuiteTracker:
                 f"{self.uri}`), then rerun"
             )
         if experiment is not None:
+            kind = experiment.tags.get(EXPERIMENT_KIND)
+            if kind is None or kind.startswith("genai"):  # made before the tag, or set wrong
+                self.client.set_experiment_tag(
+                    experiment.experiment_id, EXPERIMENT_KIND, TRAINING_RUNS
+                )
             return experiment.experiment_id
         try:
             return self.client.create_experiment(
                 name,
                 artifact_location=artifact_location(self.uri, self.suite.name),
-                # MLflow 3's UI opens an experiment on its GenAI pages unless told it holds
-                # model training runs.
-                tags={"mlflow.experimentKind": "custom_model_development"},
+                tags={EXPERIMENT_KIND: TRAINING_RUNS},
             )
         except MlflowException:  # another runner on the same server made it first
             experiment = self.client.get_experiment_by_name(name)

@@ -652,7 +652,8 @@ class FastS2D(Grower):
     claims = (
         Claim(
             paper="Wang, Wu, Li, Chandra & Liu 2019, arXiv:1910.03103",
-            statement="Fast splitting matches S2D's accuracy",
+            statement="Fast splitting matches S2D's score (test accuracy, or test loss on "
+            "regression tasks)",
             method="fast-s2d",
             baseline="s2d",
             relation="non_inferior",

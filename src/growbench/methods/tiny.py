@@ -252,8 +252,8 @@ class Tiny(Grower):
         Claim(
             paper="Verbockhaven et al., TMLR 2024, arXiv:2405.19816",
             statement=(
-                "Growing with TINY reaches the accuracy of the same-size network trained from "
-                "scratch"
+                "Growing with TINY reaches the score of the same-size network trained from "
+                "scratch (test accuracy, or test loss on regression tasks)"
             ),
             method="tiny",
             baseline="static",

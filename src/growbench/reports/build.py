@@ -21,13 +21,28 @@ from growbench.benchmarks.suite import Suite, packaged_suites, resolve_suite_pat
 from growbench.benchmarks.tracking import best_runs
 from growbench.reports import figures
 from growbench.reports.claims import (
+    CONTRADICTED,
     INCONCLUSIVE,
+    NOT_ENOUGH,
     NOT_RUN,
+    REPRODUCED,
     collect_claims,
     compare_verdicts,
     evaluate_claims,
 )
-from growbench.reports.statistics import MAX_SEEDS, flagged, flagged_count, ranking
+from growbench.reports.statistics import (
+    ACCURACY_MARGIN,
+    COSTS,
+    LOSS_MARGIN,
+    MAX_SEEDS,
+    flagged,
+    flagged_count,
+    is_matched,
+    matched_comparison,
+    near_best,
+    ranking,
+    tied,
+)
 from growbench.reports.tables import (
     ReportTables,
     expected_cells,
@@ -49,13 +64,16 @@ def write_report(
     progress: bool = False,
     command: str = "",
     compare_uri: str | None = None,
+    selection: str = "",
 ) -> Path:
     """Read the suite's runs into ``out``'s tables and build the report there.
 
     ``command`` is the command line that rebuilds the report, printed in it (default: the one
     ``report_command`` gives for the suite). ``compare_uri``, a second store holding the same
     suite run elsewhere (another machine or thread count), adds its tables under
-    ``out/compare/`` and a section on how many verdicts differ between the two."""
+    ``out/compare/`` and a section on how many verdicts differ between the two. ``suite`` may be
+    a selection of a suite (``Suite.select``): only its cells are read, and ``selection``
+    (``selection_note``) says so at the top of the report."""
     stores = [(tracking_uri, out)]
     if compare_uri is not None:
         stores.append((compare_uri, out / COMPARE_FOLDER))
@@ -70,7 +88,8 @@ def write_report(
     for uri, folder in stores:
         expected = expected_cells(suite, uri)
         write_tables(read_runs(uri, suite.name, expected, progress), folder)
-    return build_report(out, suite.name, suite.description, command or report_command(suite))
+    command = command or report_command(suite)
+    return build_report(out, suite.name, suite.description, command, selection)
 
 
 def suite_argument(suite: Suite) -> str:
@@ -88,6 +107,7 @@ def report_command(
     methods: Sequence[str] | None = None,
     tasks: Sequence[str] | None = None,
     compared: bool = False,
+    seeds: int | None = None,
 ) -> str:
     """The ``growbench report`` command that builds this report, with its filters (the stores
     are not named: they are paths on the machine that made it)."""
@@ -96,9 +116,38 @@ def report_command(
         parts += ["--methods", ",".join(methods)]
     if tasks:
         parts += ["--tasks", ",".join(tasks)]
+    if seeds is not None:
+        parts += ["--seeds", str(seeds)]
     if compared:
         parts.append("--compare-uri <second store>")
     return " ".join(parts)
+
+
+def selection_note(full: Suite, chosen: Suite) -> str:
+    """One line saying how ``chosen`` (``full.select(...)``) narrows the suite ``full``; "" when
+    it runs the same methods, tasks and seeds."""
+    parts = []
+    if set(chosen.methods) != set(full.methods):
+        names = ", ".join(f"`{m}`" for m in chosen.methods)
+        parts.append(f"methods {names} ({len(chosen.methods)} of {len(full.methods)})")
+    tasks = [task.name for task in chosen.tasks]
+    if set(tasks) != {task.name for task in full.tasks}:
+        parts.append(f"tasks {', '.join(tasks)} ({len(tasks)} of {len(full.tasks)})")
+    if set(chosen.seeds) != set(full.seeds):
+        parts.append(f"seeds {_seed_range(chosen.seeds)} (the suite's: {_seed_range(full.seeds)})")
+    if not parts:
+        return ""
+    return (
+        f"**Selection:** this report covers only {'; '.join(parts)}, with their matched static "
+        "nets; the suite's other cells are left out, not counted missing."
+    )
+
+
+def _seed_range(seeds: Sequence[int]) -> str:
+    ordered = sorted(seeds)
+    if len(ordered) > 2 and ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"{ordered[0]}–{ordered[-1]}"
+    return ", ".join(str(seed) for seed in ordered)
 
 
 def writable_folder(folder: Path) -> None:
@@ -111,16 +160,19 @@ def writable_folder(folder: Path) -> None:
         ) from None
 
 
-def build_report(folder: Path, suite_name: str, description: str = "", command: str = "") -> Path:
+def build_report(
+    folder: Path, suite_name: str, description: str = "", command: str = "", selection: str = ""
+) -> Path:
     """Figures and ``report.md`` in ``folder`` from the CSV tables there (and nothing else).
     ``command`` (default ``growbench report --suite <suite_name>``) is printed as the command
-    that rebuilds it."""
+    that rebuilds it; ``selection``, when the tables hold a selection of the suite, is the line
+    under the title that says which (``selection_note``)."""
     tables = read_tables(folder)
     ran = tables.cells[tables.cells["status"] != "UNSUPPORTED"]
-    figures.draw_all(ran, tables.history, tables.events, tables.widths, folder)
+    drawn = figures.draw_figures(ran, tables.history, tables.events, tables.widths, folder)
     claims = evaluate_claims(ran, collect_claims())
     command = command or f"growbench report --suite {suite_name}"
-    text = _markdown(tables, ran, claims, suite_name, description, command)
+    text = _markdown(tables, ran, claims, suite_name, description, command, selection, drawn)
     if (folder / COMPARE_FOLDER / "cells.csv").exists():
         other = read_tables(folder / COMPARE_FOLDER).cells
         other = other[other["status"] != "UNSUPPORTED"]
@@ -140,12 +192,15 @@ def _markdown(
     suite_name: str,
     description: str,
     command: str,
+    selection: str = "",
+    drawn: Sequence[figures.Drawn] = (),
 ) -> str:
     cells = tables.cells
     counts = cells["status"].value_counts()
     lines = [
         f"# growbench report: suite `{suite_name}`",
         "",
+        *([selection, ""] if selection else []),
         *([description, ""] if description else []),
         f"Built by `{command}` from the runs in the MLflow store; "
         "rebuilding never trains. Every number below comes from the tables beside this file: "
@@ -158,8 +213,13 @@ def _markdown(
         "(same seed: same initial weights and data order).",
         "",
     ]
+    lines += _summary_section(ran, claims)
     lines += _methods_section(ran)
-    for spec in figures.FIGURES:
+    for figure in drawn:
+        spec = figure.info
+        if figure.path is None:  # nothing to draw: one line says why
+            lines += [f"## {spec.title}", "", f"Not drawn: {figure.reason}.", ""]
+            continue
         lines += [f"## {spec.title}", "", f"![{spec.title}]({spec.file})", "", spec.caption, ""]
     lines += [
         "## Ranking per task",
@@ -167,12 +227,15 @@ def _markdown(
         f"Δ = method − reference (`static`, `none`) in the task's score, {PAIRED_TEST}. "
         "Size / budget: the final size (in the budget's metric) as a share of the budget's "
         "limit, mean over finished seeds; a method that stops short of it is compared at a "
-        "smaller size than `static` (see its matched static net `static@<method>` where the "
-        "suite runs one), and its cells below 90 % are counted.",
+        "smaller size than `static` (see [Matched static nets](#matched-static-nets) where the "
+        "suite runs them), and its cells below 90 % are counted. Pareto front: the costs "
+        f"({_cost_names()}) against which the method's mean score lies on the Pareto front "
+        "(see [Summary](#summary)). Matched static nets are references, not ranked.",
         "",
     ]
     for task in sorted(ran["task"].unique()):
         lines += _ranking_section(ran, task)
+    lines += _matched_section(ran)
     lines += _health_section(ran, tables.events)
     lines += _claims_section(claims, ran)
     lines += _unfinished_section(cells)
@@ -181,11 +244,12 @@ def _markdown(
 
 def _methods_section(cells: pd.DataFrame) -> list[str]:
     """Each method of the report with its description and its notes (what is ours); a variant
-    names the method it runs and its options."""
+    names the method it runs and its options; the matched static nets are one line."""
     from growbench.methods.registry import get_method
 
     lines = ["## Methods", ""]
-    for name in sorted(cells["method"].dropna().unique()):
+    names = sorted(cells["method"].dropna().unique())
+    for name in (n for n, m in zip(names, is_matched(names)) if not m):
         own = cells[cells["method"] == name]
         base = next((b for b in own.get("base_method", ()) if b), name)
         options = next((o for o in own.get("variant_options", ()) if o), "")
@@ -201,6 +265,15 @@ def _methods_section(cells: pd.DataFrame) -> list[str]:
         notes = "".join(f" *Note:* {note}" for note in getattr(cls, "notes", ()))
         description = (cls.description or "no description").rstrip(".")
         lines.append(f"- `{name}`: {variant}{description}.{notes}")
+    matched = [n for n, m in zip(names, is_matched(names)) if m]
+    if matched:
+        lines.append(
+            f"- {', '.join(f'`{n}`' for n in matched)}: matched static nets, references rather "
+            f"than methods. `static@<method>` is the start net trained from scratch, like "
+            "`static`, at the final widths that `<method>`'s cell of the same task and seed "
+            "reached: one net per cell, so its widths vary from seed to seed (`widths.csv`). "
+            "They are compared with their methods in [Matched static nets](#matched-static-nets)."
+        )
     return [*lines, ""]
 
 
@@ -209,7 +282,8 @@ def _ranking_section(cells: pd.DataFrame, task: str) -> list[str]:
     score_name = rows["score_name"].iloc[0]
     better = "higher" if bool(rows["higher_is_better"].iloc[0]) else "lower"
     table = ranking(cells, task, REFERENCES)
-    header = ["rank", "method", "seeds", f"{score_name} (95 % CI)", "params", "FLOPs"]
+    header = ["rank", "method", "seeds", f"{score_name} (95 % CI)", "Pareto front", "params"]
+    header += ["FLOPs"]
     header += ["size / budget", "train compute (FLOPs)", "growth time %"]
     references = [r for r in REFERENCES if f"diff_vs_{r}" in table.columns]
     header += [f"vs `{r}`: Δ (p)" for r in references]
@@ -222,11 +296,13 @@ def _ranking_section(cells: pd.DataFrame, task: str) -> list[str]:
             for what in ("failed", "missing", "flagged")
             if int(getattr(row, what))
         )
+        fronts = [COST_LABELS[c] for c in COSTS if bool(getattr(row, f"pareto_{c}"))]
         cell = [
             str(rank) if finished and rank else "—",
             f"`{row.method}`",
             seeds,
             _interval(row.score, row.low, row.high),
+            ", ".join(fronts) or "—",
             _count(row.params),
             _count(row.flops),
             _budget_share(row.budget_fraction, int(row.short_of_budget)),
@@ -240,14 +316,166 @@ def _ranking_section(cells: pd.DataFrame, task: str) -> list[str]:
     return [f"### {task} — {score_name}, {better} is better", "", *_table(header, body), ""]
 
 
+# The costs of ``statistics.COSTS`` as the report's tables name them.
+COST_LABELS = {"params": "params", "flops": "FLOPs", "train_flops": "compute"}
+
+
+def _cost_names() -> str:
+    return ", ".join(f"{COST_LABELS[c]} = {name}" for c, name in COSTS.items())
+
+
+def _margin_text(higher: bool) -> str:
+    if higher:
+        unit = " point" + "s" * (ACCURACY_MARGIN != 1)
+        return f"{ACCURACY_MARGIN:g}{unit}"
+    return f"{100 * LOSS_MARGIN:g} %"
+
+
+def _summary_section(cells: pd.DataFrame, claims: pd.DataFrame) -> list[str]:
+    """Per task, the Pareto fronts of mean final score against each cost, the best method and
+    the cheapest near it; then the claims' verdicts counted."""
+    lines = [
+        "## Summary",
+        "",
+        "Per task, each method's final score (mean over finished seeds) against each cost "
+        f"({', '.join(COSTS.values())}: the mean final parameters, forward FLOPs per sample and "
+        "total training FLOPs). A method is on the **Pareto front** of a cost when no other "
+        "method has a mean score at least as good at a mean cost no greater, with a better "
+        "score or a lower cost (equal points share the front); the front is listed from the "
+        "cheapest up, each method with its cost. **Best**: the best mean score at the suite's "
+        "budget. **Near the best**: a mean within "
+        f"{_margin_text(True)} of the best accuracy (test accuracy %), or within "
+        f"{_margin_text(False)} of the best loss (test loss); the cheapest such method per "
+        "cost is named. References `static` (the budget-size net trained from scratch) and "
+        "`none` (the start net, never grown) take part; matched static nets do not. Means "
+        "only: the rankings below give intervals and paired tests.",
+        "",
+    ]
+    header = ["task", "best (mean score)"] + [f"Pareto front: {name}" for name in COSTS.values()]
+    body, sentences = [], []
+    for task in sorted(cells["task"].unique()):
+        rows = cells[cells["task"] == task]
+        if is_matched(rows["method"]).all():
+            continue
+        table = ranking(cells, task, REFERENCES)
+        table = table[table["score"].notna()]
+        if table.empty:
+            continue
+        higher = bool(rows["higher_is_better"].iloc[0])
+        score_name = rows["score_name"].iloc[0]
+        best_score, threshold, near = near_best(table["score"], higher)
+        best = table[[tied(score, best_score) for score in table["score"]]]["method"]
+        best_text = ", ".join(f"`{m}`" for m in best) + f" ({best_score:.4g})"
+        fronts = []
+        for cost in COSTS:
+            front = table[table[f"pareto_{cost}"]].sort_values([cost, "method"])
+            fronts.append(
+                ", ".join(f"`{r.method}` {_count(getattr(r, cost))}" for r in front.itertuples())
+            )
+        body.append([task, best_text, *fronts])
+        sentences.append(
+            _summary_sentence(task, score_name, higher, table[near], best_text, threshold)
+        )
+    if body:
+        lines += [*_table(header, body), "", *sentences, ""]
+    lines += _verdict_counts(claims)
+    return lines
+
+
+def _summary_sentence(
+    task: str, score_name: str, higher: bool, near: pd.DataFrame, best: str, threshold: float
+) -> str:
+    """One task's line: its best method, and the cheapest near it in each cost."""
+    better = "higher" if higher else "lower"
+    bound = "≥" if higher else "≤"
+    cheapest: dict[str, list[str]] = {}
+    for cost, name in COSTS.items():
+        priced = near[near[cost].notna()]
+        if priced.empty:
+            continue
+        low = priced[cost].min()
+        tie = priced[[tied(value, low) for value in priced[cost]]]  # the cheapest, and ties
+        top = tie["score"].max() if higher else tie["score"].min()
+        names = sorted(m for m, v in zip(tie["method"], tie["score"]) if tied(v, top))
+        key = ", ".join(f"`{m}`" for m in names)
+        cheapest.setdefault(key, []).append(f"{name} ({_count(low)})")
+    parts = [f"{methods} in {_and(costs)}" for methods, costs in cheapest.items()]
+    return (
+        f"- **{task}** ({score_name}, {better} is better): best {best}; within "
+        f"{_margin_text(higher)} of it ({bound} {threshold:.4g}) the cheapest is "
+        f"{'; '.join(parts) or 'none'}."
+    )
+
+
+def _and(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _verdict_counts(claims: pd.DataFrame) -> list[str]:
+    """The claims' verdicts counted (the claims section below has them one by one)."""
+    if claims.empty:
+        return ["**Claims:** no method declares a claim.", ""]
+    verdicts = claims["verdict"].value_counts()
+    tested = claims[claims["verdict"] != NOT_RUN]
+    order = [REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_ENOUGH]
+    order += sorted(v for v in verdicts.index if v not in (*order, NOT_RUN))
+    counts = ", ".join(f"{int(verdicts[v])} {v}" for v in order if v in verdicts.index)
+    text = f"**Claims:** {len(tested)} (claim, task) verdicts: {counts or 'none'}"
+    if NOT_RUN in verdicts.index:
+        untested = int(verdicts[NOT_RUN])
+        text += f"; {untested} claim{'s' * (untested != 1)} not tested (methods not in the runs)"
+    return [text + " — see [The papers' claims](#the-papers-claims).", ""]
+
+
+def _matched_section(cells: pd.DataFrame) -> list[str]:
+    """Each growing method against its matched static nets, per task: paired by seed."""
+    tables = [(task, matched_comparison(cells, task)) for task in sorted(cells["task"].unique())]
+    tables = [(task, table) for task, table in tables if not table.empty]
+    if not tables:
+        return []
+    lines = [
+        "## Matched static nets",
+        "",
+        "`static@<method>` is the start net trained from scratch at the final widths that "
+        "`<method>`'s cell of the same task and seed reached (one net per cell): the same "
+        "architecture, without growing. Δ = method − its matched net, mean over the seeds where "
+        f"both finished, with its 95 % interval, {PAIRED_TEST}; a positive Δ in accuracy (a "
+        "negative one in loss) means growing beat training that architecture from scratch. "
+        "Params: mean final parameters over those seeds (equal by construction). A cell that "
+        "inserted layers has no matched net.",
+        "",
+    ]
+    for task, table in tables:
+        rows = cells[cells["task"] == task]
+        score_name = rows["score_name"].iloc[0]
+        better = "higher" if bool(rows["higher_is_better"].iloc[0]) else "lower"
+        header = ["method", "matched net", "pairs", score_name, f"matched net's {score_name}"]
+        header += ["Δ (95 % CI)", "p", "params"]
+        body = [
+            [
+                f"`{row.method}`",
+                f"`{row.matched}`",
+                str(int(row.pairs)),
+                _number(row.score),
+                _number(row.matched_score),
+                _interval(row.diff, row.low, row.high, signed=True),
+                _p(row.p),
+                _count(row.params),
+            ]
+            for row in table.itertuples(index=False)
+        ]
+        lines += [f"### {task} — {score_name}, {better} is better", "", *_table(header, body), ""]
+    return lines
+
+
 def shared_ranks(scores: pd.Series) -> list[int]:
-    """Competition ranks of ``scores`` sorted best first ("1, 2, 2, 4"): equal means share a
-    rank; a missing score gets 0 (no rank)."""
+    """Competition ranks of ``scores`` sorted best first ("1, 2, 2, 4"): equal means (up to
+    float rounding, ``statistics.tied``) share a rank; a missing score gets 0 (no rank)."""
     ranks: list[int] = []
     for position, score in enumerate(scores, start=1):
         if _missing(score):
             ranks.append(0)
-        elif ranks and ranks[-1] and score == scores.iloc[position - 2]:
+        elif ranks and ranks[-1] and tied(score, scores.iloc[position - 2]):
             ranks.append(ranks[-1])
         else:
             ranks.append(position)
@@ -304,24 +532,37 @@ def _health_section(cells: pd.DataFrame, events: pd.DataFrame) -> list[str]:
 
 
 def _claims_section(claims: pd.DataFrame, cells: pd.DataFrame | None = None) -> list[str]:
+    # the claims' levels: one for all gives the interval and bounds in numbers (90 %, 95 %)
+    levels = sorted(set(claims.loc[claims["verdict"] != NOT_RUN, "alpha"])) if len(claims) else []
+    alpha = f"{levels[0]:g}" if len(levels) == 1 else "its level α"
+    bound = f"{100 * (1 - levels[0]):g} %" if len(levels) == 1 else "1 − α"
+    ci = f"{100 * (1 - 2 * levels[0]):g} %" if len(levels) == 1 else "1 − 2α"
     lines = [
         "## The papers' claims",
         "",
         "Each claim is declared beside its method's code (`claims` on the plugin class) and "
-        "tested on the runs above, per task, with the claim's own level. Δ is oriented so that "
-        "positive favours the claim's method. **reproduced**: the one-sided paired test for the "
-        "claim rejects; **contradicted**: the test in the opposite direction rejects (the method "
-        "is significantly worse, or for a non-inferiority claim its interval lies wholly beyond "
-        "the margin); **inconclusive**: neither, and the last column says what would decide it: "
-        "the smallest advantage beyond the claim's boundary the test detects with 80 % power at "
-        "the observed paired spread, and the seeds that would decide the observed effect.",
+        "tested on the runs above, per task, in the metric the row names, by two one-sided paired "
+        f"t-tests at the claim's level ({alpha}): one for the claim (Δ above the boundary), one "
+        "for its opposite (Δ below it). Δ is oriented so that positive favours the claim's "
+        "method; the boundary is 0, or for a non-inferiority claim minus its margin (a fraction "
+        f"of the baseline's mean). The interval beside Δ is the {ci} interval whose ends are the "
+        f"one-sided {bound} confidence bounds those tests use. **reproduced**: the claim's test "
+        "rejects, i.e. the lower bound lies above the boundary; **contradicted**: the opposite "
+        "test rejects, i.e. the upper bound lies below it (the method is significantly worse, or "
+        "for a non-inferiority claim worse by more than the margin); **inconclusive**: neither, "
+        "the interval holds the boundary, and the last column says what would decide it: the "
+        "smallest advantage beyond the boundary the test detects with 80 % power at the observed "
+        "paired spread, and the seeds that would decide the observed effect. p is the one-sided p "
+        "of the test that decided the verdict (the opposite test's for a contradicted row, the "
+        "claim's otherwise); each reason below gives both.",
         "",
     ]
     if claims.empty:
         return [*lines, "No method declares a claim.", ""]
     tested = claims[claims["verdict"] != NOT_RUN]
-    header = ["paper", "claim", "task", "method vs baseline", "pairs", "Δ (95 % CI)", "p"]
-    header += ["verdict", "80 % power: detectable Δ; seeds to decide"]
+    header = ["paper", "claim", "task", "method vs baseline", "metric", "pairs"]
+    header += [f"Δ ({ci} CI)", "boundary", "p", "verdict"]
+    header += ["80 % power: detectable Δ; seeds to decide"]
     body = []
     for row in tested.itertuples(index=False):
         body.append(
@@ -330,9 +571,11 @@ def _claims_section(claims: pd.DataFrame, cells: pd.DataFrame | None = None) -> 
                 row.claim,
                 row.task,
                 f"`{row.method}` vs `{row.baseline}`",
+                "—" if _missing(row.metric_name) else str(row.metric_name),
                 str(int(row.n_pairs)),
                 _interval(row.diff, row.diff_low, row.diff_high, signed=True),
-                _p(row.p_value),
+                _boundary(row.boundary),
+                _p(row.p_verdict),
                 f"**{row.verdict}**" + _flag_mark(cells, row),
                 _power(row),
             ]
@@ -346,11 +589,19 @@ def _claims_section(claims: pd.DataFrame, cells: pd.DataFrame | None = None) -> 
         lines.append("")
     untested = claims[claims["verdict"] == NOT_RUN]
     if not untested.empty:
-        absent = ", ".join(
-            f"{row.claim} (`{row.method}` vs `{row.baseline}`)" for row in untested.itertuples()
+        absent = "; ".join(
+            f"{row.claim} (`{row.method}` vs `{row.baseline}`): {row.verdict_reason}"
+            for row in untested.itertuples()
         )
-        lines += [f"Not tested, for want of cells of both methods in this suite: {absent}.", ""]
+        lines += [f"Not tested: {absent}.", ""]
     return lines
+
+
+def _boundary(value: float) -> str:
+    """The value a claim's Δ is tested against: 0, or minus a non-inferiority margin."""
+    if _missing(value):
+        return "—"
+    return "0" if value == 0 else format(value, ".4g")
 
 
 def _flag_mark(cells: pd.DataFrame | None, claim: object) -> str:

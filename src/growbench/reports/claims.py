@@ -6,6 +6,11 @@ every task it concerns with one-sided paired t-tests over seeds, in both directi
 can say plainly which claims our runs reproduce, which the data contradict, and which they cannot
 decide: an under-powered test is *inconclusive*, never read as evidence against a paper, and the
 report states the effect it could have detected and the seeds that would decide it.
+
+Each row's interval matches its tests: its ends are the one-sided (1 − alpha) confidence bounds of
+the advantage (a (1 − 2·alpha) two-sided interval, 90 % at alpha = 0.05), so a row is reproduced
+exactly when the lower bound lies above the claim's boundary and contradicted exactly when the
+upper bound lies below it; its ``p_verdict`` is the p of the test that decided the verdict.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
+from scipy import stats
 
 from growbench.claims import SCORE, Claim, matched_static
 from growbench.reports.statistics import (
     MAX_SEEDS,
     POWER,
+    PairedTest,
     by_seed,
     describe_test,
     minimum_detectable_effect,
@@ -41,8 +48,11 @@ CLAIM_COLUMNS = [
     "baseline",
     "task",
     "metric",
+    "metric_name",
     "relation",
     "margin",
+    "alpha",
+    "boundary",
     "test",
     "n_pairs",
     "method_mean",
@@ -52,6 +62,7 @@ CLAIM_COLUMNS = [
     "diff_high",
     "p_value",
     "p_against",
+    "p_verdict",
     "mde",
     "seeds_needed",
     "verdict",
@@ -87,13 +98,24 @@ def evaluate_claims(cells: pd.DataFrame, claims: Sequence[Claim]) -> pd.DataFram
 
     Tasks: those named by ``claim.tasks`` (task or dataset names), else all; of these, the ones
     where both the method and the baseline have at least one cell (any status). A claim with no
-    such task gets one row, task "—", verdict "not run". ``diff`` is oriented: positive means the
-    method is better, in the metric's units.
+    such task gets one row, task "—", verdict "not run", and a reason naming what is missing (the
+    claim's task, or which methods have no cells). ``diff`` is oriented: positive means the method
+    is better, in the metric's units (``metric_name``: the task's score name for a "score" claim).
 
     Two one-sided paired tests at the claim's ``alpha`` against the claim's boundary (0 for
     "better", −margin × the baseline's mean for "non_inferior"): ``p_value`` for the claim (the
     advantage lies above the boundary), ``p_against`` for its opposite (below it: the method is
     significantly worse, or for non-inferiority its interval lies wholly beyond the margin).
+    ``boundary`` is that boundary in the advantage's units. ``p_verdict`` is the p of the test that
+    decided the verdict: ``p_against`` for a contradicted row, ``p_value`` otherwise (an
+    inconclusive row shows the claim's p, which did not reach alpha).
+
+    ``diff_low`` … ``diff_high``: the one-sided (1 − alpha) confidence bounds of ``diff``
+    (together a (1 − 2·alpha) two-sided interval: 90 % at alpha = 0.05), the bounds the two tests
+    use, so that reproduced ⇔ ``diff_low`` > ``boundary`` and contradicted ⇔ ``diff_high`` <
+    ``boundary`` (when every difference is the same number both bounds are that number, as
+    ``paired`` decides such a test by its sign).
+
     Verdicts: "not enough runs" below ``min_pairs`` paired finished seeds; else "reproduced" when
     ``p_value`` < alpha, "contradicted" when ``p_against`` < alpha, else "inconclusive". For an
     inconclusive row, ``mde`` is the smallest advantage beyond the boundary the test detects with
@@ -144,8 +166,11 @@ def _base_row(claim: Claim, task: str) -> dict[str, object]:
         "baseline": sides(claim)[1][0],
         "task": task,
         "metric": claim.metric,
+        "metric_name": claim.metric if claim.metric != SCORE else math.nan,
         "relation": claim.relation,
         "margin": claim.margin,
+        "alpha": claim.alpha,
+        "boundary": math.nan,
         "test": describe_test("greater"),
         "n_pairs": 0,
         "method_mean": math.nan,
@@ -155,18 +180,56 @@ def _base_row(claim: Claim, task: str) -> dict[str, object]:
         "diff_high": math.nan,
         "p_value": math.nan,
         "p_against": math.nan,
+        "p_verdict": math.nan,
         "mde": math.nan,
         "seeds_needed": math.nan,
     }
 
 
 def _not_run(cells: pd.DataFrame, claim: Claim) -> dict[str, object]:
-    where = f" on {', '.join(claim.tasks)}" if claim.tasks else ""
     row = _base_row(claim, NO_TASK)
     row["verdict"] = NOT_RUN
-    needed = [name for side in sides(claim) for name in side if name is not None]
-    row["verdict_reason"] = f"no task{where} has cells of all of {', '.join(needed)}"
+    row["verdict_reason"] = _missing(cells, claim)
     return row
+
+
+def _missing(cells: pd.DataFrame, claim: Claim) -> str:
+    """What keeps a claim from being tested: its task was not run, or which of its methods have
+    no cells (there or at all), or that they never ran on one task together."""
+    needed = [name for side in sides(claim) for name in side if name is not None]
+    ran_on = {name: sorted(set(cells.loc[cells["method"] == name, "task"])) for name in needed}
+    scope, where = cells, " in this suite"
+    if claim.tasks:
+        scope = cells[cells["task"].isin(claim.tasks) | cells["dataset"].isin(claim.tasks)]
+        where = f" on {_names(claim.tasks)}"
+        if scope.empty:
+            plural = len(claim.tasks) > 1
+            text = (
+                f"the claim's task{'s' * plural} {_names(claim.tasks)} "
+                f"{'were' if plural else 'was'} not run in this suite"
+            )
+            present = [name for name in needed if ran_on[name]]
+            if present:
+                tasks = sorted({task for name in present for task in ran_on[name]})
+                text += f" ({_names(present)} ran on {_names(tasks)})"
+            never = [name for name in needed if not ran_on[name]]
+            if never:
+                text += f"; {_names(never)} {'were' if len(never) > 1 else 'was'} not run at all"
+            return text
+    absent = [name for name in needed if not (scope["method"] == name).any()]
+    if not absent:
+        return f"no task{where} has cells of all of {_names(needed)}; " + "; ".join(
+            f"{name} ran on {_names(ran_on[name])}" for name in needed
+        )
+    text = f"{_names(absent)} {'were' if len(absent) > 1 else 'was'} not run{where}"
+    elsewhere = [f"{name} ran on {_names(ran_on[name])}" for name in absent if ran_on[name]]
+    return "; ".join([text, *elsewhere])
+
+
+def _names(names: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _side_by_seed(rows: pd.DataFrame, side: tuple[str, str | None], metric: str, task: str):
@@ -182,14 +245,15 @@ def _side_by_seed(rows: pd.DataFrame, side: tuple[str, str | None], metric: str,
 def _evaluate(rows: pd.DataFrame, claim: Claim, task: str) -> dict[str, object]:
     row = _base_row(claim, task)
     if claim.metric == SCORE:
+        names = rows["score_name"].dropna().unique()
+        metric_text = str(names[0]) if len(names) == 1 else "score"
+        row["metric_name"] = metric_text
         higher = task_direction(rows, task)
         if higher is None:
             row["verdict"] = NOT_ENOUGH
             row["verdict_reason"] = f"no finished cell of {task} states a score direction"
             return row
-        names = rows["score_name"].dropna().unique()
         unit = " pp" if len(names) == 1 and names[0] == ACCURACY_SCORE else ""
-        metric_text = str(names[0]) if len(names) == 1 else "score"
     else:
         higher = bool(claim.higher_is_better)
         unit = " s" if claim.metric in _SECONDS else ""
@@ -208,16 +272,19 @@ def _evaluate(rows: pd.DataFrame, claim: Claim, task: str) -> dict[str, object]:
         shift = claim.margin * abs(float(common.mean()))
     test = paired(sign * ours + shift, sign * theirs, "greater") if shift else plain
     against = paired(sign * ours + shift, sign * theirs, "less")
+    low, high = one_sided_bounds(plain, claim.alpha, constant="differences constant" in test.test)
     row.update(
         test=_test_text(test.test, claim, unit),
         n_pairs=test.n,
         method_mean=sign * plain.mean_a,
         baseline_mean=sign * plain.mean_b,
         diff=plain.mean_diff,
-        diff_low=plain.low,
-        diff_high=plain.high,
+        diff_low=low,
+        diff_high=high,
+        boundary=-shift,
         p_value=test.p_value,
         p_against=against.p_value,
+        p_verdict=test.p_value,
     )
     direction = "higher" if higher else "lower"
     over = theirs_side[0]
@@ -228,7 +295,8 @@ def _evaluate(rows: pd.DataFrame, claim: Claim, task: str) -> dict[str, object]:
         f" = {_num(row['diff'], unit)}"
     )
     if test.n >= 2:
-        advantage += f" (95 % CI {_num(row['diff_low'], '')} … {_num(row['diff_high'], unit)})"
+        interval = f"{_percent(1 - 2 * claim.alpha)} % CI {_num(low, '')} … {_num(high, unit)}"
+        advantage += f" ({interval})"
     seeds = f"{test.n} paired seed{'' if test.n == 1 else 's'}"
     if test.n < claim.min_pairs:
         row["verdict"] = NOT_ENOUGH
@@ -237,20 +305,26 @@ def _evaluate(rows: pd.DataFrame, claim: Claim, task: str) -> dict[str, object]:
         else:
             row["verdict_reason"] = f"{advantage} over only {seeds} ({claim.min_pairs} needed)"
         return row
-    boundary = f" for advantage > {_num(-shift, unit)}" if shift else ""
+    boundary = _num(-shift, unit) if shift else "0"
     level = f"{claim.alpha:g}"
+    bound = f"{_percent(1 - claim.alpha)} %"
+    for_claim = f"p = {test.p_value:.2g} for advantage > {boundary}"
+    for_opposite = f"p = {against.p_value:.2g} for advantage < {boundary}"
     if test.p_value < claim.alpha:
         row["verdict"] = REPRODUCED
         row["verdict_reason"] = (
-            f"{advantage} over {seeds}, one-sided p = {test.p_value:.2g} < {level}{boundary}"
+            f"{advantage} over {seeds}: one-sided p = {test.p_value:.2g} < {level} for advantage "
+            f"> {boundary} (the {bound} lower bound {_num(low, unit)} lies above {boundary}); "
+            f"the opposite test: {for_opposite}"
         )
         return row
     if against.p_value < claim.alpha:
         row["verdict"] = CONTRADICTED
-        opposite = f"advantage < {_num(-shift, unit)}" if shift else "advantage < 0"
+        row["p_verdict"] = against.p_value
         row["verdict_reason"] = (
             f"{advantage} over {seeds}: the data reject the claim, one-sided p = "
-            f"{against.p_value:.2g} < {level} for {opposite}"
+            f"{against.p_value:.2g} < {level} for advantage < {boundary} (the {bound} upper bound "
+            f"{_num(high, unit)} lies below {boundary}); the claim's test: {for_claim}"
         )
         return row
     row["verdict"] = INCONCLUSIVE
@@ -265,12 +339,30 @@ def _evaluate(rows: pd.DataFrame, claim: Claim, task: str) -> dict[str, object]:
         else f"the observed effect is too small to decide with {MAX_SEEDS} seeds"
     )
     row["verdict_reason"] = (
-        f"{advantage} over {seeds}: neither the claim (p = {test.p_value:.2g}{boundary}) nor its "
-        f"opposite (p = {against.p_value:.2g}) is significant at {level}; with {test.n} seeds the "
-        f"test detects an advantage {_num(mde, unit).lstrip('+')} beyond its boundary with "
-        f"{POWER * 100:.0f} % power; {decide}"
+        f"{advantage} over {seeds}: the interval holds {boundary}, neither the claim "
+        f"({for_claim}) nor its opposite ({for_opposite}) is significant at {level}; with "
+        f"{test.n} seeds the test detects an advantage {_num(mde, unit).lstrip('+')} beyond its "
+        f"boundary with {POWER * 100:.0f} % power; {decide}"
     )
     return row
+
+
+def one_sided_bounds(test: PairedTest, alpha: float, constant: bool = False) -> tuple[float, float]:
+    """The one-sided (1 − alpha) confidence bounds of ``test``'s mean difference: the lower bound
+    for "the mean exceeds a boundary", the upper one for "it lies below" — the bounds the
+    one-sided t-tests at ``alpha`` use, together a (1 − 2·alpha) two-sided interval. ``constant``
+    (every difference the same number, tested by its sign): both bounds are that number. NaN
+    below 2 pairs."""
+    if test.n < 2:
+        return math.nan, math.nan
+    if constant:
+        return test.mean_diff, test.mean_diff
+    half = float(stats.t.ppf(1 - alpha, test.n - 1)) * test.sd_diff / math.sqrt(test.n)
+    return test.mean_diff - half, test.mean_diff + half
+
+
+def _percent(fraction: float) -> str:
+    return f"{round(100 * fraction, 6):g}"
 
 
 def _test_text(base: str, claim: Claim, unit: str) -> str:
@@ -298,10 +390,15 @@ def compare_verdicts(claims: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     """The verdicts of the same claims on two sets of runs of one suite (another machine, thread
     count or seed set), side by side: one row per (claim, task) tested in either, with columns
     ``STABILITY_COLUMNS`` and ``moved`` (the verdicts differ) and ``flipped`` (one is
-    *reproduced* and the other *contradicted*, the change a reader must never see)."""
+    *reproduced* and the other *contradicted*, the change a reader must never see).
+    ``p_value`` and ``other_p_value`` are each verdict's own p (``p_verdict``: for a contradicted
+    row the p of the opposite test; a table without that column gives its ``p_value``)."""
     keys = ["claim", "task"]
     kept = ["verdict", "p_value"]
-    tested = [frame[frame["verdict"] != NOT_RUN][keys + kept] for frame in (claims, other)]
+    tested = []
+    for frame in (claims, other):
+        frame = frame.assign(p_value=frame.get("p_verdict", frame["p_value"]))
+        tested.append(frame[frame["verdict"] != NOT_RUN][keys + kept])
     both = tested[0].merge(tested[1], on=keys, how="outer", suffixes=("", "_other"))
     both = both.rename(columns={"verdict_other": "other_verdict", "p_value_other": "other_p_value"})
     both[["verdict", "other_verdict"]] = both[["verdict", "other_verdict"]].fillna(NOT_RUN)

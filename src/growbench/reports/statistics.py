@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from growbench.claims import MATCHED_PREFIX
+
 Alternative = Literal["two-sided", "greater", "less"]
 ALTERNATIVES = ("two-sided", "greater", "less")
 FINISHED = "FINISHED"
@@ -27,6 +29,12 @@ POWER = 0.8  # the power at which a report states the effect and seeds that woul
 MAX_SEEDS = 1000  # seeds_needed's search stops here ("more than 1000": the effect is too small)
 SHORT_OF_BUDGET = 0.9  # a cell that ended below this fraction of its budget is flagged
 ROUNDING = 1e-12  # differences spread less than this × the values' size count as constant
+# The costs a method's final score is weighed against (Pareto fronts), by the cells-table column.
+COSTS = {"params": "parameters", "flops": "FLOPs", "train_flops": "training compute"}
+TIE = 1e-9  # means this close (relative) are equal: two means of one set of values can differ
+# in their last bits with the order of the sum
+ACCURACY_MARGIN = 1.0  # near the best: within this many points of the best mean accuracy %
+LOSS_MARGIN = 0.05  # near the best: within this fraction of the best mean loss (lower is better)
 
 
 @dataclass(frozen=True)
@@ -208,17 +216,119 @@ def flagged(cells: pd.DataFrame) -> pd.Series:
     """Which of ``cells`` carry a health flag (tables of older runs have no such column)."""
     if "health" not in cells.columns:
         return pd.Series(False, index=cells.index)
-    return cells["health"].fillna("").astype(str) != ""
+    return (cells["health"].astype("string").fillna("") != "").astype(bool)
 
 
 def flagged_count(cells: pd.DataFrame) -> int:
     return int(flagged(cells).sum())
 
 
+def is_matched(methods: Iterable[str]) -> np.ndarray:
+    """Which of ``methods`` name a matched static net (``static@<method>``): a per-cell
+    reference, the start net trained from scratch at the widths that method's cell of the same
+    seed ended with, not a method of its own."""
+    return np.array([str(m).startswith(MATCHED_PREFIX) for m in methods], dtype=bool)
+
+
+def pareto_optimal(
+    scores: Sequence[float], costs: Sequence[float], higher_is_better: bool
+) -> np.ndarray:
+    """For each point (score, cost), whether it lies on the Pareto front: no other point has a
+    score at least as good at a cost no greater, with a better score or a lower cost.
+
+    Equal points do not dominate each other, so ties stay on the front together (numbers within
+    ``TIE`` of each other, relative, count as equal); a point with a missing (NaN) or infinite
+    score or cost is never on the front and dominates nothing.
+    """
+    score = np.asarray(scores, dtype=float)
+    cost = np.asarray(costs, dtype=float)
+    if score.shape != cost.shape or score.ndim != 1:
+        raise ValueError(f"pareto_optimal: {score.shape} scores against {cost.shape} costs")
+    gain = score if higher_is_better else -score  # higher gain is better either way
+    valid = np.isfinite(gain) & np.isfinite(cost)
+    front = np.zeros(len(score), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        for i in np.flatnonzero(valid):
+            gain_tie = TIE * np.maximum(np.abs(gain), abs(gain[i]))
+            cost_tie = TIE * np.maximum(np.abs(cost), abs(cost[i]))
+            no_worse = (gain >= gain[i] - gain_tie) & (cost <= cost[i] + cost_tie)
+            strictly = (gain > gain[i] + gain_tie) | (cost < cost[i] - cost_tie)
+            front[i] = not bool((valid & no_worse & strictly).any())
+    return front
+
+
+def tied(a: float, b: float) -> bool:
+    """Whether two means are equal up to ``TIE`` (relative): float summation order aside."""
+    return math.isclose(a, b, rel_tol=TIE)
+
+
+def near_best(scores: Sequence[float], higher_is_better: bool) -> tuple[float, float, np.ndarray]:
+    """The best of ``scores`` (NaN ignored), the threshold of "near the best" and which scores
+    reach it: within ``ACCURACY_MARGIN`` points of the best when higher is better (accuracy in
+    %), within ``LOSS_MARGIN`` of the best's size when lower is better (a loss)."""
+    score = np.asarray(scores, dtype=float)
+    if not np.isfinite(score).any():
+        return math.nan, math.nan, np.zeros(len(score), dtype=bool)
+    finite = np.isfinite(score)
+    if higher_is_better:
+        best = float(np.nanmax(score))
+        threshold = best - ACCURACY_MARGIN
+        slack = TIE * max(abs(threshold), abs(best))
+        return best, threshold, finite & (np.where(finite, score, 0) >= threshold - slack)
+    best = float(np.nanmin(score))
+    threshold = best + LOSS_MARGIN * abs(best)
+    slack = TIE * max(abs(threshold), abs(best))
+    return best, threshold, finite & (np.where(finite, score, 0) <= threshold + slack)
+
+
+def matched_comparison(cells: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Each method of ``task`` against its matched static nets ``static@<method>``, paired by
+    seed (method − matched net, two-sided paired t-test): one row per method that has matched
+    cells, columns method, matched, pairs, score and matched_score (means over the paired
+    seeds), diff, low, high (its 95 % interval), p, params and matched_params (mean final
+    parameters over the paired seeds)."""
+    rows = cells[cells["task"] == task]
+    columns = ["method", "matched", "pairs", "score", "matched_score", "diff", "low", "high", "p"]
+    columns += ["params", "matched_params"]
+    records = []
+    for matched in sorted(rows.loc[is_matched(rows["method"]), "method"].unique()):
+        method = matched[len(MATCHED_PREFIX) :]
+        own, net = rows[rows["method"] == method], rows[rows["method"] == matched]
+        if own.empty:
+            continue
+        test = paired(
+            by_seed(own, "score", f"{task}/{method}"), by_seed(net, "score", f"{task}/{matched}")
+        )
+        size = paired(
+            by_seed(own, "params", f"{task}/{method}"),
+            by_seed(net, "params", f"{task}/{matched}"),
+        )
+        records.append(
+            {
+                "method": method,
+                "matched": matched,
+                "pairs": test.n,
+                "score": test.mean_a,
+                "matched_score": test.mean_b,
+                "diff": test.mean_diff,
+                "low": test.low,
+                "high": test.high,
+                "p": test.p_value,
+                "params": size.mean_a,
+                "matched_params": size.mean_b,
+            }
+        )
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
 def ranking(
-    cells: pd.DataFrame, task: str, references: Sequence[str] = ("static", "none")
+    cells: pd.DataFrame,
+    task: str,
+    references: Sequence[str] = ("static", "none"),
+    matched: bool = False,
 ) -> pd.DataFrame:
-    """One row per method of ``task``, best mean score first (methods without scores last).
+    """One row per method of ``task``, best mean score first (methods without scores last);
+    matched static nets (``is_matched``) are references, left out unless ``matched``.
 
     Columns: method, finished, failed (FAILED, KILLED or RUNNING cells), missing, score with its
     95 % interval (low, high), the means of params, flops, train_flops, growth_share and
@@ -226,11 +336,16 @@ def ranking(
     flagged (finished cells with a health flag), and
     for each reference ``r`` among the task's methods ``diff_vs_<r>`` (mean paired score
     difference method − r) and ``p_vs_<r>`` (two-sided paired t-test), NaN in the reference's
-    own row.
+    own row; and for each cost of ``COSTS`` ``pareto_<cost>``: whether the method's mean score
+    and mean cost lie on the Pareto front of the table's rows (``pareto_optimal``).
     """
     rows = cells[cells["task"] == task]
     if rows.empty:
         raise ValueError(f"no cells for task {task!r}")
+    if not matched:
+        rows = rows[~is_matched(rows["method"])]
+        if rows.empty:
+            raise ValueError(f"task {task!r} has only matched static nets")
     higher = task_direction(rows, task)
     methods = sorted(rows["method"].unique())
     present = [ref for ref in references if ref in methods]
@@ -263,6 +378,8 @@ def ranking(
             record[f"p_vs_{ref}"] = test.p_value
         records.append(record)
     table = pd.DataFrame.from_records(records)
+    for cost in COSTS:
+        table[f"pareto_{cost}"] = pareto_optimal(table["score"], table[cost], higher is not False)
     table = table.sort_values(
         ["score", "method"], ascending=[higher is False, True], na_position="last"
     )
