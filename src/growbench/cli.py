@@ -31,6 +31,21 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"growbench: warning: {' '.join(str(message).split())}\n"
 
 
+def _once_per_command(shown: set[str]):
+    """``warnings.formatwarning`` for one command: ``one_line_warning``, or "" for a line it
+    already gave (a registry read ten times warns ten times once a library resets Python's own
+    memory of what it showed, as changing the warning filters does)."""
+
+    def format_once(message, category, filename, lineno, line=None) -> str:
+        text = one_line_warning(message, category, filename, lineno)
+        if text in shown:
+            return ""
+        shown.add(text)
+        return text
+
+    return format_once
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``growbench`` console script; returns 0 or 1, or raises
     ``SystemExit``."""
@@ -38,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from growbench.benchmarks import interrupts
     from growbench.benchmarks.store import StoreUnreachableError
 
-    default_format, warnings.formatwarning = warnings.formatwarning, one_line_warning
+    default_format, warnings.formatwarning = warnings.formatwarning, _once_per_command(set())
     try:
         with interrupts.terminate_as_interrupt():
             return args.command(args)
@@ -461,47 +476,33 @@ def _chosen_rules(checks: tuple, text: str | None) -> tuple:
 
 
 def _check(args: argparse.Namespace) -> int:
+    """The method contract on the named methods, or the model contract on ``--model``s."""
     if bool(args.names) == bool(args.model):
         raise ValueError(
             "check: name the methods to check (growbench check NAME...) or the models "
             "(growbench check --model NAME), one of the two"
         )
-    if args.model:
-        return _check_models(args)
-    from growbench import contract
+    from growbench import contract, model_contract
     from growbench.methods import available_methods
-
-    known = available_methods()
-    unknown = [name for name in args.names if name not in known]
-    if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    chosen = _chosen_rules(contract.CHECKS, args.rules)
-    failed = 0
-    for name in args.names:
-        for check, outcome in contract.run_contract(name, chosen):
-            print(outcome.line(check.says), flush=True)
-            failed += outcome.status == "fail"
-    verdict = f"{failed} check(s) failed" if failed else "every check passed"
-    print(f"growbench check: {verdict} ({', '.join(args.names)})")
-    return 1 if failed else 0
-
-
-def _check_models(args: argparse.Namespace) -> int:
-    from growbench import model_contract
     from growbench.nn.zoo import available_models
 
-    known = available_models()
-    unknown = [name for name in args.model if name not in known]
+    if args.model:
+        kind, names, known = "model", args.model, available_models()
+        checks, run = model_contract.MODEL_CHECKS, model_contract.run_model_contract
+    else:
+        kind, names, known = "method", args.names, available_methods()
+        checks, run = contract.CHECKS, contract.run_contract
+    unknown = [name for name in names if name not in known]
     if unknown:
-        raise ValueError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    chosen = _chosen_rules(model_contract.MODEL_CHECKS, args.rules)
+        raise ValueError(f"unknown {kind}(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    chosen = _chosen_rules(checks, args.rules)
     failed = 0
-    for name in args.model:
-        for check, outcome in model_contract.run_model_contract(name, chosen):
+    for name in names:
+        for check, outcome in run(name, chosen):
             print(outcome.line(check.says), flush=True)
             failed += outcome.status == "fail"
     verdict = f"{failed} check(s) failed" if failed else "every check passed"
-    print(f"growbench check: {verdict} ({', '.join(args.model)})")
+    print(f"growbench check: {verdict} ({', '.join(names)})")
     return 1 if failed else 0
 
 
@@ -583,14 +584,27 @@ def _ui(args: argparse.Namespace) -> int:
     command = [program, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1"]
     command += ["--port", str(args.port)]
     print(" ".join(command), file=sys.stderr)
-    print(
-        f"growbench: open http://127.0.0.1:{args.port}/#/experiments, pick a growbench:<suite> "
-        "experiment, and choose 'Model training' in the sidebar (MLflow 3 opens on its GenAI "
-        "pages) to see the cells as runs with their metrics",
-        file=sys.stderr,
-    )
+    for line in _runs_pages(uri, args.port):
+        print(line, file=sys.stderr)
     os.execvp(program, command)
     return 0  # not reached: exec replaced this process
+
+
+def _runs_pages(uri: str, port: int) -> list[str]:
+    """Where each growbench experiment's runs table is: MLflow 3's UI opens on its GenAI pages
+    whatever the experiment's kind tag says, unless the address asks for the training view."""
+    from mlflow import MlflowClient
+
+    from growbench.benchmarks.tracking import store_exists
+
+    home = f"http://127.0.0.1:{port}/#/experiments"
+    if not store_exists(uri):
+        return [f"growbench: the store is empty; the UI will be at {home}"]
+    experiments = MlflowClient(uri).search_experiments(filter_string="name LIKE 'growbench:%'")
+    return ["growbench: the runs of each suite (cells as rows, metrics as columns):"] + [
+        f"  {experiment.name}: {home}/{experiment.experiment_id}/runs?workflowType=machine_learning"
+        for experiment in sorted(experiments, key=lambda e: e.name)
+    ]
 
 
 if __name__ == "__main__":

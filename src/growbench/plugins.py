@@ -30,7 +30,7 @@ def loaded(
                 f"{_package(point)} could not be loaded and is skipped: "
                 f"{type(exc).__name__}: {exc}",
                 RuntimeWarning,
-                stacklevel=1,  # attributed here, so Python shows it once however often loaded
+                stacklevel=3,
             )
             continue
         yield point.name, value

@@ -128,3 +128,17 @@ def test_ui_execs_mlflow_on_localhost(monkeypatch) -> None:
         "--port",
         "5123",
     ]
+
+
+def test_ui_prints_the_runs_table_of_each_suite(monkeypatch, store, capsys) -> None:
+    from growbench.benchmarks.suite import parse_suite
+    from growbench.benchmarks.tracking import SuiteTracker
+    from tests.benchmarks.conftest import TINY_SUITE
+
+    tracker = SuiteTracker(store, parse_suite(TINY_SUITE, "tiny"), "cpu")
+    tracker.open()
+    monkeypatch.setattr(cli.os, "execvp", lambda program, argv: None)
+    main(["ui", "--port", "5123", "--tracking-uri", store])
+    err = capsys.readouterr().err
+    page = f"#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
+    assert f"growbench:tiny: http://127.0.0.1:5123/{page}" in err

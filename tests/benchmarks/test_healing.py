@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from growbench.benchmarks import checkpoint, executor, interrupts, leases
-from growbench.benchmarks.executor import claim_and_train, load_datasets
+from growbench.benchmarks.executor import claim_and_train, load_datasets, run_suite
 from growbench.benchmarks.store import StoreError, StoreUnreachableError, check_server
 from growbench.benchmarks.suite import parse_suite
 from growbench.benchmarks.tracking import (
@@ -35,7 +35,7 @@ from growbench.benchmarks.tracking import (
     SuiteTracker,
     experiment_name,
 )
-from growbench.cli import one_line_warning
+from growbench.cli import _once_per_command, one_line_warning
 from tests.benchmarks.conftest import TINY_SUITE, mlflow_server, user_environment
 from tests.conftest import install_distribution
 
@@ -86,9 +86,12 @@ def cell_statuses(uri: str, suite: str = "tiny") -> Counter:
 
 
 # --------------------------------------------------------------------------- warnings
-def test_the_warning_formatter_returns_one_line() -> None:
+def test_the_warning_formatter_returns_one_line_once_per_command() -> None:
     text = one_line_warning(UserWarning("two\n  lines"), UserWarning, "x.py", 3)
     assert text == "growbench: warning: two lines\n"
+    format_once = _once_per_command(set())
+    assert format_once(UserWarning("two\n  lines"), UserWarning, "x.py", 3) == text
+    assert format_once(UserWarning("two lines"), UserWarning, "y.py", 9) == ""  # shown already
 
 
 def test_a_store_whose_creation_was_cut_short_is_repaired_with_one_warning(
@@ -109,32 +112,41 @@ def test_a_store_whose_creation_was_cut_short_is_repaired_with_one_warning(
 BROKEN = "raise ImportError('this plugin is broken')\n"
 
 
-@pytest.mark.parametrize(
-    ("group", "command", "listed"),
-    [
-        ("growbench.methods", "methods", "random-add"),
-        ("growbench.datasets", "datasets", "spirals"),
-        ("growbench.models", "models", "mlp"),
-    ],
-)
-def test_a_broken_plugin_is_one_warning_and_every_command_lists_the_rest(
-    tmp_path, write_suite, group, command, listed
+PLUGIN_KINDS = [
+    ("growbench.methods", "methods", "random-add"),
+    ("growbench.datasets", "datasets", "spirals"),
+    ("growbench.models", "models", "mlp"),
+]
+
+
+def install_broken(site: Path, group: str) -> None:
+    name = f"broken-{group.rsplit('.', 1)[1]}"
+    install_distribution(site, name, "0.1", {"broken": f"{name.replace('-', '_')}:Thing"},
+                         module=(name.replace("-", "_"), BROKEN), group=group)  # fmt: skip
+
+
+@pytest.mark.parametrize(("group", "command", "listed"), PLUGIN_KINDS)
+def test_a_broken_plugin_is_one_warning_and_its_listing_shows_the_rest(
+    tmp_path, group, command, listed
 ) -> None:
-    site = tmp_path / "site"
-    install_distribution(site, "broken-plugin", "0.1", {"broken": "broken_mod:Thing"},
-                         module=("broken_mod", BROKEN), group=group)  # fmt: skip
-    env = {"PYTHONPATH": str(site)}
-    listing = growbench(command, cwd=tmp_path, env=env)
+    install_broken(tmp_path / "site", group)
+    listing = growbench(command, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site")})
     assert listing.returncode == 0, listing.stderr
     assert listed in listing.stdout
     warned = lines_with(listing.stderr, "growbench: warning:")
     assert len(warned) == 1, listing.stderr
-    assert "broken-plugin" in warned[0]
+    assert "broken-" in warned[0]
+
+
+def test_a_run_goes_on_past_a_broken_plugin_of_each_kind(tmp_path, write_suite) -> None:
+    for group, _, _ in PLUGIN_KINDS:
+        install_broken(tmp_path / "site", group)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     ran = growbench("run", "--suite", str(write_suite()), "--tracking-uri", uri, cwd=tmp_path,
-                    env=env)  # fmt: skip
+                    env={"PYTHONPATH": str(tmp_path / "site")})  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     assert "Traceback" not in ran.stderr
+    assert len(lines_with(ran.stderr, "growbench: warning:")) == len(PLUGIN_KINDS), ran.stderr
     assert cell_statuses(uri) == Counter({"FINISHED": 2})
 
 
@@ -272,9 +284,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 def test_a_kill_inside_a_write_leaves_a_store_the_next_command_heals(tmp_path, write_suite) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     suite = write_suite()
-    first = growbench("run", "--suite", str(suite), "--methods", "none", "--tracking-uri", uri,
-                      cwd=tmp_path)  # fmt: skip
-    assert first.returncode == 0, first.stderr
+    run_suite(parse_suite(TINY_SUITE, "tiny").select(["none"]), uri, "cpu")
     database = tmp_path / "mlflow.db"
     killed = subprocess.run([sys.executable, "-c", KILL_INSIDE_A_WRITE, str(database)])
     assert killed.returncode == -signal.SIGKILL
@@ -441,13 +451,15 @@ def test_a_server_that_is_not_mlflow_is_named_as_such(tmp_path) -> None:
 def test_a_server_that_dies_or_hangs_mid_run_ends_in_one_line_and_a_rerun_finishes(
     tmp_path, write_suite, fault
 ) -> None:
-    suite = write_suite(SUITE.replace("epochs = 6", "epochs = 60"))  # seconds per cell
+    suite = write_suite(  # three cells of seconds each
+        SUITE.replace("epochs = 6", "epochs = 40").replace("seeds = 5", "seeds = 3")
+    )
     timeout = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}  # a user's setting: a hung call gives up soon
     with mlflow_server(tmp_path / "server") as (uri, process):
         runner = start("run", "--suite", str(suite), "--tracking-uri", uri, cwd=tmp_path,
                        env=timeout)  # fmt: skip
         first = runner.stderr.readline()  # the first cell finished
-        assert "[1/5]" in first, runner.communicate()
+        assert "[1/3]" in first, runner.communicate()
         if fault == "killed":
             os.killpg(process.pid, signal.SIGKILL)
         else:  # frozen: connections open, answers never come
@@ -472,7 +484,7 @@ def test_a_server_that_dies_or_hangs_mid_run_ends_in_one_line_and_a_rerun_finish
             for run in runs(uri)
             if run.info.status == "FINISHED" and leases.HASH in run.data.tags
         )
-        assert list(finished.values()) == [1] * 5
+        assert list(finished.values()) == [1] * 3
 
 
 def test_executor_names_the_cells_left_when_the_store_goes(store, monkeypatch) -> None:

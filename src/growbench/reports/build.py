@@ -423,7 +423,7 @@ def _verdict_counts(claims: pd.DataFrame) -> list[str]:
     text = f"**Claims:** {len(tested)} (claim, task) verdicts: {counts or 'none'}"
     if NOT_RUN in verdicts.index:
         untested = int(verdicts[NOT_RUN])
-        text += f"; {untested} claim{'s' * (untested != 1)} not tested (methods not in the runs)"
+        text += f"; {untested} claim{'s' * (untested != 1)} not tested (what they need was not run)"
     return [text + " — see [The papers' claims](#the-papers-claims).", ""]
 
 
