@@ -523,7 +523,7 @@ def _print_options(options_class: type, verbose: bool, empty: str = "(none)") ->
 
 def _datasets(args: argparse.Namespace) -> int:
     from growbench.datasets import dataset_names, dataset_options, dataset_spec
-    from growbench.datasets.registry import available_entries
+    from growbench.datasets.registry import dataset_entry
 
     rows = [("name", "task", "input shape", "outputs", "source")]
     for name in dataset_names():
@@ -537,7 +537,7 @@ def _datasets(args: argparse.Namespace) -> int:
     for name in dataset_names():
         if args.verbose:
             print(name)
-            _print_options(available_entries()[name].options, verbose=True)
+            _print_options(dataset_entry(name).options, verbose=True)
             continue
         options = ", ".join(f"{k}={v!r}" for k, v in dataset_options(name).items())
         print(f"{name} options: {options or '(none)'}")

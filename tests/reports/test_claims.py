@@ -17,6 +17,7 @@ from growbench.reports.claims import (
     evaluate_claims,
 )
 from growbench.reports.tables import ACCURACY_SCORE, CELL_COLUMNS, LOSS_SCORE
+from tests.reports.conftest import cell_record
 
 PAPER = "Someone et al. 2024, arXiv:0000.00000"
 TASKS = {  # task → (dataset, score name, higher is better)
@@ -45,26 +46,19 @@ def make_cells() -> pd.DataFrame:
         dataset, score_name, higher = TASKS[task]
         for seed, result in enumerate(seeds):
             score, growth = result if result is not None else (math.nan, math.nan)
+            status = "FINISHED" if result is not None else "FAILED"
             records.append(
-                {
-                    "task": task,
-                    "method": method,
-                    "seed": seed,
-                    "dataset": dataset,
-                    "model": "mlp",
-                    "status": "FINISHED" if result is not None else "FAILED",
-                    "run_id": f"{task}-{method}-{seed}",
-                    "score_name": score_name,
-                    "higher_is_better": higher,
-                    "score": score,
-                    "params": 100.0,
-                    "flops": 200.0,
-                    "train_flops": 3e4,
-                    "train_seconds": 10.0,
-                    "growth_seconds": growth,
-                    "growth_share": growth / 10.0,
-                    "epochs": 20,
-                }
+                cell_record(
+                    task,
+                    method,
+                    seed,
+                    dataset,
+                    score_name,
+                    higher,
+                    score,
+                    status=status,
+                    growth_seconds=growth,
+                )
             )
     return pd.DataFrame.from_records(records, columns=CELL_COLUMNS)
 

@@ -16,6 +16,7 @@ from growbench.methods import available_methods
 from growbench.reports import build
 from growbench.reports.claims import evaluate_claims
 from growbench.reports.tables import ACCURACY_SCORE, CELL_COLUMNS, LOSS_SCORE
+from tests.reports.conftest import cell_record
 
 PAPER = "Someone et al. 2024, arXiv:0000.00000"
 TASKS = {  # task → (dataset, score name, higher is better)
@@ -35,27 +36,9 @@ def cells_of(results: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
     for (task, method), scores in results.items():
         dataset, score_name, higher = TASKS[task]
         for seed, score in enumerate(scores):
+            model = task.rsplit("-", 1)[1]
             records.append(
-                {
-                    "task": task,
-                    "method": method,
-                    "seed": seed,
-                    "dataset": dataset,
-                    "model": task.rsplit("-", 1)[1],
-                    "status": "FINISHED",
-                    "run_id": f"{task}-{method}-{seed}",
-                    "score_name": score_name,
-                    "higher_is_better": higher,
-                    "score": score,
-                    "params": 100.0,
-                    "flops": 200.0,
-                    "train_flops": 3e4,
-                    "train_seconds": 10.0,
-                    "growth_seconds": 1.0,
-                    "growth_share": 0.1,
-                    "epochs": 20,
-                    "health": "",
-                }
+                cell_record(task, method, seed, dataset, score_name, higher, score, model=model)
             )
     return pd.DataFrame.from_records(records, columns=CELL_COLUMNS)
 
