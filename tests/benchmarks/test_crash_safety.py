@@ -126,6 +126,29 @@ def kill_moments(suite: Path, uri: str, training_seconds: float) -> list[float]:
     return [moment for pair in zip(starting, training, strict=True) for moment in pair]
 
 
+def checkpointed_runs(uri: str) -> set[str]:
+    """The runs that hold a checkpoint tag, read straight from the sqlite file (cheap enough to
+    poll every few milliseconds while a runner writes)."""
+    with sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=30) as db:
+        rows = db.execute("SELECT run_uuid FROM tags WHERE key = ?", (leases.CHECKPOINT,))
+        return {run for (run,) in rows}
+
+
+def kill_after_a_new_checkpoint(suite: Path, uri: str) -> None:
+    """A runner killed as soon as it has saved a checkpoint of a run that held none before, so
+    that the next runner must go on from it (a cell of the crash suite trains ten more epochs
+    after its first checkpoint, long past the few milliseconds between two polls)."""
+    before = checkpointed_runs(uri)
+    process = runner(suite, uri)
+    deadline = time.monotonic() + 120
+    while not checkpointed_runs(uri) - before:
+        assert process.poll() is None, "the runner ended without saving a checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within two minutes"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+
+
 @pytest.mark.slow
 def test_runners_killed_at_random_moments_lose_nothing(suite_file, tmp_path, reference_run) -> None:
     reference, training_seconds = reference_run
@@ -139,6 +162,7 @@ def test_runners_killed_at_random_moments_lose_nothing(suite_file, tmp_path, ref
             kills += 1
         process.communicate()
     assert kills == 10  # every moment fell inside a run (the suite was never done), none after
+    kill_after_a_new_checkpoint(suite_file, uri)  # random moments need not fall after one
     final = runner(suite_file, uri)
     output, _ = final.communicate()
     assert final.returncode == 0, output
