@@ -1,7 +1,12 @@
-"""Test-wide settings: one torch thread.
+"""Test-wide settings: one torch thread, and a marker per area of the code.
 
 Tests use tiny tensors, where a second thread buys nothing, and on a busy 2-core machine torch's
 spinning worker threads made steps up to 100× slower. The harness defaults to one thread too.
+
+Every test gets the marker of its area from where it lives (``AREAS``), so that a developer runs
+the part they touch (``pytest -m methods``, ``-m "harness and not slow"``) without a marker on
+each test; ``fidelity`` (a method against its brute-force computation, its oracle or its
+contract) is a second marker on those method tests. ``slow`` stays marked by hand.
 """
 
 from __future__ import annotations
@@ -11,6 +16,53 @@ from pathlib import Path
 
 import pytest
 import torch
+
+# Area of each test module, by the longest path prefix (relative to tests/) that names it.
+AREAS = {
+    "nn": "nn",
+    "methods": "methods",
+    "datasets": "harness",
+    "benchmarks": "harness",
+    "benchmarks/test_crash_safety.py": "reliability",
+    "benchmarks/test_healing.py": "reliability",
+    "benchmarks/test_storage_faults.py": "reliability",
+    "benchmarks/test_checkpoint.py": "reliability",
+    "benchmarks/test_bad_input.py": "reliability",
+    "reports": "reports",
+    "test_docs.py": "docs",
+    "test_docs_examples.py": "docs",
+    "test_readme.py": "docs",
+    "test_option_descriptions.py": "docs",
+    "test_check.py": "harness",
+    "test_check_model.py": "harness",
+    "test_provenance.py": "harness",
+}
+# Method tests that check a method is implemented faithfully: the contract every method must
+# meet, the oracle library's modules, and tests named for a comparison with brute force.
+FIDELITY_MODULES = ("methods/test_contract.py", "gromo")
+FIDELITY_WORDS = ("match", "brute", "finite", "eigh", "oracle", "exact", "agree", "autograd")
+
+
+def area_of(relative: str) -> str:
+    """The area marker of the test module at ``relative`` (a path under tests/)."""
+    prefixes = [
+        prefix for prefix in AREAS if relative == prefix or relative.startswith(prefix + "/")
+    ]
+    if not prefixes:
+        raise LookupError(f"tests/{relative} has no area: add it to AREAS in tests/conftest.py")
+    return AREAS[max(prefixes, key=len)]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    root = Path(__file__).parent
+    for item in items:
+        relative = item.path.relative_to(root).as_posix()
+        item.add_marker(area_of(relative))
+        if relative.startswith("methods/") and (
+            any(key in relative for key in FIDELITY_MODULES)
+            or any(word in item.name for word in FIDELITY_WORDS)
+        ):
+            item.add_marker("fidelity")
 
 
 @pytest.fixture(autouse=True, scope="session")

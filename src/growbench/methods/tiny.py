@@ -70,11 +70,11 @@ from growbench.methods._bottleneck import (
 from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
 from growbench.methods.registry import register
 from growbench.nn import Activation, GrowableNet, Site, Slot, collect_taps
+from growbench.nn.activations import activation_info
 from growbench.nn.taps import record_inputs
 
 SITE_SELECTIONS = ("best-fo", "round-robin")
 LINE_SEARCHES = ("grid", "refine")
-HOMOGENEOUS = frozenset({"relu", "leaky_relu", "identity"})
 MAX_SEARCH_ROWS = 2**16  # rows evaluated at once by the line search (γ values × samples)
 
 
@@ -413,7 +413,7 @@ class Tiny(Grower):
 
 def homogeneous(site: Site) -> bool:
     """Whether every activation on the site's path is positively homogeneous (σ(γu) = γσ(u))."""
-    return all(act.name in HOMOGENEOUS for act in site.activations)
+    return all(activation_info(act.name).positively_homogeneous for act in site.activations)
 
 
 def gain_is_measured(site: Site) -> bool:

@@ -9,14 +9,12 @@ budget checks and reported costs can never disagree.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-if TYPE_CHECKING:
-    from growbench.nn.growable import GrowableNet
+from growbench.nn.growable import GrowableNet, eval_mode, insert_layer
 
 
 def count_params(net: nn.Module) -> int:
@@ -27,14 +25,8 @@ def count_flops(net: nn.Module, input_shape: Sequence[int]) -> int:
     """Forward FLOPs of one sample, measured in eval mode without autograd."""
     reference = next(net.parameters())
     sample = torch.zeros(1, *input_shape, dtype=reference.dtype, device=reference.device)
-    modes = [(module, module.training) for module in net.modules()]
-    net.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            net(sample)
-    finally:
-        for module, training in modes:  # per module: a mixed train/eval net stays mixed
-            module.training = training  # not .train(): that recurses, n² over the tree
+    with eval_mode([net]), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(sample)
     return int(counter.get_total_flops())
 
 
@@ -128,8 +120,6 @@ def _measure(net: GrowableNet, additions: Mapping[str, int]) -> dict[str, int]:
 def insertion_cost(net: GrowableNet, where: str, **options) -> dict[str, int]:
     """Exact params and FLOPs that ``insert_layer(net, where, **options)`` adds, measured on a
     clone (a zero-branch layer's first weights are drawn from a throwaway generator)."""
-    from growbench.nn.growable import insert_layer
-
     trial = net.clone()
     params, flops = trial.params(), trial.flops()
     options.setdefault("generator", torch.Generator())

@@ -143,6 +143,12 @@ class Site:
         return [m for m in self.between if isinstance(m, Activation)]
 
     @property
+    def is_linear(self) -> bool:
+        """Whether every activation on the path is the identity: the site's units then add
+        nothing a wider layer could not (the splitting methods have no curvature to use)."""
+        return all(activation_info(m.name).is_linear for m in self.activations)
+
+    @property
     def kind(self) -> str:
         """``Linear`` or ``Conv2d``, ``+BN`` with a BatchNorm after the producer, ``+depthwise``
         when a depthwise conv lies on the path (MobileNet)."""
