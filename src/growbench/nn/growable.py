@@ -42,11 +42,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
 from growbench.nn.activations import Activation, activation_info, make_activation
+from growbench.nn.layer_maps import LayerMap, layer_map, norm_slope
 from growbench.nn.units import (
     DepthwiseConv2d,
     Slot,
@@ -182,29 +182,25 @@ class Site:
     def fan_out_size(self) -> int:
         return self.consumer.weight.shape[0] * self.positions
 
-    def norm_gain(self) -> Tensor | None:
-        """b = γ / sqrt(running_var + eps): the slope of the eval-mode BatchNorm (None without)."""
-        norm = self.norm
-        if norm is None:
-            return None
-        gain = 1.0 / torch.sqrt(norm.running_var + norm.eps)
-        if norm.affine:
-            gain = gain * norm.weight.detach()
-        return gain
+    @property
+    def producer_map(self) -> LayerMap:
+        """The producer's linear algebra (patches, map with another weight, ...)."""
+        return layer_map(self.producer)
+
+    @property
+    def consumer_map(self) -> LayerMap:
+        """The consumer's linear algebra (what it reads of the path's maps, ...)."""
+        return layer_map(self.consumer)
+
+    def norm_gain(self) -> Tensor:
+        """b = γ / sqrt(running_var + eps): the per-unit slope of the eval-mode BatchNorm after
+        the producer, ones without one."""
+        return norm_slope(self.norm, self.producer.weight, self.width)
 
     def input_patches(self, producer_input: Tensor) -> Tensor:
         """The producer's im2col patches of its input, N × (C_in·kh·kw) × positions, each laid
         out like a fan-in row without the bias (a Linear producer: one position)."""
-        producer = self.producer
-        if isinstance(producer, nn.Linear):
-            return producer_input.reshape(producer_input.shape[0], -1, 1)
-        return F.unfold(
-            producer_input,
-            producer.kernel_size,
-            dilation=producer.dilation,
-            padding=producer.padding,
-            stride=producer.stride,
-        )
+        return self.producer_map.patches(producer_input)
 
     def run_between(self, maps: Tensor) -> Tensor:
         """The per-unit path applied, in eval mode, to the producer's output (what the consumer
