@@ -36,7 +36,6 @@ linear part is unknown, a Linear producer read by a conv, σ(0) ≠ 0, ...).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -48,6 +47,7 @@ from growbench.methods.base import GrowthContext
 from growbench.nn import Activation, DepthwiseConv2d, GrowableNet, Site, Slot, Taps, collect_taps
 from growbench.nn.activations import activation_info
 from growbench.nn.growable import eval_mode
+from growbench.nn.layer_maps import pair, with_ones
 from growbench.nn.units import new_unit_forward
 
 LINEAR_KINDS = frozenset({"Linear", "Linear+BN"})
@@ -69,29 +69,19 @@ _PER_UNIT = (
 )
 
 
-def _pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-
-
-def _plain_conv(conv: nn.Conv2d) -> bool:
-    return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
-
-
 def unsupported_reason(site: Site) -> str | None:
     """Why a site's new units cannot be described by these statistics (None when they can)."""
-    producer, consumer = site.producer, site.consumer
-    if isinstance(producer, nn.Conv2d) and not _plain_conv(producer):
-        return "producer conv with padding other than explicit zeros"
-    if isinstance(consumer, nn.Conv2d):
-        if not isinstance(producer, nn.Conv2d):
-            return "Linear producer read by a Conv2d consumer"
-        if not _plain_conv(consumer):
-            return "consumer conv with padding other than explicit zeros"
+    producer, consumer = site.producer_map, site.consumer_map
+    for role, view in (("producer", producer), ("consumer", consumer)):
+        if view.refusal() is not None:
+            return f"{role} conv with {view.refusal()}"
+    if consumer.is_conv and not producer.is_conv:
+        return "Linear producer read by a Conv2d consumer"
     for position, module in enumerate(site.between):
         if not isinstance(module, _PER_UNIT):
             return f"{type(module).__name__} on the path between producer and consumer"
         if isinstance(module, nn.MaxPool2d) and (
-            _pair(module.dilation) != (1, 1) or module.ceil_mode
+            pair(module.dilation) != (1, 1) or module.ceil_mode
         ):
             return "a dilated or ceil-mode max pool between producer and consumer"
         if isinstance(module, nn.AvgPool2d) and (
@@ -100,8 +90,7 @@ def unsupported_reason(site: Site) -> str | None:
             return "a ceil-mode or divisor-override average pool between producer and consumer"
         if isinstance(module, nn.Flatten) and position != len(site.between) - 1:
             return "modules after the flatten between producer and consumer"
-    conv_to_linear = isinstance(producer, nn.Conv2d) and isinstance(consumer, nn.Linear)
-    if conv_to_linear and not isinstance(site.between[-1], nn.Flatten):
+    if producer.is_conv and not consumer.is_conv and not isinstance(site.between[-1], nn.Flatten):
         return "a conv producer read by a Linear consumer without a flatten"
     for act in site.activations:
         if not activation_info(act.name).zero_at_zero:
@@ -146,54 +135,19 @@ def _max_pool_stand_in(pool: nn.Module, maps: Tensor, rule: str) -> Tensor:
     return F.avg_pool2d(maps, pool.kernel_size, pool.stride, pool.padding, False, False)
 
 
-def consumer_taps(site: Site, maps: Tensor) -> Tensor:
-    """What the consumer reads of N × C × H' × W' maps at the end of the path: N × C × T × O."""
-    consumer = site.consumer
-    if isinstance(consumer, nn.Linear):
-        return maps.reshape(maps.shape[0], maps.shape[1], -1, 1)
-    unfolded = F.unfold(
-        maps,
-        kernel_size=consumer.kernel_size,
-        dilation=consumer.dilation,
-        padding=consumer.padding,
-        stride=consumer.stride,
-    )
-    return unfolded.reshape(maps.shape[0], maps.shape[1], -1, unfolded.shape[-1])
-
-
-def _ones_channel(maps: Tensor, bias: bool) -> Tensor:
-    """Append a constant-1 channel (dim 1) to N × C × ... maps when ``bias``."""
-    if not bias:
-        return maps
-    return torch.cat([maps, maps.new_ones(maps.shape[0], 1, *maps.shape[2:])], dim=1)
-
-
 def patch_maps(site: Site, producer_input: Tensor, bias: bool = True) -> Tensor:
     """Producer patches x̃ laid out as maps over the producer's output positions, N × p × H × W
     (constant 1 last when the producer has a bias and ``bias``; a Linear producer: 1 × 1)."""
     patches = site.input_patches(producer_input)
     if bias:
-        patches = _ones_channel(patches, site.producer.bias is not None)
-    producer = site.producer
-    if isinstance(producer, nn.Linear):
-        return patches.reshape(patches.shape[0], patches.shape[1], 1, 1)
-    kernel, padding = _pair(producer.kernel_size), _pair(producer.padding)
-    stride, dilation = _pair(producer.stride), _pair(producer.dilation)
-    size = []
-    for axis in range(2):
-        span = dilation[axis] * (kernel[axis] - 1) + 1
-        size.append((producer_input.shape[2 + axis] + 2 * padding[axis] - span) // stride[axis] + 1)
-    return patches.reshape(patches.shape[0], patches.shape[1], *size)
+        patches = with_ones(patches, site.producer.bias is not None)
+    return site.producer_map.patch_maps(producer_input, patches)
 
 
-def consumer_rows(site: Site, consumer_input: Tensor) -> Tensor:
+def consumer_inputs(site: Site, consumer_input: Tensor) -> Tensor:
     """h̃ as N × m × O: the consumer's input taps (constant 1 last with a bias)."""
-    consumer = site.consumer
-    if isinstance(consumer, nn.Linear):
-        rows = consumer_input.flatten(1)[:, :, None]
-    else:
-        rows = consumer_taps(site, consumer_input).flatten(1, 2)
-    return _ones_channel(rows, consumer.bias is not None)
+    rows = site.consumer_map.reads(consumer_input).flatten(1, 2)
+    return with_ones(rows, site.consumer.bias is not None)
 
 
 def output_rows(grad_output: Tensor) -> Tensor:
@@ -307,8 +261,7 @@ def sample_chunks(site: Site, taps: Taps, fields: tuple[str, ...]) -> Iterator[T
     outputs = 1
     if taps.grad_output is not None:
         outputs = taps.grad_output[0].numel() // taps.grad_output.shape[1]
-    consumer = site.consumer
-    kernel = math.prod(consumer.kernel_size) if isinstance(consumer, nn.Conv2d) else 1
+    kernel = site.consumer_map.kernel_taps
     per_sample = site.fan_in_size * max(hidden, kernel * outputs, site.positions) * 8
     step = max(1, MAX_CHUNK_BYTES // per_sample)
     count = taps.input.shape[0]
@@ -324,37 +277,17 @@ def _batch_parts(site: Site, taps) -> tuple[list[Tensor], tuple[int, int] | None
     times cheaper than over the taps, and a conv consumer's M_x is its weight gradient with the
     maps as input."""
     maps = linear_path(site, patch_maps(site, taps.input), "average")
-    big = consumer_taps(site, maps)
-    h = consumer_rows(site, taps.consumer_input)
+    big = site.consumer_map.reads(maps)
+    h = consumer_inputs(site, taps.consumer_input)
     g = output_rows(taps.grad_output)
     p = big.shape[1]
     if big.shape[2] == 1:
         x = big[:, :, 0]
         rows = torch.cat([x, h, g], dim=1).transpose(1, 2).reshape(-1, p + h.shape[1] + g.shape[1])
         return [(rows.T @ rows).double()], (p, h.shape[1])
-    consumer = site.consumer
     flat = maps.flatten(2)  # N × p × positions
-    if isinstance(consumer, nn.Conv2d):
-        geometry = {
-            "kernel_size": consumer.kernel_size,
-            "dilation": consumer.dilation,
-            "padding": consumer.padding,
-            "stride": consumer.stride,
-        }
-        ones = maps.new_ones(1, 1, *maps.shape[2:])
-        count = F.fold(F.unfold(ones, **geometry), maps.shape[2:], **geometry).flatten()
-        gradient = torch.nn.grad.conv2d_weight(
-            maps,
-            (consumer.out_channels, p, *consumer.kernel_size),
-            taps.grad_output,
-            stride=consumer.stride,
-            padding=consumer.padding,
-            dilation=consumer.dilation,
-        )  # q × p × kh × kw
-        m_x = gradient.flatten(2).permute(1, 0, 2).reshape(p, -1)
-    else:  # a flatten: each position read once
-        count = None
-        m_x = torch.einsum("iat,ic->act", flat, g[:, :, 0]).reshape(p, -1)
+    count = site.consumer_map.read_counts(maps)
+    m_x = site.consumer_map.reads_gradient(maps, taps.grad_output)
     weighted = flat if count is None else flat * count
     parts = [
         torch.einsum("iaz,ibz->ab", weighted, flat),
@@ -392,7 +325,7 @@ def new_unit_contribution(
     path = site.unit_path(units, linear_activations=linearised)
     if linearised:
         path = path * site.path_slope()
-    read = consumer_taps(site, path)  # N × k × T × O
+    read = site.consumer_map.reads(path)  # N × k × T × O
     kernels = omega.double().reshape(alpha.shape[0], -1, read.shape[2])
     return torch.einsum("iktl,kct->ikcl" if per_unit else "iktl,kct->icl", read, kernels)
 

@@ -71,6 +71,7 @@ from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEv
 from growbench.methods.registry import register
 from growbench.nn import Activation, GrowableNet, Site, Slot, collect_taps
 from growbench.nn.activations import activation_info
+from growbench.nn.layer_maps import with_ones
 from growbench.nn.taps import record_inputs
 
 SITE_SELECTIONS = ("best-fo", "round-robin")
@@ -486,8 +487,8 @@ def elementwise_pair(site: Site) -> bool:
     conv): its new units' contribution is σ(x̃α)ω, cheap to evaluate for many γ at once."""
     elementwise = (nn.BatchNorm1d, Activation, Slot, nn.Dropout, nn.Identity)
     return (
-        isinstance(site.producer, nn.Linear)
-        and isinstance(site.consumer, nn.Linear)
+        not site.producer_map.is_conv
+        and not site.consumer_map.is_conv
         and all(isinstance(module, elementwise) for module in site.between)
     )
 
@@ -629,12 +630,6 @@ class _LossAtGamma:
                 totals = per_sample.double().reshape(len(chunk), -1).sum(dim=1)
                 losses += (totals / self.count).tolist()
         return losses
-
-
-def with_ones(rows: Tensor, bias: bool) -> Tensor:
-    if not bias:
-        return rows
-    return torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
 
 
 def apply_tiny(site: Site, alpha: Tensor, omega: Tensor, delta: Tensor, gamma: float) -> None:

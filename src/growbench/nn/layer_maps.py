@@ -89,6 +89,20 @@ class LayerMap:
         """N × C × (positions...) maps as (N·positions) × C rows, channels last."""
         raise NotImplementedError
 
+    def read_counts(self, maps: Tensor) -> Tensor | None:
+        """How many (tap, output position) pairs read each position of ``maps`` (flattened;
+        zero padding reads nothing); None when each is read exactly once (a Linear layer)."""
+        return None
+
+    def reads_gradient(self, maps: Tensor, grad_output: Tensor) -> Tensor:
+        """Σ over samples of B_(t,a)·g_c: the weight gradient of the layer reading ``maps``
+        (N × C × ...) for ``grad_output``, laid out per input channel, C × (q·taps)."""
+        raise NotImplementedError
+
+    def refusal(self) -> str | None:
+        """Why the patch algebra cannot describe this layer (None when it can)."""
+        return None
+
 
 class DenseMap(LayerMap):
     """``nn.Linear``: one position, one tap."""
@@ -110,6 +124,11 @@ class DenseMap(LayerMap):
 
     def output_rows(self, maps: Tensor) -> Tensor:
         return maps.reshape(maps.shape[0], maps.shape[1], -1).transpose(1, 2).flatten(0, 1)
+
+    def reads_gradient(self, maps: Tensor, grad_output: Tensor) -> Tensor:
+        flat = maps.flatten(2)  # N × C × taps (the flattened positions of each channel)
+        gradient = torch.einsum("iat,ic->act", flat, grad_output.flatten(1))
+        return gradient.reshape(flat.shape[1], -1)
 
 
 class ConvMap(LayerMap):
@@ -166,6 +185,21 @@ class ConvMap(LayerMap):
 
     def output_rows(self, maps: Tensor) -> Tensor:
         return maps.flatten(2).transpose(1, 2).flatten(0, 1)
+
+    def read_counts(self, maps: Tensor) -> Tensor:
+        ones = maps.new_ones(1, 1, *maps.shape[2:])
+        geometry = self.geometry()
+        return F.fold(F.unfold(ones, **geometry), maps.shape[2:], **geometry).flatten()
+
+    def reads_gradient(self, maps: Tensor, grad_output: Tensor) -> Tensor:
+        gradient = self.weight_gradient(maps, grad_output)  # q × C × kh × kw
+        return gradient.flatten(2).permute(1, 0, 2).reshape(maps.shape[1], -1)
+
+    def refusal(self) -> str | None:
+        conv = self.layer
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            return "padding other than explicit zeros"
+        return None
 
 
 def layer_map(layer: nn.Module) -> LayerMap:
