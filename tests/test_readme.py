@@ -24,7 +24,7 @@ def plugin_example() -> str:
 
 def test_readme_plugin_example_registers_and_grows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     available_methods()  # the built-ins register on first use: before the copy, not into it
-    monkeypatch.setattr(registry, "_BUILTINS", dict(registry._BUILTINS))
+    monkeypatch.setattr(registry.METHODS, "builtins", dict(registry.METHODS.builtins))
     (tmp_path / "readme_widen_last.py").write_text(plugin_example())
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.import_module("readme_widen_last")

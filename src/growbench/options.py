@@ -28,6 +28,8 @@ import textwrap
 from functools import cache
 from typing import NamedTuple
 
+from growbench.plugins import default_text
+
 
 class OptionRow(NamedTuple):
     """One option of a dataclass: its name, its default as text and its description."""
@@ -50,16 +52,6 @@ def option_rows(cls: type) -> list[OptionRow]:
 def undocumented(cls: type) -> list[str]:
     """The fields of the dataclass ``cls`` without a description, in field order."""
     return [row.name for row in option_rows(cls) if not row.description]
-
-
-def default_text(field: dataclasses.Field) -> str:
-    """A field's default as the user would write it: ``repr`` of the default (or of what its
-    factory makes), or ``(required)``."""
-    if field.default is not dataclasses.MISSING:
-        return repr(field.default)
-    if field.default_factory is not dataclasses.MISSING:
-        return repr(field.default_factory())
-    return "(required)"
 
 
 def field_descriptions(cls: type) -> dict[str, str]:

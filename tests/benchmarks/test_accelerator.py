@@ -37,7 +37,7 @@ def _pixels() -> Entry:
 
 @pytest.fixture(autouse=True)
 def pixels(monkeypatch):
-    monkeypatch.setitem(dataset_registry._BUILTINS, "pixels", _pixels())
+    monkeypatch.setitem(dataset_registry.DATASETS.builtins, "pixels", _pixels())
 
 
 def suite(training: str = "", methods: str = '["none", "random-add"]', epochs: int = 3):

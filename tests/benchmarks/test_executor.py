@@ -207,7 +207,7 @@ class Explodes(Grower):
 
 
 def test_failed_cells_keep_a_traceback_and_the_suite_goes_on(store, monkeypatch) -> None:
-    monkeypatch.setitem(method_registry._BUILTINS, "explodes", Explodes)
+    monkeypatch.setitem(method_registry.METHODS.builtins, "explodes", Explodes)
     text = TINY_SUITE.replace('["none", "random-add"]', '["explodes", "none"]') + (
         '\n[[tasks]]\nname = "diverges"\ndataset = "spirals"\nmodel = "mlp"\n'
         "model_options = { widths = [4] }\n"
@@ -248,7 +248,7 @@ class ConvOnly(Grower):
 
 
 def test_cells_a_method_cannot_grow_are_reported_not_run(store, monkeypatch) -> None:
-    monkeypatch.setitem(method_registry._BUILTINS, "conv-only", ConvOnly)
+    monkeypatch.setitem(method_registry.METHODS.builtins, "conv-only", ConvOnly)
     suite = parse_suite(TINY_SUITE.replace('"random-add"]', '"conv-only"]'), "tiny")
     outcome = run_suite(suite, store, "cpu")
     assert outcome.finished == ["spirals-mlp/none/seed0"]

@@ -34,7 +34,7 @@ def suite_text(top: str = "", sections: str = "", tasks: str = TASK) -> str:
             "tasks[1].dataset",
             "fashion-mnist",
         ),
-        (suite_text(tasks=TASK.replace('"mlp"', '"resnet"')), "tasks[0].model", "'cnn'"),
+        (suite_text(tasks=TASK.replace('"mlp"', '"resnet"')), "tasks[0].model", "one of cnn, mlp"),
         (suite_text(tasks=TASK + "widht = [3]\n"), "tasks[0].widht", "model_options"),
         (suite_text(tasks=TASK.replace("[4]", "[4, 0]")), "tasks[0]", "positive integers"),
         (

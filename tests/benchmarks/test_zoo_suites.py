@@ -34,8 +34,10 @@ def _synthetic(name: str, shape: tuple[int, ...]) -> Entry:
 
 @pytest.fixture
 def synthetic_data(monkeypatch):
-    monkeypatch.setitem(dataset_registry._BUILTINS, "images", _synthetic("images", (3, 32, 32)))
-    monkeypatch.setitem(dataset_registry._BUILTINS, "points", _synthetic("points", (16, 3)))
+    monkeypatch.setitem(
+        dataset_registry.DATASETS.builtins, "images", _synthetic("images", (3, 32, 32))
+    )
+    monkeypatch.setitem(dataset_registry.DATASETS.builtins, "points", _synthetic("points", (16, 3)))
 
 
 SUITE = """

@@ -65,7 +65,7 @@ def test_an_outside_dataset_plugs_in_through_the_entry_point(monkeypatch, tmp_pa
         EntryPoint("broken", "no_such_package.data:ENTRY", group),
         EntryPoint("digits", "my_data_plugin:ENTRY", group),  # wrong name: skipped with a warning
     ]
-    monkeypatch.setattr(registry, "entry_points", lambda group: points)
+    monkeypatch.setattr(registry.DATASETS, "entry_points", lambda: points)
     with pytest.warns(RuntimeWarning) as caught:
         assert main(["datasets"]) == 0
     messages = " ".join(str(w.message) for w in caught)

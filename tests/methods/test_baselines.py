@@ -157,5 +157,6 @@ def test_random_add_zero_fan_in_needs_a_silent_activation():
 
 
 def test_random_add_rejects_unknown_mode():
-    with pytest.raises(ValueError, match="unknown mode 'sideways'"):
+    message = "random-add: mode must be one of zero-fan-out, zero-fan-in, got 'sideways'"
+    with pytest.raises(ValueError, match=message):
         make_grower("random-add", {"mode": "sideways"})

@@ -60,7 +60,7 @@ def test_undeclared_site_kind_is_a_recorded_refusal_not_a_crash():
     _assert_refused_and_unchanged(grower, task)
 
 
-BUILTINS = sorted(method_registry._BUILTINS)
+BUILTINS = sorted(method_registry.METHODS.builtins)
 
 
 @pytest.mark.parametrize("name", BUILTINS)

@@ -25,7 +25,7 @@ from growbench.methods._splitting import (
     site_eigen,
     splittable_sites,
 )
-from growbench.methods.s2d import S2DConfig
+from growbench.methods.s2d import S2D, S2DConfig
 from growbench.nn import GrowableNet, ModelConfig, build_model
 from growbench.nn.counting import growth_cost
 from growbench.nn.losses import regression_loss
@@ -319,9 +319,10 @@ def test_most_negative_selection_splits_every_negative_unit_and_only_those(monke
 
 
 def test_unknown_selection_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"s2d: unknown selection 'top-k'.*global-ratio"):
-        S2DConfig(selection="top-k")
-    with pytest.raises(ValueError, match="unknown selection 'top-k'"):
+    message = r"s2d: selection must be one of global-ratio, most-negative, got 'top-k'"
+    with pytest.raises(ValueError, match=message):
+        S2D(S2DConfig(selection="top-k"))
+    with pytest.raises(ValueError, match=message):
         make_grower("s2d", {"selection": "top-k"})
 
 

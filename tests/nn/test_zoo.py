@@ -59,7 +59,7 @@ def test_unknown_model_and_option_are_one_clear_error():
 @pytest.mark.parametrize(
     ("name", "shape", "options", "message"),
     [
-        ("vgg", (3, 32, 32), {"depth": 12}, r"depth must be one of \[11, 13, 16, 19\]"),
+        ("vgg", (3, 32, 32), {"depth": 12}, r"vgg: depth must be one of 11, 13, 16, 19, got 12"),
         ("vgg", (3, 16, 16), {}, r"at least 32×32"),
         ("vgg", (3, 32, 32), {"widths": (8,) * 7}, r"8 growth sites.*got 7"),
         (
@@ -107,7 +107,7 @@ def test_an_outside_model_plugs_in_through_the_entry_point_and_a_broken_one_warn
         EntryPoint("broken", "no_such_package.models:Net", zoo_registry.ENTRY_POINT_GROUP),
     ]
     monkeypatch.setitem(globals(), "Wide", Wide)
-    monkeypatch.setattr(zoo_registry, "entry_points", lambda group: entries)
+    monkeypatch.setattr(zoo_registry.MODELS, "entry_points", lambda: entries)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         models = available_models()

@@ -145,10 +145,10 @@ def test_styles_are_deterministic_and_built_ins_keep_theirs_in_every_report():
 
 def test_every_built_in_method_has_a_fixed_place():
     from growbench.methods import builtin  # noqa: F401  (registers the built-ins)
-    from growbench.methods.registry import _BUILTINS
+    from growbench.methods.registry import METHODS
 
     fixed = {*figures.REFERENCE_STYLES, *figures.BUILTIN_ORDER}
-    assert set(_BUILTINS) == fixed
+    assert set(METHODS.builtins) == fixed
     assert len(figures.BUILTIN_ORDER) == len(set(figures.BUILTIN_ORDER))
 
 

@@ -100,12 +100,19 @@ from growbench.benchmarks.augment import AUGMENTATIONS, check_shape
 from growbench.claims import matched_static
 from growbench.datasets import dataset_names, dataset_options, dataset_spec
 from growbench.datasets.base import DatasetSpec
+from growbench.datasets.registry import dataset_entry
 from growbench.datasets.synthetic import PREFIX as SYNTHETIC_PREFIX
 from growbench.methods import Grower, available_methods, make_grower
 from growbench.methods.base import BUDGET_METRICS
 from growbench.methods.fingerprint import method_fingerprint
 from growbench.nn import GrowableNet, ModelConfig
 from growbench.nn.zoo import available_models, model_options
+from growbench.plugins import (
+    UnknownOptionError,
+    option_defaults,
+    refuse_unknown_options,
+    unknown_name,
+)
 
 SUITES_PACKAGE = "growbench.benchmarks"
 # The packaged suites that mirror the papers (GPU-scale; smoke-tested on fixture data).
@@ -654,8 +661,8 @@ def _variants(value: Any) -> dict[str, Variant]:
         base = _string(entry["method"], f"{path}.method")
         if base not in registered:
             raise SuiteError(
-                f"{path}.method: unknown method {base!r} (a variant runs a registered method); "
-                f"choose from {', '.join(registered)}"
+                f"{path}.method: {unknown_name('method', base, registered)} "
+                "(a variant runs a registered method)"
             )
         options = _table(entry.get("options", {}), f"{path}.options")
         _resolve_options(base, options, f"{path}.options")
@@ -676,7 +683,7 @@ def _methods(value: Any, variants: Mapping[str, Variant]) -> tuple[str, ...]:
         path = f"methods[{i}]"
         if _string(method, path) not in known:
             raise SuiteError(
-                f"{path}: unknown method {method!r}; choose from {', '.join(known)} "
+                f"{path}: {unknown_name('method', method, known)} "
                 "(or declare it in [variants.NAME])"
             )
     if len(set(value)) != len(value):
@@ -695,9 +702,7 @@ def _method_options(value: Any, variants: Mapping[str, Variant]) -> dict[str, di
                 f"{path}: {method!r} is a variant; its options go in [variants.{method}]"
             )
         if method not in registered:
-            raise SuiteError(
-                f"{path}: unknown method {method!r}; choose from {', '.join(registered)}"
-            )
+            raise SuiteError(f"{path}: {unknown_name('method', method, registered)}")
         resolved[method] = _resolve_options(method, _table(options, path), path)
     for name, variant in variants.items():
         resolved[name] = _resolve_options(variant.method, variant.options, f"variants.{name}")
@@ -707,16 +712,7 @@ def _method_options(value: Any, variants: Mapping[str, Variant]) -> dict[str, di
 def _resolve_options(method: str, options: dict[str, Any], path: str = "") -> dict[str, Any]:
     """The method's full Config with ``options`` applied, each typed like its default."""
     config_type = available_methods()[method].Config
-    defaults = {f.name: _default(f) for f in dataclasses.fields(config_type)}
-    checked = {}
-    for key, value in options.items():
-        where = f"{path}.{key}"
-        if key not in defaults:
-            choices = ", ".join(defaults) or "(none)"
-            raise SuiteError(
-                f"{where}: method {method!r} has no option {key!r}; its options: {choices}"
-            )
-        checked[key] = _like_default(value, defaults[key], where)
+    checked = _typed_options(config_type, options, f"method {method!r}", path)
     try:
         grower = make_grower(method, checked)
     except (TypeError, ValueError) as exc:
@@ -724,12 +720,19 @@ def _resolve_options(method: str, options: dict[str, Any], path: str = "") -> di
     return dataclasses.asdict(grower.config)
 
 
-def _default(config_field: dataclasses.Field) -> Any:
-    if config_field.default is not dataclasses.MISSING:
-        return config_field.default
-    if config_field.default_factory is not dataclasses.MISSING:
-        return config_field.default_factory()
-    return None
+def _typed_options(
+    options_class: type, options: Mapping[str, Any], owner: str, path: str
+) -> dict[str, Any]:
+    """``options`` of ``owner`` (``method 's2d'``...) refused when a key is no field of the
+    dataclass ``options_class``, else each value checked to be typed like its default."""
+    try:
+        refuse_unknown_options(options_class, options, owner)
+    except UnknownOptionError as exc:
+        raise SuiteError(f"{path}.{exc.unknown[0]}: {exc}") from None
+    defaults = option_defaults(options_class)
+    return {
+        key: _like_default(value, defaults[key], f"{path}.{key}") for key, value in options.items()
+    }
 
 
 def _like_default(value: Any, default: Any, path: str) -> Any:
@@ -774,10 +777,11 @@ def _task(table: dict[str, Any], path: str, epochs: int, sections: dict[str, Any
     names = dataset_names()
     dataset = _string(table["dataset"], f"{path}.dataset")
     if dataset not in names:
-        raise SuiteError(
-            f"{path}.dataset: unknown dataset {dataset!r}; choose from {', '.join(names)}"
-        )
-    model = _scalar(table["model"], f"{path}.model", Rule("str", choices=tuple(available_models())))
+        raise SuiteError(f"{path}.dataset: {unknown_name('dataset', dataset, names)}")
+    models = available_models()
+    model = _string(table["model"], f"{path}.model")
+    if model not in models:
+        raise SuiteError(f"{path}.model: {unknown_name('model', model, models)}")
     chosen = _model_options(
         model, _table(table.get("model_options", {}), f"{path}.model_options"), path
     )
@@ -823,32 +827,13 @@ def _task(table: dict[str, Any], path: str, epochs: int, sections: dict[str, Any
 def _model_options(model: str, options: dict[str, Any], path: str) -> dict[str, Any]:
     """A model's options from the suite, each typed like its default (lists become tuples);
     the values themselves are checked when the task builds its ModelConfig."""
-    defaults = model_options(model)
-    checked = {}
-    for key, value in options.items():
-        where = f"{path}.model_options.{key}"
-        if key not in defaults:
-            valid = ", ".join(defaults)
-            raise SuiteError(
-                f"{where}: model {model!r} has no option {key!r}; its options: {valid}"
-            )
-        checked[key] = _like_default(value, defaults[key], where)
-        if isinstance(checked[key], list):
-            checked[key] = tuple(checked[key])
-    return checked
+    options_class = available_models()[model].Options
+    checked = _typed_options(options_class, options, f"model {model!r}", f"{path}.model_options")
+    return {key: tuple(v) if isinstance(v, list) else v for key, v in checked.items()}
 
 
 def _dataset_options(dataset: str, options: dict[str, Any], path: str) -> dict[str, Any]:
-    defaults = dataset_options(dataset)
-    checked = {}
-    for key, value in options.items():
-        if key not in defaults:
-            valid = ", ".join(defaults) or "(none)"
-            raise SuiteError(
-                f"{path}.{key}: dataset {dataset!r} has no option {key!r}; its options: {valid}"
-            )
-        checked[key] = _like_default(value, defaults[key], f"{path}.{key}")
-    return checked
+    return _typed_options(dataset_entry(dataset).options, options, f"dataset {dataset!r}", path)
 
 
 def _section(value: Any, path: str, base: Any, rules: dict[str, Rule]) -> Any:

@@ -26,6 +26,7 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from growbench.datasets import archives
 from growbench.datasets.base import Dataset, DatasetSpec, Entry
 from growbench.datasets.fashion_mnist import balanced_subset
+from growbench.plugins import check_choice
 
 LICENSE = "free for research use, cite Krizhevsky 2009 (no formal license)"
 # The train split's per-channel mean and std of [0, 1] pixels.
@@ -164,8 +165,7 @@ def _loader(name: str, spec_of):
     def load(options: Options10) -> Dataset:
         labels = getattr(options, "labels", "fine")
         layout = LAYOUTS[name]
-        if labels not in layout.label_keys:
-            raise ValueError(f"{name}: labels must be one of {sorted(layout.label_keys)}")
+        check_choice(name, "labels", labels, sorted(layout.label_keys))
         folder = find_folder(name, options.root)
         if folder is None and options.download:
             archives.fetch(name)

@@ -35,6 +35,7 @@ from torchvision.datasets import Imagenette
 from growbench.datasets import archives
 from growbench.datasets.base import Dataset, DatasetSpec, Entry
 from growbench.datasets.fashion_mnist import balanced_subset
+from growbench.plugins import check_choice
 from growbench.progress import bar
 
 IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -284,8 +285,7 @@ def _find(candidates: list[Path], required: tuple[str, ...]) -> Path | None:
 
 def _fastai_loader(name: str, classes_hint: str) -> Callable:
     def folder_name(size: str) -> str:
-        if size not in SIZES:
-            raise ValueError(f"{name}: size must be one of {sorted(SIZES)}, not {size!r}")
+        check_choice(name, "size", size, sorted(SIZES))
         return f"{name}2{SIZES[size]}"
 
     def load(options: FastaiOptions) -> Dataset:

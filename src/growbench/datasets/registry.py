@@ -10,13 +10,14 @@ dataclass and a loader returning a ``Dataset``) named in its own ``pyproject.tom
     my-data = "my_package.data:ENTRY"
 
 The entry point's name must be the spec's name; built-in names win; a plugin that fails to load
-is a warning naming it, and every other dataset stays available.
+is a warning naming it, and every other dataset stays available. The lookup, the loading and
+the check of the options are ``growbench.plugins``'s, shared with methods and models: this module
+lists the built-ins and says what an entry must be.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from importlib.metadata import entry_points
 from typing import Any
 
 from growbench.datasets import (
@@ -31,44 +32,40 @@ from growbench.datasets import (
     toy2d,
 )
 from growbench.datasets.base import Dataset, DatasetSpec, Entry
-from growbench.plugins import loaded
+from growbench.plugins import Registry, build_options, option_defaults
 
 ENTRY_POINT_GROUP = "growbench.datasets"
-_BUILTINS: dict[str, Entry] = {
-    entry.spec.name: entry
-    for entry in (
-        cifar.CIFAR10_ENTRY,
-        cifar.CIFAR100_ENTRY,
-        digits.ENTRY,
-        fashion_mnist.ENTRY,
-        imagenet_subsets.IMAGENETTE,
-        imagenet_subsets.IMAGEWOOF,
-        imagenet_subsets.TINY_IMAGENET,
-        imagenet_subsets.IMAGENET_SUBSET,
-        modelnet40.ENTRY,
-        rational_teacher.ENTRY,
-        teacher_student.ENTRY,
-        toy2d.SPIRALS,
-        toy2d.MOONS,
-    )
-}
 
 
-def _check_entry(name: str, entry: Any) -> None:
+def _validate(entry: Any) -> None:
     if not isinstance(entry, Entry):
-        raise TypeError(f"it loads {type(entry).__name__}, not a growbench Entry")
+        raise TypeError(f"a {type(entry).__name__} is not a growbench Entry")
     if not dataclasses.is_dataclass(entry.options):
-        raise TypeError("its options are not a dataclass")
-    if entry.spec.name != name:
-        raise TypeError(f"it loads a dataset named {entry.spec.name!r}")
+        raise TypeError(f"the options of dataset {entry.spec.name!r} are not a dataclass")
+
+
+DATASETS: Registry[Entry] = Registry("dataset", ENTRY_POINT_GROUP, _validate, lambda e: e.spec.name)
+for _entry in (
+    cifar.CIFAR10_ENTRY,
+    cifar.CIFAR100_ENTRY,
+    digits.ENTRY,
+    fashion_mnist.ENTRY,
+    imagenet_subsets.IMAGENETTE,
+    imagenet_subsets.IMAGEWOOF,
+    imagenet_subsets.TINY_IMAGENET,
+    imagenet_subsets.IMAGENET_SUBSET,
+    modelnet40.ENTRY,
+    rational_teacher.ENTRY,
+    teacher_student.ENTRY,
+    toy2d.SPIRALS,
+    toy2d.MOONS,
+):
+    DATASETS.register(_entry)
 
 
 def available_entries() -> dict[str, Entry]:
     """Every dataset by name: the built-ins, then plugins in entry-point order."""
-    entries = dict(_BUILTINS)
-    for name, entry in loaded(entry_points(group=ENTRY_POINT_GROUP), "dataset", _check_entry):
-        entries.setdefault(name, entry)
-    return entries
+    return DATASETS.available()
 
 
 def dataset_names() -> list[str]:
@@ -83,19 +80,14 @@ def dataset_spec(name: str) -> DatasetSpec:
 
 def dataset_options(name: str) -> dict[str, Any]:
     """The dataset's options and their defaults."""
-    return {f.name: f.default for f in dataclasses.fields(dataset_entry(name).options)}
+    return option_defaults(dataset_entry(name).options)
 
 
 def load_dataset(name: str, **options: Any) -> Dataset:
     """Load ``name`` with ``options`` (see ``dataset_options``); the returned dataset's spec
     reflects the options (e.g. ``teacher-student``'s ``input_dim``)."""
     entry = dataset_entry(name)
-    defaults = dataset_options(name)
-    for key in options:
-        if key not in defaults:
-            valid = ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "none"
-            raise ValueError(f"dataset {name!r} has no option {key!r}; its options are: {valid}")
-    return entry.load(entry.options(**options))
+    return entry.load(build_options(entry.options, options, f"dataset {name!r}"))
 
 
 def dataset_entry(name: str) -> Entry:
@@ -103,8 +95,4 @@ def dataset_entry(name: str) -> Entry:
     (``growbench.datasets.synthetic``)."""
     if name.startswith(synthetic.PREFIX):  # any dataset's shapes, random data
         return synthetic.synthetic_entry(dataset_entry(name.removeprefix(synthetic.PREFIX)))
-    try:
-        return available_entries()[name]
-    except KeyError:
-        valid = ", ".join(dataset_names())
-        raise ValueError(f"unknown dataset {name!r}; valid names are: {valid}") from None
+    return DATASETS.get(name)

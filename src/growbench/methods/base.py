@@ -27,6 +27,7 @@ from growbench.claims import Claim
 from growbench.nn import GrowableNet, ModelConfig, Site
 from growbench.nn.counting import growth_cost
 from growbench.nn.losses import PerSampleLoss
+from growbench.plugins import check_choice
 
 BUDGET_METRICS = ("params", "flops")
 # Every site kind the zoo's models have (``Site.kind``): the default a method supports.
@@ -220,8 +221,10 @@ class GrowerConfig:
     """Base of every method's hyperparameters; subclasses add fields with defaults.
 
     ``check`` (run by ``Grower.__init__``) refuses a non-finite number in any field, a field
-    named in ``positive`` that is not > 0 or in ``non_negative`` that is < 0, and one above its
-    bound in ``at_most``; a subclass's ``__post_init__`` checks whatever else its fields need.
+    named in ``positive`` that is not > 0 or in ``non_negative`` that is < 0, one above its
+    bound in ``at_most`` and one that is not among its values in ``choices``; a subclass's
+    ``__post_init__`` checks whatever else its fields need (relations between fields), in the
+    same words: ``"{method}: {field} must be ..., got {value!r}"``.
     ``at_most`` bounds the shares a method turns into a count of units at each growth
     (``floor(growth_ratio · units)``) at the largest value that means anything, so that 1e308
     is refused with the suite, not an overflow at the cell's first growth.
@@ -230,6 +233,7 @@ class GrowerConfig:
     positive: ClassVar[tuple[str, ...]] = ()
     non_negative: ClassVar[tuple[str, ...]] = ()
     at_most: ClassVar[dict[str, float]] = {}
+    choices: ClassVar[dict[str, tuple]] = {}
 
     def check(self, method: str) -> None:
         """Raise ``ValueError`` naming ``method`` and the field when a value breaks the rules
@@ -254,6 +258,8 @@ class GrowerConfig:
             value = getattr(self, name)
             if value is not None and value > limit:
                 raise ValueError(f"{method}: {name} must be at most {limit:g}, got {value!r}")
+        for name, values in self.choices.items():
+            check_choice(method, name, getattr(self, name), values)
 
 
 class Grower:

@@ -97,17 +97,6 @@ class FireflyConfig(GrowerConfig):
     max_layers: int = 1
     """Most layers inserted in one growth step when depth is on (≥ 0)."""
 
-    def __post_init__(self) -> None:
-        if self.candidates < 0 or self.search_steps < 0 or self.search_batch < 1:
-            raise ValueError("firefly: candidates, search_steps must be >= 0, search_batch >= 1")
-        for name in ("lr", "growth_ratio", "max_search_bytes"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise ValueError(f"firefly: {name} must be a positive number")
-        if self.split_penalty < 0 or self.new_penalty < 0:
-            raise ValueError("firefly: the penalties must be >= 0")
-        if self.max_layers < 0:
-            raise ValueError("firefly: max_layers must be >= 0")
-
 
 # --------------------------------------------------------------------- the super-network
 def _apply_producer(site: Site, x: Tensor, weight: Tensor) -> Tensor:

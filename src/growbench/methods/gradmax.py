@@ -64,9 +64,10 @@ SCHEDULES = ("all-at-once", "round-robin")
 
 @dataclass
 class GradMaxConfig(GrowerConfig):
-    positive: ClassVar[tuple[str, ...]] = ("growth_fraction", "stats_samples")
-    non_negative: ClassVar[tuple[str, ...]] = ("epsilon", "scale")
+    positive: ClassVar[tuple[str, ...]] = ("scale", "growth_fraction", "stats_samples")
+    non_negative: ClassVar[tuple[str, ...]] = ("epsilon",)
     at_most: ClassVar[dict[str, float]] = {"growth_fraction": 100.0}  # over 100: beyond any budget
+    choices: ClassVar[dict[str, tuple]] = {"scale_method": SCALE_METHODS, "schedule": SCHEDULES}
     epsilon: float = 0.0  # the official configs all use 0
     """Scale of the new units' fan-in; only 0 (zero fan-in, the function kept) is implemented."""
     scale_method: str = "mean_norm"
@@ -85,22 +86,11 @@ class GradMaxConfig(GrowerConfig):
     """Γ = E[g_a xᵀ] is computed from this many first samples of the statistics set (> 0)."""
 
     def __post_init__(self) -> None:
-        if self.scale_method not in SCALE_METHODS:
-            raise ValueError(
-                f"gradmax: unknown scale_method {self.scale_method!r}; choose one of "
-                f"{SCALE_METHODS}"
-            )
-        if self.schedule not in SCHEDULES:
-            raise ValueError(
-                f"gradmax: unknown schedule {self.schedule!r}; choose one of {SCHEDULES}"
-            )
         if self.epsilon != 0.0:
             raise ValueError(
-                "gradmax: only epsilon = 0 (zero fan-in, as every official config) is "
-                "implemented; a nonzero fan-in would change the function"
+                f"gradmax: epsilon must be 0, got {self.epsilon!r}: only zero fan-in (as every "
+                "official config) is implemented; a nonzero fan-in would change the function"
             )
-        if self.scale <= 0 or self.growth_fraction <= 0 or self.stats_samples < 1:
-            raise ValueError("gradmax: scale, growth_fraction and stats_samples must be positive")
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -34,6 +34,7 @@ class RandomAddConfig(GrowerConfig):
     positive: ClassVar[tuple[str, ...]] = ("growth_ratio",)
     non_negative: ClassVar[tuple[str, ...]] = ("fan_out_scale",)
     at_most: ClassVar[dict[str, float]] = {"growth_ratio": 100.0}
+    choices: ClassVar[dict[str, tuple]] = {"mode": MODES, "direction": DIRECTIONS}
     growth_ratio: float = 0.3
     """New units added per existing unit of a site each round (> 0, at most 100)."""
     mode: str = "zero-fan-out"
@@ -44,14 +45,6 @@ class RandomAddConfig(GrowerConfig):
     fan-out columns (≥ 0)."""
     direction: str = "uniform"
     """zero-fan-in mode: draw the fan-out entries "uniform" in [0, 1) or "gaussian"."""
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"random-add: unknown mode {self.mode!r}; choose one of {MODES}")
-        if self.direction not in DIRECTIONS:
-            raise ValueError(
-                f"random-add: unknown direction {self.direction!r}; choose one of {DIRECTIONS}"
-            )
 
 
 @register

@@ -60,6 +60,7 @@ class S2DConfig(GrowerConfig):
     positive: ClassVar[tuple[str, ...]] = ("growth_ratio", "max_stat_bytes")
     non_negative: ClassVar[tuple[str, ...]] = ("epsilon", "lambda_tol")
     at_most: ClassVar[dict[str, float]] = {"growth_ratio": 1.0}
+    choices: ClassVar[dict[str, tuple]] = {"selection": SELECTIONS}
     growth_ratio: float = 0.3
     """Share of all splittable units split each round, lowest λ_min first (each unit splits once at
     most): (0, 1]."""
@@ -81,8 +82,6 @@ class S2DConfig(GrowerConfig):
 
     def __post_init__(self) -> None:
         check_splitting_matrix("s2d", self.splitting_matrix)
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"s2d: unknown selection {self.selection!r}; choose {SELECTIONS}")
 
 
 @register

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from growbench.claims import Claim
-from growbench.methods._bottleneck import consumer_taps, output_rows, patch_maps, unsupported_reason
+from growbench.methods._bottleneck import output_rows, patch_maps, unsupported_reason
 from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
 from growbench.methods.registry import register
 from growbench.nn import GrowableNet, Site, collect_taps, insert_layer
@@ -128,28 +128,11 @@ class SENNConfig(GrowerConfig):
     max_inserted_layers: int = 3
     """Most layers inserted over the whole run (≥ 0)."""
 
-    def __post_init__(self) -> None:
-        if self.proposals < 1 or self.proposal_steps < 0 or self.proposal_samples < 1:
-            raise ValueError("senn: proposals and proposal_samples must be positive")
-        for name in ("threshold", "abs_threshold", "proposal_step", "temperature", "g_tikhonov"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"senn: {name} must be a positive number, got {value!r}")
-        if self.max_additions < 1:
-            raise ValueError("senn: max_additions must be at least 1")
-        if not (self.layer_cost_mul > 0 and self.layer_abs_threshold > 0):
-            raise ValueError("senn: layer_cost_mul and layer_abs_threshold must be positive")
-        if self.layer_cooldown < 0 or self.max_inserted_layers < 0:
-            raise ValueError("senn: layer_cooldown and max_inserted_layers must be >= 0")
-
 
 # ------------------------------------------------------------------------- the statistics
 def consumer_rows(site: Site, consumer_input: Tensor) -> Tensor:
     """h as rows (sample, output position) × m, the consumer's bias left out."""
-    consumer = site.consumer
-    if isinstance(consumer, nn.Linear):
-        return consumer_input.flatten(1)
-    taps = consumer_taps(site, consumer_input)  # N × C × T × O
+    taps = site.consumer_map.reads(consumer_input)  # N × C × T × O
     return taps.flatten(1, 2).transpose(1, 2).reshape(-1, taps.shape[1] * taps.shape[2])
 
 
@@ -266,7 +249,7 @@ def candidate_features(site: Site, maps: Tensor, alpha: Tensor) -> Tensor:
     """f of P candidate units with fan-in rows α (P × p, bias last): the consumer's new inputs,
     rows (sample, output position) × P × T (T = kernel taps or flattened positions)."""
     units = torch.einsum("nphw,kp->nkhw", maps, alpha)
-    read = consumer_taps(site, site.unit_path(units))  # N × P × T × O
+    read = site.consumer_map.reads(site.unit_path(units))  # N × P × T × O
     return read.permute(0, 3, 1, 2).reshape(-1, read.shape[1], read.shape[2])
 
 

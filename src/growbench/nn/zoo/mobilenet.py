@@ -31,6 +31,7 @@ from growbench.nn.zoo.layers import (
     unit_stage,
 )
 from growbench.nn.zoo.registry import ZooModel, register_model
+from growbench.plugins import check_choice
 
 FULL_WIDTHS = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
 BLOCK_STRIDES = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1)  # the depthwise conv of blocks 1..13
@@ -52,8 +53,7 @@ class MobileNetV1Options:
     `growbench.nn.activations.ACTIVATIONS`)."""
 
     def __post_init__(self) -> None:
-        if self.form not in FORMS:
-            raise ValueError(f"mobilenetv1: form must be one of {sorted(FORMS)}, got {self.form!r}")
+        check_choice("mobilenetv1", "form", self.form, sorted(FORMS))
         check_multiplier("mobilenetv1", self.width_multiplier)
         check_widths("mobilenetv1", self.widths)
 

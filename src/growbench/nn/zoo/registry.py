@@ -8,6 +8,10 @@ outside package adds one by declaring, in its own ``pyproject.toml``:
     [project.entry-points."growbench.models"]
     my-net = "my_package.models:MyNet"
 
+The lookup and the loading are ``growbench.plugins.Registry``'s, shared with methods and
+datasets, and so is the check of the options given (``growbench.plugins.build_options``): this
+module says what a model must be.
+
 Every model takes ``widths`` (explicit per-site start widths, overriding what the other options
 would give) and ``activation``. A ``ModelConfig`` is a model's name, the data's input shape and
 output count and its options with every default filled in and the widths made explicit: all a
@@ -21,14 +25,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import torch
 
 from growbench.nn.activations import activation_info
 from growbench.nn.growable import GrowableNet
-from growbench.plugins import loaded
+from growbench.plugins import Registry, build_options, option_defaults
 
 ENTRY_POINT_GROUP = "growbench.models"
 
@@ -77,17 +80,7 @@ class ZooModel:
         raise NotImplementedError
 
 
-_BUILTINS: dict[str, type[ZooModel]] = {}
-
-
-def register_model(cls: type[ZooModel]) -> type[ZooModel]:
-    """Class decorator for the built-in models."""
-    _validate(cls)
-    _BUILTINS[cls.name] = cls
-    return cls
-
-
-def _validate(cls: type) -> None:
+def _validate(cls: Any) -> None:
     if not (isinstance(cls, type) and issubclass(cls, ZooModel)):
         raise TypeError(f"{cls!r} is not a ZooModel subclass")
     if not cls.name:
@@ -99,41 +92,32 @@ def _validate(cls: type) -> None:
         raise TypeError(f"{cls.__name__}.Options needs the options 'widths' and 'activation'")
 
 
-def _check_entry(name: str, cls: Any) -> None:
-    _validate(cls)
-    if cls.name != name:
-        raise TypeError(f"it loads a model named {cls.name!r}")
+MODELS: Registry[type[ZooModel]] = Registry(
+    "model",
+    ENTRY_POINT_GROUP,
+    _validate,
+    lambda cls: cls.name,
+    builtins_module="growbench.nn.zoo.builtin",
+    builtins_by_name=True,
+)
+
+register_model = MODELS.register
+"""Class decorator for the built-in models."""
 
 
 def available_models() -> dict[str, type[ZooModel]]:
     """Every model by name, built-ins first (by name), then plugins in entry-point order. A plugin
     whose module fails to load is a warning naming it, and the others stay available."""
-    import growbench.nn.zoo.builtin  # noqa: F401  (registers the built-ins)
-
-    models = dict(sorted(_BUILTINS.items()))
-    for name, cls in loaded(entry_points(group=ENTRY_POINT_GROUP), "model", _check_entry):
-        models.setdefault(name, cls)
-    return models
+    return MODELS.available()
 
 
 def get_model(name: str) -> type[ZooModel]:
-    models = available_models()
-    if name not in models:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(models)}")
-    return models[name]
+    return MODELS.get(name)
 
 
 def model_options(name: str) -> dict[str, Any]:
     """The options of model ``name`` with their defaults."""
-    return {f.name: _default(f) for f in dataclasses.fields(get_model(name).Options)}
-
-
-def _default(field: dataclasses.Field) -> Any:
-    if field.default is not dataclasses.MISSING:
-        return field.default
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return None
+    return option_defaults(get_model(name).Options)
 
 
 class ModelConfig:
@@ -153,16 +137,9 @@ class ModelConfig:
     ) -> None:
         model = get_model(name)
         shape = tuple(int(size) for size in input_shape)
-        allowed = {f.name for f in dataclasses.fields(model.Options)}
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise ValueError(
-                f"model {name!r} has no option {', '.join(map(repr, unknown))}; its options are "
-                f"{', '.join(sorted(allowed))}"
-            )
         if widths is not None:
             options["widths"] = widths
-        resolved = model.Options(**options)
+        resolved = build_options(model.Options, options, f"model {name!r}")
         activation_info(resolved.activation)
         explicit = resolved.widths
         if explicit is None:

@@ -27,6 +27,7 @@ from growbench.nn.growable import GrowableNet, Site
 from growbench.nn.units import Slot
 from growbench.nn.zoo.layers import check_image, check_multiplier, check_widths, scaled
 from growbench.nn.zoo.registry import ZooModel, register_model
+from growbench.plugins import check_choice
 
 STREAM_WIDTHS = (64, 128, 256, 512)
 BLOCKS_PER_STAGE = 2
@@ -79,8 +80,7 @@ class ResNet18Options:
     `growbench.nn.activations.ACTIVATIONS`)."""
 
     def __post_init__(self) -> None:
-        if self.form not in FORMS:
-            raise ValueError(f"resnet18: form must be one of {sorted(FORMS)}, got {self.form!r}")
+        check_choice("resnet18", "form", self.form, sorted(FORMS))
         check_multiplier("resnet18", self.width_multiplier)
         check_multiplier("resnet18 (inner_ratio)", self.inner_ratio)
         check_widths("resnet18", self.widths)

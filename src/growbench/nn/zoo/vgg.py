@@ -24,6 +24,7 @@ from growbench.nn.zoo.layers import (
     unit_stage,
 )
 from growbench.nn.zoo.registry import ZooModel, register_model
+from growbench.plugins import check_choice
 
 POOL = "M"
 CONFIGS = {
@@ -56,8 +57,7 @@ class VGGOptions:
     """Put BatchNorm between each conv and its activation (the convs then have no bias)."""
 
     def __post_init__(self) -> None:
-        if self.depth not in CONFIGS:
-            raise ValueError(f"vgg: depth must be one of {sorted(CONFIGS)}, got {self.depth!r}")
+        check_choice("vgg", "depth", self.depth, sorted(CONFIGS))
         check_multiplier("vgg", self.width_multiplier)
         check_widths("vgg", self.widths)
 
