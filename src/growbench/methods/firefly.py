@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from growbench.claims import Claim
@@ -99,36 +98,7 @@ class FireflyConfig(GrowerConfig):
 
 
 # --------------------------------------------------------------------- the super-network
-def _apply_producer(site: Site, x: Tensor, weight: Tensor) -> Tensor:
-    """The producer's linear map with another weight (no bias)."""
-    producer = site.producer
-    if isinstance(producer, nn.Linear):
-        return F.linear(x, weight)
-    return F.conv2d(
-        x, weight, None, producer.stride, producer.padding, producer.dilation, producer.groups
-    )
-
-
-def _apply_consumer(site: Site, units: Tensor, omega: Tensor) -> Tensor:
-    """The consumer's linear map of new units' path outputs (N × K × ...) with fan-out Ω
-    (rows × K × T), no bias."""
-    consumer = site.consumer
-    if isinstance(consumer, nn.Linear):
-        return F.linear(units.flatten(1), omega.flatten(1))
-    kernel = omega.reshape(omega.shape[0], omega.shape[1], *consumer.kernel_size)
-    return F.conv2d(
-        units, kernel, None, consumer.stride, consumer.padding, consumer.dilation, consumer.groups
-    )
-
-
 LAYER_INIT = 1e-2  # a candidate layer's perturbation E starts at U(±LAYER_INIT)
-
-
-def _layer_map(site: Site, maps: Tensor, weight: Tensor) -> Tensor:
-    """A candidate layer's width-preserving linear map (a conv with "same" padding)."""
-    if isinstance(site.producer, nn.Linear):
-        return F.linear(maps, weight)
-    return F.conv2d(maps, weight, None, 1, weight.shape[-1] // 2)
 
 
 @dataclass
@@ -158,9 +128,9 @@ class LayerCandidate:
     def __call__(self, site: Site, maps: Tensor) -> Tensor:
         perturbation = self.perturbation * (self.gate * self.mask)
         if self.kind == "identity":
-            return self.activation(maps + _layer_map(site, maps, perturbation))
-        inner = self.activation(_layer_map(site, maps, self.first))
-        return maps + _layer_map(site, inner, perturbation)
+            return self.activation(maps + site.producer_map.same_shape(maps, perturbation))
+        inner = self.activation(site.producer_map.same_shape(maps, self.first))
+        return maps + site.producer_map.same_shape(inner, perturbation)
 
 
 def layer_candidate(site: Site, generator: torch.Generator) -> LayerCandidate | None:
@@ -170,7 +140,7 @@ def layer_candidate(site: Site, generator: torch.Generator) -> LayerCandidate | 
     weight = site.producer.weight
     n, dtype = site.width, weight.dtype
     shape: tuple[int, ...] = (n, n)
-    if isinstance(site.producer, nn.Conv2d):
+    if site.producer_map.is_conv:
         k = site.producer.kernel_size[0]
         k = k if k % 2 == 1 else 1
         shape = (n, n, k, k)
@@ -270,13 +240,13 @@ class SuperNetwork:
         def hook(_module, args):
             state = self.record[name]
             x, z = state["x"], state["z"]
-            delta = _apply_producer(site, x, search.split)
+            delta = site.producer_map.apply(x, search.split)
             delta = delta * _per_channel(search.split_gate * search.split_mask, delta)
             plus, minus = z + delta, z - delta
             old = 0.5 * (
                 _run_between(site, plus, search.layer) + _run_between(site, minus, search.layer)
             )
-            pre = _apply_producer(site, x, search.new)
+            pre = site.producer_map.apply(x, search.new)
             pre = pre * _per_channel(search.new_gate, pre)
             if "m" in state:
                 pre = pre + state["m"]
@@ -292,7 +262,7 @@ class SuperNetwork:
             state = self.record[name]
             if search.new.shape[0] == 0:
                 return output
-            added = _apply_consumer(search.site, state["u_new"], search.omega)
+            added = search.site.consumer_map.apply(state["u_new"], search.omega)
             rows = search.consumer_rows
             if search.next_site is not None:
                 self.record.setdefault(search.next_site, {})["m"] = added[:, rows:]
@@ -314,7 +284,7 @@ def candidate_counts(
     counts = {}
     for site in sites:
         count = config.candidates
-        if isinstance(site.producer, nn.Conv2d):
+        if site.producer_map.is_conv:
             itemsize = site.producer.weight.element_size()
             per_map = config.search_batch * sizes[site.name] * itemsize * (len(site.between) + 2)
             doubled = 2 * site.width * (2 if config.depth else 1)  # the layer runs per child

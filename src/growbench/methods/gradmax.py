@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from growbench.claims import Claim
 from growbench.methods._bottleneck import linear_path, patch_maps, unsupported_reason
@@ -137,30 +137,11 @@ def canonical_sign(vectors: Tensor) -> Tensor:
     return vectors * signs
 
 
-def _pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-
-
 def gamma_from_taps(site: Site, producer_input: Tensor, grad_output: Tensor, count: int) -> Tensor:
     """Γ (fan-out size × producer input size, float64) from one batch's taps; ``count`` is N."""
-    consumer = site.consumer
     maps = linear_path(site, patch_maps(site, producer_input.double(), bias=False), "first")
-    grad = grad_output.double()
-    d_in = maps.shape[1]
-    if isinstance(consumer, nn.Conv2d):
-        weight_grad = torch.nn.grad.conv2d_weight(
-            maps,
-            (consumer.out_channels, d_in, *_pair(consumer.kernel_size)),
-            grad,
-            stride=_pair(consumer.stride),
-            padding=_pair(consumer.padding),
-            dilation=_pair(consumer.dilation),
-        )  # (out, d_in, kh, kw)
-        gamma = weight_grad.permute(0, 2, 3, 1).reshape(-1, d_in)
-    else:  # (out, positions) × d_in
-        gamma = torch.einsum("no,nil->oli", grad.reshape(grad.shape[0], -1), maps.flatten(2))
-        gamma = gamma.reshape(-1, d_in)
-    return gamma / count
+    gradient = site.consumer_map.reads_gradient(maps, grad_output.double())  # d_in × (out·taps)
+    return gradient.T / count
 
 
 def compute_gamma(

@@ -59,6 +59,7 @@ from growbench.methods.registry import register
 from growbench.nn import GrowableNet, Site, collect_taps, insert_layer
 from growbench.nn.activations import rational
 from growbench.nn.counting import insertion_cost
+from growbench.nn.layer_maps import layer_map
 from growbench.nn.units import Slot
 
 
@@ -357,13 +358,13 @@ def layer_places(net: GrowableNet) -> list[str]:
     """Where a layer can go: after the activation of every Linear site whose consumer is a
     Linear reading the site's units directly, or at the input of a net with no site yet."""
     if not net.sites:
-        return [name for name in net.free_slots if isinstance(net.free_slots[name].consumer,
-                                                               nn.Linear)]  # fmt: skip
+        free = net.free_slots
+        return [name for name in free if not layer_map(free[name].consumer).is_conv]
     return [
         site.name
         for site in net.sites
-        if isinstance(site.producer, nn.Linear)
-        and isinstance(site.consumer, nn.Linear)
+        if not site.producer_map.is_conv
+        and not site.consumer_map.is_conv
         and site.slot is not None
         and all(isinstance(m, (Slot, nn.BatchNorm1d)) or m is site.act for m in site.between)
         and (site.slot not in site.between or site.between[-1] is site.slot)

@@ -62,7 +62,13 @@ class LayerMap:
         return 1
 
     def apply(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        """The layer's map with another weight (same geometry), e.g. a candidate's fan-in."""
+        """The layer's map with another weight (same geometry), e.g. a candidate's fan-in, or a
+        fan-out held as rows × channels × taps."""
+        raise NotImplementedError
+
+    def same_shape(self, maps: Tensor, weight: Tensor) -> Tensor:
+        """A width-preserving layer of this layer's kind applied to its output maps: a Linear
+        map, or a convolution with stride 1 and "same" padding (odd square ``weight``)."""
         raise NotImplementedError
 
     def patches(self, x: Tensor) -> Tensor:
@@ -108,7 +114,10 @@ class DenseMap(LayerMap):
     """``nn.Linear``: one position, one tap."""
 
     def apply(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        return F.linear(x, weight, bias)
+        return F.linear(x.flatten(1), weight.flatten(1), bias)
+
+    def same_shape(self, maps: Tensor, weight: Tensor) -> Tensor:
+        return F.linear(maps, weight)
 
     def patches(self, x: Tensor) -> Tensor:
         return x.reshape(x.shape[0], -1, 1)
@@ -156,6 +165,9 @@ class ConvMap(LayerMap):
         if weight.ndim == 3:  # rows × channels × taps, as a fan-out is often held
             weight = weight.reshape(*weight.shape[:2], *pair(conv.kernel_size))
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def same_shape(self, maps: Tensor, weight: Tensor) -> Tensor:
+        return F.conv2d(maps, weight, None, 1, weight.shape[-1] // 2)
 
     def patches(self, x: Tensor) -> Tensor:
         return F.unfold(x, **self.geometry())
