@@ -26,6 +26,7 @@ from torch import Tensor
 from growbench.claims import Claim
 from growbench.nn import GrowableNet, ModelConfig, Site
 from growbench.nn.counting import growth_cost
+from growbench.nn.growable import eval_mode
 from growbench.nn.losses import PerSampleLoss
 from growbench.plugins import check_choice
 
@@ -119,15 +120,11 @@ class GrowthContext:
 
 
 def statistics_loss(net: GrowableNet, ctx: GrowthContext) -> float:
-    was_training = net.training
-    net.eval()
-    try:
+    with eval_mode([net]):
         total = 0.0
         with torch.no_grad():
             for inputs, targets in ctx.batches():
                 total += float(ctx.loss_fn(net(inputs), targets).double().sum())
-    finally:
-        net.train(was_training)
     return total / len(ctx.inputs)
 
 

@@ -333,11 +333,8 @@ def output_sizes(net: GrowableNet, sites: list[Site], sample: Tensor) -> dict[st
         for site in sites
     ]
     try:
-        with torch.no_grad():
-            training = net.training
-            net.eval()
+        with torch.no_grad(), eval_mode([net]):
             net(sample)
-            net.train(training)
     finally:
         for handle in handles:
             handle.remove()
@@ -612,9 +609,7 @@ class Firefly(Grower):
             return
         # at least one: the code's floor alone would never grow a net of fewer than 4 units
         n_select = max(1, math.floor(config.growth_ratio * sum(site.width for site in sites)))
-        training = net.training
-        net.eval()
-        try:
+        with eval_mode([net]):
             with event.phase("search"):
                 searches = build_searches(net, sites, config, ctx)
                 curve = search(net, searches, ctx, config)
@@ -646,8 +641,6 @@ class Firefly(Grower):
                 return
             with event.phase("apply"):
                 apply_selection(net, searches, chosen, event)
-        finally:
-            net.train(training)
 
 
 def restrict(searches: dict[str, SiteSearch], chosen: list[tuple[str, str, int, float]]) -> None:

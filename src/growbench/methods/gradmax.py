@@ -211,7 +211,7 @@ class GradMax(Grower):
         return super().refusal(site) or activation_problem(site) or unsupported_reason(site)
 
     def _chosen_sites(self, net: GrowableNet) -> list[Site]:
-        sites = [site for site in self.growable_sites(net) if site.activation != "identity"]
+        sites = [site for site in self.growable_sites(net) if not site.is_linear]
         for site in sites:
             self._initial_widths.setdefault(site.name, site.width)
         if self.config.schedule == "round-robin" and sites:

@@ -68,7 +68,7 @@ class RandomAdd(Grower):
 
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         config = self.config
-        sites = [site for site in self.growable_sites(net) if site.activation != "identity"]
+        sites = [site for site in self.growable_sites(net) if not site.is_linear]
         with event.phase("select"):
             wanted = {site.name: max(1, round(config.growth_ratio * site.width)) for site in sites}
             candidates = [name for name, count in wanted.items() for _ in range(count)]

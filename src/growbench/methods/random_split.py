@@ -49,7 +49,7 @@ class RandomSplit(Grower):
 
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         with event.phase("select"):
-            sites = [site for site in self.growable_sites(net) if site.activation != "identity"]
+            sites = [site for site in self.growable_sites(net) if not site.is_linear]
             units = [(site.name, unit) for site in sites for unit in range(site.width)]
             count = math.floor(self.config.growth_ratio * len(units))
             order = torch.randperm(len(units), generator=ctx.generator)[:count].tolist()

@@ -59,6 +59,7 @@ from growbench.methods.registry import register
 from growbench.nn import GrowableNet, Site, collect_taps, insert_layer
 from growbench.nn.activations import rational
 from growbench.nn.counting import insertion_cost
+from growbench.nn.growable import eval_mode
 from growbench.nn.layer_maps import layer_map
 from growbench.nn.units import Slot
 
@@ -167,14 +168,9 @@ def consumer_factors(h: Tensor, g: Tensor, hat: Tensor, count: int, tikhonov: fl
 
 def output_gradients(net: GrowableNet, inputs: Tensor, targets: Tensor, loss_fn) -> Tensor:
     """e = ∂ℓ/∂y per sample, eval mode."""
-    training = net.training
-    net.eval()
-    try:
-        with torch.enable_grad():
-            outputs = net(inputs).detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(loss_fn(outputs, targets).sum(), outputs)
-    finally:
-        net.train(training)
+    with eval_mode([net]), torch.enable_grad():
+        outputs = net(inputs).detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(outputs, targets).sum(), outputs)
     return grad
 
 
@@ -187,18 +183,16 @@ def module_io(net: GrowableNet, module: nn.Module, inputs: Tensor, seeds: list) 
         record["input"], record["output"] = args[0].detach(), output
 
     handle = module.register_forward_hook(hook)
-    training = net.training
-    net.eval()
     result = []
     try:
-        for seed in seeds:
-            with torch.enable_grad():
-                objective = seed(net(inputs))
-                (grad,) = torch.autograd.grad(objective, record["output"])
-            result.append((record["input"], grad))
+        with eval_mode([net]):
+            for seed in seeds:
+                with torch.enable_grad():
+                    objective = seed(net(inputs))
+                    (grad,) = torch.autograd.grad(objective, record["output"])
+                result.append((record["input"], grad))
     finally:
         handle.remove()
-        net.train(training)
     return result
 
 
@@ -418,9 +412,7 @@ def natural_gradient(
     def dot(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
         return float(sum((a[k].double() * b[k].double()).sum() for k in a))
 
-    training = net.training
-    net.eval()
-    try:
+    with eval_mode([net]):
         outputs, pullback = torch.func.vjp(forward, params)
         with torch.enable_grad():
             leaf = outputs.detach().requires_grad_(True)
@@ -445,8 +437,6 @@ def natural_gradient(
             residual = {k: residual[k] - step * product[k] for k in residual}
             rs, previous = dot(residual, residual), rs
             direction = {k: residual[k] + rs / previous * direction[k] for k in residual}
-    finally:
-        net.train(training)
     return solution, dot(gradient, solution)
 
 
@@ -585,7 +575,7 @@ class SENN(Grower):
         kept: dict[str, Decision] = {}  # decisions still valid after the last addition
         loss_sqnorm = 0.0
         while len(rounds) < config.max_additions:
-            sites = [site for site in self.growable_sites(net) if site.activation != "identity"]
+            sites = [site for site in self.growable_sites(net) if not site.is_linear]
             places = layer_places(net) if depth else []
             stale_sites = [site for site in sites if f"unit@{site.name}" not in kept]
             stale_places = [p for p in places if f"layer@{p}" not in kept]
