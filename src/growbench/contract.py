@@ -62,7 +62,9 @@ class Skipped(Exception):
 
 # ------------------------------------------------------------------------------ tasks
 @dataclass
-class Task:
+class GrowthCase:
+    """A net with the data and loss to grow it on: what every contract check runs a method on."""
+
     net: GrowableNet
     inputs: torch.Tensor
     targets: torch.Tensor
@@ -82,18 +84,18 @@ class Task:
         )
 
 
-def make_task(name: str) -> Task:
+def make_task(name: str) -> GrowthCase:
     """A fresh copy of the task ``name``: a fixture, a zoo model (``"resnet18"``, or
     ``"resnet18:tanh"`` for another activation) or ``"rational_mlp"``."""
     task = _trained(name)
     net = copy.deepcopy(task.net)
     net.lineage = {}
     net.zero_grad(set_to_none=True)
-    return Task(net, task.inputs, task.targets, task.loss_fn)
+    return GrowthCase(net, task.inputs, task.targets, task.loss_fn)
 
 
 @cache
-def _trained(name: str) -> Task:
+def _trained(name: str) -> GrowthCase:
     generator = torch.Generator().manual_seed(1234)
     if name in ("tanh_mlp", "relu_mlp", "rational_mlp"):
         config = ModelConfig("mlp", (3,), 2, (4, 3), activation=name.removesuffix("_mlp"))
@@ -119,7 +121,7 @@ def _trained(name: str) -> Task:
     else:
         raise ValueError(f"unknown contract task {name!r}; choose from {FIXTURES + tuple(ZOO)}")
     net.eval()
-    return Task(net, inputs, targets, loss_fn)
+    return GrowthCase(net, inputs, targets, loss_fn)
 
 
 def _train(net, inputs, targets, loss_fn, steps: int, lr: float = 0.05) -> None:
@@ -150,7 +152,7 @@ def quick_grower(name: str, **overrides: Any) -> Grower:
     return make_grower(name, {**get_method(name).quick_overrides, **overrides})
 
 
-def supported_task(name: str, task_name: str) -> Task:
+def supported_task(name: str, task_name: str) -> GrowthCase:
     """The task, or ``Skipped`` when it has a site kind the method does not declare."""
     task = make_task(task_name)
     missing = {site.kind for site in task.net.sites} - get_method(name).supported_kinds
@@ -468,7 +470,7 @@ def check_zoo(name: str, model: str) -> None:
     require(spent <= budget, "never spends more than the remaining budget", f"{spent} > {budget}")
 
 
-def grow_checked(name: str, task: Task, seed: int, **overrides: Any) -> GrowthEvent:
+def grow_checked(name: str, task: GrowthCase, seed: int, **overrides: Any) -> GrowthEvent:
     """One grow() from train mode with every no-side-effect and bookkeeping rule."""
     net = task.net.train()
     untouched = _Untouched.of(net)

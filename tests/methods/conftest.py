@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 
 from growbench.contract import FIXTURES as TASKS
-from growbench.contract import ZOO, Task, make_task
+from growbench.contract import ZOO, GrowthCase, make_task
 
-__all__ = ["TASKS", "ZOO", "Task", "make_task", "task"]
+__all__ = ["TASKS", "ZOO", "GrowthCase", "make_task", "task"]
 
 
 @pytest.fixture(params=TASKS)
-def task(request: pytest.FixtureRequest) -> Task:
+def task(request: pytest.FixtureRequest) -> GrowthCase:
     return make_task(request.param)

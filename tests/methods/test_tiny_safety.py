@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from growbench.contract import ZOO, Task, make_task
+from growbench.contract import ZOO, GrowthCase, make_task
 from growbench.datasets import load_dataset
 from growbench.methods import GrowthContext, make_grower, statistics_loss
 from growbench.methods._bottleneck import site_statistics
@@ -89,7 +89,7 @@ def test_default_amplitude_does_not_overfit_the_statistics_set(digits_mlp):
     assert max(rises) <= 0, rises
 
 
-def task_named(name: str) -> Task:
+def task_named(name: str) -> GrowthCase:
     """A contract task, or ``"conv_pool_linear"``: ReLU conv → global average pool → Linear on
     48 random 8×8 images with 3 classes."""
     if name != "conv_pool_linear":
@@ -104,7 +104,7 @@ def task_named(name: str) -> Task:
     generator = torch.Generator().manual_seed(3)
     inputs = torch.randn(48, 3, 8, 8, generator=generator, dtype=torch.float64)
     targets = torch.randint(0, 3, (48,), generator=generator)
-    return Task(net, inputs, targets, classification_loss)
+    return GrowthCase(net, inputs, targets, classification_loss)
 
 
 @pytest.mark.parametrize("name", [*ZOO, "conv_pool_linear"])

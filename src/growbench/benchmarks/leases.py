@@ -112,7 +112,7 @@ def runs_of(client: MlflowClient, experiment_id: str, config_hash: str) -> list[
 
 
 @dataclass
-class Claim:
+class ClaimOutcome:
     """What ``claim_cell`` decided: ``run_id`` is ours to train in (status ``claimed``), or the
     cell is ``done`` or ``held`` (by the live run ``other``). ``resume_from``: the newest run of
     the cell that died or was interrupted leaving a checkpoint."""
@@ -129,7 +129,7 @@ def claim_cell(
     config_hash: str,
     create_run: Callable[[dict[str, str]], str],
     lease: float | None = None,
-) -> Claim:
+) -> ClaimOutcome:
     """Claim the cell ``config_hash`` (see the module docstring); ``create_run(tags)`` makes the
     cell's run with the given extra tags and returns its id."""
     lease = lease_seconds() if lease is None else lease
@@ -147,18 +147,18 @@ def claim_cell(
     raise RuntimeError(f"could not claim cell {config_hash[:12]} in {CLAIM_ATTEMPTS} attempts")
 
 
-def _decided(runs: list[Run], lease: float, exclude: str) -> Claim | None:
+def _decided(runs: list[Run], lease: float, exclude: str) -> ClaimOutcome | None:
     """``done`` or ``held`` when another run settles the cell, else None (it is free)."""
     others = [run for run in runs if run.info.run_id != exclude]
     if any(run.info.status == "FINISHED" for run in others):
-        return Claim("done")
+        return ClaimOutcome("done")
     live = [run for run in others if is_live(run, lease)]
     if live:
-        return Claim("held", other=live[0].info.run_id)
+        return ClaimOutcome("held", other=live[0].info.run_id)
     return None
 
 
-def _won(client: MlflowClient, run_id: str, runs: list[Run], lease: float) -> Claim:
+def _won(client: MlflowClient, run_id: str, runs: list[Run], lease: float) -> ClaimOutcome:
     resume_from = None
     for run in runs:  # newest first
         if run.info.run_id == run_id:
@@ -172,7 +172,7 @@ def _won(client: MlflowClient, run_id: str, runs: list[Run], lease: float) -> Cl
             status = "KILLED"
         if resume_from is None and status == "KILLED" and CHECKPOINT in run.data.tags:
             resume_from = run
-    return Claim("claimed", run_id=run_id, resume_from=resume_from)
+    return ClaimOutcome("claimed", run_id=run_id, resume_from=resume_from)
 
 
 class Heartbeat:

@@ -46,7 +46,7 @@ from mlflow.exceptions import MlflowException
 
 import growbench
 from growbench.benchmarks import checkpoint
-from growbench.benchmarks.leases import CHECKPOINT, HASH, ROLE, Claim, Heartbeat, claim_cell
+from growbench.benchmarks.leases import CHECKPOINT, HASH, ROLE, ClaimOutcome, Heartbeat, claim_cell
 from growbench.benchmarks.runner import CellObserver, CellResult
 from growbench.benchmarks.store import (
     StoreError,
@@ -382,7 +382,7 @@ class SuiteTracker:
     def finished_hashes(self) -> set[str]:
         return _finished(self.client, self.experiment_id)
 
-    def claim(self, cell: CellConfig) -> tuple[Claim, CellTracker | None]:
+    def claim(self, cell: CellConfig) -> tuple[ClaimOutcome, CellTracker | None]:
         """Claim ``cell`` for this runner (``leases.claim_cell``); when it is ours, its tracker
         (heartbeat running, params logged, the checkpoint to resume from loaded)."""
         task = cell.task
