@@ -21,7 +21,7 @@ from growbench.nn import ModelConfig, build_model, collect_taps
 from growbench.nn.losses import regression_loss
 from growbench.nn.zoo.layers import ChainLayer, chain_net
 
-from .conftest import TASKS, Task, make_task
+from .conftest import TASKS, GrowthCase, make_task
 
 STATS = 128
 
@@ -88,7 +88,7 @@ def brute_force_gamma(net, site_name, inputs, targets, loss_fn):
     return jacobian.T / slope
 
 
-def conv_pair_task(stride1, padding1, stride2, padding2, seed=0) -> Task:
+def conv_pair_task(stride1, padding1, stride2, padding2, seed=0) -> GrowthCase:
     """conv3×3 → tanh → conv3×3 → tanh → GAP → linear, by hand (the zoo has only stride 1)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -106,10 +106,10 @@ def conv_pair_task(stride1, padding1, stride2, padding2, seed=0) -> Task:
     net = chain_net(layers, (2, 9, 9)).double().eval()
     inputs = torch.randn(16, 2, 9, 9, generator=generator, dtype=torch.float64)
     targets = torch.randn(16, 2, generator=generator, dtype=torch.float64)
-    return Task(net, inputs, targets, regression_loss)
+    return GrowthCase(net, inputs, targets, regression_loss)
 
 
-def flat_task(seed=0) -> Task:
+def flat_task(seed=0) -> GrowthCase:
     """conv3×3 → tanh → max-pool → flatten → linear: the Linear reads each unit at 4 positions."""
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -126,7 +126,7 @@ def flat_task(seed=0) -> Task:
     net = chain_net(layers, (2, 4, 4)).double().eval()
     inputs = torch.randn(8, 2, 4, 4, generator=generator, dtype=torch.float64)
     targets = torch.randn(8, 2, generator=generator, dtype=torch.float64)
-    return Task(net, inputs, targets, regression_loss)
+    return GrowthCase(net, inputs, targets, regression_loss)
 
 
 def assert_close(actual, expected, rtol=1e-10):

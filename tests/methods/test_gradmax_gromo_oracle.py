@@ -16,7 +16,7 @@ from growbench.methods.gradmax import GradMax, GradMaxConfig
 from growbench.nn.losses import regression_loss
 from growbench.nn.zoo.layers import ChainLayer, chain_net
 
-from .conftest import Task
+from .conftest import GrowthCase
 
 gromo_mlp = pytest.importorskip("gromo.containers.growing_mlp")
 
@@ -55,7 +55,7 @@ def test_fan_outs_match_gromo_gradmax():
     )
 
     widths = net.widths()
-    task = Task(net, inputs, targets, regression_loss)
+    task = GrowthCase(net, inputs, targets, regression_loss)
     event = GradMax(GradMaxConfig(growth_fraction=0.5)).grow(net, task.context())
     assert event.units_added == {"block0": K, "block1": K}
     for index, (name, old_width) in enumerate(widths.items()):

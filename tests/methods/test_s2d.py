@@ -30,13 +30,13 @@ from growbench.nn import GrowableNet, ModelConfig, build_model
 from growbench.nn.counting import growth_cost
 from growbench.nn.losses import regression_loss
 
-from .conftest import Task, make_task
+from .conftest import GrowthCase, make_task
 from .test_splitting import hessian_matrices, site_input
 
 HALF = torch.tensor([0.5, 0.5], dtype=torch.float64)
 
 
-def ranked_units(task: Task, ctx: GrowthContext) -> list[tuple[float, int, int, torch.Tensor]]:
+def ranked_units(task: GrowthCase, ctx: GrowthContext) -> list[tuple[float, int, int, torch.Tensor]]:
     """(λ_min, site position, unit, v_min) of every splittable unit, most negative first."""
     units = []
     for position, site in enumerate(splittable_sites(task.net.sites)):
@@ -275,7 +275,7 @@ def test_only_negative_on_a_real_zero_gradient_state_stops_but_default_still_spl
     """Targets equal to the net's outputs: every g_j = 0, so S_j = 0 and λ_min = 0 exactly."""
     task = make_task("tanh_mlp")
     with torch.no_grad():
-        task = Task(task.net, task.inputs, task.net(task.inputs), task.loss_fn)
+        task = GrowthCase(task.net, task.inputs, task.net(task.inputs), task.loss_fn)
     event = make_grower("s2d", {"only_negative": True}).grow(
         copy.deepcopy(task.net), task.context()
     )

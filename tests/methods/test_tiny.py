@@ -31,7 +31,7 @@ from growbench.nn import DepthwiseConv2d, ModelConfig, build_model, collect_taps
 from growbench.nn.losses import classification_loss, regression_loss
 from growbench.nn.zoo.layers import ChainLayer, chain_net
 
-from .conftest import Task, make_task
+from .conftest import GrowthCase, make_task
 
 
 def ones(rows):
@@ -334,11 +334,11 @@ def _conv_net(activation: str, pool: str = "none"):
     return net, inputs, targets
 
 
-def conv_task(activation: str = "silu", pool: str = "none") -> Task:
+def conv_task(activation: str = "silu", pool: str = "none") -> GrowthCase:
     net, inputs, targets = _conv_net(activation, pool)
     net = copy.deepcopy(net)
     net.lineage = {}
-    return Task(net, inputs, targets, classification_loss)
+    return GrowthCase(net, inputs, targets, classification_loss)
 
 
 CONV_SITES = {"conv": "block0", "gap": "block1"}
@@ -650,13 +650,13 @@ def test_a_linear_read_at_several_flattened_positions_grows():
     ]  # fmt: skip
     net = chain_net(layers, (3, 8, 8)).double().eval()
     task = make_task("conv_bn")
-    task = Task(net, task.inputs, task.targets, task.loss_fn)
+    task = GrowthCase(net, task.inputs, task.targets, task.loss_fn)
     site, stats, solution = conv_solved(task, "block0")
     assert stats.P.shape[0] == 4  # T = 4 positions
     _statistics_against_brute_force(task, site, stats, solution, False)
 
     def factory():
-        return Task(copy.deepcopy(net), task.inputs, task.targets, task.loss_fn)
+        return GrowthCase(copy.deepcopy(net), task.inputs, task.targets, task.loss_fn)
 
     ratio, _ = loss_ratio(factory, "block0", 1e-3, "tanh")
     assert abs(ratio - 1) <= 1e-2
