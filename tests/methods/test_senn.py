@@ -17,6 +17,7 @@ from growbench.methods.senn import (
     choose,
     decide,
     expansion_scores,
+    expansion_statistics,
     improve_proposals,
     initial_layers,
     initial_proposals,
@@ -25,7 +26,6 @@ from growbench.methods.senn import (
     layer_objective,
     natural_gradient,
     proposal_objective,
-    site_statistics,
 )
 from growbench.nn import ModelConfig, build_model, collect_taps
 from growbench.nn.losses import classification_loss
@@ -37,7 +37,7 @@ TIKHONOV = 0.1
 
 def statistics(task, site_name="block0"):
     site = task.net.site(site_name)
-    stats, loss_sqnorm = site_statistics(
+    stats, loss_sqnorm = expansion_statistics(
         task.net, task.inputs, task.targets, task.loss_fn, [site], TIKHONOV
     )
     return site, stats[site_name], loss_sqnorm
@@ -282,7 +282,7 @@ def test_natural_gradient_matches_a_dense_solve_and_is_bounded_by_the_output_gra
     for name in ("tanh_mlp", "relu_mlp"):
         other = make_task(name)
         _, eta = natural_gradient(other.net, other.inputs, other.targets, other.loss_fn)
-        _, loss_sqnorm = site_statistics(
+        _, loss_sqnorm = expansion_statistics(
             other.net, other.inputs, other.targets, other.loss_fn, [], TIKHONOV
         )
         assert 0 < eta <= loss_sqnorm

@@ -30,7 +30,7 @@ Gram matrix of [B | h̃ | g_a] rows (sample and position), summed across batches
 once; T > 1 uses the tensor products. Per-batch products run in the model dtype (convention 3,
 docs/conventions.md).
 
-``unsupported_reason`` says why a site cannot be described this way (a module on the path whose
+``bottleneck_refusal`` says why a site cannot be described this way (a module on the path whose
 linear part is unknown, a Linear producer read by a conv, σ(0) ≠ 0, ...).
 """
 
@@ -69,7 +69,7 @@ _PER_UNIT = (
 )
 
 
-def unsupported_reason(site: Site) -> str | None:
+def bottleneck_refusal(site: Site) -> str | None:
     """Why a site's new units cannot be described by these statistics (None when they can)."""
     producer, consumer = site.producer_map, site.consumer_map
     for role, view in (("producer", producer), ("consumer", consumer)):
@@ -195,7 +195,7 @@ def check_per_sample(losses: Tensor, batch: int) -> None:
 
 def require_supported(site: Site, method: str) -> None:
     """One clear error for a site this module cannot describe."""
-    reason = unsupported_reason(site)
+    reason = bottleneck_refusal(site)
     if reason is not None:
         raise ValueError(
             f"method {method!r}: site {site.name!r} ({site.kind} → "

@@ -47,11 +47,20 @@ import torch
 from torch import Tensor, nn
 
 from growbench.claims import Claim
-from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
+from growbench.methods.base import (
+    Candidate,
+    Grower,
+    GrowerConfig,
+    GrowthContext,
+    GrowthEvent,
+    Selection,
+    select_within_budget,
+    unit_pricing,
+)
 from growbench.methods.registry import register
 from growbench.nn import GrowableNet, NonFiniteStatisticsError, Site, insert_layer
 from growbench.nn.activations import activation_info, make_activation
-from growbench.nn.counting import growth_cost, insertion_cost
+from growbench.nn.counting import insertion_cost
 from growbench.nn.growable import eval_mode
 
 
@@ -178,7 +187,7 @@ class SiteSearch:
     new: Tensor  # α (K × the producer's fan-in shape)
     omega: Tensor  # Ω (consumer rows + the next site's K) × K × T
     next_site: str | None  # the growable site this site's consumer produces, if any
-    consumer_rows: int
+    consumer_outputs: int  # the consumer's output units before the step (Ω's first rows)
     layer: LayerCandidate | None = None
     split_gate: Tensor = field(init=False)
     new_gate: Tensor = field(init=False)
@@ -263,7 +272,7 @@ class SuperNetwork:
             if search.new.shape[0] == 0:
                 return output
             added = search.site.consumer_map.apply(state["u_new"], search.omega)
-            rows = search.consumer_rows
+            rows = search.consumer_outputs
             if search.next_site is not None:
                 self.record.setdefault(search.next_site, {})["m"] = added[:, rows:]
             return output + added[:, :rows]
@@ -436,11 +445,10 @@ def gate_scores(
 KIND_ORDER = ("split", "new", "layer")
 
 
-def rank_candidates(
-    scores: dict[str, dict[str, Tensor]], site_order: list[str]
-) -> list[tuple[str, str, int, float]]:
+def rank_candidates(scores: dict[str, dict[str, Tensor]], site_order: list[str]) -> list[Candidate]:
     """Every candidate (site, kind, index, score), most negative first; ties: site order, then
-    splits, new units, layers, then index."""
+    splits, new units, layers, then index. A split or new unit adds one unit at its site; a
+    layer none (``layer_cost`` prices it)."""
     pool = []
     for position, name in enumerate(site_order):
         for kind, values in scores[name].items():
@@ -449,56 +457,58 @@ def rank_candidates(
                 (float(v), position, rank, i, name, kind) for i, v in enumerate(values.tolist())
             ]
     pool.sort()
-    return [(name, kind, index, score) for score, _, _, index, name, kind in pool]
+    return [
+        Candidate(name, kind, index, score, units=int(kind != "layer"))
+        for score, _, _, index, name, kind in pool
+    ]
 
 
 def select(
     net: GrowableNet,
     searches: dict[str, SiteSearch],
-    ranked: list[tuple[str, str, int, float]],
+    ranked: list[Candidate],
     n_select: int,
     ctx: GrowthContext,
     config: FireflyConfig,
-) -> list[tuple[str, str, int, float]]:
+) -> list[Candidate]:
     """Walk the ranking and keep each candidate whose exact cost, with those kept before, fits
     the budget, until ``n_select`` are kept. A split or new unit costs one unit at its site; a
     layer costs what inserting it adds (measured on a clone), at most ``max_layers`` of them. A
     site takes a layer or new width in one step, never both, so each layer's cost is priced at
     its site's final width: the candidate met second in the ranking is skipped."""
-    units: dict[str, int] = {}
-    layers: dict[str, dict[str, int]] = {}
-    chosen = []
-    for candidate in ranked:
-        if len(chosen) == n_select:
-            break
-        name, kind = candidate[0], candidate[1]
-        trial_units, trial_layers = units, layers
-        if kind == "layer":
-            if name in units or len(layers) >= config.max_layers:
-                continue
-            layer = searches[name].layer
-            options = {"init": layer.kind, "batchnorm": False}
-            if layer.perturbation.ndim == 4:
-                options["kernel_size"] = layer.kernel_size
-            trial_layers = {**layers, name: insertion_cost(net, name, **options)}
-        else:
-            if name in layers:
-                continue
-            trial_units = {**units, name: units.get(name, 0) + 1}
-        metric = ctx.budget_metric
-        cost = growth_cost(net, trial_units)[metric]
-        cost += sum(c[metric] for c in trial_layers.values())
-        if cost <= ctx.remaining_budget:
-            units, layers = trial_units, trial_layers
-            chosen.append(candidate)
-    return chosen
+
+    def layer_or_width(candidate: Candidate, selection: Selection) -> bool:
+        if candidate.kind == "layer":
+            return (
+                candidate.site not in selection.units
+                and selection.count("layer") < config.max_layers
+            )
+        return not selection.count("layer", candidate.site)
+
+    def layer_cost(candidate: Candidate) -> float:
+        if candidate.kind != "layer":
+            return 0
+        layer = searches[candidate.site].layer
+        options = {"init": layer.kind, "batchnorm": False}
+        if layer.perturbation.ndim == 4:
+            options["kernel_size"] = layer.kernel_size
+        return insertion_cost(net, candidate.site, **options)[ctx.budget_metric]
+
+    return select_within_budget(
+        ranked,
+        ctx.remaining_budget,
+        unit_pricing(net, ctx),
+        limit=n_select,
+        admits=layer_or_width,
+        extra_cost=layer_cost,
+    ).kept
 
 
 # ------------------------------------------------------------------------------ surgery
 def apply_selection(
     net: GrowableNet,
     searches: dict[str, SiteSearch],
-    chosen: list[tuple[str, str, int, float]],
+    chosen: list[Candidate],
     event: GrowthEvent,
 ) -> None:
     """Write the kept candidates, sites from the output side to the input side, so a site's new
@@ -525,7 +535,7 @@ def apply_selection(
                     origin.update((child, ("old", parent)) for child in children)
             if news:
                 rows = [
-                    r if kind == "old" else search.consumer_rows + r
+                    r if kind == "old" else search.consumer_outputs + r
                     for kind, r in consumer_origins(search, origins)
                 ]
                 columns = search.omega.detach()[rows][:, news]  # units × kept × T
@@ -565,7 +575,7 @@ def consumer_origins(
     """What each of the consumer's current units was in the super-network."""
     if search.next_site is not None and search.next_site in origins:
         return origins[search.next_site]
-    return [("old", i) for i in range(search.consumer_rows)]
+    return [("old", i) for i in range(search.consumer_outputs)]
 
 
 # ------------------------------------------------------------------------------ the plugin
@@ -617,25 +627,8 @@ class Firefly(Grower):
                 scores = gate_scores(net, searches, ctx)
                 ranked = rank_candidates(scores, [site.name for site in sites])
                 chosen = select(net, searches, ranked, n_select, ctx, config)
-                base = ctx.loss(net)
-                restrict(searches, chosen)
-                with torch.no_grad():
-                    restricted = sum(
-                        float(super_loss(net, searches, x, y, ctx.loss_fn)) * len(x)
-                        for x, y in ctx.batches()
-                    ) / len(ctx.inputs)
-            for name, by_kind in scores.items():
-                event.scores[name] = by_kind["split"].tolist()
-                event.scores[f"{name}/new"] = by_kind["new"].tolist()
-                if "layer" in by_kind:
-                    event.scores[f"{name}/layer"] = by_kind["layer"].tolist()
-            event.extras["search_objective"] = curve
-            event.extras["search_loss_drop"] = restricted - base
-            event.extras["candidates"] = {n: s.new.shape[0] for n, s in searches.items()}
-            if config.depth:
-                event.extras["layer_candidates"] = {
-                    n: s.layer.kind for n, s in searches.items() if s.layer is not None
-                }
+                loss_drop = restricted_loss_drop(net, searches, chosen, ctx)
+            record_search(event, searches, scores, curve, loss_drop, config.depth)
             if not chosen:
                 event.stop_reason = "budget exhausted"
                 return
@@ -643,7 +636,45 @@ class Firefly(Grower):
                 apply_selection(net, searches, chosen, event)
 
 
-def restrict(searches: dict[str, SiteSearch], chosen: list[tuple[str, str, int, float]]) -> None:
+def restricted_loss_drop(
+    net: GrowableNet, searches: dict[str, SiteSearch], chosen: list[Candidate], ctx: GrowthContext
+) -> float:
+    """The statistics-set loss of the super-network restricted to ``chosen`` (``restrict``, which
+    it leaves in place) minus the net's."""
+    base = ctx.loss(net)
+    restrict(searches, chosen)
+    with torch.no_grad():
+        restricted = sum(
+            float(super_loss(net, searches, x, y, ctx.loss_fn)) * len(x) for x, y in ctx.batches()
+        ) / len(ctx.inputs)
+    return restricted - base
+
+
+def record_search(
+    event: GrowthEvent,
+    searches: dict[str, SiteSearch],
+    scores: dict[str, dict[str, Tensor]],
+    curve: list[float],
+    loss_drop: float,
+    depth: bool,
+) -> None:
+    """The event's record of the search: every candidate's score, the objective curve, the
+    restricted super-network's loss change, K per site and, with ``depth``, the layer kinds."""
+    for name, by_kind in scores.items():
+        event.scores[name] = by_kind["split"].tolist()
+        event.scores[f"{name}/new"] = by_kind["new"].tolist()
+        if "layer" in by_kind:
+            event.scores[f"{name}/layer"] = by_kind["layer"].tolist()
+    event.extras["search_objective"] = curve
+    event.extras["search_loss_drop"] = loss_drop
+    event.extras["candidates"] = {n: s.new.shape[0] for n, s in searches.items()}
+    if depth:
+        event.extras["layer_candidates"] = {
+            n: s.layer.kind for n, s in searches.items() if s.layer is not None
+        }
+
+
+def restrict(searches: dict[str, SiteSearch], chosen: list[Candidate]) -> None:
     """Switch off every candidate not in ``chosen`` (its split direction or its unit)."""
     kept = {(name, kind, index) for name, kind, index, _ in chosen}
     for name, s in searches.items():

@@ -45,13 +45,15 @@ import torch
 from torch import Tensor
 
 from growbench.claims import Claim
-from growbench.methods._bottleneck import linear_path, patch_maps, unsupported_reason
+from growbench.methods._bottleneck import bottleneck_refusal, linear_path, patch_maps
 from growbench.methods.base import (
+    Candidate,
     Grower,
     GrowerConfig,
     GrowthContext,
     GrowthEvent,
-    take_within_budget,
+    select_within_budget,
+    unit_pricing,
 )
 from growbench.methods.registry import register
 from growbench.nn import GrowableNet, Site, collect_taps
@@ -154,7 +156,7 @@ def compute_gamma(
     """Γ of one site on the batch (inputs, targets), eval mode, float64."""
     if not isinstance(site, Site):
         site = net.site(site)
-    reason = unsupported_reason(site)
+    reason = bottleneck_refusal(site)
     if reason is not None:
         raise ValueError(f"gradmax: no Γ for site {site.name!r}: {reason}")
     taps, _ = collect_taps(
@@ -208,7 +210,7 @@ class GradMax(Grower):
         self._round_robin_next = 0
 
     def refusal(self, site: Site) -> str | None:
-        return super().refusal(site) or activation_problem(site) or unsupported_reason(site)
+        return super().refusal(site) or activation_problem(site) or bottleneck_refusal(site)
 
     def _chosen_sites(self, net: GrowableNet) -> list[Site]:
         sites = [site for site in self.growable_sites(net) if not site.is_linear]
@@ -255,17 +257,18 @@ class GradMax(Grower):
                     )
                 )
         with event.phase("select"):
-            candidates = [plan.site_name for plan in plans for _ in range(plan.wanted)]
-            accepted = take_within_budget(net, ctx, candidates)
-            counts = {plan.site_name: 0 for plan in plans}
-            for name, ok in zip(candidates, accepted):
-                counts[name] += ok
-        if not all(accepted):
+            candidates = [
+                Candidate(plan.site_name, "new") for plan in plans for _ in range(plan.wanted)
+            ]
+            selection = select_within_budget(
+                candidates, ctx.remaining_budget, unit_pricing(net, ctx)
+            )
+        if selection.over_budget:
             event.stop_reason = "budget exhausted"
         event.predicted_loss_change = 0.0  # new units output exactly 0
         with event.phase("apply"):
             for plan in reversed(plans):  # output side first (convention 9, docs/conventions.md)
-                self._apply(net, event, plan, counts[plan.site_name])
+                self._apply(net, event, plan, selection.units.get(plan.site_name, 0))
 
     def _apply(self, net: GrowableNet, event: GrowthEvent, plan: _Plan, count: int) -> None:
         site = net.site(plan.site_name)

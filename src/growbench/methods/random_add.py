@@ -16,11 +16,13 @@ from typing import ClassVar
 import torch
 
 from growbench.methods.base import (
+    Candidate,
     Grower,
     GrowerConfig,
     GrowthContext,
     GrowthEvent,
-    take_within_budget,
+    select_within_budget,
+    unit_pricing,
 )
 from growbench.methods.registry import register
 from growbench.nn import GrowableNet, Site, activation_info
@@ -71,17 +73,18 @@ class RandomAdd(Grower):
         sites = [site for site in self.growable_sites(net) if not site.is_linear]
         with event.phase("select"):
             wanted = {site.name: max(1, round(config.growth_ratio * site.width)) for site in sites}
-            candidates = [name for name, count in wanted.items() for _ in range(count)]
-            accepted = take_within_budget(net, ctx, candidates)
-            counts = {name: 0 for name in wanted}
-            for name, ok in zip(candidates, accepted):
-                counts[name] += ok
-        if not all(accepted):
+            candidates = [
+                Candidate(name, "new") for name, count in wanted.items() for _ in range(count)
+            ]
+            selection = select_within_budget(
+                candidates, ctx.remaining_budget, unit_pricing(net, ctx)
+            )
+        if selection.over_budget:
             event.stop_reason = "budget exhausted"
         event.predicted_loss_change = 0.0  # new units are silent: the function is unchanged
         with event.phase("apply"):
             for site in sites:
-                count = counts[site.name]
+                count = selection.units.get(site.name, 0)
                 if count == 0:
                     continue
                 weights = site.fan_in_matrix()

@@ -17,11 +17,13 @@ from typing import ClassVar
 import torch
 
 from growbench.methods.base import (
+    Candidate,
     Grower,
     GrowerConfig,
     GrowthContext,
     GrowthEvent,
-    take_within_budget,
+    select_within_budget,
+    unit_pricing,
 )
 from growbench.methods.registry import register
 from growbench.nn import GrowableNet
@@ -50,16 +52,17 @@ class RandomSplit(Grower):
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         with event.phase("select"):
             sites = [site for site in self.growable_sites(net) if not site.is_linear]
-            units = [(site.name, unit) for site in sites for unit in range(site.width)]
+            units = [
+                Candidate(site.name, "split", unit) for site in sites for unit in range(site.width)
+            ]
             count = math.floor(self.config.growth_ratio * len(units))
             order = torch.randperm(len(units), generator=ctx.generator)[:count].tolist()
             drawn = [units[i] for i in order]
-            accepted = take_within_budget(net, ctx, [name for name, _ in drawn])
+            selection = select_within_budget(drawn, ctx.remaining_budget, unit_pricing(net, ctx))
             chosen: dict[str, list[int]] = {}
-            for (name, unit), ok in zip(drawn, accepted):
-                if ok:
-                    chosen.setdefault(name, []).append(unit)
-        if not all(accepted):
+            for split in selection.kept:
+                chosen.setdefault(split.site, []).append(split.key)
+        if selection.over_budget:
             event.stop_reason = "budget exhausted"
         with event.phase("apply"):
             for site in reversed(sites):  # output side first (convention 9, docs/conventions.md)

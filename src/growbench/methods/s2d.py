@@ -43,11 +43,13 @@ from growbench.methods._splitting import (
     splitting_refusal,
 )
 from growbench.methods.base import (
+    Candidate,
     Grower,
     GrowerConfig,
     GrowthContext,
     GrowthEvent,
-    take_within_budget,
+    select_within_budget,
+    unit_pricing,
 )
 from growbench.methods.registry import register
 from growbench.nn import GrowableNet, Site
@@ -110,55 +112,62 @@ class S2D(Grower):
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         config = self.config
         sites = splittable_sites(self.growable_sites(net))
-        candidates = []  # (λ, site position, unit, direction)
+        candidates: list[Candidate] = []  # one split per unit, scored by its λ_min
+        directions, scales = {}, []
         peak = 0
-        for position, site in enumerate(sites):
+        for site in sites:
             eigen, site_peak = site_eigen(
                 net, ctx, site, config.max_stat_bytes, event, config.splitting_matrix
             )
             peak = max(peak, site_peak)
             event.scores[site.name] = eigen.lambda_min.tolist()
-            scale = float(eigen.matrix_norm.max())
-            for unit in range(site.width):
-                candidates.append(
-                    (float(eigen.lambda_min[unit]), position, unit, eigen.vector_min[unit], scale)
-                )
+            directions[site.name] = eigen.vector_min
+            scales.append(float(eigen.matrix_norm.max()))
+            candidates += [
+                Candidate(site.name, "split", unit, float(eigen.lambda_min[unit]))
+                for unit in range(site.width)
+            ]
         with event.phase("select"):
-            tolerance = config.lambda_tol * max((c[4] for c in candidates), default=0.0)
-            candidates.sort(key=lambda c: (c[0], c[1], c[2]))
-            eligible = [c for c in candidates if not config.only_negative or c[0] < -tolerance]
-            if config.selection == "global-ratio":
-                eligible = eligible[: math.floor(config.growth_ratio * len(candidates))]
-            else:
-                eligible = [c for c in eligible if c[0] < -tolerance]
-            accepted = take_within_budget(net, ctx, [sites[c[1]].name for c in eligible])
-            chosen = [c for c, ok in zip(eligible, accepted) if ok]
+            tolerance = config.lambda_tol * max(scales, default=0.0)
+            eligible = self._eligible(candidates, sites, tolerance)
+            selection = select_within_budget(eligible, ctx.remaining_budget, unit_pricing(net, ctx))
         if not eligible:
             # stable only when the sign rule left nothing; a zero quota is not stability
             sign_rule = config.only_negative or config.selection == "most-negative"
-            if sign_rule and not any(c[0] < -tolerance for c in candidates):
+            if sign_rule and not any(c.score < -tolerance for c in candidates):
                 event.stop_reason = "splitting-stable"
             return
-        if not all(accepted):
+        if selection.over_budget:
             event.stop_reason = "budget exhausted"
+        chosen = selection.kept
         with event.phase("apply"):
             half = torch.tensor([0.5, 0.5], dtype=torch.float64)
-            plans = [
-                PlannedSplit(
-                    sites[position].name,
-                    unit,
-                    torch.stack([config.epsilon * direction, -config.epsilon * direction]),
-                    half,
-                    "split",
+            plans = []
+            for split in chosen:
+                step = config.epsilon * directions[split.site][split.key]
+                plans.append(
+                    PlannedSplit(split.site, split.key, torch.stack([step, -step]), half, "split")
                 )
-                for _, position, unit, direction, _ in chosen
-            ]
             event.selected = apply_splits(net, plans)
-        event.predicted_loss_change = sum(config.epsilon**2 / 2 * c[0] for c in chosen)
+        event.predicted_loss_change = sum(config.epsilon**2 / 2 * c.score for c in chosen)
         event.extras["prediction_is_heuristic"] = prediction_is_heuristic(
             sites, config.splitting_matrix
         )
         event.extras["peak_stat_bytes"] = peak
         event.extras["fraction_split_nonnegative"] = (
-            sum(c[0] >= 0 for c in chosen) / len(chosen) if chosen else 0.0
+            sum(c.score >= 0 for c in chosen) / len(chosen) if chosen else 0.0
         )
+
+    def _eligible(
+        self, candidates: list[Candidate], sites: list[Site], tolerance: float
+    ) -> list[Candidate]:
+        """The splits to try, lowest λ_min first (ties: site order, unit): the lowest
+        ``growth_ratio`` share (of those with λ_min < 0 only, with ``only_negative``), or with
+        ``"most-negative"`` every one with λ_min < 0."""
+        config = self.config
+        position = {site.name: i for i, site in enumerate(sites)}
+        ranked = sorted(candidates, key=lambda c: (c.score, position[c.site], c.key))
+        eligible = [c for c in ranked if not config.only_negative or c.score < -tolerance]
+        if config.selection == "global-ratio":
+            return eligible[: math.floor(config.growth_ratio * len(candidates))]
+        return [c for c in eligible if c.score < -tolerance]

@@ -46,6 +46,7 @@ are proposed at Linear sites only; everything is float64; the suite's optimiser 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -53,8 +54,15 @@ import torch
 from torch import Tensor, nn
 
 from growbench.claims import Claim
-from growbench.methods._bottleneck import output_rows, patch_maps, unsupported_reason
-from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
+from growbench.methods._bottleneck import bottleneck_refusal, output_rows, patch_maps
+from growbench.methods.base import (
+    Candidate,
+    Grower,
+    GrowerConfig,
+    GrowthContext,
+    GrowthEvent,
+    select_within_budget,
+)
 from growbench.methods.registry import register
 from growbench.nn import GrowableNet, Site, collect_taps, insert_layer
 from growbench.nn.activations import rational
@@ -196,7 +204,7 @@ def module_io(net: GrowableNet, module: nn.Module, inputs: Tensor, seeds: list) 
     return result
 
 
-def site_statistics(
+def expansion_statistics(
     net: GrowableNet,
     inputs: Tensor,
     targets: Tensor,
@@ -497,14 +505,79 @@ def decide(
     )  # fmt: skip
 
 
-def choose(decisions: list[Decision], cost, remaining: float) -> tuple[Decision | None, bool]:
-    """The accepted decision with the largest adjusted score that fits the budget (ties: place
-    name), and whether any was accepted at all."""
+def choose(
+    decisions: list[Decision], cost: Callable[[Decision], float], remaining: float
+) -> tuple[Decision | None, bool]:
+    """The accepted decision with the largest adjusted score whose ``cost`` fits ``remaining``
+    (ties: place name), and whether any was accepted at all."""
     accepted = sorted((d for d in decisions if d.accepted), key=lambda d: (-d.adjusted, d.place))
-    for decision in accepted:
-        if cost(decision) <= remaining:
-            return decision, True
-    return None, bool(accepted)
+    ranked = [Candidate(d.place, d.kind, d, d.adjusted, units=0) for d in accepted]
+    kept = select_within_budget(ranked, remaining, limit=1, extra_cost=lambda c: cost(c.key)).kept
+    return (kept[0].key if kept else None), bool(accepted)
+
+
+def decision_cost(net: GrowableNet, ctx: GrowthContext) -> Callable[[Decision], float]:
+    """The exact cost, in ``ctx.budget_metric``, of a decision's unit or layer on ``net``."""
+
+    def cost(decision: Decision) -> float:
+        if decision.kind == "unit":
+            return net.site(decision.place).cost_of_units(1)[ctx.budget_metric]
+        return insertion_cost(net, decision.place, **EXPANSION_LAYER)[ctx.budget_metric]
+
+    return cost
+
+
+class DecisionCache:
+    """The decisions of one growth step that still hold, one per kind and place (a unit's at a
+    site, a layer's at a place): a decision is taken again only once an addition changed the
+    factors it came from (``after_unit``, ``clear``)."""
+
+    def __init__(self) -> None:
+        self._decisions: dict[tuple[str, str], Decision] = {}
+
+    def has(self, kind: str, place: str) -> bool:
+        return (kind, place) in self._decisions
+
+    def store(self, decision: Decision) -> None:
+        self._decisions[(decision.kind, decision.place)] = decision
+
+    def current(self, sites: list[Site], places: list[str]) -> list[Decision]:
+        """The unit decision of every site of ``sites``, then the layer decision of every place
+        of ``places``."""
+        units = [self._decisions[("unit", site.name)] for site in sites]
+        return units + [self._decisions[("layer", place)] for place in places]
+
+    def after_unit(self, net: GrowableNet, grown: Site) -> None:
+        """Forget what a new unit at ``grown`` changed: the grown site's consumer reads a new
+        input (a layer there would too) and is the producer of any site it feeds, whose fan-in
+        grew; the other sites' factors gain at most a zero gradient row, so their decisions
+        stand."""
+        self._decisions.pop(("unit", grown.name), None)
+        self._decisions.pop(("layer", grown.name), None)
+        for site in net.sites:
+            if site.producer is grown.consumer:
+                self._decisions.pop(("unit", site.name), None)
+
+    def clear(self) -> None:
+        """Forget every decision (after a layer is inserted)."""
+        self._decisions.clear()
+
+
+def record_scores(event: GrowthEvent, decisions: list[Decision]) -> None:
+    """Every proposal's Δη′ in ``event.scores``, by site for units, ``layer@place`` for layers."""
+    for decision in decisions:
+        key = decision.place if decision.kind == "unit" else f"layer@{decision.place}"
+        event.scores[key] = decision.scores
+
+
+def round_record(loss_sqnorm: float, decisions: list[Decision], chosen: Decision | None) -> dict:
+    """One round of ``event.extras["rounds"]``: E‖e‖², every candidate, what was added."""
+    return {
+        "loss_sqnorm": loss_sqnorm,
+        "candidates": {f"{d.kind}@{d.place}": d.record() for d in decisions},
+        "added": None if chosen is None else f"{chosen.kind}@{chosen.place}",
+        "predicted_eta_gain": None if chosen is None else chosen.score,
+    }
 
 
 @register
@@ -553,64 +626,24 @@ class SENN(Grower):
         self.layer_checks_to_wait = 0  # growth checks left in the cooldown after a layer
 
     def refusal(self, site: Site) -> str | None:
-        return super().refusal(site) or unsupported_reason(site)
+        return super().refusal(site) or bottleneck_refusal(site)
 
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         config = self.config
-        inputs = ctx.inputs[: config.proposal_samples]
-        targets = ctx.targets[: config.proposal_samples]
-        depth = config.depth and self.layers_inserted < config.max_inserted_layers
-        if depth and self.layer_checks_to_wait > 0:
-            self.layer_checks_to_wait -= 1
-            depth = False
-        spent = 0.0
-        rounds = []
+        depth = self._layers_this_check()
+        cache, cost, rounds = DecisionCache(), decision_cost(net, ctx), []
+        spent, loss_sqnorm = 0.0, 0.0
         event.predicted_loss_change = 0.0  # new units have zero fan-out, new layers are exact
-
-        def cost(decision: Decision) -> float:
-            if decision.kind == "unit":
-                return net.site(decision.place).cost_of_units(1)[ctx.budget_metric]
-            return insertion_cost(net, decision.place, **EXPANSION_LAYER)[ctx.budget_metric]
-
-        kept: dict[str, Decision] = {}  # decisions still valid after the last addition
-        loss_sqnorm = 0.0
         while len(rounds) < config.max_additions:
             sites = [site for site in self.growable_sites(net) if not site.is_linear]
             places = layer_places(net) if depth else []
-            stale_sites = [site for site in sites if f"unit@{site.name}" not in kept]
-            stale_places = [p for p in places if f"layer@{p}" not in kept]
-            free = next((p for p in stale_places if p in net.free_slots), None)
-            tapped = {site.name: site for site in stale_sites}
-            tapped.update((p, net.site(p)) for p in stale_places if p not in net.free_slots)
-            if tapped or free is not None:
-                with event.phase("stats"):
-                    stats, loss_sqnorm = site_statistics(
-                        net, inputs, targets, ctx.loss_fn, list(tapped.values()),
-                        config.g_tikhonov, free, config.proposal_rows,
-                    )  # fmt: skip
-                for site in stale_sites:
-                    decision = self._unit_decision(site, stats[site.name], loss_sqnorm, ctx, event)
-                    kept[f"unit@{site.name}"] = decision
-                for place in stale_places:
-                    decision = self._layer_decision(place, stats[place], loss_sqnorm, ctx, event)
-                    kept[f"layer@{place}"] = decision
-                del stats
-            decisions = [kept[f"unit@{site.name}"] for site in sites]
-            decisions += [kept[f"layer@{place}"] for place in places]
+            loss_sqnorm = self._decide_missing(net, ctx, cache, sites, places, loss_sqnorm, event)
+            decisions = cache.current(sites, places)
             if not rounds:
-                for decision in decisions:
-                    key = decision.place if decision.kind == "unit" else f"layer@{decision.place}"
-                    event.scores[key] = decision.scores
+                record_scores(event, decisions)
             with event.phase("select"):
                 chosen, any_accepted = choose(decisions, cost, ctx.remaining_budget - spent)
-            rounds.append(
-                {
-                    "loss_sqnorm": loss_sqnorm,
-                    "candidates": {f"{d.kind}@{d.place}": d.record() for d in decisions},
-                    "added": None if chosen is None else f"{chosen.kind}@{chosen.place}",
-                    "predicted_eta_gain": None if chosen is None else chosen.score,
-                }
-            )
+            rounds.append(round_record(loss_sqnorm, decisions, chosen))
             if chosen is None:
                 if any_accepted:
                     event.stop_reason = "budget exhausted"
@@ -619,33 +652,76 @@ class SENN(Grower):
                 break
             with event.phase("apply"):
                 spent += cost(chosen)
-                if chosen.kind == "unit":
-                    grown = net.site(chosen.place)
-                    self._add_unit(grown, chosen.proposal, event)
-                    # the grown site's consumer reads a new input (a layer there would too) and
-                    # is the producer of any site it feeds, whose fan-in grew; the other sites'
-                    # factors gain at most a zero gradient row, so their decisions stand
-                    kept.pop(f"unit@{chosen.place}")
-                    kept.pop(f"layer@{chosen.place}", None)
-                    for site in net.sites:
-                        if site.producer is grown.consumer:
-                            kept.pop(f"unit@{site.name}", None)
-                else:
-                    kept.clear()
-                    theta = chosen.proposal
-                    new = insert_expansion_layer(net, chosen.place, theta[:, :-1], theta[:, -1])
-                    event.extras.setdefault("layer_conditions", {})[new.name] = float(
-                        torch.linalg.cond(new.producer.weight.detach().double())
-                    )
-                    self.layers_inserted += 1
-                    self.layer_checks_to_wait = config.layer_cooldown
-                    depth = False
+                self._add(net, chosen, cache, event)
+            depth = depth and chosen.kind == "unit"
             if not config.recursive:
                 break
         event.extras["rounds"] = rounds
         event.extras["predicted_eta_gain"] = [
             r["predicted_eta_gain"] for r in rounds if r["added"] is not None
         ]
+
+    def _layers_this_check(self) -> bool:
+        """Whether this growth check may propose layers (``depth``, fewer than
+        ``max_inserted_layers`` inserted, no cooldown left); counts the cooldown down."""
+        config = self.config
+        depth = config.depth and self.layers_inserted < config.max_inserted_layers
+        if depth and self.layer_checks_to_wait > 0:
+            self.layer_checks_to_wait -= 1
+            return False
+        return depth
+
+    def _decide_missing(
+        self,
+        net: GrowableNet,
+        ctx: GrowthContext,
+        cache: DecisionCache,
+        sites: list[Site],
+        places: list[str],
+        loss_sqnorm: float,
+        event: GrowthEvent,
+    ) -> float:
+        """Take the unit decisions at ``sites`` and the layer decisions at ``places`` that
+        ``cache`` lacks, from one statistics pass on the proposal batch; E‖e‖² of that pass
+        (``loss_sqnorm`` when none was needed)."""
+        config = self.config
+        stale_sites = [site for site in sites if not cache.has("unit", site.name)]
+        stale_places = [place for place in places if not cache.has("layer", place)]
+        free = next((p for p in stale_places if p in net.free_slots), None)
+        tapped = {site.name: site for site in stale_sites}
+        tapped.update((p, net.site(p)) for p in stale_places if p not in net.free_slots)
+        if not tapped and free is None:
+            return loss_sqnorm
+        inputs = ctx.inputs[: config.proposal_samples]
+        targets = ctx.targets[: config.proposal_samples]
+        with event.phase("stats"):
+            stats, loss_sqnorm = expansion_statistics(
+                net, inputs, targets, ctx.loss_fn, list(tapped.values()),
+                config.g_tikhonov, free, config.proposal_rows,
+            )  # fmt: skip
+        for site in stale_sites:
+            cache.store(self._unit_decision(site, stats[site.name], loss_sqnorm, ctx, event))
+        for place in stale_places:
+            cache.store(self._layer_decision(place, stats[place], loss_sqnorm, ctx, event))
+        return loss_sqnorm
+
+    def _add(
+        self, net: GrowableNet, decision: Decision, cache: DecisionCache, event: GrowthEvent
+    ) -> None:
+        """Add the decision's unit or layer and forget the decisions that it changed."""
+        if decision.kind == "unit":
+            grown = net.site(decision.place)
+            self._add_unit(grown, decision.proposal, event)
+            cache.after_unit(net, grown)
+            return
+        cache.clear()
+        theta = decision.proposal
+        new = insert_expansion_layer(net, decision.place, theta[:, :-1], theta[:, -1])
+        event.extras.setdefault("layer_conditions", {})[new.name] = float(
+            torch.linalg.cond(new.producer.weight.detach().double())
+        )
+        self.layers_inserted += 1
+        self.layer_checks_to_wait = self.config.layer_cooldown
 
     def _unit_decision(self, site, stats, loss_sqnorm, ctx, event) -> Decision:
         config = self.config

@@ -60,14 +60,22 @@ from growbench.claims import Claim
 from growbench.methods._amplitude import search_amplitude
 from growbench.methods._bottleneck import (
     BottleneckStatistics,
+    bottleneck_refusal,
     inverse_sqrt,
     new_unit_contribution,
     output_rows,
     sample_chunks,
     site_statistics,
-    unsupported_reason,
 )
-from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
+from growbench.methods.base import (
+    Candidate,
+    Grower,
+    GrowerConfig,
+    GrowthContext,
+    GrowthEvent,
+    select_within_budget,
+    unit_pricing,
+)
 from growbench.methods.registry import register
 from growbench.nn import Activation, GrowableNet, Site, Slot, collect_taps
 from growbench.nn.activations import activation_info
@@ -173,6 +181,13 @@ class SiteSolution:
         cross = float((self.alpha[:k] @ stats.M_x * self.omega[:k]).sum())
         return self.gain_delta - self.slope * cross
 
+    def first_order_gain(self, k: int, stats: BottleneckStatistics) -> float:
+        """The first-order gain of the first k units: measured where the units' gains were
+        (``fo_measured``), FO_exact otherwise."""
+        if self.unit_gains is not None:
+            return self.fo_measured(k)
+        return self.fo_exact(k, stats)
+
     def cross_term(self, k: int, stats: BottleneckStatistics) -> float:
         """tr(ωαPδᵀ) over the first k units: FO_gromo − FO_exact = σ'(0)·this."""
         return float((self.alpha[:k] @ stats.projected(self.delta) * self.omega[:k]).sum())
@@ -269,12 +284,44 @@ class Tiny(Grower):
         self._round_robin = 0
 
     def refusal(self, site: Site) -> str | None:
-        return super().refusal(site) or unsupported_reason(site)
+        return super().refusal(site) or bottleneck_refusal(site)
 
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         config = self.config
-        all_sites = net.sites
         sites = self.growable_sites(net)
+        statistics, solutions = self._solve(net, ctx, sites, event)
+        with event.phase("select"):
+            picked = self._select(net, ctx, sites, statistics, solutions)
+        if picked is None:
+            event.stop_reason = "budget exhausted"
+            return
+        chosen, k = picked.key, picked.units
+        if config.site_selection == "round-robin":
+            self._round_robin = net.sites.index(chosen) + 1
+        solution = solutions[chosen.name]
+        if k < solution.count:
+            event.stop_reason = "budget exhausted"
+        alpha, omega = solution.alpha[:k], solution.omega[:k]
+        fo = solution.first_order_gain(k, statistics[chosen.name])
+        event.extras.update(site=chosen.name, K=k, first_order_gain=fo)
+        with event.phase("search"):
+            gamma = self._amplitude(net, ctx, chosen, alpha, omega, solution.delta, event)
+        if gamma is None:
+            return
+        event.extras["gamma"] = gamma
+        with event.phase("apply"):
+            apply_tiny(chosen, alpha, omega, solution.delta, gamma)
+        event.selected = {chosen.name: [[chosen.width - k + i, "new"] for i in range(k)]}
+        event.predicted_loss_change = -(gamma**2) * fo
+
+    # ------------------------------------------------------------------ helpers
+    def _solve(
+        self, net: GrowableNet, ctx: GrowthContext, sites: list[Site], event: GrowthEvent
+    ) -> tuple[dict[str, BottleneckStatistics], dict[str, SiteSolution]]:
+        """Every site's statistics and closed-form solution, its units' signs chosen by their
+        measured gains where those are measured (``gain_is_measured``); the per-site report in
+        ``event.extras["sites"]`` and the singular values in ``event.scores``."""
+        config = self.config
         measured = [site for site in sites if gain_is_measured(site)]
         with event.phase("stats"):
             statistics = site_statistics(net, ctx, sites, self.name)
@@ -293,89 +340,76 @@ class Tiny(Grower):
                 name: orient(solutions[name], gains, config.choose_signs)
                 for name, gains in unit_gains.items()
             }
-        report = {}
-        gains = {}
+        event.extras["sites"] = {
+            site.name: site_report(
+                site, solutions[site.name], statistics[site.name], flipped.get(site.name)
+            )
+            for site in sites
+        }
         for site in sites:
-            solution, stats = solutions[site.name], statistics[site.name]
-            k = solution.count
-            entry = {
-                "singular_values": solution.singular_values.tolist(),
-                "K": k,
-                "delta_gain": solution.gain_delta,
-                "fo_exact": solution.fo_exact(k, stats),
-                "fo_gromo": solution.fo_gromo(k),
-                "cross_term": solution.cross_term(k, stats),
-                "bottleneck_norm": stats.residual_norm(solution.delta),
-            }
-            gains[site.name] = entry["fo_exact"]
-            if site.name in unit_gains:
-                key = "fo_homog" if homogeneous(site) else "fo_max_pool"
-                entry[key] = gains[site.name] = solution.fo_measured(k)
-                entry["signs_flipped"] = flipped[site.name]
-            report[site.name] = entry
-            event.scores[site.name] = solution.singular_values.tolist()
-        event.extras["sites"] = report
+            event.scores[site.name] = solutions[site.name].singular_values.tolist()
+        return statistics, solutions
 
-        with event.phase("select"):
-            if config.site_selection == "best-fo":
-                order = sorted(range(len(sites)), key=lambda i: (-gains[sites[i].name], i))
-            else:
-                start = self._round_robin % len(all_sites)
-                names = [site.name for site in sites]
-                rotated = [
-                    all_sites[(start + i) % len(all_sites)].name for i in range(len(all_sites))
-                ]
-                order = [names.index(name) for name in rotated if name in names]
-            chosen, k = None, 0
-            for position in order:
-                site = sites[position]
-                k = solutions[site.name].count
-                while (
-                    k > 0
-                    and math.isfinite(ctx.remaining_budget)
-                    and site.cost_of_units(k)[ctx.budget_metric] > ctx.remaining_budget
-                ):
-                    k -= 1
-                if k > 0:
-                    chosen = site
-                    break
-        if chosen is None:
-            event.stop_reason = "budget exhausted"
-            return
-        if config.site_selection == "round-robin":
-            self._round_robin = all_sites.index(chosen) + 1
-        solution, stats = solutions[chosen.name], statistics[chosen.name]
-        if k < solution.count:
-            event.stop_reason = "budget exhausted"
-        alpha, omega = solution.alpha[:k], solution.omega[:k]
-        if chosen.name in unit_gains:  # noqa: SIM108 (the measured gain, else the closed form)
-            fo = solution.fo_measured(k)
-        else:
-            fo = solution.fo_exact(k, stats)
-        event.extras.update(site=chosen.name, K=k, first_order_gain=fo)
-
-        with event.phase("search"):
-            if config.gamma_fixed is not None:
-                gamma = config.gamma_fixed
-            else:
-                event.extras["amplitude_samples"] = "held-out" if ctx.has_heldout else "statistics"
-                gamma, curve = self._line_search(
-                    net, ctx.held_out(), chosen, alpha, omega, solution.delta
+    def _select(
+        self,
+        net: GrowableNet,
+        ctx: GrowthContext,
+        sites: list[Site],
+        statistics: dict[str, BottleneckStatistics],
+        solutions: dict[str, SiteSolution],
+    ) -> Candidate | None:
+        """The site to grow and how many of its units fit the budget (the candidate's ``key``
+        and ``units``): sites in ``site_selection`` order, each offering its K units, then
+        fewer, down to one; the first that fits."""
+        if self.config.site_selection == "best-fo":
+            gains = {
+                site.name: solutions[site.name].first_order_gain(
+                    solutions[site.name].count, statistics[site.name]
                 )
-                event.extras["line_search"] = curve
-                at_gamma = next(loss for g, loss in curve if g == gamma)
-                event.extras["search_loss_change"] = at_gamma - curve[0][1]
-                if gamma == 0.0:
-                    event.stop_reason = "line search chose gamma = 0"
-                    event.extras["gamma"] = 0.0
-                    return
-        event.extras["gamma"] = gamma
-        with event.phase("apply"):
-            apply_tiny(chosen, alpha, omega, solution.delta, gamma)
-        event.selected = {chosen.name: [[chosen.width - k + i, "new"] for i in range(k)]}
-        event.predicted_loss_change = -(gamma**2) * fo
+                for site in sites
+            }
+            order = sorted(range(len(sites)), key=lambda i: (-gains[sites[i].name], i))
+        else:
+            all_sites = net.sites
+            start = self._round_robin % len(all_sites)
+            names = [site.name for site in sites]
+            rotated = [all_sites[(start + i) % len(all_sites)].name for i in range(len(all_sites))]
+            order = [names.index(name) for name in rotated if name in names]
+        ranked = [
+            Candidate(site.name, "units", site, units=k)
+            for site in (sites[i] for i in order)
+            for k in range(solutions[site.name].count, 0, -1)
+        ]
+        # a budget that is not finite (NaN included) does not cut K
+        budget = ctx.remaining_budget if math.isfinite(ctx.remaining_budget) else math.inf
+        kept = select_within_budget(ranked, budget, unit_pricing(net, ctx), limit=1).kept
+        return kept[0] if kept else None
 
-    # ------------------------------------------------------------------ helpers
+    def _amplitude(
+        self,
+        net: GrowableNet,
+        ctx: GrowthContext,
+        site: Site,
+        alpha: Tensor,
+        omega: Tensor,
+        delta: Tensor,
+        event: GrowthEvent,
+    ) -> float | None:
+        """γ: ``gamma_fixed``, or the line search's on the held-out samples (its curve and loss
+        change in ``event.extras``); None, with the event's stop reason, when it chose 0."""
+        if self.config.gamma_fixed is not None:
+            return self.config.gamma_fixed
+        event.extras["amplitude_samples"] = "held-out" if ctx.has_heldout else "statistics"
+        gamma, curve = self._line_search(net, ctx.held_out(), site, alpha, omega, delta)
+        event.extras["line_search"] = curve
+        at_gamma = next(loss for g, loss in curve if g == gamma)
+        event.extras["search_loss_change"] = at_gamma - curve[0][1]
+        if gamma == 0.0:
+            event.stop_reason = "line search chose gamma = 0"
+            event.extras["gamma"] = 0.0
+            return None
+        return gamma
+
     def _line_search(
         self,
         net: GrowableNet,
@@ -410,6 +444,28 @@ class Tiny(Grower):
             top = extra[-1]
         best = min(curve, key=lambda c: c[1])
         return best[0], curve
+
+
+def site_report(
+    site: Site, solution: SiteSolution, stats: BottleneckStatistics, flipped: int | None
+) -> dict:
+    """A site's entry of ``event.extras["sites"]``: its singular values, K, Δ, the first-order
+    gains (closed forms, and the measured one with the pairs flipped when measured), the
+    cross term and the bottleneck's norm."""
+    k = solution.count
+    entry = {
+        "singular_values": solution.singular_values.tolist(),
+        "K": k,
+        "delta_gain": solution.gain_delta,
+        "fo_exact": solution.fo_exact(k, stats),
+        "fo_gromo": solution.fo_gromo(k),
+        "cross_term": solution.cross_term(k, stats),
+        "bottleneck_norm": stats.residual_norm(solution.delta),
+    }
+    if solution.unit_gains is not None:
+        entry["fo_homog" if homogeneous(site) else "fo_max_pool"] = solution.fo_measured(k)
+        entry["signs_flipped"] = flipped
+    return entry
 
 
 def homogeneous(site: Site) -> bool:
