@@ -25,8 +25,9 @@ Figures:
   (inner widths 1/8) with a 1,024-sample statistics set, as a share of one training epoch over
   50,000 CIFAR-shaped samples estimated from timed batches in the same process (target ≤ 1 for
   every method but exact s2d), and its peak memory; fast-s2d also at 50 passes over the set
-  (``rq_steps = 800``). Exact s2d is timed on MobileNet only by default (``--time-s2d-on``); for
-  the other net, and at full width, the bytes its splitting matrices need are printed.
+  (``rayleigh = { steps = 800 }``). Exact s2d is timed on MobileNet only by default
+  (``--time-s2d-on``); for the other net, and at full width, the bytes its splitting matrices
+  need are printed.
 
 * a growth step of every built-in method on each task of the ``default`` suite, as a share of
   one of that task's training epochs (the suite's batch size and optimiser), measured in the
@@ -191,7 +192,7 @@ def resnet_overhead(repeats: int, steps: int = 2, batch_size: int = 32) -> float
 
 
 SPLIT_CHANNELS = 128  # input channels of the conv site: p = 128·3·3 + 1 = 1153
-SPLIT_BATCH = 64  # fast-s2d's rq_batch_size
+SPLIT_BATCH = 64  # fast-s2d's rayleigh.batch_size
 
 
 def _resident_bytes() -> int:
@@ -225,7 +226,7 @@ def splitting_probe(method: str, steps: int, units: int, samples: int, threads: 
     just before it, and the per-unit scores. A warm-up grow on a tiny net first loads the lazy
     parts of torch, LAPACK and HiGHS, so neither method is charged for them."""
     torch.set_num_threads(threads)
-    options = {"rq_steps": steps} if method == "fast-s2d" else {}
+    options = {"rayleigh": {"steps": steps}} if method == "fast-s2d" else {}
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(samples, SPLIT_CHANNELS, 8, 8, generator=generator)
     targets = torch.randint(0, 10, (samples,), generator=generator)
@@ -245,7 +246,7 @@ def splitting_probe(method: str, steps: int, units: int, samples: int, threads: 
         config = ModelConfig("cnn", (channels, 8, 8), 10, (width,), activation="silu")
         return build_model(config, seed=0)
 
-    warm_up = {**options, "rq_steps": 2} if method == "fast-s2d" else options
+    warm_up = {**options, "rayleigh": {"steps": 2}} if method == "fast-s2d" else options
     make_grower(method, warm_up).grow(net(4, 4), context(8, 4))
     grower = make_grower(method, options)
     growing, ctx = net(SPLIT_CHANNELS, units), context(samples, SPLIT_CHANNELS)
@@ -271,7 +272,7 @@ def splitting_step_cost(
 ) -> list[tuple[float, float, str]]:
     """s2d / fast-s2d growth-step seconds and peak memory (ratios of medians), each grow() in
     its own subprocess, alternating s2d, fast-s2d, fast-s2d, s2d, ... One fast-s2d setting per
-    entry of ``passes``: that many passes of batch 64 over the statistics set, i.e. rq_steps =
+    entry of ``passes``: that many passes of batch 64 over the statistics set, i.e. rayleigh.steps =
     passes · samples / 64 (10: the official CIFAR code's 10 epochs; 50: the CPU default's 1,600
     steps over its 2,048-sample set). The estimates are compared with s2d's exact λ_min."""
     settings = {"s2d": 0} | {
@@ -296,8 +297,9 @@ def splitting_step_cost(
         estimated = results[name][-1]["scores"]
         error = max(abs(estimated[j] - exact[j]) / abs(exact[j]) for j in lowest)
         note = (
-            f"fast-s2d rq_steps={settings[name]} ({count} passes of {SPLIT_BATCH} over {samples} "
-            f"samples; default 1600), Spearman(λ̂, λ) {spearmanr(estimated, exact).statistic:.3f}, "
+            f"fast-s2d rayleigh.steps={settings[name]} ({count} passes of {SPLIT_BATCH} over "
+            f"{samples} samples; default 1600), "
+            f"Spearman(λ̂, λ) {spearmanr(estimated, exact).statistic:.3f}, "
             f"max rel. λ error of the 30 % lowest {error:.1%}; medians s2d "
             f"{median('s2d', 'seconds'):.1f} s {median('s2d', 'peak_bytes') / 2**20:.0f} MiB, "
             f"fast-s2d {median(name, 'seconds'):.1f} s "
@@ -442,7 +444,7 @@ def growth_probe(model: str, method: str, options: str, threads: int) -> dict:
         )  # fmt: skip
 
     small = build_model(ModelConfig(model, shape, 10, width_multiplier=1 / 16), seed=0)
-    warm_up = {**options, "rq_steps": 2} if method == "fast-s2d" else options
+    warm_up = {**options, "rayleigh": {"steps": 2}} if method == "fast-s2d" else options
     make_grower(method, warm_up).grow(small, context(16))
     grower = make_grower(method, options)
     base = _resident_bytes()
@@ -475,8 +477,8 @@ def growth_step_costs(
     from growbench.methods import registry
 
     for model, (label, options, full) in GROWTH_NETS.items():
-        runs = [(name, {}) for name in sorted(registry._BUILTINS)]
-        runs.append(("fast-s2d", {"rq_steps": 800}))  # 50 passes over the 1,024 samples
+        runs = [(name, {}) for name in sorted(registry.available_methods())]
+        runs.append(("fast-s2d", {"rayleigh": {"steps": 800}}))  # 50 passes over the 1,024 samples
         runs = [run for run in runs if methods is None or run[0] in methods]
         for method, extra in runs:
             if method == "s2d" and model not in time_s2d_on:
@@ -645,7 +647,11 @@ def main() -> None:
     import growbench.methods.builtin  # noqa: F401
     from growbench.methods import registry
 
-    methods = tuple(args.methods.split(",")) if args.methods else tuple(sorted(registry._BUILTINS))
+    methods = (
+        tuple(args.methods.split(","))
+        if args.methods
+        else tuple(sorted(registry.available_methods()))
+    )
     if "growth" in figures:
         s2d_nets = tuple(args.time_s2d_on.split(","))
         for line in growth_step_costs(args.threads, s2d_nets, methods):

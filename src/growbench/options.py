@@ -10,7 +10,9 @@ an *attribute docstring*::
 That string is the single source of truth. The documentation shows it (mkdocstrings' griffe reads
 attribute docstrings), ``growbench methods|models|datasets --verbose`` prints it through
 :func:`option_rows`, and a test refuses a built-in option without one through
-:func:`undocumented`. Python discards attribute docstrings when it compiles a class, so this
+:func:`undocumented`; an option that is a table of options (a field whose default is a dataclass,
+such as fast-s2d's ``rayleigh``) is listed and checked field by field as ``rayleigh.steps`` and
+so on. Python discards attribute docstrings when it compiles a class, so this
 module reads them back from the class's source with ``inspect`` and ``ast``, following its
 dataclass bases (a field inherited from a base keeps the base's description). A class without
 source, such as a plugin shipped only as ``.pyc``, has empty descriptions rather than an error.
@@ -28,7 +30,7 @@ import textwrap
 from functools import cache
 from typing import NamedTuple
 
-from growbench.plugins import default_text
+from growbench.plugins import default_text, option_defaults
 
 
 class OptionRow(NamedTuple):
@@ -39,14 +41,22 @@ class OptionRow(NamedTuple):
     description: str
 
 
-def option_rows(cls: type) -> list[OptionRow]:
+def option_rows(cls: type, prefix: str = "") -> list[OptionRow]:
     """Each field of the dataclass ``cls`` in field order: (name, default text, description);
-    the description is "" where the field has no attribute docstring."""
+    the description is "" where the field has no attribute docstring. A field whose default is
+    itself a dataclass (a table of options, such as fast-s2d's ``rayleigh``) gives the rows of
+    that dataclass's fields instead, named ``rayleigh.steps`` and so on."""
     descriptions = field_descriptions(cls)
-    return [
-        OptionRow(field.name, default_text(field), descriptions.get(field.name, ""))
-        for field in dataclasses.fields(cls)
-    ]
+    defaults = option_defaults(cls)
+    rows = []
+    for field in dataclasses.fields(cls):
+        default = defaults[field.name]
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            rows += option_rows(type(default), f"{prefix}{field.name}.")
+        else:
+            description = descriptions.get(field.name, "")
+            rows.append(OptionRow(prefix + field.name, default_text(field), description))
+    return rows
 
 
 def undocumented(cls: type) -> list[str]:

@@ -23,27 +23,30 @@ from scipy.stats import spearmanr
 from torch import Tensor
 
 import growbench.methods.fast_s2d as fast
+import growbench.methods.rayleigh as rq
 from growbench.methods import GrowthContext, make_grower
 from growbench.methods._splitting import (
     RELU_SURROGATE_BETA,
     PlannedSplit,
     apply_splits,
+    curvature_route,
     splittable_sites,
     splitting_matrices,
 )
 from growbench.nn import ModelConfig, Site, build_model
 from growbench.nn.losses import regression_loss
 
-from .conftest import TASKS, Task, make_task
+from .conftest import TASKS, GrowthCase, make_task
 
-QUICK = {"rq_steps": 160}  # checks whose outcome does not depend on the estimates' quality
+# checks whose outcome does not depend on the estimates' quality
+QUICK = {"rayleigh": {"steps": 160}}
 
 
 # ----------------------------------------------------------------------------------- fixtures
 
 
 @cache
-def _wide_tanh() -> Task:
+def _wide_tanh() -> GrowthCase:
     """A trained tanh MLP 12 → 16 → 12 → 2 (28 units, p = 13 and 17), for rank statistics."""
     generator = torch.Generator().manual_seed(99)
     net = build_model(ModelConfig("mlp", (12,), 2, (16, 12), activation="tanh"), seed=1).double()
@@ -56,24 +59,24 @@ def _wide_tanh() -> Task:
         regression_loss(net(inputs), targets).mean().backward()
         optimizer.step()
     net.eval()
-    return Task(net, inputs, targets, regression_loss)
+    return GrowthCase(net, inputs, targets, regression_loss)
 
 
-def task_named(name: str) -> Task:
+def task_named(name: str) -> GrowthCase:
     if name == "wide_tanh":
         task = _wide_tanh()
-        return Task(copy.deepcopy(task.net), task.inputs, task.targets, task.loss_fn)
+        return GrowthCase(copy.deepcopy(task.net), task.inputs, task.targets, task.loss_fn)
     return make_task(name)
 
 
 @cache
-def searched(name: str, seed: int = 0) -> tuple[Task, dict[str, fast.RayleighEstimate]]:
+def searched(name: str, seed: int = 0) -> tuple[GrowthCase, dict[str, rq.RayleighEstimate]]:
     """The CPU-default estimates on a task (shared by the tests; nobody mutates them)."""
     task = task_named(name)
     sites = splittable_sites(task.net.sites)
-    estimates = fast.rayleigh_extremes(
-        task.net, task.context(seed=seed), sites, fast.FastS2DConfig().schedule()
-    )["min"]
+    estimates = rq.rayleigh_extremes(task.net, task.context(seed=seed), sites, rq.RayleighConfig())[
+        "min"
+    ]
     return task, estimates
 
 
@@ -84,7 +87,7 @@ class Exact:
     matrices: Tensor
 
 
-def exact(task: Task, site: Site) -> Exact:
+def exact(task: GrowthCase, site: Site) -> Exact:
     matrices = splitting_matrices(task.net, task.context(), site, range(site.width))
     values, vectors = torch.linalg.eigh(matrices)
     return Exact(values, vectors[:, :, 0], matrices)
@@ -132,7 +135,7 @@ def producer_projection(site: Site, x: Tensor, rows: Tensor) -> Tensor:
 
 
 def dummy_route_products(
-    task: Task, sites: list[Site], index: Tensor, directions: dict[str, Tensor]
+    task: GrowthCase, sites: list[Site], index: Tensor, directions: dict[str, Tensor]
 ) -> dict[str, Tensor]:
     """The official code's route: every unit's output gets + σ''(z)·(b·qᵀx̃)·(b·vᵀx̃) with a zero
     leaf q shaped like the fan-in; then ∂L_B/∂q_j = S_B v_j (L_B the batch's mean loss)."""
@@ -181,7 +184,7 @@ def test_sv_pass_equals_explicit_products_and_dummy_route(name):
     ctx = task.context(seed=3)
     generator = torch.Generator().manual_seed(11)
     # one mini-batch of 24 of the estimator's own seeded order (a strict subset of every set)
-    index = next(fast.minibatch_indices(len(task.inputs), 24, 10, ctx.generator))
+    index = next(rq.minibatch_indices(len(task.inputs), 24, 10, ctx.generator))
     directions = {
         s.name: torch.randn(s.width, s.fan_in_size, generator=generator, dtype=torch.float64)
         for s in sites
@@ -190,7 +193,8 @@ def test_sv_pass_equals_explicit_products_and_dummy_route(name):
         k: v / torch.linalg.vector_norm(v, dim=1, keepdim=True) for k, v in directions.items()
     }
     # the estimator's pass: one backward for all sites (conv sites: no unfolding)
-    batches = fast.site_batches(task.net, ctx, sites, task.inputs[index], task.targets[index])
+    routes = [curvature_route(site) for site in sites]
+    batches = rq.site_batches(task.net, ctx, routes, task.inputs[index], task.targets[index])
     batch = GrowthContext(
         inputs=task.inputs[index],
         targets=task.targets[index],
@@ -279,8 +283,8 @@ def test_largest_eigenpairs_for_signed_splitting():
     """``extremes=("max",)`` ascends R: v_max for signed-s2d."""
     task = make_task("tanh_mlp")
     sites = splittable_sites(task.net.sites)
-    schedule = fast.FastS2DConfig().schedule()
-    both = fast.rayleigh_extremes(task.net, task.context(), sites, schedule, ("min", "max"))
+    schedule = rq.RayleighConfig()
+    both = rq.rayleigh_extremes(task.net, task.context(), sites, schedule, ("min", "max"))
     for site in sites:
         reference = exact(task, site)
         values, vectors = torch.linalg.eigh(reference.matrices)
@@ -292,7 +296,7 @@ def test_largest_eigenpairs_for_signed_splitting():
         assert float(cos[gapped].min()) >= 0.99
         assert float(((estimate.values - top).abs() / top.abs())[gapped].max()) <= 0.05
         assert bool((both["min"][site.name].values < estimate.values).all())
-    eigen = fast.rayleigh_eigen(task.net, task.context(), sites, schedule)  # same seed
+    eigen = rq.rayleigh_eigen(task.net, task.context(), sites, schedule)  # same seed
     for site in sites:
         pairs = eigen[site.name]
         assert torch.equal(pairs.lambda_min, both["min"][site.name].values)
@@ -300,7 +304,7 @@ def test_largest_eigenpairs_for_signed_splitting():
         norms = torch.linalg.matrix_norm(exact(task, site).matrices, ord=2)
         torch.testing.assert_close(pairs.matrix_norm, norms, rtol=0.05, atol=0)
     with pytest.raises(ValueError, match="unknown extreme 'middle'"):
-        fast.rayleigh_extremes(task.net, task.context(), sites, schedule, ("middle",))
+        rq.rayleigh_extremes(task.net, task.context(), sites, schedule, ("middle",))
 
 
 @pytest.mark.slow
@@ -319,11 +323,11 @@ def test_rayleigh_estimates_on_a_fan_in_of_65():
         optimizer.zero_grad()
         regression_loss(net(inputs), targets).mean().backward()
         optimizer.step()
-    task = Task(net.eval(), inputs, targets, regression_loss)
+    task = GrowthCase(net.eval(), inputs, targets, regression_loss)
     (site,) = splittable_sites(task.net.sites)
-    estimate = fast.rayleigh_extremes(
-        task.net, task.context(), [site], fast.FastS2DConfig().schedule()
-    )["min"][site.name]
+    estimate = rq.rayleigh_extremes(task.net, task.context(), [site], rq.RayleighConfig())["min"][
+        site.name
+    ]
     reference = exact(task, site)
     lam1, lam2 = reference.values[:, 0], reference.values[:, 1]
     gapped = (lam2 - lam1) >= 0.1 * lam1.abs()
@@ -348,7 +352,7 @@ def test_hand_gradient_equals_autograd_of_the_rayleigh_quotient():
     matrices = (raw + raw.transpose(1, 2)) / 2
     directions = 3 * torch.randn(n, p, generator=generator, dtype=torch.float64)  # not unit
     products = torch.einsum("jpq,jq->jp", matrices, directions)
-    quotient, gradient = fast.rayleigh_gradient(directions, products)
+    quotient, gradient = rq.rayleigh_gradient(directions, products)
     leaf = directions.clone().requires_grad_(True)
     rayleigh = torch.einsum("jp,jpq,jq->j", leaf, matrices, leaf) / (leaf * leaf).sum(1)
     (expected,) = torch.autograd.grad(rayleigh.sum(), leaf)
@@ -361,9 +365,9 @@ def test_iterate_stays_unit_norm(steps):
     """With one batch per pass and the smallest window, the window mean is the last iterate."""
     task = make_task("tanh_mlp")
     sites = splittable_sites(task.net.sites)
-    schedule = fast.RayleighSchedule(steps=steps, batch_size=len(task.inputs), window=1e-9)
+    schedule = rq.RayleighConfig(steps=steps, batch_size=len(task.inputs), window=1e-9)
     assert schedule.window_start(1) == steps - 1
-    estimates = fast.rayleigh_extremes(task.net, task.context(), sites, schedule)["min"]
+    estimates = rq.rayleigh_extremes(task.net, task.context(), sites, schedule)["min"]
     for estimate in estimates.values():
         torch.testing.assert_close(
             estimate.mean_norms, torch.ones_like(estimate.mean_norms), rtol=0, atol=1e-12
@@ -372,17 +376,17 @@ def test_iterate_stays_unit_norm(steps):
 
 def test_minibatches_come_in_seeded_passes_that_end_with_the_run():
     count, batch_size, steps = 10, 4, 10  # passes of 3 batches; the first pass is cut to 1
-    order = list(fast.minibatch_indices(count, batch_size, steps, torch.Generator().manual_seed(0)))
-    again = list(fast.minibatch_indices(count, batch_size, steps, torch.Generator().manual_seed(0)))
+    order = list(rq.minibatch_indices(count, batch_size, steps, torch.Generator().manual_seed(0)))
+    again = list(rq.minibatch_indices(count, batch_size, steps, torch.Generator().manual_seed(0)))
     assert len(order) == steps
     assert all(torch.equal(a, b) for a, b in zip(order, again))
     assert [len(b) for b in order] == [4] + [4, 4, 2] * 3
     for start in (1, 4, 7):  # every full pass visits every sample once
         assert sorted(torch.cat(order[start : start + 3]).tolist()) == list(range(count))
-    schedule = fast.RayleighSchedule(steps=steps, window=0.1)
+    schedule = rq.RayleighConfig(steps=steps, window=0.1)
     assert schedule.window_start(3) == 7  # 10 % of 10 steps, rounded up to one whole pass
-    assert fast.RayleighSchedule(steps=1600).window_start(32) == 1440  # spec defaults: 5 passes
-    lrs = [fast.RayleighSchedule(steps=100).lr_at(t) for t in (0, 19, 20, 40, 60, 80, 99)]
+    assert rq.RayleighConfig(steps=1600).window_start(32) == 1440  # spec defaults: 5 passes
+    lrs = [rq.RayleighConfig(steps=100).lr_at(t) for t in (0, 19, 20, 40, 60, 80, 99)]
     assert lrs == pytest.approx([1e-2, 1e-2, 2e-3, 4e-4, 8e-5, 1.6e-5, 1.6e-5], rel=1e-12)
 
 
@@ -541,9 +545,9 @@ def test_event_prediction_with_a_small_step():
 def test_same_seed_gives_bitwise_equal_estimates():
     task = make_task("conv_bn")
     sites = splittable_sites(task.net.sites)
-    schedule = fast.RayleighSchedule(steps=40, batch_size=24)
+    schedule = rq.RayleighConfig(steps=40, batch_size=24)
     runs = [
-        fast.rayleigh_extremes(task.net, task.context(seed=seed), sites, schedule)["min"]
+        rq.rayleigh_extremes(task.net, task.context(seed=seed), sites, schedule)["min"]
         for seed in (4, 4, 5)
     ]
     for site in sites:
@@ -561,11 +565,9 @@ def test_cached_taps_give_the_per_batch_estimates(name):
     sites = splittable_sites(task.net.sites)
     runs = []
     for cache_bytes in (2**27, 0):
-        schedule = fast.RayleighSchedule(steps=40, batch_size=24, cache_bytes=cache_bytes)
+        schedule = rq.RayleighConfig(steps=40, batch_size=24, cache_bytes=cache_bytes)
         extremes = ("min", "max")
-        runs.append(
-            fast.rayleigh_extremes(task.net, task.context(seed=4), sites, schedule, extremes)
-        )
+        runs.append(rq.rayleigh_extremes(task.net, task.context(seed=4), sites, schedule, extremes))
     for extreme in ("min", "max"):
         for site in sites:
             cached, per_batch = (run[extreme][site.name] for run in runs)
@@ -577,18 +579,22 @@ def test_statistics_set_taps_respect_the_byte_budget_and_gather_by_sample():
     task = make_task("conv_bn")
     sites = splittable_sites(task.net.sites)
     ctx = task.context()
-    whole = fast.statistics_set_batches(task.net, ctx, sites, 24, 2**27)
-    tensors = [t for part in whole.values() for t in (part.inputs, part.coefficients)]
+    routes = [curvature_route(site) for site in sites]
+    whole = rq.statistics_set_batches(task.net, ctx, routes, 24, 2**27)
+    tensors = [t for part in whole.values() for t in part.tensors.values()]
+    assert {key for part in whole.values() for key in part.tensors} == {"inputs", "coefficients"}
     size = sum(t.nelement() * t.element_size() for t in tensors)
     assert all(len(t) == len(task.inputs) for t in tensors)
-    assert fast.statistics_set_batches(task.net, ctx, sites, 24, size) is not None
-    assert fast.statistics_set_batches(task.net, ctx, sites, 24, size - 1) is None
+    assert rq.statistics_set_batches(task.net, ctx, routes, 24, size) is not None
+    assert rq.statistics_set_batches(task.net, ctx, routes, 24, size - 1) is None
     index = torch.tensor([5, 0, 63, 17, 5])
-    batch = fast.site_batches(task.net, ctx, sites, task.inputs[index], task.targets[index])
+    batch = rq.site_batches(task.net, ctx, routes, task.inputs[index], task.targets[index])
     for site in sites:
-        taken, own = whole[site.name].take(index), batch[site.name]
-        torch.testing.assert_close(taken.inputs, own.inputs, rtol=1e-12, atol=0)
-        torch.testing.assert_close(taken.coefficients, own.coefficients, rtol=1e-12, atol=1e-15)
+        taken, own = whole[site.name].take(index).tensors, batch[site.name].tensors
+        torch.testing.assert_close(taken["inputs"], own["inputs"], rtol=1e-12, atol=0)
+        torch.testing.assert_close(
+            taken["coefficients"], own["coefficients"], rtol=1e-12, atol=1e-15
+        )
 
 
 # ------------------------------------------------------------------------ selection variants
@@ -694,8 +700,8 @@ def test_the_split_follows_the_estimate():
     event = grower.grow(task.net, task.context(remaining_budget=budget, seed=1))
     reference = make_task("tanh_mlp")
     sites = splittable_sites(reference.net.sites)
-    schedule = fast.FastS2DConfig(**QUICK).schedule()
-    estimates = fast.rayleigh_extremes(reference.net, reference.context(seed=1), sites, schedule)
+    schedule = fast.FastS2DConfig(**QUICK).rayleigh
+    estimates = rq.rayleigh_extremes(reference.net, reference.context(seed=1), sites, schedule)
     estimates = estimates["min"]
     assert event.scores == {s.name: estimates[s.name].values.tolist() for s in sites}
     ((name, picks),) = event.selected.items()

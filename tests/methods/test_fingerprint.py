@@ -21,7 +21,7 @@ def test_shared_splitting_code_is_part_of_the_splitting_methods_only():
     for name in ("tiny", "gradmax", "random-add", "none"):
         assert "growbench.methods._splitting" not in modules_of(name)
     assert "growbench.methods._bottleneck" in modules_of("tiny") & modules_of("gradmax")
-    assert "growbench.methods.fast_s2d" in modules_of("signed-s2d")  # its Rayleigh estimator
+    assert "growbench.methods.rayleigh" in modules_of("signed-s2d") & modules_of("fast-s2d")
     for name in ("s2d", "tiny", "none"):  # the surgery and the Grower contract, for everyone
         assert {"growbench.nn.growable", "growbench.nn.units", "growbench.methods.base"} <= (
             modules_of(name)

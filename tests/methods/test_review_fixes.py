@@ -18,7 +18,7 @@ from .conftest import make_task
 SPLITTING = ("s2d", "signed-s2d", "fast-s2d")
 READS_STATISTICS = ("s2d", "signed-s2d", "fast-s2d", "tiny", "gradmax", "firefly")
 QUICK = {
-    "fast-s2d": {"rq_steps": 40},
+    "fast-s2d": {"rayleigh": {"steps": 40}},
     "signed-s2d": {},
     "s2d": {},
     "tiny": {},

@@ -36,7 +36,9 @@ from .test_splitting import hessian_matrices, site_input
 HALF = torch.tensor([0.5, 0.5], dtype=torch.float64)
 
 
-def ranked_units(task: GrowthCase, ctx: GrowthContext) -> list[tuple[float, int, int, torch.Tensor]]:
+def ranked_units(
+    task: GrowthCase, ctx: GrowthContext
+) -> list[tuple[float, int, int, torch.Tensor]]:
     """(λ_min, site position, unit, v_min) of every splittable unit, most negative first."""
     units = []
     for position, site in enumerate(splittable_sites(task.net.sites)):

@@ -25,17 +25,18 @@ from growbench.methods._splitting import (
     site_eigen,
     splittable_sites,
 )
+from growbench.methods.rayleigh import RayleighConfig
 from growbench.methods.signed_s2d import SignedS2D, split_scheme, unit_scores
 from growbench.nn import ModelConfig, build_model
 from growbench.nn.counting import growth_cost
 from growbench.nn.losses import regression_loss
 
-from .conftest import TASKS, Task, make_task
+from .conftest import TASKS, GrowthCase, make_task
 
 NAME = "signed-s2d"
 
 
-def grow(task: Task, remaining: float = math.inf, metric: str = "params", **options):
+def grow(task: GrowthCase, remaining: float = math.inf, metric: str = "params", **options):
     grower = make_grower(NAME, options)
     ctx = task.context(remaining_budget=remaining, metric=metric)
     before = ctx.loss(task.net)
@@ -46,7 +47,8 @@ def grow(task: Task, remaining: float = math.inf, metric: str = "params", **opti
 # ------------------------------------------------------------------------------ registration
 def test_registration_and_cpu_defaults():
     assert get_method(NAME) is SignedS2D
-    defaults = {f.name: f.default for f in dataclasses.fields(SignedS2D.Config)}
+    config = SignedS2D.Config()
+    defaults = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     assert defaults == {
         "copies": 3,
         "weight_bound": 2.0,
@@ -55,6 +57,7 @@ def test_registration_and_cpu_defaults():
         "lambda_tol": 1e-8,
         "max_stat_bytes": 512 * 2**20,
         "eigen_solver": "auto",
+        "rayleigh": RayleighConfig(),  # fast-s2d's defaults: 1,600 steps of 64
         "splitting_matrix": "exact",
     }
     assert SignedS2D.preserves_function == "at_zero_step"
@@ -317,7 +320,9 @@ def test_general_3_copy_optimum_beats_the_symmetric_schemes_on_indefinite_s():
 
 
 # ------------------------------------------------------------- predicted vs realised loss
-def split_one(task: Task, site_name: str, unit: int, kind: str, direction, c: float, eps: float):
+def split_one(
+    task: GrowthCase, site_name: str, unit: int, kind: str, direction, c: float, eps: float
+):
     net = copy.deepcopy(task.net)
     deltas, weights = split_scheme(kind, direction, c, eps)
     apply_splits(net, [PlannedSplit(site_name, unit, deltas, weights, kind)])
@@ -412,7 +417,7 @@ def train_toy_students(seeds: list[int]) -> tuple[list, torch.Tensor]:
 
 
 @cache
-def signed_toy() -> tuple[int, Task]:
+def signed_toy() -> tuple[int, GrowthCase]:
     """The first seed (of 100, scanned 10 at a time) whose trained student is S2D-stable
     (λ_min ≥ −1e-8) with positive curvature (λ_max > 1e-3)."""
     for first in range(0, 100, TOY_CHUNK):
@@ -428,7 +433,7 @@ def signed_toy() -> tuple[int, Task]:
                     net.site(0).consumer.bias.copy_(c[None])
                 net.eval()
                 inputs, targets = toy_data(seed)
-                return seed, Task(net, inputs, targets, regression_loss)
+                return seed, GrowthCase(net, inputs, targets, regression_loss)
     raise AssertionError("no seed below 100 gives a splitting-stable toy student")
 
 
@@ -440,13 +445,13 @@ def test_signed_split_escapes_where_s2d_stalls():
     assert float(eigen.lambda_min[0]) >= -1e-8
     assert float(eigen.lambda_max[0]) > 1e-3
 
-    stalled = Task(copy.deepcopy(toy.net), toy.inputs, toy.targets, toy.loss_fn)
+    stalled = GrowthCase(copy.deepcopy(toy.net), toy.inputs, toy.targets, toy.loss_fn)
     s2d = make_grower("s2d", {"only_negative": True, "selection": "most-negative"})
     event = s2d.grow(stalled.net, stalled.context())
     assert not event.grew
     assert event.stop_reason == "splitting-stable"
 
-    grown = Task(copy.deepcopy(toy.net), toy.inputs, toy.targets, toy.loss_fn)
+    grown = GrowthCase(copy.deepcopy(toy.net), toy.inputs, toy.targets, toy.loss_fn)
     event, realised = grow(grown, epsilon=1e-2)
     assert event.units_added == {site.name: 2}
     assert event.selected == {site.name: [[0, "signed-"]]}
@@ -475,13 +480,13 @@ def synthetic_eigen(spectra: dict[str, list[tuple[float, float]]]):
     return fake
 
 
-def cost_task() -> Task:
+def cost_task() -> GrowthCase:
     """3 → 4 → 6 → 2: a unit costs 10 params at block0 and 7 at block1 (cross term 1)."""
     net = build_model(ModelConfig("mlp", (3,), 2, (4, 6), activation="tanh"), seed=0).double()
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(64, 3, generator=generator, dtype=torch.float64)
     targets = torch.randn(64, 2, generator=generator, dtype=torch.float64)
-    return Task(net, inputs, targets, regression_loss)
+    return GrowthCase(net, inputs, targets, regression_loss)
 
 
 def test_cost_task_layout():
@@ -560,7 +565,7 @@ def test_round_budget_doubling_cap_and_progress_rules(monkeypatch):
 
 def test_width_one_site_may_triple(monkeypatch):
     monkeypatch.setattr(signed_s2d, "site_eigen", synthetic_eigen({"block0": [(0.0, 1.0)]}))
-    task = Task(build_model(TOY_MODEL, seed=0).double(), *toy_data(0), regression_loss)
+    task = GrowthCase(build_model(TOY_MODEL, seed=0).double(), *toy_data(0), regression_loss)
     event, _ = grow(task)
     assert event.units_added == {"block0": 2}
 

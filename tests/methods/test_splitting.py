@@ -43,7 +43,7 @@ from growbench.methods._splitting import (
 from growbench.nn import ACTIVATIONS, GrowableNet, Site
 from growbench.nn.taps import record_inputs
 
-from .conftest import Task, make_task
+from .conftest import GrowthCase, make_task
 
 # ---------------------------------------------------------------------------------- references
 
@@ -115,7 +115,7 @@ def all_pre(site: Site, x: Tensor) -> Tensor:
     )
 
 
-def output_gradients(task: Task, site: Site, x: Tensor) -> Tensor:
+def output_gradients(task: GrowthCase, site: Site, x: Tensor) -> Tensor:
     """ĝ = per-sample ∂ℓ/∂h at the site (gradient of the sum-reduced loss), detached."""
     h = site.act(all_pre(site, x)).detach().requires_grad_(True)
     losses = task.loss_fn(suffix(task.net, site, task.inputs, h), task.targets)
@@ -123,7 +123,7 @@ def output_gradients(task: Task, site: Site, x: Tensor) -> Tensor:
     return grad.detach()
 
 
-def hessian_matrices(task: Task, site: Site) -> Tensor:
+def hessian_matrices(task: GrowthCase, site: Site) -> Tensor:
     """S_j (n × p × p): the Hessian at θ_j of Φ(θ) = E[ĝ_j · σ̃(b_j(θᵀx̃ − μ_j) + β_j)]."""
     x = site_input(task.net, site, task.inputs)
     grads = output_gradients(task, site, x)
@@ -142,7 +142,7 @@ def hessian_matrices(task: Task, site: Site) -> Tensor:
     return torch.stack(matrices)
 
 
-def dummy_route_matrices(task: Task, site: Site) -> Tensor:
+def dummy_route_matrices(task: GrowthCase, site: Site) -> Tensor:
     """The official code's route: h_j += σ''(z_j)·(b_j x̃)ᵀ V_j (b_j x̃) with V = 0, S = ∂L/∂V."""
     net = task.net
     layer = site.producer
@@ -172,7 +172,7 @@ def dummy_route_matrices(task: Task, site: Site) -> Tensor:
     return grad
 
 
-def context_with_batch(task: Task, batch_size: int):
+def context_with_batch(task: GrowthCase, batch_size: int):
     return dataclasses.replace(task.context(), batch_size=batch_size)
 
 
@@ -495,7 +495,7 @@ def test_apply_splits_groups_offspring_counts_per_site():
 # ----------------------------------------------- the whole per-unit path (MobileNet, ResNet)
 
 
-def path_hessians(task: Task, site: Site, units: range) -> Tensor:
+def path_hessians(task: GrowthCase, site: Site, units: range) -> Tensor:
     """S_j as the Hessian at θ_j of Φ(θ) = E[ĝ · path(producer with row j = θ)(x)], ĝ the
     gradient at the consumer's input (caught here with a hook, held fixed), for every module
     of the path as the net runs it (so a second activation's curvature is in)."""
@@ -588,8 +588,8 @@ def test_the_path_route_equals_the_closed_form_where_both_apply(task_name, site_
 def test_second_curvature_products_equal_hessian_vector_products(site_name):
     """fast-s2d's S·v at a MobileNet site (two depthwise convs, no graph) against double
     backward through the whole path (``PathCurvature``), ReLU given the surrogate curvature."""
-    from growbench.methods._splitting import SecondCurvature
-    from growbench.methods.fast_s2d import SiteBatch
+    from growbench.methods._splitting import PathRoute, SecondCurvature, curvature_route
+    from growbench.methods.rayleigh import SiteBatch
     from growbench.nn import collect_taps
 
     task = make_task("mobilenetv1")
@@ -600,7 +600,7 @@ def test_second_curvature_products_equal_hessian_vector_products(site_name):
     tap = taps[site.name]
     generator = torch.Generator().manual_seed(3)
     directions = torch.randn(site.width, site.fan_in_size, generator=generator, dtype=torch.float64)
-    fast = SiteBatch.from_taps(site, tap).products(directions)
-    graph = SiteBatch(site, tap.input, path_grad=tap.grad_consumer_input).products(directions)
+    fast = SiteBatch.from_taps(curvature_route(site), tap).products(directions)
+    graph = SiteBatch.from_taps(PathRoute(site), tap).products(directions)
     assert float(graph.abs().max()) > 0
     torch.testing.assert_close(fast, graph, rtol=1e-9, atol=1e-12 * float(graph.abs().max()))

@@ -14,7 +14,7 @@ from growbench.methods._splitting import (
     prediction_is_heuristic,
     splitting_matrices,
 )
-from growbench.methods.fast_s2d import SiteBatch
+from growbench.methods.rayleigh import SiteBatch
 from growbench.nn import collect_taps
 
 from .conftest import make_task
@@ -54,8 +54,8 @@ def first_activation_hessians(task, site, units: range) -> torch.Tensor:
 def test_the_first_activation_matrix_is_the_code_s_and_differs_from_the_exact_one():
     task = make_task(TASK)
     site = task.net.site(SITE)
-    assert curvature_route(site) == "second"
-    assert curvature_route(site, "first-activation") == "closed"
+    assert curvature_route(site).name == "second"
+    assert curvature_route(site, "first-activation").name == "closed"
     units = range(min(3, site.width))
     computed = splitting_matrices(task.net, task.context(), site, units, "first-activation")
     reference = first_activation_hessians(task, site, units)
@@ -72,7 +72,8 @@ def test_fast_s2d_products_follow_the_same_matrix():
     taps, _ = collect_taps(task.net, task.inputs, task.targets, task.loss_fn, sites=[site])
     generator = torch.Generator().manual_seed(5)
     directions = torch.randn(site.width, site.fan_in_size, generator=generator, dtype=torch.float64)
-    products = SiteBatch.from_taps(site, taps[site.name], "first-activation").products(directions)
+    route = curvature_route(site, "first-activation")
+    products = SiteBatch.from_taps(route, taps[site.name]).products(directions)
     matrices = splitting_matrices(
         task.net, task.context(), site, range(site.width), "first-activation"
     )
@@ -85,7 +86,7 @@ def test_fast_s2d_products_follow_the_same_matrix():
 @pytest.mark.parametrize("name", ["s2d", "signed-s2d", "fast-s2d"])
 def test_each_splitting_method_takes_the_option_and_flags_its_prediction(name):
     task = make_task(TASK)
-    quick = {"fast-s2d": {"rq_steps": 40}}.get(name, {})
+    quick = {"fast-s2d": {"rayleigh": {"steps": 40}}}.get(name, {})
     event = make_grower(name, {**quick, "splitting_matrix": "first-activation"}).grow(
         task.net, task.context()
     )

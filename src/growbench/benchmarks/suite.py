@@ -49,6 +49,9 @@ defaults, except where a comment says "example":
     [method_options.random-split] # example: overrides of a method's Config, typed like the
     growth_ratio = 0.5            # defaults and checked by the method's own Config
 
+    [method_options.fast-s2d]     # an option that is a table of options (the estimator's),
+    rayleigh = { steps = 800 }    # its keys typed and checked the same way
+
     matched_static = false        # true: every growing method of the suite gets a matched
                                   # static net per cell (`static@<method>`, below); or a list
                                   # of the methods to match
@@ -451,7 +454,9 @@ class Suite:
             )  # fmt: skip
         classes = available_methods()
         options = {
-            method: {**chosen, **getattr(classes.get(self.base_of(method)), "quick_overrides", {})}
+            method: _merged(
+                chosen, getattr(classes.get(self.base_of(method)), "quick_overrides", {})
+            )
             for method, chosen in self.method_options.items()
         }
         return dataclasses.replace(
@@ -749,7 +754,22 @@ def _like_default(value: Any, default: Any, path: str) -> Any:
         return _string(value, path)
     if isinstance(default, (list, tuple)) and not isinstance(value, list):
         raise SuiteError(f"{path} must be a list like its default {default!r}, got {value!r}")
+    if dataclasses.is_dataclass(default):  # a table of options, such as fast-s2d's ``rayleigh``
+        if not isinstance(value, dict):
+            raise SuiteError(f"{path} must be a table of options, got {value!r}")
+        return _typed_options(type(default), value, path.rpartition(".")[2], path)
     return value
+
+
+def _merged(options: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with ``overrides`` applied, a table (such as fast-s2d's ``rayleigh``) merged
+    key by key rather than replaced whole."""
+    merged = dict(options)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            value = _merged(merged[key], value)
+        merged[key] = value
+    return merged
 
 
 def _tasks(value: Any, epochs: int, sections: dict[str, Any]) -> tuple[Task, ...]:

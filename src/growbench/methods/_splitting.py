@@ -18,8 +18,11 @@ ReLU's σ'' is 0 almost everywhere, so its units are scored with the softplus(β
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import partial
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -116,14 +119,16 @@ def check_splitting_matrix(method: str, matrix: str) -> None:
         )
 
 
-def curvature_route(site: Site, matrix: str = "exact") -> str:
-    """How S_j is formed at ``site`` (``SPLITTING_MATRICES``): ``"closed"`` (E[c x̃x̃ᵀ] from the
-    first activation), ``"second"`` (``SecondCurvature``) or ``"path"`` (``PathCurvature``)."""
+def curvature_route(site: Site, matrix: str = "exact") -> CurvatureRoute:
+    """How S_j is formed at ``site`` for the splitting matrix ``matrix`` (``SPLITTING_MATRICES``):
+    ``ClosedRoute`` (E[c x̃x̃ᵀ] from the first activation), ``SecondRoute``
+    (``SecondCurvature``) or ``PathRoute`` (``PathCurvature``). The one place that chooses."""
     if matrix not in SPLITTING_MATRICES:
         raise ValueError(f"unknown splitting_matrix {matrix!r}; choose {SPLITTING_MATRICES}")
     if matrix == "first-activation" or closed_form(site):
-        return "closed"
-    return "second" if SecondCurvature.of(site) else "path"
+        return ClosedRoute(site)
+    second = SecondCurvature.of(site)
+    return SecondRoute(site, second) if second else PathRoute(site)
 
 
 _SHAPE_KEEPING = (Slot, nn.Identity, nn.Dropout, nn.Dropout2d)
@@ -165,7 +170,7 @@ class SecondCurvature:
         """(c₁, d, e₂) per sample and unit, shaped like U, from eval-mode taps."""
         site = self.site
         gain = bn_gain(site).to(taps.pre).reshape(1, -1, 1, 1)
-        c1 = taps.grad_post * second_derivative(site.activation, taps.pre) * gain * gain
+        c1 = curvature_coefficients(site, taps.pre, taps.grad_post)
         d = first_derivative(site.act, taps.pre) * gain
         with torch.no_grad(), eval_mode(self.linear):
             z2 = taps.post
@@ -309,10 +314,14 @@ def site_rows(site: Site, producer_input: Tensor, pre: Tensor, grad_post: Tensor
         grad_post = grad_post.permute(0, 2, 3, 1).reshape(-1, site.width)
     else:
         inputs = producer_input
-    inputs = with_bias_column(site, inputs)
-    gain = bn_gain(site).to(pre)
-    coefficients = grad_post * second_derivative(site.activation, pre) * gain * gain
-    return SiteRows(inputs, coefficients)
+    return SiteRows(with_bias_column(site, inputs), curvature_coefficients(site, pre, grad_post))
+
+
+def curvature_coefficients(site: Site, pre: Tensor, grad_post: Tensor) -> Tensor:
+    """c = g·σ''(z)·b² of the first activation, shaped like ``pre`` (units on dim 1: rows × n,
+    or N × n × H × W)."""
+    gain = bn_gain(site).to(pre).reshape(1, -1, *(1,) * (pre.dim() - 2))
+    return grad_post * second_derivative(site.activation, pre) * gain * gain
 
 
 def with_bias_column(site: Site, rows: Tensor) -> Tensor:
@@ -330,12 +339,109 @@ def bn_gain(site: Site) -> Tensor:
     return gain
 
 
-CLOSED_FORM_TAPS = ("input", "pre", "grad_post")
-SECOND_CURVATURE_TAPS = ("input", "pre", "post", "grad_post", "grad_consumer_input")
-PATH_TAPS = ("input", "grad_consumer_input")
+class CurvatureRoute:
+    """How S_j is formed at one site, chosen once by ``curvature_route`` so that no caller
+    dispatches again: the taps a pass must record (``taps``), the per-sample tensors S·v needs
+    (``batch``: each indexed by sample first, the producer's input, or the rows x̃ where
+    ``rows``, under ``"inputs"``), H_U· for such a batch (``operator``, U the producer's output)
+    and Σ_batch S_j itself (``matrices``)."""
+
+    name: ClassVar[str] = ""
+    taps: ClassVar[tuple[str, ...]] = ()
+    rows: bool = False  # ``batch`` gives SiteRows' x̃ and c, for ``splitting_products``
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+
+    def batch(self, taps) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def operator(self, batch: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
+        raise NotImplementedError
+
+    def matrices(self, taps, units: range) -> Tensor:
+        raise NotImplementedError
 
 
-ROUTE_TAPS = {"closed": CLOSED_FORM_TAPS, "second": SECOND_CURVATURE_TAPS, "path": PATH_TAPS}
+class ClosedRoute(CurvatureRoute):
+    """S_j = E[c x̃x̃ᵀ] (``closed_form``, or the first-activation matrix): a Linear producer's
+    batch is its rows (``site_rows``), a conv's is its input and c shaped like U."""
+
+    name = "closed"
+    taps = ("input", "pre", "grad_post")
+
+    def __init__(self, site: Site) -> None:
+        super().__init__(site)
+        self.rows = not isinstance(site.producer, nn.Conv2d)
+
+    def batch(self, taps) -> dict[str, Tensor]:
+        if self.rows:
+            rows = site_rows(self.site, taps.input, taps.pre, taps.grad_post)
+            return {"inputs": rows.inputs, "coefficients": rows.coefficients}
+        coefficients = curvature_coefficients(self.site, taps.pre, taps.grad_post)
+        return {"inputs": taps.input, "coefficients": coefficients}
+
+    def operator(self, batch: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
+        coefficients = batch["coefficients"]
+        return lambda direction: coefficients * direction
+
+    def matrices(self, taps, units: range) -> Tensor:
+        rows = site_rows(self.site, taps.input, taps.pre, taps.grad_post)
+        # one (p × rows)(rows × p) product per unit: an einsum over three operands would
+        # build a rows × units × p intermediate
+        return torch.stack(
+            [(rows.inputs * rows.coefficients[:, j, None]).T @ rows.inputs for j in units]
+        ).double()
+
+
+class SecondRoute(CurvatureRoute):
+    """A MobileNet site: ``SecondCurvature``'s c₁, d and e₂, two depthwise convs per product."""
+
+    name = "second"
+    taps = ("input", "pre", "post", "grad_post", "grad_consumer_input")
+
+    def __init__(self, site: Site, curvature: SecondCurvature) -> None:
+        super().__init__(site)
+        self.curvature = curvature
+
+    def batch(self, taps) -> dict[str, Tensor]:
+        c1, d, e2 = self.curvature.coefficients(taps)
+        return {"inputs": taps.input, "coefficients": c1, "slopes": d, "second": e2}
+
+    def operator(self, batch: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
+        return partial(
+            self.curvature.times, batch["coefficients"], batch["slopes"], batch["second"]
+        )
+
+    def matrices(self, taps, units: range) -> Tensor:
+        return self.curvature.matrices(taps.input, *self.curvature.coefficients(taps), units)
+
+
+class PathRoute(CurvatureRoute):
+    """Any other path: the gradient at the consumer's input and Hessian-vector products through
+    the path (``PathCurvature``, its graph built once per batch)."""
+
+    name = "path"
+    taps = ("input", "grad_consumer_input")
+
+    def batch(self, taps) -> dict[str, Tensor]:
+        return {"inputs": taps.input, "path_grad": taps.grad_consumer_input}
+
+    def operator(self, batch: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
+        return PathCurvature(self.site, batch["inputs"], batch["path_grad"]).times
+
+    def matrices(self, taps, units: range) -> Tensor:
+        return _path_matrices(self.site, taps.input, taps.grad_consumer_input, units)
+
+
+def route_taps(
+    net: GrowableNet, ctx: GrowthContext, routes: Sequence[CurvatureRoute], inputs, targets
+) -> dict:
+    """One eval-mode taps pass with what ``routes`` need at their sites."""
+    want = set().union(*(route.taps for route in routes))
+    sites = [route.site for route in routes]
+    taps, _ = collect_taps(net, inputs, targets, ctx.loss_fn, sites=sites, want=want)
+    return taps
 
 
 def site_taps(
@@ -347,11 +453,8 @@ def site_taps(
     matrix: str = "exact",
 ) -> dict:
     """One eval-mode taps pass with what the splitting matrices of ``sites`` need."""
-    want = set()
-    for site in sites:
-        want.update(ROUTE_TAPS[curvature_route(site, matrix)])
-    taps, _ = collect_taps(net, inputs, targets, ctx.loss_fn, sites=sites, want=want)
-    return taps
+    routes = [curvature_route(site, matrix) for site in sites]
+    return route_taps(net, ctx, routes, inputs, targets)
 
 
 def unit_chunks(site: Site, max_stat_bytes: int) -> list[range]:
@@ -368,20 +471,9 @@ def splitting_matrices(
     total = None
     count = 0
     route = curvature_route(site, matrix)
-    second = SecondCurvature.of(site) if route == "second" else None
     for inputs, targets in ctx.batches():
-        taps = site_taps(net, ctx, [site], inputs, targets, matrix)[site.name]
-        if second is not None:
-            product = second.matrices(taps.input, *second.coefficients(taps), units)
-        elif route == "closed":
-            rows = site_rows(site, taps.input, taps.pre, taps.grad_post)
-            # one (p × rows)(rows × p) product per unit: an einsum over three operands would
-            # build a rows × units × p intermediate
-            product = torch.stack(
-                [(rows.inputs * rows.coefficients[:, j, None]).T @ rows.inputs for j in units]
-            ).double()
-        else:
-            product = _path_matrices(site, taps.input, taps.grad_consumer_input, units)
+        taps = route_taps(net, ctx, [route], inputs, targets)[site.name]
+        product = route.matrices(taps, units)
         total = product if total is None else total + product
         count += len(inputs)
     return (total / count + total.transpose(1, 2) / count) / 2

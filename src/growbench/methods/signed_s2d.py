@@ -25,7 +25,8 @@ checked numerically in the tests, not in the papers), but its error is O(ε³), 
 reject the 2-copy signed split. Selection is greedy by score / exact cost (a 3-split costs 2
 units) within B = ``growth_ratio`` × the net's current cost and the remaining budget, at most
 doubling a site per round. ``eigen_solver``: ``"exact"`` (``eigh`` of every S_j), ``"rayleigh"``
-(fast-s2d's Rayleigh-quotient estimator for v_min and v_max, S never formed) or ``"auto"`` (the
+(the Rayleigh-quotient estimator of ``growbench.methods.rayleigh``, fast-s2d's, for v_min and
+v_max, S never formed, set by the ``rayleigh`` option) or ``"auto"`` (the
 default: exact for a site whose matrices fit in ``max_stat_bytes`` and whose exact matrices cost
 no more than the estimator, else Rayleigh; forming S costs about N·p² multiply-adds per unit and
 position over N samples, the estimator 2·steps·batch·p, so exact wins while N·p ≤ 2·steps·batch:
@@ -40,7 +41,7 @@ exhausted"`` (the runner stops growing on it); a round cut short by B leaves it 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -57,7 +58,7 @@ from growbench.methods._splitting import (
     splitting_refusal,
 )
 from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
-from growbench.methods.fast_s2d import FastS2DConfig, rayleigh_eigen
+from growbench.methods.rayleigh import RayleighConfig, rayleigh_eigen
 from growbench.methods.registry import register
 from growbench.nn import GrowableNet, Site
 from growbench.nn.counting import growth_cost
@@ -89,6 +90,10 @@ class SignedS2DConfig(GrowerConfig):
     eigen_solver: str = "auto"
     """How v_min and v_max are found: "exact" (eigh of every S_j), "rayleigh" (fast-s2d's estimator,
     S_j never formed) or "auto" (whichever is cheaper per site)."""
+    rayleigh: RayleighConfig = field(default_factory=RayleighConfig)
+    """The Rayleigh-quotient descent of eigen_solver "rayleigh" and "auto", whose rule reads its
+    steps and batch_size (``rayleigh.RayleighConfig``; in a suite a table such as
+    ``rayleigh = { steps = 800 }``)."""
     splitting_matrix: str = "exact"
     """Splitting matrix S_j: "exact" (the curvature of the unit's whole path to its consumer) or
     "first-activation" (S2D's official code's, stopping at the first activation)."""
@@ -125,6 +130,7 @@ class SignedS2DConfig(GrowerConfig):
             raise ValueError(
                 f"signed-s2d: unknown eigen_solver {self.eigen_solver!r}; choose {EIGEN_SOLVERS}"
             )
+        self.rayleigh = RayleighConfig.of(self.rayleigh, "signed-s2d")
 
 
 def unit_scores(lambda_min: Tensor, lambda_max: Tensor, c: float) -> tuple[Tensor, Tensor]:
@@ -191,9 +197,9 @@ class SignedS2D(Grower):
         """Whether ``site``'s eigenpairs come from the Rayleigh estimator rather than ``eigh``."""
         solver = self.config.eigen_solver
         if solver == "auto":
-            schedule = FastS2DConfig().schedule()
+            rayleigh = self.config.rayleigh
             too_big = site.width * site.fan_in_size**2 * 8 > self.config.max_stat_bytes
-            costlier = samples * site.fan_in_size > 2 * schedule.steps * schedule.batch_size
+            costlier = samples * site.fan_in_size > 2 * rayleigh.steps * rayleigh.batch_size
             return too_big or costlier
         return solver == "rayleigh"
 
@@ -207,8 +213,9 @@ class SignedS2D(Grower):
         estimated = [site for site in sites if self._estimates(site, len(ctx.inputs))]
         if estimated:
             with event.phase("search"):
-                schedule = FastS2DConfig(splitting_matrix=config.splitting_matrix).schedule()
-                rayleigh = rayleigh_eigen(net, ctx, estimated, schedule)
+                rayleigh = rayleigh_eigen(
+                    net, ctx, estimated, config.rayleigh, config.splitting_matrix
+                )
         for site in sites:
             if site in estimated:
                 eigens.append(rayleigh[site.name])

@@ -1,0 +1,431 @@
+"""The stochastic Rayleigh-quotient estimator of extreme eigenpairs of the splitting matrices.
+
+Two methods need each unit's extreme eigenpairs without forming its splitting matrix S_j:
+``fast-s2d`` (v_min of every unit, arXiv 1910.03103) and ``signed-s2d`` (v_min and v_max where
+``eigh`` of S_j would cost more, its ``eigen_solver``). This module is that estimator, on its own
+so that both run the same code with the same settings: ``RayleighConfig``, which each method holds
+as its ``rayleigh`` option, so a suite sets it as a table (``rayleigh = { steps = 800 }``) and a
+method's ``quick_overrides`` reach it (``{"rayleigh": {"steps": 160}}``).
+
+Each unit's smallest eigenpair is estimated by stochastic descent on the Rayleigh quotient
+R(v) = vᵀSv / vᵀv, whose gradient needs only S_B·v_j, and the statistics taps of a mini-batch
+give S_B·v_j for every unit of every site at once (``SiteBatch``; the curvature route of each site
+is ``_splitting.curvature_route``'s). The largest is the descent on R of −S. The net and the set
+stay fixed during the estimation, so one forward/backward pass per statistics sample gives taps
+that every step reuses, gathering its mini-batch, while they fit in ``cache_bytes`` (else each
+step runs its mini-batch through the taps again; same estimates up to float rounding).
+
+The descent is fast-s2d's official code's (dilinwang820/fast-energy-aware-splitting) with the
+changes listed in ``growbench.methods.fast_s2d``: RMSprop on the directions with the gradient of R
+set by hand and the iterate renormalised after every step, stepwise LR decay, and estimates averaged
+over a final window of whole passes (λ̂ = size-weighted mean of R_B, v̂ = mean v renormalised),
+float64 throughout the sums and the directions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.grad import conv2d_weight
+
+from growbench.methods._splitting import (
+    CurvatureRoute,
+    Eigen,
+    SiteRows,
+    canonical_sign,
+    curvature_route,
+    route_taps,
+    splitting_products,
+)
+from growbench.methods.base import GrowthContext
+from growbench.nn import GrowableNet, Site, Taps
+from growbench.plugins import build_options
+
+EXTREMES = ("min", "max")
+
+
+@dataclass
+class RayleighConfig:
+    """Settings of the stochastic Rayleigh-quotient descent (CPU defaults): a method's
+    ``rayleigh`` option, set in a suite as a table (``rayleigh = { steps = 800 }``)."""
+
+    positive: ClassVar[tuple[str, ...]] = (
+        "steps",
+        "batch_size",
+        "lr",
+        "decay",
+        "window",
+        "cache_bytes",
+    )
+    non_negative: ClassVar[tuple[str, ...]] = ("momentum", "alpha", "eps", "init_scale")
+    at_most: ClassVar[dict[str, float]] = {"window": 1.0}
+    steps: int = 1600
+    """Steps of the descent that estimates each unit's extreme eigenvectors (> 0)."""
+    batch_size: int = 64
+    """Statistics samples per step of the descent (> 0)."""
+    lr: float = 1e-2
+    """Initial learning rate of the descent's RMSprop (> 0)."""
+    momentum: float = 0.9
+    """RMSprop momentum of the descent (≥ 0)."""
+    alpha: float = 0.9
+    """RMSprop smoothing constant of the squared-gradient average (≥ 0)."""
+    eps: float = 1e-8
+    """RMSprop's term added to the root of the squared-gradient average (≥ 0)."""
+    decay: float = 0.2
+    """Factor the learning rate is multiplied by at each milestone (> 0)."""
+    milestones: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
+    """Points of the run, as shares of the steps, where the learning rate decays."""
+    window: float = 0.1
+    """Share of the final steps averaged into λ̂ and v̂, rounded up to whole passes over the set:
+    (0, 1]."""
+    init_scale: float = 0.1
+    """Directions start uniform in (−init_scale, init_scale) (≥ 0)."""
+    cache_bytes: int = 2 * 2**30
+    """Keep the whole statistics set's taps in memory if they fit in this many bytes; else each step
+    recomputes its mini-batch's (> 0)."""
+
+    def __post_init__(self) -> None:
+        self.milestones = tuple(float(m) for m in self.milestones)
+
+    @classmethod
+    def of(cls, value: RayleighConfig | Mapping[str, Any], method: str) -> RayleighConfig:
+        """``value``, or a table of its fields (a suite's ``rayleigh = { steps = 800 }``, whose
+        unknown keys are refused with the valid ones listed) made into one, checked for
+        ``method``'s Config."""
+        if isinstance(value, Mapping):
+            value = build_options(cls, value, f"{method}: rayleigh")
+        if not isinstance(value, cls):
+            raise ValueError(
+                f"{method}: rayleigh must be a table of {', '.join(f.name for f in fields(cls))}, "
+                f"got {value!r}"
+            )
+        value.check(method)
+        return value
+
+    def check(self, method: str) -> None:
+        """Raise ``ValueError`` in ``GrowerConfig.check``'s words, the field named
+        ``rayleigh.NAME``: a non-finite number, a ``positive`` field not > 0, a ``non_negative``
+        one < 0, one above its bound in ``at_most``."""
+
+        def refuse(name: str, rule: str) -> None:
+            raise ValueError(
+                f"{method}: rayleigh.{name} must be {rule}, got {getattr(self, name)!r}"
+            )
+
+        for field in fields(self):
+            value = getattr(self, field.name)
+            items = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(item, float) and not math.isfinite(item) for item in items):
+                refuse(field.name, "a finite number")
+        for name in self.positive:
+            if not getattr(self, name) > 0:
+                refuse(name, "greater than 0")
+        for name in self.non_negative:
+            if getattr(self, name) < 0:
+                refuse(name, "0 or more")
+        for name, limit in self.at_most.items():
+            if getattr(self, name) > limit:
+                refuse(name, f"at most {limit:g}")
+
+    def lr_at(self, step: int) -> float:
+        """×decay at each milestone (a fraction of the steps) already reached."""
+        passed = sum(step >= math.floor(m * self.steps) for m in self.milestones)
+        return self.lr * self.decay**passed
+
+    def window_start(self, pass_length: int) -> int:
+        """First step of the averaging window: the last ``window`` share of the steps, rounded
+        up to whole passes of ``pass_length`` steps (the run ends on a pass boundary, see
+        ``minibatch_indices``), so that for a still direction the size-weighted window mean of
+        R_B is vᵀSv over the statistics set exactly, as with the code's last-epoch window."""
+        passes = max(1, math.ceil(self.window * self.steps / pass_length))
+        return max(0, self.steps - passes * pass_length)
+
+
+@dataclass
+class RayleighEstimate:
+    """Estimates for the units of one site, float64."""
+
+    values: Tensor  # λ̂ (n,): mean of R_B(v) over the window
+    vectors: Tensor  # v̂ (n × p): window mean of v, renormalised, canonical sign
+    mean_norms: Tensor  # ‖window mean of v‖ before renormalising (n,)
+
+
+def rayleigh_gradient(directions: Tensor, products: Tensor) -> tuple[Tensor, Tensor]:
+    """Row-wise R(v) = vᵀSv / vᵀv and ∇R(v) = (2 / vᵀv)(Sv − R(v)v), given the products Sv."""
+    squared = (directions * directions).sum(dim=1, keepdim=True)
+    quotient = (directions * products).sum(dim=1, keepdim=True) / squared
+    gradient = 2 / squared * (products - quotient * directions)
+    return quotient[:, 0], gradient
+
+
+class _RMSprop:
+    """torch.optim.RMSprop's update (not centred, no weight decay) on a plain float64 tensor."""
+
+    def __init__(self, like: Tensor, config: RayleighConfig) -> None:
+        self.config = config
+        self.square_avg = torch.zeros_like(like)
+        self.buffer = torch.zeros_like(like)
+
+    def step(self, values: Tensor, gradient: Tensor, lr: float) -> Tensor:
+        c = self.config
+        self.square_avg.mul_(c.alpha).addcmul_(gradient, gradient, value=1 - c.alpha)
+        average = self.square_avg.sqrt().add_(c.eps)
+        self.buffer.mul_(c.momentum).addcdiv_(gradient, average)
+        return values - lr * self.buffer
+
+
+def _normalised(rows: Tensor) -> Tensor:
+    return rows / torch.linalg.vector_norm(rows, dim=1, keepdim=True).clamp_min(1e-300)
+
+
+def minibatch_indices(
+    count: int, batch_size: int, steps: int, generator: torch.Generator
+) -> Iterator[Tensor]:
+    """``steps`` mini-batches of a set of ``count`` samples, in passes: each pass a fresh seeded
+    permutation cut into batches of ``batch_size`` (the last of a pass may be smaller). The first
+    pass is cut short (its first ``steps mod pass length`` batches) so that the run ends on a pass
+    boundary."""
+    pass_length = math.ceil(count / batch_size)
+    skip = (pass_length - steps % pass_length) % pass_length
+    produced = 0
+    while produced < steps:
+        order = torch.randperm(count, generator=generator)
+        starts = range(0, count, batch_size)
+        if produced == 0:
+            starts = starts[: pass_length - skip]
+        for start in starts:
+            if produced == steps:
+                return
+            yield order[start : start + batch_size]
+            produced += 1
+
+
+class SiteBatch:
+    """The per-sample quantities of one site for a set of samples (a mini-batch, or the whole
+    statistics set), ready to give S_B·v_j for every unit j: what its curvature route
+    (``_splitting.CurvatureRoute``) keeps, every tensor indexed by sample first, so ``take``
+    gathers a mini-batch from a larger set.
+
+    Linear producers on the closed form give rows x̃ and c, then ``x̃ᵀ (c ⊙ x̃Vᵀ) / |B|``
+    (``splitting_products``). Every other site never unfolds: x̃Vᵀ is a linear map or a
+    convolution of the site's input with V as weights or kernels, the route's ``operator`` applies
+    H_U to it (c ⊙ · on the closed form, two depthwise convs more on a MobileNet site, a
+    Hessian-vector product through the path otherwise, its graph built once per batch for every
+    extreme), and x̃ᵀ(·) is that map's weight gradient (what autograd gives the code's zero dummy
+    q), several times faster than building the im2col rows and with no patch matrix. Products run
+    in the model dtype and come back in float64.
+    """
+
+    def __init__(self, route: CurvatureRoute, tensors: dict[str, Tensor]) -> None:
+        self.route, self.site, self.tensors = route, route.site, tensors
+        self.inputs = tensors["inputs"]  # closed-form Linear: rows x̃ (samples × p); else the input
+        self._operator = None  # H_U· of this batch, built on first use
+
+    @classmethod
+    def from_taps(cls, route: CurvatureRoute, taps: Taps) -> SiteBatch:
+        return cls(route, route.batch(taps))
+
+    def take(self, index: Tensor) -> SiteBatch:
+        """The samples ``index`` of this set."""
+        picked = {name: t.index_select(0, index) for name, t in self.tensors.items()}
+        return SiteBatch(self.route, picked)
+
+    def products(self, directions: Tensor) -> Tensor:
+        """S_B·v_j for the rows v_j of ``directions`` (n × p), float64."""
+        count = len(self.inputs)
+        if self.route.rows:
+            rows = SiteRows(self.inputs, self.tensors["coefficients"])
+            return splitting_products(rows, directions, count)
+        layer, width = self.site.producer, self.site.width
+        conv = isinstance(layer, nn.Conv2d)
+        has_bias = layer.bias is not None
+        v = directions.to(self.inputs)
+        weight = v[:, : v.shape[1] - has_bias].reshape(width, *layer.weight.shape[1:])
+        bias = v[:, -1] if has_bias else None
+        if conv:
+            geometry = (layer.stride, layer.padding, layer.dilation)
+            along = F.conv2d(self.inputs, weight, bias, *geometry)
+        else:
+            along = F.linear(self.inputs, weight, bias)
+        if self._operator is None:
+            self._operator = self.route.operator(self.tensors)
+        weighted = self._operator(along)
+        if conv:
+            gradient = conv2d_weight(self.inputs, weight.shape, weighted, *geometry)
+            parts = [gradient.reshape(width, -1)]
+            bias_part = weighted.sum(dim=(0, 2, 3))
+        else:
+            parts = [weighted.T @ self.inputs]
+            bias_part = weighted.sum(dim=0)
+        if has_bias:
+            parts.append(bias_part[:, None])
+        return torch.cat(parts, dim=1).double() / count
+
+
+def site_batches(
+    net: GrowableNet,
+    ctx: GrowthContext,
+    routes: Sequence[CurvatureRoute],
+    inputs: Tensor,
+    targets: Tensor,
+) -> dict[str, SiteBatch]:
+    """One eval-mode forward and ONE backward through the taps of all ``routes``' sites for a
+    batch."""
+    taps = route_taps(net, ctx, routes, inputs, targets)
+    return {route.site.name: SiteBatch.from_taps(route, taps[route.site.name]) for route in routes}
+
+
+def statistics_set_batches(
+    net: GrowableNet,
+    ctx: GrowthContext,
+    routes: Sequence[CurvatureRoute],
+    batch_size: int,
+    max_bytes: int,
+) -> dict[str, SiteBatch] | None:
+    """``site_batches`` of the whole statistics set, from one taps pass in batches of
+    ``batch_size``, or None when they would take more than ``max_bytes`` (judged from the first
+    batch, before anything else is computed)."""
+    count = len(ctx.inputs)
+    whole: dict[str, SiteBatch] = {}
+    for start in range(0, count, batch_size):
+        stop = min(start + batch_size, count)
+        inputs, targets = ctx.inputs[start:stop], ctx.targets[start:stop]
+        batch = site_batches(net, ctx, routes, inputs, targets)
+        if start == 0:
+            tensors = [t for part in batch.values() for t in part.tensors.values()]
+            if sum(t[0].nelement() * t.element_size() for t in tensors) * count > max_bytes:
+                return None
+            whole = {
+                name: SiteBatch(
+                    part.route,
+                    {key: t.new_empty(count, *t.shape[1:]) for key, t in part.tensors.items()},
+                )
+                for name, part in batch.items()
+            }
+        for name, part in batch.items():
+            target = whole[name].tensors
+            for key, t in part.tensors.items():
+                target[key][start:stop] = t
+    return whole
+
+
+def rayleigh_extremes(
+    net: GrowableNet,
+    ctx: GrowthContext,
+    sites: Sequence[Site],
+    config: RayleighConfig,
+    extremes: Sequence[str] = ("min",),
+    matrix: str = "exact",
+) -> dict[str, dict[str, RayleighEstimate]]:
+    """Estimate the smallest (``"min"``) and/or largest (``"max"``, descent on R of −S) eigenpair
+    of every unit's splitting matrix ``matrix`` (``_splitting.SPLITTING_MATRICES``) at ``sites``.
+
+    The taps of all sites are taken once for the whole statistics set (``statistics_set_batches``,
+    within ``config.cache_bytes``; otherwise ONE forward/backward per step). Every step draws
+    one mini-batch (seeded order from ``ctx.generator``), gathers its taps, forms S_B·v for every
+    unit and every requested extreme, sets ∇R by hand, takes an RMSprop step and renormalises.
+    Directions start U(−init_scale, init_scale) (drawn site by site, ``min`` before ``max``),
+    normalised. Returns ``{extreme: {site name: RayleighEstimate}}``.
+    """
+    for extreme in extremes:
+        if extreme not in EXTREMES:
+            raise ValueError(f"unknown extreme {extreme!r}; choose from {EXTREMES}")
+    generator = ctx.generator
+    keys = [(extreme, site) for extreme in extremes for site in sites]
+    directions: dict[tuple[str, str], Tensor] = {}
+    optimisers: dict[tuple[str, str], _RMSprop] = {}
+    quotient_sums: dict[tuple[str, str], Tensor] = {}
+    direction_sums: dict[tuple[str, str], Tensor] = {}
+    for extreme, site in keys:
+        key = (extreme, site.name)
+        draw = torch.rand(site.width, site.fan_in_size, generator=generator, dtype=torch.float64)
+        directions[key] = _normalised((2 * draw - 1) * config.init_scale)
+        optimisers[key] = _RMSprop(directions[key], config)
+        quotient_sums[key] = torch.zeros(site.width, dtype=torch.float64)
+        direction_sums[key] = torch.zeros(site.width, site.fan_in_size, dtype=torch.float64)
+    window_samples = 0
+    window_start = config.window_start(math.ceil(len(ctx.inputs) / config.batch_size))
+    batches = minibatch_indices(len(ctx.inputs), config.batch_size, config.steps, generator)
+    routes = [curvature_route(site, matrix) for site in sites]
+    cached = statistics_set_batches(net, ctx, routes, config.batch_size, config.cache_bytes)
+    for step, index in enumerate(batches):
+        index = index.to(ctx.device)
+        if cached is None:
+            batch = site_batches(net, ctx, routes, ctx.inputs[index], ctx.targets[index])
+        else:
+            batch = {name: whole.take(index) for name, whole in cached.items()}
+        lr = config.lr_at(step)
+        in_window = step >= window_start
+        window_samples += len(index) if in_window else 0
+        for extreme, site in keys:
+            key = (extreme, site.name)
+            v = directions[key]
+            products = batch[site.name].products(v)
+            quotient, gradient = rayleigh_gradient(v, products)
+            if in_window:  # v and R_B(v) before the step, as the code records them
+                quotient_sums[key] += quotient * len(index)
+                direction_sums[key] += v * len(index)
+            if extreme == "max":  # ascend R: descend R of −S
+                gradient = -gradient
+            directions[key] = _normalised(optimisers[key].step(v, gradient, lr))
+    window = float(window_samples)
+    estimates: dict[str, dict[str, RayleighEstimate]] = {extreme: {} for extreme in extremes}
+    for extreme, site in keys:
+        key = (extreme, site.name)
+        mean = direction_sums[key] / window
+        estimates[extreme][site.name] = RayleighEstimate(
+            values=quotient_sums[key] / window,
+            vectors=canonical_sign(_normalised(mean)),
+            mean_norms=torch.linalg.vector_norm(mean, dim=1),
+        )
+    return estimates
+
+
+def rayleigh_eigen(
+    net: GrowableNet,
+    ctx: GrowthContext,
+    sites: Sequence[Site],
+    config: RayleighConfig,
+    matrix: str = "exact",
+) -> dict[str, Eigen]:
+    """Both extreme eigenpairs per site in the shape of ``site_eigen`` (for ``signed-s2d``):
+    one run of ``rayleigh_extremes(..., ("min", "max"))``; the spectral norm is estimated as
+    max(|λ̂_min|, |λ̂_max|)."""
+    both = rayleigh_extremes(net, ctx, sites, config, ("min", "max"), matrix)
+    eigen = {}
+    for site in sites:
+        low, high = both["min"][site.name], both["max"][site.name]
+        eigen[site.name] = Eigen(
+            lambda_min=low.values,
+            vector_min=low.vectors,
+            lambda_max=high.values,
+            vector_max=high.vectors,
+            matrix_norm=torch.maximum(low.values.abs(), high.values.abs()),
+        )
+    return eigen
+
+
+def quadratic_forms(
+    net: GrowableNet,
+    ctx: GrowthContext,
+    sites: Sequence[Site],
+    vectors: dict[str, Tensor],
+    matrix: str = "exact",
+) -> dict[str, Tensor]:
+    """v_jᵀ S_j v_j over the whole statistics set for given unit vectors (one pass, no S)."""
+    routes = [curvature_route(site, matrix) for site in sites]
+    totals = {site.name: torch.zeros(site.width, dtype=torch.float64) for site in sites}
+    count = 0
+    for inputs, targets in ctx.batches():
+        batch = site_batches(net, ctx, routes, inputs, targets)
+        for site in sites:
+            v = vectors[site.name]
+            totals[site.name] += (v * batch[site.name].products(v)).sum(dim=1) * len(inputs)
+        count += len(inputs)
+    return {name: total / count for name, total in totals.items()}
