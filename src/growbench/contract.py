@@ -125,13 +125,17 @@ def _trained(name: str) -> GrowthCase:
 
 
 def _train(net, inputs, targets, loss_fn, steps: int, lr: float = 0.05) -> None:
-    """Full-batch SGD in train mode, so BatchNorm statistics and weights are not at init."""
+    """Full-batch SGD in train mode, so BatchNorm statistics and weights are not at init.
+    Dropout (PointNet's) draws from the global RNG, seeded here inside a fork so that a fixture
+    is the same net in every process and the caller's RNG is left alone."""
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     net.train()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss_fn(net(inputs), targets).mean().backward()
-        optimizer.step()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss_fn(net(inputs), targets).mean().backward()
+            optimizer.step()
 
 
 def _data_statistics(net: GrowableNet, inputs: torch.Tensor) -> None:

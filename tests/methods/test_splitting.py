@@ -212,8 +212,10 @@ def test_second_derivative_matches_autograd(name):
 
 
 def test_second_derivative_rejects_unknown_activation():
-    with pytest.raises(ValueError, match="no second derivative known for activation 'mish'"):
+    with pytest.raises(ValueError, match="unknown activation 'mish'; choose one of"):
         second_derivative("mish", torch.zeros(3))
+    with pytest.raises(ValueError, match="no second derivative known for activation 'rational'"):
+        second_derivative("rational", torch.zeros(3))
 
 
 def test_splittable_sites_are_all_hidden_sites_of_the_fixtures():

@@ -17,7 +17,6 @@ ReLU's σ'' is 0 almost everywhere, so its units are scored with the softplus(β
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -31,47 +30,24 @@ from torch.nn.grad import conv2d_input
 
 from growbench.methods.base import GrowthContext, GrowthEvent
 from growbench.nn import Activation, DepthwiseConv2d, GrowableNet, Site, Slot, collect_taps
-from growbench.nn.activations import activation_info
+from growbench.nn.activations import LEAKY_SLOPE, RELU_SURROGATE_BETA, activation_info
 from growbench.nn.growable import eval_mode
+from growbench.nn.layer_maps import norm_slope, with_ones
 
-RELU_SURROGATE_BETA = 3.0
 # The splitting matrix a method forms: "exact", the Hessian of the unit's whole per-unit path
 # (with a second curved activation when the path has one: ``SecondCurvature``,
 # ``PathCurvature``); "first-activation", the official codes' E[g σ''(z) b² x̃x̃ᵀ] at the first
 # activation only, which is the exact matrix on every site ``closed_form`` accepts.
 SPLITTING_MATRICES = ("exact", "first-activation")
-SURROGATE_ACTIVATIONS = frozenset({"relu", "leaky_relu", "elu", "selu"})
 
 
 def second_derivative(activation: str, z: Tensor) -> Tensor:
-    """σ''(z) for the S2D family (convention 5, docs/conventions.md); surrogates where σ'' is 0 or a
-    kink."""
-    if activation == "tanh":
-        t = torch.tanh(z)
-        return -2 * t * (1 - t * t)
-    if activation == "silu":
-        s = torch.sigmoid(z)
-        return s * (1 - s) * (2 + z * (1 - 2 * s))
-    if activation == "gelu":
-        return torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) * (2 - z * z)
-    if activation == "sigmoid":
-        s = torch.sigmoid(z)
-        return s * (1 - s) * (1 - 2 * s)
-    if activation == "softplus":
-        s = torch.sigmoid(z)
-        return s * (1 - s)
-    if activation in ("relu", "leaky_relu"):
-        slope_change = 1.0 if activation == "relu" else 0.99
-        s = torch.sigmoid(RELU_SURROGATE_BETA * z)
-        return slope_change * RELU_SURROGATE_BETA * s * (1 - s)
-    if activation == "elu":
-        return torch.where(z < 0, torch.exp(z.clamp_max(0)), torch.zeros_like(z))
-    if activation == "selu":
-        alpha, scale = 1.6732632423543772, 1.0507009873554805
-        return torch.where(z < 0, scale * alpha * torch.exp(z.clamp_max(0)), torch.zeros_like(z))
-    if activation == "identity":
-        return torch.zeros_like(z)
-    raise ValueError(f"no second derivative known for activation {activation!r}")
+    """σ''(z) for the S2D family from the activation table (convention 5, docs/conventions.md):
+    surrogates where σ'' is 0 or a kink."""
+    curvature = activation_info(activation).second_derivative
+    if curvature is None:
+        raise ValueError(f"no second derivative known for activation {activation!r}")
+    return curvature(z)
 
 
 def splitting_refusal(site: Site) -> str | None:
@@ -85,11 +61,13 @@ def splitting_refusal(site: Site) -> str | None:
 
 def splittable_sites(sites: list[Site]) -> list[Site]:
     """Sites whose activation has curvature (linear units are never split)."""
-    return [site for site in sites if site.activation != "identity"]
+    return [site for site in sites if not site.is_linear]
 
 
 def uses_surrogate(sites: list[Site]) -> bool:
-    return any(act.name in SURROGATE_ACTIVATIONS for site in sites for act in site.activations)
+    return any(
+        activation_info(act.name).surrogate_curvature for site in sites for act in site.activations
+    )
 
 
 def prediction_is_heuristic(sites: list[Site], matrix: str = "exact") -> bool:
@@ -107,7 +85,7 @@ def closed_form(site: Site) -> bool:
     after is linear or piecewise linear per unit, so g at the activation's output carries it).
     A MobileNet site's path has a second activation after the depthwise conv
     (``SecondCurvature``); any other path gets Hessian-vector products (``PathCurvature``)."""
-    curved = [m for m in site.between if isinstance(m, Activation) and m.name != "identity"]
+    curved = [m for m in site.activations if not activation_info(m.name).is_linear]
     return len(curved) <= 1 and site.between.index(site.act) <= (site.norm is not None)
 
 
@@ -153,8 +131,8 @@ class SecondCurvature:
     def of(cls, site: Site) -> SecondCurvature | None:
         between = site.between
         curved = [i for i, m in enumerate(between) if isinstance(m, Activation)]
-        curved = [i for i in curved if between[i].name != "identity"]
-        if len(curved) != 2 or not isinstance(site.producer, nn.Conv2d):
+        curved = [i for i in curved if not activation_info(between[i].name).is_linear]
+        if len(curved) != 2 or not site.producer_map.is_conv:
             return None
         first, second = curved
         linear, rest = between[first + 1 : second], between[second + 1 :]
@@ -169,7 +147,7 @@ class SecondCurvature:
     def coefficients(self, taps) -> tuple[Tensor, Tensor, Tensor]:
         """(c₁, d, e₂) per sample and unit, shaped like U, from eval-mode taps."""
         site = self.site
-        gain = bn_gain(site).to(taps.pre).reshape(1, -1, 1, 1)
+        gain = site.norm_gain().to(taps.pre).reshape(1, -1, 1, 1)
         c1 = curvature_coefficients(site, taps.pre, taps.grad_post)
         d = first_derivative(site.act, taps.pre) * gain
         with torch.no_grad(), eval_mode(self.linear):
@@ -192,7 +170,7 @@ class SecondCurvature:
                 geometry = (module.stride, module.padding, module.dilation)
                 maps = F.conv2d(maps, weight.to(maps), None, *geometry, groups=maps.shape[1])
             elif isinstance(module, nn.BatchNorm2d):
-                gain = _norm_gain(module).to(maps)
+                gain = norm_slope(module).to(maps)
                 gain = gain[units].expand(maps.shape[1]) if units is not None else gain
                 maps = maps * gain.reshape(1, -1, 1, 1)
         return maps, shapes
@@ -204,7 +182,7 @@ class SecondCurvature:
                 weight = module.weight.detach().to(maps)
                 maps = conv2d_input(shape, weight, maps, *geometry, module.groups)
             elif isinstance(module, nn.BatchNorm2d):
-                maps = maps * _norm_gain(module).to(maps).reshape(1, -1, 1, 1)
+                maps = maps * norm_slope(module).to(maps).reshape(1, -1, 1, 1)
         return maps
 
     def times(self, c1: Tensor, d: Tensor, e2: Tensor, direction: Tensor) -> Tensor:
@@ -215,7 +193,7 @@ class SecondCurvature:
     def matrices(self, producer_input: Tensor, c1, d, e2, units: range) -> Tensor:
         """Σ_batch S_j (float64) for ``units``: the closed form's term plus E[Σ_y e₂ w wᵀ]."""
         site = self.site
-        patches = with_bias_channel(site, site.input_patches(producer_input))  # N × p × L
+        patches = with_ones(site.input_patches(producer_input), site.producer.bias is not None)
         count, p = patches.shape[:2]
         maps_shape = (count, p, *d.shape[2:])
         rows = patches.transpose(1, 2).reshape(-1, p)
@@ -230,11 +208,6 @@ class SecondCurvature:
             weighted = w * e2[:, j].reshape(count, 1, -1)
             parts.append(one + torch.einsum("npl,nql->pq", weighted, w))
         return torch.stack(parts).double()
-
-
-def _norm_gain(norm: nn.modules.batchnorm._BatchNorm) -> Tensor:
-    gain = 1.0 / torch.sqrt(norm.running_var + norm.eps)
-    return gain * norm.weight.detach() if norm.affine else gain
 
 
 def first_derivative(act: Activation, z: Tensor) -> Tensor:
@@ -267,7 +240,7 @@ class _RectifierCurvature(torch.autograd.Function):
 def curvature_forward(module: nn.Module, maps: Tensor) -> Tensor:
     """``module(maps)``, with rectifiers given the surrogate curvature for double backward."""
     if isinstance(module, Activation) and module.name in ("relu", "leaky_relu"):
-        return _RectifierCurvature.apply(maps, 0.0 if module.name == "relu" else 0.01)
+        return _RectifierCurvature.apply(maps, 0.0 if module.name == "relu" else LEAKY_SLOPE)
     return module(maps)
 
 
@@ -307,36 +280,19 @@ class SiteRows:
 
 def site_rows(site: Site, producer_input: Tensor, pre: Tensor, grad_post: Tensor) -> SiteRows:
     """Rows of x̃ and c for one batch of taps at ``site`` (conv: one row per sample and position)."""
-    if isinstance(site.producer, nn.Conv2d):
-        patches = site.input_patches(producer_input)
-        inputs = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-        pre = pre.permute(0, 2, 3, 1).reshape(-1, site.width)
-        grad_post = grad_post.permute(0, 2, 3, 1).reshape(-1, site.width)
-    else:
-        inputs = producer_input
-    return SiteRows(with_bias_column(site, inputs), curvature_coefficients(site, pre, grad_post))
+    view = site.producer_map
+    patches = view.patches(producer_input)  # N × p × positions
+    inputs = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    pre, grad_post = view.output_rows(pre), view.output_rows(grad_post)
+    inputs = with_ones(inputs, site.producer.bias is not None)
+    return SiteRows(inputs, curvature_coefficients(site, pre, grad_post))
 
 
 def curvature_coefficients(site: Site, pre: Tensor, grad_post: Tensor) -> Tensor:
     """c = g·σ''(z)·b² of the first activation, shaped like ``pre`` (units on dim 1: rows × n,
     or N × n × H × W)."""
-    gain = bn_gain(site).to(pre).reshape(1, -1, *(1,) * (pre.dim() - 2))
+    gain = site.norm_gain().to(pre).reshape(1, -1, *(1,) * (pre.dim() - 2))
     return grad_post * second_derivative(site.activation, pre) * gain * gain
-
-
-def with_bias_column(site: Site, rows: Tensor) -> Tensor:
-    if site.producer.bias is None:
-        return rows
-    return torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
-
-
-def bn_gain(site: Site) -> Tensor:
-    """b_j = γ_j / sqrt(var_j + eps) of the eval-mode BatchNorm after the producer (1 without)."""
-    gain = site.norm_gain()
-    if gain is None:
-        weight = site.producer.weight
-        return torch.ones(site.width, dtype=weight.dtype, device=weight.device)
-    return gain
 
 
 class CurvatureRoute:
@@ -372,7 +328,7 @@ class ClosedRoute(CurvatureRoute):
 
     def __init__(self, site: Site) -> None:
         super().__init__(site)
-        self.rows = not isinstance(site.producer, nn.Conv2d)
+        self.rows = not site.producer_map.is_conv
 
     def batch(self, taps) -> dict[str, Tensor]:
         if self.rows:
@@ -483,7 +439,7 @@ def _path_matrices(site: Site, producer_input: Tensor, path_grad: Tensor, units:
     """Σ_batch S_j (float64) from p Hessian-vector products through the path: the direction e_a
     for every unit at once gives column a of every S_j."""
     curvature = PathCurvature(site, producer_input, path_grad)
-    patches = with_bias_channel(site, site.input_patches(producer_input))  # N × p × positions
+    patches = with_ones(site.input_patches(producer_input), site.producer.bias is not None)
     shape = curvature.outputs.shape
     columns = []
     for a in range(patches.shape[1]):
@@ -491,14 +447,6 @@ def _path_matrices(site: Site, producer_input: Tensor, path_grad: Tensor, units:
         product = curvature.times(direction).reshape(shape[0], site.width, -1)[:, list(units)]
         columns.append(torch.einsum("njl,npl->jp", product, patches))
     return torch.stack(columns, dim=2).double()
-
-
-def with_bias_channel(site: Site, patches: Tensor) -> Tensor:
-    """Patches N × d × positions with a constant-1 channel last when the producer has a bias."""
-    if site.producer.bias is None:
-        return patches
-    ones = patches.new_ones(patches.shape[0], 1, patches.shape[2])
-    return torch.cat([patches, ones], dim=1)
 
 
 def splitting_products(rows: SiteRows, directions: Tensor, batch_size: int) -> Tensor:

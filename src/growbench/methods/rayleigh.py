@@ -30,9 +30,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.nn.grad import conv2d_weight
+from torch import Tensor
 
 from growbench.methods._splitting import (
     CurvatureRoute,
@@ -242,27 +240,17 @@ class SiteBatch:
         if self.route.rows:
             rows = SiteRows(self.inputs, self.tensors["coefficients"])
             return splitting_products(rows, directions, count)
-        layer, width = self.site.producer, self.site.width
-        conv = isinstance(layer, nn.Conv2d)
+        layer, width, view = self.site.producer, self.site.width, self.site.producer_map
         has_bias = layer.bias is not None
         v = directions.to(self.inputs)
         weight = v[:, : v.shape[1] - has_bias].reshape(width, *layer.weight.shape[1:])
         bias = v[:, -1] if has_bias else None
-        if conv:
-            geometry = (layer.stride, layer.padding, layer.dilation)
-            along = F.conv2d(self.inputs, weight, bias, *geometry)
-        else:
-            along = F.linear(self.inputs, weight, bias)
+        along = view.apply(self.inputs, weight, bias)
         if self._operator is None:
             self._operator = self.route.operator(self.tensors)
         weighted = self._operator(along)
-        if conv:
-            gradient = conv2d_weight(self.inputs, weight.shape, weighted, *geometry)
-            parts = [gradient.reshape(width, -1)]
-            bias_part = weighted.sum(dim=(0, 2, 3))
-        else:
-            parts = [weighted.T @ self.inputs]
-            bias_part = weighted.sum(dim=0)
+        parts = [view.weight_gradient(self.inputs, weighted).reshape(width, -1)]
+        bias_part = view.bias_gradient(weighted)
         if has_bias:
             parts.append(bias_part[:, None])
         return torch.cat(parts, dim=1).double() / count

@@ -195,7 +195,10 @@ class Site:
     def norm_gain(self) -> Tensor:
         """b = γ / sqrt(running_var + eps): the per-unit slope of the eval-mode BatchNorm after
         the producer, ones without one."""
-        return norm_slope(self.norm, self.producer.weight, self.width)
+        if self.norm is None:
+            weight = self.producer.weight
+            return torch.ones(self.width, dtype=weight.dtype, device=weight.device)
+        return norm_slope(self.norm)
 
     def input_patches(self, producer_input: Tensor) -> Tensor:
         """The producer's im2col patches of its input, N × (C_in·kh·kw) × positions, each laid

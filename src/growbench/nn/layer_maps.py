@@ -32,11 +32,8 @@ def with_ones(tensor: Tensor, bias: bool = True) -> Tensor:
     return torch.cat([tensor, tensor.new_ones(tensor.shape[0], 1, *tensor.shape[2:])], dim=1)
 
 
-def norm_slope(norm: nn.modules.batchnorm._BatchNorm | None, like: Tensor, width: int) -> Tensor:
-    """b = γ / sqrt(running_var + eps): the per-unit slope of an eval-mode BatchNorm, and ones
-    (of ``like``'s dtype and device) where there is none."""
-    if norm is None:
-        return torch.ones(width, dtype=like.dtype, device=like.device)
+def norm_slope(norm: nn.modules.batchnorm._BatchNorm) -> Tensor:
+    """b = γ / sqrt(running_var + eps): the per-channel slope of an eval-mode BatchNorm."""
     slope = 1.0 / torch.sqrt(norm.running_var + norm.eps)
     return slope * norm.weight.detach() if norm.affine else slope
 
@@ -86,6 +83,10 @@ class LayerMap:
         after a flatten: every entry of a channel is one tap of the one output position)."""
         raise NotImplementedError
 
+    def bias_gradient(self, grad_output: Tensor) -> Tensor:
+        """Σ over samples (and positions) of ``grad_output``: the bias's gradient, q."""
+        raise NotImplementedError
+
     def weight_gradient(self, x: Tensor, grad_output: Tensor) -> Tensor:
         """Σ over samples of ∂(⟨grad_output, layer(x)⟩)/∂W for input maps ``x`` of any channel
         count C: q × C (× kh × kw), the weight's layout."""
@@ -130,6 +131,9 @@ class DenseMap(LayerMap):
 
     def weight_gradient(self, x: Tensor, grad_output: Tensor) -> Tensor:
         return grad_output.T @ x.flatten(1)
+
+    def bias_gradient(self, grad_output: Tensor) -> Tensor:
+        return grad_output.sum(dim=0)
 
     def output_rows(self, maps: Tensor) -> Tensor:
         return maps.reshape(maps.shape[0], maps.shape[1], -1).transpose(1, 2).flatten(0, 1)
@@ -194,6 +198,9 @@ class ConvMap(LayerMap):
         return conv2d_weight(
             x, shape, grad_output, stride=g["stride"], padding=g["padding"], dilation=g["dilation"]
         )
+
+    def bias_gradient(self, grad_output: Tensor) -> Tensor:
+        return grad_output.sum(dim=(0, 2, 3))
 
     def output_rows(self, maps: Tensor) -> Tensor:
         return maps.flatten(2).transpose(1, 2).flatten(0, 1)
