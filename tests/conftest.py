@@ -11,6 +11,7 @@ contract) is a second marker on those method tests. ``slow`` stays marked by han
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,6 +64,18 @@ def pytest_collection_modifyitems(config, items) -> None:
             or any(word in item.name for word in FIDELITY_WORDS)
         ):
             item.add_marker("fidelity")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _interruptible():
+    """Ctrl-C as in a terminal: a test run started in the background of a non-interactive shell
+    inherits SIGINT ignored (POSIX), and so would every ``growbench`` it starts, which the
+    interrupt tests need to stop on SIGINT."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(autouse=True, scope="session")
