@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from growbench.methods import Grower, GrowerConfig
-from growbench.methods.base import take_within_budget
+from growbench.methods.selection import take_within_budget
 
 
 @dataclass

@@ -58,13 +58,7 @@ from growbench.methods._splitting import (
     splitting_refusal,
     unit_chunks,
 )
-from growbench.methods.base import (
-    Grower,
-    GrowerConfig,
-    GrowthContext,
-    GrowthEvent,
-    take_within_budget,
-)
+from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
 from growbench.methods.rayleigh import (
     RayleighConfig,
     RayleighEstimate,
@@ -72,6 +66,7 @@ from growbench.methods.rayleigh import (
     rayleigh_extremes,
 )
 from growbench.methods.registry import register
+from growbench.methods.selection import take_within_budget
 from growbench.nn import GrowableNet, Site
 
 COST_TRANSFORMS = ("identity", "sqrt", "log")

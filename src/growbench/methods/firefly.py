@@ -47,17 +47,9 @@ import torch
 from torch import Tensor, nn
 
 from growbench.claims import Claim
-from growbench.methods.base import (
-    Candidate,
-    Grower,
-    GrowerConfig,
-    GrowthContext,
-    GrowthEvent,
-    Selection,
-    select_within_budget,
-    unit_pricing,
-)
+from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
 from growbench.methods.registry import register
+from growbench.methods.selection import Candidate, Selection, select_within_budget, unit_pricing
 from growbench.nn import GrowableNet, NonFiniteStatisticsError, Site, insert_layer
 from growbench.nn.activations import activation_info, make_activation
 from growbench.nn.counting import insertion_cost

@@ -46,16 +46,9 @@ from torch import Tensor
 
 from growbench.claims import Claim
 from growbench.methods._bottleneck import bottleneck_refusal, linear_path, patch_maps
-from growbench.methods.base import (
-    Candidate,
-    Grower,
-    GrowerConfig,
-    GrowthContext,
-    GrowthEvent,
-    select_within_budget,
-    unit_pricing,
-)
+from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
 from growbench.methods.registry import register
+from growbench.methods.selection import Candidate, select_within_budget, unit_pricing
 from growbench.nn import GrowableNet, Site, collect_taps
 from growbench.nn.losses import PerSampleLoss
 from growbench.nn.units import new_unit_forward

@@ -15,16 +15,9 @@ from typing import ClassVar
 
 import torch
 
-from growbench.methods.base import (
-    Candidate,
-    Grower,
-    GrowerConfig,
-    GrowthContext,
-    GrowthEvent,
-    select_within_budget,
-    unit_pricing,
-)
+from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
 from growbench.methods.registry import register
+from growbench.methods.selection import Candidate, select_within_budget, unit_pricing
 from growbench.nn import GrowableNet, Site, activation_info
 
 MODES = ("zero-fan-out", "zero-fan-in")

@@ -42,16 +42,9 @@ from growbench.methods._splitting import (
     splittable_sites,
     splitting_refusal,
 )
-from growbench.methods.base import (
-    Candidate,
-    Grower,
-    GrowerConfig,
-    GrowthContext,
-    GrowthEvent,
-    select_within_budget,
-    unit_pricing,
-)
+from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
 from growbench.methods.registry import register
+from growbench.methods.selection import Candidate, select_within_budget, unit_pricing
 from growbench.nn import GrowableNet, Site
 
 SELECTIONS = ("global-ratio", "most-negative")

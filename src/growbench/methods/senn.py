@@ -55,15 +55,9 @@ from torch import Tensor, nn
 
 from growbench.claims import Claim
 from growbench.methods._bottleneck import bottleneck_refusal, output_rows, patch_maps
-from growbench.methods.base import (
-    Candidate,
-    Grower,
-    GrowerConfig,
-    GrowthContext,
-    GrowthEvent,
-    select_within_budget,
-)
+from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
 from growbench.methods.registry import register
+from growbench.methods.selection import Candidate, select_within_budget
 from growbench.nn import GrowableNet, Site, collect_taps, insert_layer
 from growbench.nn.activations import rational
 from growbench.nn.counting import insertion_cost

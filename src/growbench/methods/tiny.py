@@ -67,16 +67,9 @@ from growbench.methods._bottleneck import (
     sample_chunks,
     site_statistics,
 )
-from growbench.methods.base import (
-    Candidate,
-    Grower,
-    GrowerConfig,
-    GrowthContext,
-    GrowthEvent,
-    select_within_budget,
-    unit_pricing,
-)
+from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
 from growbench.methods.registry import register
+from growbench.methods.selection import Candidate, select_within_budget, unit_pricing
 from growbench.nn import Activation, GrowableNet, Site, Slot, collect_taps
 from growbench.nn.activations import activation_info
 from growbench.nn.layer_maps import with_ones
