@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -129,7 +130,7 @@ def kill_moments(suite: Path, uri: str, training_seconds: float) -> list[float]:
 def checkpointed_runs(uri: str) -> set[str]:
     """The runs that hold a checkpoint tag, read straight from the sqlite file (cheap enough to
     poll every few milliseconds while a runner writes)."""
-    with sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=30) as db:
+    with closing(sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=30)) as db:
         rows = db.execute("SELECT run_uuid FROM tags WHERE key = ?", (leases.CHECKPOINT,))
         return {run for (run,) in rows}
 
