@@ -205,9 +205,34 @@ class SignedS2D(Grower):
 
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
         config = self.config
-        c = float(config.weight_bound)
-        units_per_split = 2 if c > 1 else 1
         sites = splittable_sites(self.growable_sites(net))
+        eigens, peak = self._eigens(net, ctx, sites, event)
+        with event.phase("select"):
+            candidates = self._candidates(sites, eigens, peak, event)
+            del eigens
+            if not candidates:
+                event.stop_reason = "splitting-stable"
+                return
+            chosen, exhausted, diagnostics = self._select(net, ctx, sites, candidates)
+            event.extras.update(diagnostics)
+        if exhausted:
+            event.stop_reason = "budget exhausted"
+        if not chosen:
+            return
+        with event.phase("apply"):
+            self._apply(net, sites, chosen, event)
+        event.predicted_loss_change = sum(config.epsilon**2 / 2 * pick.score for pick in chosen)
+        counts = {kind: 0 for kind in KINDS}
+        for candidate in chosen:
+            counts[candidate.kind] += 1
+        event.extras["splits_by_kind"] = counts
+
+    def _eigens(
+        self, net: GrowableNet, ctx: GrowthContext, sites: list[Site], event: GrowthEvent
+    ) -> tuple[list, int]:
+        """Each site's extreme eigenpairs (exact, or Rayleigh estimates for the sites
+        ``_estimates`` picks) and the peak bytes the exact ones took."""
+        config = self.config
         peak = 0
         eigens = []
         estimated = [site for site in sites if self._estimates(site, len(ctx.inputs))]
@@ -226,79 +251,68 @@ class SignedS2D(Grower):
             peak = max(peak, site_peak)
             eigens.append(eigen)
         event.extras["rayleigh_sites"] = [site.name for site in estimated]
+        return eigens, peak
 
-        with event.phase("select"):
-            scale = max(
-                (float(e.matrix_norm.max()) for e in eigens if len(e.matrix_norm)), default=0
-            )
-            tolerance = config.lambda_tol * scale
-            candidates: list[_Candidate] = []
-            stable_but_splittable = 0
-            four_would_help = 0
-            for position, (site, eigen) in enumerate(zip(sites, eigens)):
-                ii_plus, ii_minus = unit_scores(eigen.lambda_min, eigen.lambda_max, c)
-                plus_wins = ii_plus <= ii_minus
-                scores = torch.where(plus_wins, ii_plus, ii_minus)
-                event.scores[site.name] = scores.tolist()
-                eligible = scores < -tolerance
-                stable_but_splittable += int((eligible & (eigen.lambda_min >= -tolerance)).sum())
-                four_would_help += int(((ii_plus < -tolerance) & (ii_minus < -tolerance)).sum())
-                for unit in torch.nonzero(eligible).flatten().tolist():
-                    if c == 1:
-                        kind, direction = "split", eigen.vector_min[unit]
-                    elif plus_wins[unit]:
-                        kind, direction = "signed+", eigen.vector_min[unit]
-                    else:
-                        kind, direction = "signed-", eigen.vector_max[unit]
-                    candidates.append(
-                        _Candidate(float(scores[unit]), kind, position, unit, direction)
-                    )
-            event.extras.update(
-                {
-                    "lambda_min": {s.name: e.lambda_min.tolist() for s, e in zip(sites, eigens)},
-                    "lambda_max": {s.name: e.lambda_max.tolist() for s, e in zip(sites, eigens)},
-                    "lambda_tolerance": tolerance,
-                    "weight_bound": c,
-                    "copies_per_split": units_per_split + 1,
-                    "s2d_stable_but_splittable": stable_but_splittable,
-                    "four_copies_would_help": four_would_help,
-                    "prediction_is_heuristic": prediction_is_heuristic(
-                        sites, config.splitting_matrix
-                    ),
-                    "peak_stat_bytes": peak,
-                }
-            )
-            del eigens
-            if not candidates:
-                event.stop_reason = "splitting-stable"
-                return
-            chosen, exhausted, diagnostics = self._select(net, ctx, sites, candidates)
-            event.extras.update(diagnostics)
-        if exhausted:
-            event.stop_reason = "budget exhausted"
-        if not chosen:
-            return
+    def _candidates(
+        self, sites: list[Site], eigens: list, peak: int, event: GrowthEvent
+    ) -> list[_Candidate]:
+        """Every unit whose best symmetric 3-split lowers the loss by more than the tolerance,
+        with its kind and direction; the scores and eigenvalues go into the event."""
+        config = self.config
+        c = float(config.weight_bound)
+        scale = max((float(e.matrix_norm.max()) for e in eigens if len(e.matrix_norm)), default=0)
+        tolerance = config.lambda_tol * scale
+        candidates: list[_Candidate] = []
+        stable_but_splittable = 0
+        four_would_help = 0
+        for position, (site, eigen) in enumerate(zip(sites, eigens)):
+            ii_plus, ii_minus = unit_scores(eigen.lambda_min, eigen.lambda_max, c)
+            plus_wins = ii_plus <= ii_minus
+            scores = torch.where(plus_wins, ii_plus, ii_minus)
+            event.scores[site.name] = scores.tolist()
+            eligible = scores < -tolerance
+            stable_but_splittable += int((eligible & (eigen.lambda_min >= -tolerance)).sum())
+            four_would_help += int(((ii_plus < -tolerance) & (ii_minus < -tolerance)).sum())
+            for unit in torch.nonzero(eligible).flatten().tolist():
+                if c == 1:
+                    kind, direction = "split", eigen.vector_min[unit]
+                elif plus_wins[unit]:
+                    kind, direction = "signed+", eigen.vector_min[unit]
+                else:
+                    kind, direction = "signed-", eigen.vector_max[unit]
+                candidates.append(_Candidate(float(scores[unit]), kind, position, unit, direction))
+        event.extras.update(
+            {
+                "lambda_min": {s.name: e.lambda_min.tolist() for s, e in zip(sites, eigens)},
+                "lambda_max": {s.name: e.lambda_max.tolist() for s, e in zip(sites, eigens)},
+                "lambda_tolerance": tolerance,
+                "weight_bound": c,
+                "copies_per_split": (2 if c > 1 else 1) + 1,
+                "s2d_stable_but_splittable": stable_but_splittable,
+                "four_copies_would_help": four_would_help,
+                "prediction_is_heuristic": prediction_is_heuristic(sites, config.splitting_matrix),
+                "peak_stat_bytes": peak,
+            }
+        )
+        return candidates
 
-        with event.phase("apply"):
-            plans = []
-            for candidate in chosen:
-                deltas, weights = split_scheme(
-                    candidate.kind, candidate.direction, c, config.epsilon
-                )
-                site_name = sites[candidate.position].name
-                plans.append(
-                    PlannedSplit(site_name, candidate.unit, deltas, weights, candidate.kind)
-                )
-            norms_before, layout = _fan_out_norms_before(sites, chosen)
-            event.selected = apply_splits(net, plans)
-            event.extras["fan_out_norms"] = _fan_out_norms_after(
-                sites, chosen, norms_before, layout, units_per_split
-            )
-        event.predicted_loss_change = sum(config.epsilon**2 / 2 * pick.score for pick in chosen)
-        counts = {kind: 0 for kind in KINDS}
+    def _apply(
+        self, net: GrowableNet, sites: list[Site], chosen: list[_Candidate], event: GrowthEvent
+    ) -> None:
+        """Split the chosen units by their schemes; record the offspring's fan-out norms."""
+        config = self.config
+        c = float(config.weight_bound)
+        plans = []
         for candidate in chosen:
-            counts[candidate.kind] += 1
-        event.extras["splits_by_kind"] = counts
+            deltas, weights = split_scheme(candidate.kind, candidate.direction, c, config.epsilon)
+            site_name = sites[candidate.position].name
+            plans.append(PlannedSplit(site_name, candidate.unit, deltas, weights, candidate.kind))
+        norms_before, layout = _fan_out_norms_before(sites, chosen)
+        event.selected = apply_splits(net, plans)
+        units_per_split = 2 if c > 1 else 1
+        event.extras["fan_out_norms"] = _fan_out_norms_after(
+            sites, chosen, norms_before, layout, units_per_split
+        )
 
     def _select(
         self,
