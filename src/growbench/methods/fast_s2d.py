@@ -212,6 +212,18 @@ class FastS2DConfig(GrowerConfig):
         self.rayleigh = RayleighConfig.of(self.rayleigh, "fast-s2d")
 
 
+def _record_estimates(sites: list[Site], estimates: dict, event: GrowthEvent) -> None:
+    """λ̂ of every unit as the event's scores, and the units whose estimate wandered."""
+    unconverged = {}
+    for site in sites:
+        estimate = estimates[site.name]
+        event.scores[site.name] = estimate.values.tolist()
+        flagged = torch.nonzero(estimate.mean_norms < UNCONVERGED_NORM).flatten().tolist()
+        if flagged:
+            unconverged[site.name] = flagged
+    event.extras["unconverged_units"] = unconverged
+
+
 @register
 class FastS2D(Grower):
     name = "fast-s2d"
@@ -258,15 +270,40 @@ class FastS2D(Grower):
             estimates = rayleigh_extremes(
                 net, ctx, sites, config.rayleigh, matrix=config.splitting_matrix
             )["min"]
-        unconverged = {}
-        for site in sites:
-            estimate = estimates[site.name]
-            event.scores[site.name] = estimate.values.tolist()
-            flagged = torch.nonzero(estimate.mean_norms < UNCONVERGED_NORM).flatten().tolist()
-            if flagged:
-                unconverged[site.name] = flagged
-        event.extras["unconverged_units"] = unconverged
+        _record_estimates(sites, estimates, event)
+        lambdas, picked, accepted, chosen, problem = self._select(net, ctx, sites, estimates, event)
+        # diagnostics of the estimates, not the method's own work: timed apart
+        with event.phase("diagnostics"):
+            self._diagnose(net, ctx, sites, estimates, problem, chosen, event)
+        event.predicted_loss_change = 0.0  # until something is split
+        if not bool((torch.from_numpy(lambdas) < 0).any()):
+            event.stop_reason = "splitting-stable"
+            return
+        if not picked:
+            event.stop_reason = "round budget below one unit's cost"
+            return
+        if not all(accepted):
+            event.stop_reason = "budget exhausted"
+        if not chosen:
+            return
+        with event.phase("apply"):
+            event.selected = self._apply(net, sites, estimates, chosen)
+        event.predicted_loss_change = sum(
+            config.epsilon**2 / 2 * float(estimates[sites[p].name].values[j]) for p, j in chosen
+        )
 
+    def _select(
+        self,
+        net: GrowableNet,
+        ctx: GrowthContext,
+        sites: list[Site],
+        estimates: dict,
+        event: GrowthEvent,
+    ) -> tuple:
+        """The LP relaxation's picks (β ≥ β_keep) by λ̂ per unit of cost, truncated to the
+        exact remaining budget: (λ̂ of every unit, picked, accepted, chosen (site position,
+        unit), the LP problem); the LP's report goes into the event."""
+        config = self.config
         with event.phase("select"):
             units = [
                 (position, j) for position, site in enumerate(sites) for j in range(site.width)
@@ -297,56 +334,58 @@ class FastS2D(Grower):
         event.extras["prediction_is_heuristic"] = prediction_is_heuristic(
             sites, config.splitting_matrix
         )
-        # diagnostics of the estimates, not the method's own work: timed apart
-        with event.phase("diagnostics"):
-            if config.exact_diagnostics:
-                event.extras["exact_agreement"] = agreement_with_exact(
-                    net,
-                    ctx,
-                    sites,
-                    estimates,
-                    config.max_stat_bytes,
-                    problem,
-                    config.beta_keep,
-                    config.splitting_matrix,
-                )
-            if config.check_estimates:
-                vectors = {site.name: estimates[site.name].vectors for site in sites}
-                forms = quadratic_forms(net, ctx, sites, vectors, config.splitting_matrix)
-                gaps = {
-                    site.name: (forms[site.name] - estimates[site.name].values).abs()
-                    / estimates[site.name].values.abs().clamp_min(1e-300)
-                    for site in sites
-                }
-                chosen_gaps = [float(gaps[sites[p].name][j]) for p, j in chosen]
-                event.extras["estimate_check"] = {
-                    "max_relative_gap_selected": max(chosen_gaps, default=0.0),
-                    "median_relative_gap": float(torch.cat(list(gaps.values())).median()),
-                }
+        return lambdas, picked, accepted, chosen, problem
 
-        event.predicted_loss_change = 0.0  # until something is split
-        if not bool((torch.from_numpy(lambdas) < 0).any()):
-            event.stop_reason = "splitting-stable"
-            return
-        if not picked:
-            event.stop_reason = "round budget below one unit's cost"
-            return
-        if not all(accepted):
-            event.stop_reason = "budget exhausted"
-        if not chosen:
-            return
-        with event.phase("apply"):
-            half = torch.tensor([0.5, 0.5], dtype=torch.float64)
-            plans = []
-            for position, j in chosen:
-                site = sites[position]
-                direction = estimates[site.name].vectors[j]
-                deltas = torch.stack([config.epsilon * direction, -config.epsilon * direction])
-                plans.append(PlannedSplit(site.name, j, deltas, half, "split"))
-            event.selected = apply_splits(net, plans)
-        event.predicted_loss_change = sum(
-            config.epsilon**2 / 2 * float(estimates[sites[p].name].values[j]) for p, j in chosen
-        )
+    def _diagnose(
+        self,
+        net: GrowableNet,
+        ctx: GrowthContext,
+        sites: list[Site],
+        estimates: dict,
+        problem: dict,
+        chosen: list[tuple[int, int]],
+        event: GrowthEvent,
+    ) -> None:
+        """Opt-in checks of the estimates: agreement with exact eigenpairs, and |λ̂ − v̂ᵀSv̂|."""
+        config = self.config
+        if config.exact_diagnostics:
+            event.extras["exact_agreement"] = agreement_with_exact(
+                net,
+                ctx,
+                sites,
+                estimates,
+                config.max_stat_bytes,
+                problem,
+                config.beta_keep,
+                config.splitting_matrix,
+            )
+        if config.check_estimates:
+            vectors = {site.name: estimates[site.name].vectors for site in sites}
+            forms = quadratic_forms(net, ctx, sites, vectors, config.splitting_matrix)
+            gaps = {
+                site.name: (forms[site.name] - estimates[site.name].values).abs()
+                / estimates[site.name].values.abs().clamp_min(1e-300)
+                for site in sites
+            }
+            chosen_gaps = [float(gaps[sites[p].name][j]) for p, j in chosen]
+            event.extras["estimate_check"] = {
+                "max_relative_gap_selected": max(chosen_gaps, default=0.0),
+                "median_relative_gap": float(torch.cat(list(gaps.values())).median()),
+            }
+
+    def _apply(
+        self, net: GrowableNet, sites: list[Site], estimates: dict, chosen: list[tuple[int, int]]
+    ) -> dict:
+        """Split each chosen unit into θ ± εv̂ with fan-out weights ½, ½."""
+        epsilon = self.config.epsilon
+        half = torch.tensor([0.5, 0.5], dtype=torch.float64)
+        plans = []
+        for position, j in chosen:
+            site = sites[position]
+            direction = estimates[site.name].vectors[j]
+            deltas = torch.stack([epsilon * direction, -epsilon * direction])
+            plans.append(PlannedSplit(site.name, j, deltas, half, "split"))
+        return apply_splits(net, plans)
 
     def _problem(self, sites: list[Site], ctx: GrowthContext) -> dict:
         """Per-unit costs, group and site labels, group budgets and site caps of the LP."""
