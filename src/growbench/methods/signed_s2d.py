@@ -60,6 +60,7 @@ from growbench.methods._splitting import (
 from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
 from growbench.methods.rayleigh import RayleighConfig, rayleigh_eigen
 from growbench.methods.registry import register
+from growbench.methods.selection import Candidate, Selection, select_within_budget, unit_pricing
 from growbench.nn import GrowableNet, Site
 from growbench.nn.counting import growth_cost
 
@@ -335,33 +336,33 @@ class SignedS2D(Grower):
             return candidate.score / cost if cost > 0 else -math.inf
 
         ordered = sorted(candidates, key=lambda c: (ratio(c), c.position, c.unit))
-        accepted: dict[str, int] = {}
-        chosen: list[_Candidate] = []
-        exhausted = False
-        skipped_round = skipped_cap = 0
-        for candidate in ordered:
-            site = sites[candidate.position]
-            added = accepted.get(site.name, 0) + units_per_split
-            if added > max(site.width, units_per_split):  # at most doubling a site per round
-                skipped_cap += 1
-                continue
-            trial = {**accepted, site.name: added}
-            cost = growth_cost(net, trial)[metric]  # exact, adjacent-width cross terms included
-            fits_round = cost <= round_budget or not chosen
-            if fits_round and cost <= ctx.remaining_budget:
-                accepted = trial
-                chosen.append(candidate)
-            elif fits_round:
-                exhausted = True
-            else:
-                skipped_round += 1
+        ranked = [
+            Candidate(sites[c.position].name, c.kind, c, c.score, units_per_split) for c in ordered
+        ]
+        width = {site.name: site.width for site in sites}
+        price = unit_pricing(net, ctx)
+        skipped = {"round": 0, "cap": 0}
+
+        def admits(candidate: Candidate, selection: Selection) -> bool:
+            """The doubling cap, then the round budget, which never blocks a round's first."""
+            units = {**selection.units}
+            units[candidate.site] = units.get(candidate.site, 0) + units_per_split
+            if units[candidate.site] > max(width[candidate.site], units_per_split):
+                skipped["cap"] += 1
+                return False
+            if selection.kept and price(units) > round_budget:
+                skipped["round"] += 1
+                return False
+            return True
+
+        selection = select_within_budget(ranked, ctx.remaining_budget, price, admits=admits)
         diagnostics = {
             "round_budget": round_budget,
             "cost_of_one_split": cost_of_split,
-            "skipped_round_budget": skipped_round,
-            "skipped_doubling_cap": skipped_cap,
+            "skipped_round_budget": skipped["round"],
+            "skipped_doubling_cap": skipped["cap"],
         }
-        return chosen, exhausted, diagnostics
+        return [kept.key for kept in selection.kept], selection.over_budget > 0, diagnostics
 
 
 def _fan_out_norms_before(sites: list, chosen: list[_Candidate]) -> tuple[dict, dict]:
