@@ -34,7 +34,8 @@ class Registry(Generic[T]):
     :param kind: what a plugin is called in messages ("method", "model", "dataset").
     :param group: the entry-point group outside packages declare theirs in.
     :param validate: raises ``TypeError`` when an object is not a plugin of this kind.
-    :param name_of: an object's own name, which its entry point's name must be.
+    :param name_of: an object's own name, which its entry point's name must be (default: its
+        ``name`` attribute, as a method's or a model's class has).
     :param builtins_module: imported on first lookup; importing it registers the built-ins.
     :param builtins_by_name: list the built-ins by name rather than in registration order.
     """
@@ -44,9 +45,9 @@ class Registry(Generic[T]):
         kind: str,
         group: str,
         validate: Callable[[Any], None],
-        name_of: Callable[[T], str],
         builtins_module: str | None = None,
         builtins_by_name: bool = False,
+        name_of: Callable[[T], str] = lambda item: item.name,
     ) -> None:
         self.kind = kind
         self.group = group

@@ -44,7 +44,9 @@ def _validate(entry: Any) -> None:
         raise TypeError(f"the options of dataset {entry.spec.name!r} are not a dataclass")
 
 
-DATASETS: Registry[Entry] = Registry("dataset", ENTRY_POINT_GROUP, _validate, lambda e: e.spec.name)
+DATASETS: Registry[Entry] = Registry(
+    "dataset", ENTRY_POINT_GROUP, _validate, name_of=lambda entry: entry.spec.name
+)
 for _entry in (
     cifar.CIFAR10_ENTRY,
     cifar.CIFAR100_ENTRY,

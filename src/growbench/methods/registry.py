@@ -38,7 +38,6 @@ METHODS: Registry[type[Grower]] = Registry(
     "method",
     ENTRY_POINT_GROUP,
     _validate,
-    lambda cls: cls.name,
     builtins_module="growbench.methods.builtin",
 )
 

@@ -96,7 +96,6 @@ MODELS: Registry[type[ZooModel]] = Registry(
     "model",
     ENTRY_POINT_GROUP,
     _validate,
-    lambda cls: cls.name,
     builtins_module="growbench.nn.zoo.builtin",
     builtins_by_name=True,
 )
