@@ -172,3 +172,33 @@ def test_counting_restores_mixed_modes_and_pending_lineage(make_net):
     site.cost_of_units(2)
     assert {name: module.training for name, module in net.named_modules()} == modes
     assert net.lineage == lineage  # the optimizer hand-over after this surgery is still possible
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn", "vgg", "mobilenetv1", "resnet18", "pointnet"])
+def test_flop_count_equals_torchs_flop_counter_on_every_zoo_model(model):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from growbench.nn import ModelConfig, build_model
+
+    shapes = {"mlp": (5,), "cnn": (2, 8, 8), "pointnet": (16, 3)}
+    shape = shapes.get(model, (3, 32, 32))
+    options = {"widths": (4, 6)} if model in ("mlp", "cnn") else {"width_multiplier": 1 / 16}
+    net = build_model(ModelConfig(model, shape, 3, **options), seed=0)
+    insert_layer(net, net.sites[0], init="identity", activation="rational")
+    net.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, *shape))
+    assert count_flops(net, shape) == counter.get_total_flops() > 0
+
+
+def test_growth_cost_measures_once_per_architecture_not_per_width(make_net, monkeypatch):
+    from growbench.nn import counting
+
+    net = make_net("cnn", batchnorm=True)
+    growth_cost(net, {net.sites[0].name: 1})
+    measured = []
+    monkeypatch.setattr(counting, "_measure", lambda *a: measured.append(a) or {})
+    for step in range(3):
+        add(net.sites[step % 2], 1, seed=step)
+        growth_cost(net, {net.sites[0].name: 2, net.sites[1].name: 1})
+    assert measured == []
