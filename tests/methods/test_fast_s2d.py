@@ -30,6 +30,7 @@ from growbench.methods._splitting import (
     PlannedSplit,
     apply_splits,
     curvature_route,
+    site_eigen,
     splittable_sites,
     splitting_matrices,
 )
@@ -388,6 +389,109 @@ def test_minibatches_come_in_seeded_passes_that_end_with_the_run():
     assert rq.RayleighConfig(steps=1600).window_start(32) == 1440  # spec defaults: 5 passes
     lrs = [rq.RayleighConfig(steps=100).lr_at(t) for t in (0, 19, 20, 40, 60, 80, 99)]
     assert lrs == pytest.approx([1e-2, 1e-2, 2e-3, 4e-4, 8e-5, 1.6e-5, 1.6e-5], rel=1e-12)
+
+
+# ------------------------------------------------------------------ the convergence stop
+
+
+def _means(values: list[float], vectors: list[list[float]]) -> dict:
+    """One key's means of R_B and v, as ``rayleigh.settled`` reads them."""
+    as_tensor = (
+        torch.tensor(values, dtype=torch.float64),
+        torch.tensor(vectors, dtype=torch.float64),
+    )
+    return {("min", "site"): as_tensor}
+
+
+@pytest.mark.parametrize("share", [0.9, 1.1])
+def test_means_settle_within_the_tolerance_of_the_site_s_scale(share):
+    """λ may move by tolerance × the site's largest |λ| (here 2), the direction by tolerance."""
+    tolerance = 1e-2
+    previous = _means([-2.0, 0.5], [[1.0, 0.0], [0.0, 1.0]])
+    value_moved = _means([-2.0, 0.5 + share * tolerance * 2], [[1.0, 0.0], [0.0, 1.0]])
+    turn = share * tolerance  # chord of the turned unit vector: 2 sin(angle / 2)
+    angle = 2 * math.asin(turn / 2)
+    turned = _means([-2.0, 0.5], [[math.cos(angle), math.sin(angle)], [0.0, 1.0]])
+    assert rq.settled(previous, value_moved, tolerance) == (share < 1)
+    assert rq.settled(previous, turned, tolerance) == (share < 1)
+    assert rq.settled(previous, previous, 0.0)
+
+
+def test_a_settled_run_skips_to_each_milestone_and_stops_after_one_window_pass():
+    """Passes of 4 steps, milestones at steps 20/40/60/80, a window of 3 passes from step 88.
+    Settled everywhere (a huge tolerance): 2 passes, then 1 pass before each milestone and 1 in
+    the window; the estimates are the means over that last pass, taken at the last rate."""
+    task = make_task("tanh_mlp")
+    sites = splittable_sites(task.net.sites)
+    schedule = rq.RayleighConfig(steps=100, batch_size=100, tolerance=1e6)
+    assert [rq.next_jump(schedule, step, 4) for step in (8, 24, 44, 64, 84)] == [20, 40, 60, 80, 88]
+    report: dict = {}
+    rq.rayleigh_extremes(task.net, task.context(), sites, schedule, report=report)
+    assert report == {"tolerance": 1e6, "steps": 100, "steps_taken": 28, "stopped": True}
+    off: dict = {}
+    fixed = rq.rayleigh_extremes(task.net, task.context(), sites, rq.RayleighConfig(), report=off)
+    assert off == {"tolerance": 0.0, "steps": 1600, "steps_taken": 1600, "stopped": False}
+    assert fixed["min"]["block0"].values.equal(searched("tanh_mlp")[1]["block0"].values)
+
+
+def test_the_event_records_the_convergence_stop():
+    task = make_task("tanh_mlp")
+    options = {"rayleigh": {"tolerance": 1e-2}}
+    event = make_grower("fast-s2d", options).grow(task.net, task.context())
+    run = event.extras["rayleigh"]
+    assert run["tolerance"] == 1e-2
+    assert run["steps"] == 1600
+    assert run["stopped"]
+    assert run["steps_taken"] < 1600
+    with pytest.raises(ValueError, match=r"rayleigh\.tolerance must be 0 or more"):
+        make_grower("fast-s2d", {"rayleigh": {"tolerance": -1}})
+
+
+# ---------------------------------------------------------------------- the exact solver
+
+
+def test_the_exact_solver_gives_s2d_s_eigenpairs_and_selection():
+    """eigen_solver "exact": λ_min and v_min of s2d's ``site_eigen``, hence the LP's selection
+    with exact λ (Jaccard 1) and a split along the exact v_min (a budget of one unit)."""
+    task = make_task("tanh_mlp")
+    reference = make_task("tanh_mlp")
+    budget = max(s.cost_of_units(1)["params"] for s in task.net.sites)
+    options = {"eigen_solver": "exact", "exact_diagnostics": True, "epsilon": 0.05}
+    event = make_grower("fast-s2d", options).grow(task.net, task.context(remaining_budget=budget))
+    sites = splittable_sites(reference.net.sites)
+    eigens = {s.name: site_eigen(reference.net, reference.context(), s, 2**27)[0] for s in sites}
+    assert event.scores == {name: eigen.lambda_min.tolist() for name, eigen in eigens.items()}
+    agreement = event.extras["exact_agreement"]
+    assert agreement["jaccard"] == 1.0
+    assert agreement["min_cos"] == pytest.approx(1.0, abs=1e-12)
+    assert "rayleigh" not in event.extras
+    assert "estimate_check" not in event.extras
+    ((name, ((unit, _),)),) = event.selected.items()
+    old = reference.net.site(name).fan_in_matrix()[unit]
+    moved = task.net.site(name).fan_in_matrix()[unit] - old
+    torch.testing.assert_close(moved, 0.05 * eigens[name].vector_min[unit].to(moved))
+    with pytest.raises(ValueError, match="unknown eigen_solver 'power'"):
+        make_grower("fast-s2d", {"eigen_solver": "power"})
+
+
+@pytest.mark.parametrize(("steps", "cheaper"), [(160, True), (1, False)])
+def test_the_event_says_where_the_exact_computation_costs_less(steps, cheaper):
+    """The cost model: 2·steps·batch·n·p for the estimator against samples·n·p² + n·p³."""
+    task = make_task("tanh_mlp")
+    sites = splittable_sites(task.net.sites)
+    shapes = {site.name: (site.width, site.fan_in_size) for site in sites}
+    options = {"rayleigh": {"steps": steps, "batch_size": 8}}
+    event = make_grower("fast-s2d", options).grow(task.net, task.context())
+    samples = len(task.inputs)
+    costs = event.extras["search_costs"]
+    for name, (n, p) in shapes.items():
+        assert costs[name] == {
+            "estimator": 2 * steps * 8 * n * p,
+            "exact": samples * n * p * p + n * p**3,
+        }
+    names = list(costs) if cheaper else []
+    assert event.extras["exact_cheaper_sites"] == names
+    assert ("search_note" in event.extras) == cheaper
 
 
 # -------------------------------------------------------------------------------- the LP

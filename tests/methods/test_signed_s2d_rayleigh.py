@@ -90,6 +90,7 @@ def test_a_suite_s_bad_rayleigh_table_is_one_clear_error(options, message):
         ({"batch_size": -1}, "{method}: rayleigh.batch_size must be greater than 0, got -1"),
         ({"momentum": -0.5}, "{method}: rayleigh.momentum must be 0 or more, got -0.5"),
         ({"window": 1.5}, "{method}: rayleigh.window must be at most 1, got 1.5"),
+        ({"tolerance": -0.1}, "{method}: rayleigh.tolerance must be 0 or more, got -0.1"),
         ({"lr": float("inf")}, "{method}: rayleigh.lr must be a finite number, got inf"),
         ({"milestones": (0.5, float("nan"))}, "{method}: rayleigh.milestones must be a finite"),
     ],

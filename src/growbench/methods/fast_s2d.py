@@ -30,7 +30,11 @@ Changed ([ours] where marked):
   remaining budget (convention 7, docs/conventions.md); linear units are never split; float64
   throughout the estimator's sums, the LP and the directions;
 * each event reports |λ̂ − v̂ᵀSv̂| (one more pass, phase ``diagnostics``) and, opt-in, the
-  agreement with exact eigenpairs.
+  agreement with exact eigenpairs;
+* [ours] opt-in, the estimator stops once its pass means settle (``rayleigh.tolerance``, 0 by
+  default: every step runs), and ``eigen_solver = "exact"`` takes v_min from ``eigh`` of every
+  S_j instead of the estimator (s2d's computation); every event compares the two computations'
+  costs (``search_costs``) and names the sites where the exact one costs less.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from growbench.methods._splitting import (
     canonical_sign,
     check_splitting_matrix,
     prediction_is_heuristic,
+    site_eigen,
     splittable_sites,
     splitting_matrices,
     splitting_refusal,
@@ -70,6 +75,7 @@ from growbench.methods.selection import take_within_budget
 from growbench.nn import GrowableNet, Site
 
 COST_TRANSFORMS = ("identity", "sqrt", "log")
+EIGEN_SOLVERS = ("rayleigh", "exact")
 UNCONVERGED_NORM = 0.5  # ‖window mean of v‖ below this: v wandered (or flipped) in the window
 FRACTIONAL = (0.01, 0.99)  # β strictly inside counts as fractional in the LP report
 
@@ -189,18 +195,29 @@ class FastS2DConfig(GrowerConfig):
     """Give every unit cost 1, so the budget is floor(growth_ratio · units in the group): a pure
     growth ratio."""
     check_estimates: bool = True
-    """Report |λ̂ − v̂ᵀSv̂| for each unit, at the cost of one more pass (phase "diagnostics")."""
+    """Report |λ̂ − v̂ᵀSv̂| for each unit, at the cost of one more pass (phase "diagnostics"); not
+    with eigen_solver "exact", whose gap is nil."""
     exact_diagnostics: bool = False
     """Also form each unit's exact S_j and report the estimates' agreement with it (cosine, λ error,
     Spearman, Jaccard)."""
     max_stat_bytes: int = 512 * 2**20
-    """Most bytes of exact splitting matrices held at once; used by exact_diagnostics only (> 0)."""
+    """Most bytes of exact splitting matrices held at once; used by exact_diagnostics and
+    eigen_solver "exact" only (> 0)."""
     splitting_matrix: str = "exact"
     """Splitting matrix S_j estimated: "exact" (the curvature of the unit's whole path to its
     consumer) or "first-activation" (S2D's official code's, stopping at the first activation)."""
+    eigen_solver: str = "rayleigh"
+    """How each unit's v_min is found: "rayleigh" (the method's Rayleigh-quotient estimator) or
+    "exact" (every S_j formed whole and decomposed by eigh, as s2d does, within max_stat_bytes at a
+    time; for small fan-ins it costs less). Every event names the sites where the model of
+    ``search_costs`` finds the exact computation cheaper (extras "exact_cheaper_sites")."""
 
     def __post_init__(self) -> None:
         check_splitting_matrix("fast-s2d", self.splitting_matrix)
+        if self.eigen_solver not in EIGEN_SOLVERS:
+            raise ValueError(
+                f"fast-s2d: unknown eigen_solver {self.eigen_solver!r}; choose {EIGEN_SOLVERS}"
+            )
         if self.cost_transform not in COST_TRANSFORMS:
             raise ValueError(
                 f"fast-s2d: unknown cost_transform {self.cost_transform!r}; "
@@ -267,9 +284,7 @@ class FastS2D(Grower):
             event.stop_reason = "no splittable site"
             return
         with event.phase("search"):
-            estimates = rayleigh_extremes(
-                net, ctx, sites, config.rayleigh, matrix=config.splitting_matrix
-            )["min"]
+            estimates = self._search(net, ctx, sites, event)
         _record_estimates(sites, estimates, event)
         lambdas, picked, accepted, chosen, problem = self._select(net, ctx, sites, estimates, event)
         # diagnostics of the estimates, not the method's own work: timed apart
@@ -291,6 +306,34 @@ class FastS2D(Grower):
         event.predicted_loss_change = sum(
             config.epsilon**2 / 2 * float(estimates[sites[p].name].values[j]) for p, j in chosen
         )
+
+    def _search(
+        self, net: GrowableNet, ctx: GrowthContext, sites: list[Site], event: GrowthEvent
+    ) -> dict[str, RayleighEstimate]:
+        """Each site's v_min and λ_min by ``eigen_solver``; the estimator's run report
+        (``rayleigh_extremes``) and the comparison of both computations' costs go into the
+        event."""
+        config = self.config
+        if config.eigen_solver == "exact":
+            steps = config.rayleigh.steps
+            estimates = {site.name: exact_estimate(net, ctx, site, config) for site in sites}
+        else:
+            run: dict = {}
+            estimates = rayleigh_extremes(
+                net, ctx, sites, config.rayleigh, matrix=config.splitting_matrix, report=run
+            )["min"]
+            event.extras["rayleigh"] = run
+            steps = run["steps_taken"]
+        costs = {site.name: search_costs(site, len(ctx.inputs), steps, config) for site in sites}
+        event.extras["search_costs"] = costs
+        cheaper = [name for name, cost in costs.items() if cost["exact"] < cost["estimator"]]
+        event.extras["exact_cheaper_sites"] = cheaper
+        if cheaper and config.eigen_solver == "rayleigh":
+            event.extras["search_note"] = (
+                f"the exact eigendecomposition would cost less than the estimator at {cheaper} "
+                '(extras "search_costs"); eigen_solver = "exact" uses it'
+            )
+        return estimates
 
     def _select(
         self,
@@ -359,7 +402,7 @@ class FastS2D(Grower):
                 config.beta_keep,
                 config.splitting_matrix,
             )
-        if config.check_estimates:
+        if config.check_estimates and config.eigen_solver == "rayleigh":
             vectors = {site.name: estimates[site.name].vectors for site in sites}
             forms = quadratic_forms(net, ctx, sites, vectors, config.splitting_matrix)
             gaps = {
@@ -434,6 +477,31 @@ class FastS2D(Grower):
             "raw_costs": raw_costs,
             "site_costs": site_costs,
         }
+
+
+# ------------------------------------------------------------------------ search costs
+
+
+def search_costs(site: Site, samples: int, steps: int, config: FastS2DConfig) -> dict[str, int]:
+    """Multiply-adds of the two ways to v_min at ``site`` (n units, fan-in p), per row of a
+    sample (conv positions multiply both alike): the estimator's ``steps`` steps of
+    ``batch_size`` rows, two products x̃Vᵀ and x̃ᵀ(·) of n·p each, against forming every S_j
+    from the ``samples`` rows (n·p² each) and ``eigh`` of each (about p³)."""
+    n, p = site.width, site.fan_in_size
+    return {
+        "estimator": 2 * steps * config.rayleigh.batch_size * n * p,
+        "exact": samples * n * p * p + n * p**3,
+    }
+
+
+def exact_estimate(
+    net: GrowableNet, ctx: GrowthContext, site: Site, config: FastS2DConfig
+) -> RayleighEstimate:
+    """The exact λ_min and v_min (canonical) of every unit's S_j, s2d's ``site_eigen``, in the
+    estimator's shape (window-mean norms of 1)."""
+    eigen, _ = site_eigen(net, ctx, site, config.max_stat_bytes, matrix=config.splitting_matrix)
+    values = eigen.lambda_min
+    return RayleighEstimate(values, eigen.vector_min, torch.ones_like(values))
 
 
 # ---------------------------------------------------------------------------- diagnostics

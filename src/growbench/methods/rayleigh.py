@@ -61,7 +61,13 @@ class RayleighConfig:
         "window",
         "cache_bytes",
     )
-    non_negative: ClassVar[tuple[str, ...]] = ("momentum", "alpha", "eps", "init_scale")
+    non_negative: ClassVar[tuple[str, ...]] = (
+        "momentum",
+        "alpha",
+        "eps",
+        "init_scale",
+        "tolerance",
+    )
     at_most: ClassVar[dict[str, float]] = {"window": 1.0}
     steps: int = 1600
     """Steps of the descent that estimates each unit's extreme eigenvectors (> 0)."""
@@ -84,6 +90,12 @@ class RayleighConfig:
     (0, 1]."""
     init_scale: float = 0.1
     """Directions start uniform in (−init_scale, init_scale) (≥ 0)."""
+    tolerance: float = 0.0
+    """Convergence stop (≥ 0; 0 runs every step): after each whole pass over the set, the pass
+    means of R_B(v) and v are compared with the previous pass's; when every unit's mean R_B moved
+    by at most tolerance × the largest |mean R_B| of its site and its mean direction by at most
+    tolerance in norm, the run skips to the next learning-rate milestone (before the window) or
+    stops (in the window, after at least one whole pass there)."""
     cache_bytes: int = 2 * 2**30
     """Keep the whole statistics set's taps in memory if they fit in this many bytes; else each step
     recomputes its mini-batch's (> 0)."""
@@ -303,6 +315,87 @@ def statistics_set_batches(
     return whole
 
 
+class _Directions:
+    """The directions of every (extreme, site) being descended, their RMSprop states and their
+    running sums of |B|·R_B(v) and |B|·v (the current pass's, or the window's)."""
+
+    def __init__(
+        self, keys: list[tuple[str, Site]], config: RayleighConfig, generator: torch.Generator
+    ) -> None:
+        self.keys = [(extreme, site.name) for extreme, site in keys]
+        self.directions: dict[tuple[str, str], Tensor] = {}
+        self.optimisers: dict[tuple[str, str], _RMSprop] = {}
+        for extreme, site in keys:
+            key = (extreme, site.name)
+            shape = (site.width, site.fan_in_size)
+            draw = torch.rand(*shape, generator=generator, dtype=torch.float64)
+            self.directions[key] = _normalised((2 * draw - 1) * config.init_scale)
+            self.optimisers[key] = _RMSprop(self.directions[key], config)
+        self.reset_sums()
+
+    def reset_sums(self) -> None:
+        """Start the running sums afresh."""
+        self.samples = 0
+        self.quotient_sums = {key: v.new_zeros(len(v)) for key, v in self.directions.items()}
+        self.direction_sums = {key: torch.zeros_like(v) for key, v in self.directions.items()}
+
+    def step(self, batch: dict[str, SiteBatch], size: int, lr: float, record: bool) -> None:
+        """One RMSprop step of every direction on S_B, adding v and R_B(v) before the step to the
+        running sums when ``record``."""
+        self.samples += size if record else 0
+        for extreme, name in self.keys:
+            key = (extreme, name)
+            v = self.directions[key]
+            quotient, gradient = rayleigh_gradient(v, batch[name].products(v))
+            if record:  # v and R_B(v) before the step, as the code records them
+                self.quotient_sums[key] += quotient * size
+                self.direction_sums[key] += v * size
+            if extreme == "max":  # ascend R: descend R of −S
+                gradient = -gradient
+            self.directions[key] = _normalised(self.optimisers[key].step(v, gradient, lr))
+
+    def means(self) -> dict[tuple[str, str], tuple[Tensor, Tensor]]:
+        """The size-weighted means of R_B(v) and of v over the running sums, per key."""
+        samples = float(self.samples)
+        return {
+            key: (self.quotient_sums[key] / samples, self.direction_sums[key] / samples)
+            for key in self.keys
+        }
+
+
+def settled(
+    previous: dict[tuple[str, str], tuple[Tensor, Tensor]],
+    current: dict[tuple[str, str], tuple[Tensor, Tensor]],
+    tolerance: float,
+) -> bool:
+    """Whether every unit's mean of R_B moved by at most ``tolerance`` × its site's largest |mean|
+    and its mean direction (renormalised) by at most ``tolerance`` in norm, from ``previous`` to
+    ``current`` means."""
+    for key, (values, vectors) in current.items():
+        old_values, old_vectors = previous[key]
+        scale = old_values.abs().max().clamp_min(1e-300)
+        if float((values - old_values).abs().max()) > tolerance * float(scale):
+            return False
+        moved = torch.linalg.vector_norm(_normalised(vectors) - _normalised(old_vectors), dim=1)
+        if float(moved.max()) > tolerance:
+            return False
+    return True
+
+
+def next_jump(config: RayleighConfig, step: int, pass_length: int) -> int:
+    """Where a run whose means settled at the pass boundary ``step`` (before the window)
+    continues: the last pass boundary at or before the next learning-rate milestone, or the
+    window's start when no milestone lies before it. Pass boundaries are ``config.steps`` minus
+    whole passes, so the run still ends on one."""
+    window_start = config.window_start(pass_length)
+    ahead = [math.floor(m * config.steps) for m in config.milestones]
+    ahead = [milestone for milestone in ahead if step < milestone < window_start]
+    if not ahead:
+        return window_start
+    passes_before = math.ceil((config.steps - min(ahead)) / pass_length)
+    return max(step, config.steps - passes_before * pass_length)
+
+
 def rayleigh_extremes(
     net: GrowableNet,
     ctx: GrowthContext,
@@ -310,6 +403,7 @@ def rayleigh_extremes(
     config: RayleighConfig,
     extremes: Sequence[str] = ("min",),
     matrix: str = "exact",
+    report: dict | None = None,
 ) -> dict[str, dict[str, RayleighEstimate]]:
     """Estimate the smallest (``"min"``) and/or largest (``"max"``, descent on R of −S) eigenpair
     of every unit's splitting matrix ``matrix`` (``_splitting.SPLITTING_MATRICES``) at ``sites``.
@@ -319,56 +413,52 @@ def rayleigh_extremes(
     one mini-batch (seeded order from ``ctx.generator``), gathers its taps, forms S_B·v for every
     unit and every requested extreme, sets ∇R by hand, takes an RMSprop step and renormalises.
     Directions start U(−init_scale, init_scale) (drawn site by site, ``min`` before ``max``),
-    normalised. Returns ``{extreme: {site name: RayleighEstimate}}``.
+    normalised. With ``config.tolerance`` > 0 the means of R_B and v are compared after every
+    whole pass: once they settle (``settled``) before the window the run skips to the next
+    milestone (``next_jump``), and in the window it stops. ``report``, if given, receives the
+    tolerance, the steps of the schedule, the steps taken and whether the run stopped early.
+    Returns ``{extreme: {site name: RayleighEstimate}}``.
     """
     for extreme in extremes:
         if extreme not in EXTREMES:
             raise ValueError(f"unknown extreme {extreme!r}; choose from {EXTREMES}")
-    generator = ctx.generator
-    keys = [(extreme, site) for extreme in extremes for site in sites]
-    directions: dict[tuple[str, str], Tensor] = {}
-    optimisers: dict[tuple[str, str], _RMSprop] = {}
-    quotient_sums: dict[tuple[str, str], Tensor] = {}
-    direction_sums: dict[tuple[str, str], Tensor] = {}
-    for extreme, site in keys:
-        key = (extreme, site.name)
-        draw = torch.rand(site.width, site.fan_in_size, generator=generator, dtype=torch.float64)
-        directions[key] = _normalised((2 * draw - 1) * config.init_scale)
-        optimisers[key] = _RMSprop(directions[key], config)
-        quotient_sums[key] = torch.zeros(site.width, dtype=torch.float64)
-        direction_sums[key] = torch.zeros(site.width, site.fan_in_size, dtype=torch.float64)
-    window_samples = 0
-    window_start = config.window_start(math.ceil(len(ctx.inputs) / config.batch_size))
-    batches = minibatch_indices(len(ctx.inputs), config.batch_size, config.steps, generator)
+    count, tolerance = len(ctx.inputs), config.tolerance
+    state = _Directions([(e, site) for e in extremes for site in sites], config, ctx.generator)
+    pass_length = math.ceil(count / config.batch_size)
+    window_start = config.window_start(pass_length)
+    batches = minibatch_indices(count, config.batch_size, config.steps, ctx.generator)
     routes = [curvature_route(site, matrix) for site in sites]
     cached = statistics_set_batches(net, ctx, routes, config.batch_size, config.cache_bytes)
-    for step, index in enumerate(batches):
+    step, taken, previous = 0, 0, None
+    for index in batches:
+        if step == config.steps:
+            break
         index = index.to(ctx.device)
         if cached is None:
             batch = site_batches(net, ctx, routes, ctx.inputs[index], ctx.targets[index])
         else:
             batch = {name: whole.take(index) for name, whole in cached.items()}
-        lr = config.lr_at(step)
-        in_window = step >= window_start
-        window_samples += len(index) if in_window else 0
-        for extreme, site in keys:
-            key = (extreme, site.name)
-            v = directions[key]
-            products = batch[site.name].products(v)
-            quotient, gradient = rayleigh_gradient(v, products)
-            if in_window:  # v and R_B(v) before the step, as the code records them
-                quotient_sums[key] += quotient * len(index)
-                direction_sums[key] += v * len(index)
-            if extreme == "max":  # ascend R: descend R of −S
-                gradient = -gradient
-            directions[key] = _normalised(optimisers[key].step(v, gradient, lr))
-    window = float(window_samples)
+        record = step >= window_start or tolerance > 0
+        state.step(batch, len(index), config.lr_at(step), record)
+        step, taken = step + 1, taken + 1
+        if tolerance == 0 or (config.steps - step) % pass_length:
+            continue  # checks come at pass boundaries only
+        if state.samples >= count:  # not after the first pass when cut short
+            current = state.means()
+            if previous is not None and settled(previous, current, tolerance):
+                if step > window_start:
+                    break
+                step = next_jump(config, step, pass_length)
+            previous = current
+        if step <= window_start:
+            state.reset_sums()
+    if report is not None:
+        stopped = step < config.steps
+        report.update(tolerance=tolerance, steps=config.steps, steps_taken=taken, stopped=stopped)
     estimates: dict[str, dict[str, RayleighEstimate]] = {extreme: {} for extreme in extremes}
-    for extreme, site in keys:
-        key = (extreme, site.name)
-        mean = direction_sums[key] / window
-        estimates[extreme][site.name] = RayleighEstimate(
-            values=quotient_sums[key] / window,
+    for (extreme, name), (values, mean) in state.means().items():
+        estimates[extreme][name] = RayleighEstimate(
+            values=values,
             vectors=canonical_sign(_normalised(mean)),
             mean_norms=torch.linalg.vector_norm(mean, dim=1),
         )
