@@ -118,6 +118,6 @@ def plugin_site(tmp_path: Path, monkeypatch) -> Iterator[Path]:
     site = tmp_path / "site-packages"
     site.mkdir()
     monkeypatch.syspath_prepend(str(site))
-    provenance._distributions.cache_clear()
+    provenance.forget_installed()
     yield site
-    provenance._distributions.cache_clear()
+    provenance.forget_installed()

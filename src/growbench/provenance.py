@@ -42,16 +42,28 @@ def provider(code: Any) -> str:
     """``"<distribution> <version>"`` for the installed distribution whose package defines
     ``code`` (a class or function), else ``"<module> (not from an installed package)"``."""
     module = getattr(code, "__module__", None) or UNKNOWN
-    names = _distributions().get(module.split(".")[0], [])
-    if not names:
-        return f"{module} (not from an installed package)"
-    name = names[0]
-    return f"{name} {metadata.version(name)}"
+    return _package_provider(module.split(".")[0]) or f"{module} (not from an installed package)"
+
+
+@functools.cache
+def _package_provider(package: str) -> str | None:
+    """``"<distribution> <version>"`` of the distribution that installs the top-level
+    ``package``, None when none does; looked up once per process (each lookup reads every
+    installed package's metadata, and every cell asks), see ``forget_installed``."""
+    names = _distributions().get(package, [])
+    return f"{names[0]} {metadata.version(names[0])}" if names else None
 
 
 @functools.cache
 def _distributions() -> dict[str, list[str]]:
     return metadata.packages_distributions()
+
+
+def forget_installed() -> None:
+    """Look the installed distributions up afresh at the next ``provider`` (after a package was
+    installed into this process's path)."""
+    _distributions.cache_clear()
+    _package_provider.cache_clear()
 
 
 def git_dirty() -> str:
