@@ -88,19 +88,26 @@ def scaled_to_budget(
     bisection_steps: int = 40,
 ) -> ModelConfig:
     """Widths round(r · start widths) with the largest r ≥ 1 whose cost fits ``budget_limit``
-    (a net with no hidden layer has nothing to scale and is returned as it is)."""
+    (a net with no hidden layer has nothing to scale and is returned as it is). Each set of
+    widths is priced once: late bisection steps round to widths already priced."""
+    costs: dict[tuple[int, ...], float] = {}
 
     def scaled(r: float) -> ModelConfig:
         return model.with_widths(tuple(max(1, round(r * w)) for w in model.widths))
 
-    if not model.widths or cost_of(model) > budget_limit:
+    def fits(config: ModelConfig) -> bool:
+        if config.widths not in costs:
+            costs[config.widths] = cost_of(config)
+        return costs[config.widths] <= budget_limit
+
+    if not model.widths or not fits(model):
         return model
     low, high = 1.0, 2.0
-    while cost_of(scaled(high)) <= budget_limit:
+    while fits(scaled(high)):
         low, high = high, 2.0 * high
     for _ in range(bisection_steps):
         middle = (low + high) / 2
-        if cost_of(scaled(middle)) <= budget_limit:
+        if fits(scaled(middle)):
             low = middle
         else:
             high = middle
