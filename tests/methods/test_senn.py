@@ -12,6 +12,8 @@ import torch
 
 from growbench.methods import GrowthContext, make_grower
 from growbench.methods.senn import (
+    SENN,
+    DecisionCache,
     SENNConfig,
     candidate_features,
     choose,
@@ -349,3 +351,32 @@ def test_senn_grows_conv_sites_without_changing_the_function():
     assert sum(event.units_added.values()) == 2
     assert (task.net(task.inputs) - before).abs().max() <= 1e-12
     assert math.isfinite(event.extras["predicted_eta_gain"][0])
+
+
+@pytest.mark.parametrize(("fixture", "site_name"), [("tanh_mlp", "block0"), ("conv_bn", "block0"),
+                                                   ("conv_bn", "block1")])  # fmt: skip
+def test_statistics_after_an_added_unit_match_a_new_pass(fixture, site_name):
+    """The recursion updates the grown site's factors with the new unit's inputs instead of a
+    new pass through the net: the same h, residual, η_W and G_reg⁻¹, and the same scores of
+    fresh proposals, as a pass over the grown net."""
+    task = make_task(fixture)
+    site, stats, _ = statistics(task, site_name)
+    alpha = initial_proposals(site, 1, torch.Generator().manual_seed(3))[0]
+    cache = DecisionCache()
+    cache.statistics[site_name] = stats
+    SENN._add_unit(site, alpha, type("Event", (), {"selected": {}})())
+    cache.after_unit(task.net, site, alpha)
+    updated = cache.statistics[site_name]
+    _, fresh, _ = statistics(task, site_name)
+    assert fresh.inputs.shape[1] > stats.inputs.shape[1]  # the consumer reads the new unit
+    torch.testing.assert_close(updated.inputs, fresh.inputs, rtol=0, atol=1e-12)
+    torch.testing.assert_close(updated.residual, fresh.residual, rtol=0, atol=1e-10)
+    torch.testing.assert_close(updated.g_reg_inverse, fresh.g_reg_inverse, rtol=1e-12, atol=0)
+    assert updated.eta == pytest.approx(fresh.eta, rel=1e-9)
+    proposals = initial_proposals(site, 6, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(
+        expansion_scores(candidate_features(site, updated.maps, proposals), updated),
+        expansion_scores(candidate_features(site, fresh.maps, proposals), fresh),
+        rtol=1e-9,
+        atol=1e-14,
+    )

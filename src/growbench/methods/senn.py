@@ -19,7 +19,10 @@ Per site, ``proposals`` random fan-ins (weights from the producer's default init
 softmax(Δη′/(T·η_W)) and the site's score is Σ π·Δη′. A site is accepted when score/η_W > τ and
 score/E‖e‖² > α_abs; the best accepted candidate is added, and with ``recursive`` the statistics
 are taken again and the round repeats until nothing passes, the budget is spent or
-``max_additions`` were made.
+``max_additions`` were made. Taken again means: the grown site's factors gain the new unit's
+inputs as columns of h (what a pass over the grown net finds, to float rounding, since the
+unit's zero fan-out leaves g_a and Ĝ as they were), and only a site whose producer's inputs grew
+gets a new pass through the net.
 
 With ``depth``, every Linear site read by a Linear consumer (or, in a net with no hidden layer
 yet, its input) also proposes a layer f = φ(B h + s): B square, φ the rational activation at
@@ -155,17 +158,35 @@ class SiteStatistics:
     residual: Tensor  # r = g_a − Mᵀ A⁺ h, rows × q
     g_reg_inverse: Tensor  # G_reg⁻¹ (q × q)
     count: int
+    gradients: Tensor  # g_a rows × q
+    g_pinv: Tensor  # Ĝ⁺ (q × q)
     maps: Tensor | None = None  # the producer's patch maps x̃ (N × p × H × W), for new units
+
+    def with_new_inputs(self, features: Tensor) -> SiteStatistics:
+        """The factors once the consumer also reads ``features`` (rows × T, a new zero-fan-out
+        unit's inputs): h gains those columns, A, M, η_W and r follow; g_a and Ĝ are unchanged
+        because the net's function is."""
+        inputs = torch.cat([self.inputs, features], dim=1)
+        stats = input_factors(inputs, self.gradients, self.g_pinv, self.g_reg_inverse, self.count)
+        stats.maps = self.maps
+        return stats
 
 
 def consumer_factors(h: Tensor, g: Tensor, hat: Tensor, count: int, tikhonov: float):
     """η_W, the residual and G_reg⁻¹ from the rows h, g_a and ĝ_a (float64)."""
-    A, M, G = h.T @ h / count, h.T @ g / count, hat.T @ hat / count
-    projection = torch.linalg.pinv(A, hermitian=True) @ M  # A⁺M, m × q
-    eta = float((M * (projection @ torch.linalg.pinv(G, hermitian=True).T)).sum())
+    G = hat.T @ hat / count
     q = G.shape[0]
     g_reg = G + tikhonov * float(G.trace()) / q * torch.eye(q, dtype=G.dtype, device=G.device)
-    return SiteStatistics(eta, h, g - h @ projection, torch.linalg.inv(g_reg), count)
+    g_pinv = torch.linalg.pinv(G, hermitian=True)
+    return input_factors(h, g, g_pinv, torch.linalg.inv(g_reg), count)
+
+
+def input_factors(h: Tensor, g: Tensor, g_pinv: Tensor, g_reg_inverse: Tensor, count: int):
+    """The factors that depend on the consumer's inputs h, given the gradient factors."""
+    A, M = h.T @ h / count, h.T @ g / count
+    projection = torch.linalg.pinv(A, hermitian=True) @ M  # A⁺M, m × q
+    eta = float((M * (projection @ g_pinv.T)).sum())
+    return SiteStatistics(eta, h, g - h @ projection, g_reg_inverse, count, g, g_pinv)
 
 
 def output_gradients(net: GrowableNet, inputs: Tensor, targets: Tensor, loss_fn) -> Tensor:
@@ -231,7 +252,8 @@ def expansion_statistics(
         g = gradient_rows(taps.grad_output[:used]).double()
         hat = gradient_rows(seeded[site.name].grad_output[:used]).double()
         stats = consumer_factors(h, g, hat, used, tikhonov)
-        stats.maps = patch_maps(site, taps.input[:used]).double()
+        maps = patch_maps(site, taps.input[:used]).double()
+        stats.maps = maps.contiguous(memory_format=torch.channels_last)  # x̃ rows by position
         result[site.name] = stats
     if free_slot is not None:
         seeds = [lambda y: loss_fn(y, targets).sum(), lambda y: (y * normalised).sum()]
@@ -245,7 +267,7 @@ def expansion_statistics(
 def candidate_features(site: Site, maps: Tensor, alpha: Tensor) -> Tensor:
     """f of P candidate units with fan-in rows α (P × p, bias last): the consumer's new inputs,
     rows (sample, output position) × P × T (T = kernel taps or flattened positions)."""
-    units = torch.einsum("nphw,kp->nkhw", maps, alpha)
+    units = (maps.permute(0, 2, 3, 1) @ alpha.T).permute(0, 3, 1, 2)  # one product, N × P × H × W
     read = site.consumer_map.reads(site.unit_path(units))  # N × P × T × O
     return read.permute(0, 3, 1, 2).reshape(-1, read.shape[1], read.shape[2])
 
@@ -260,14 +282,17 @@ def layer_features(h: Tensor, theta: Tensor, shape: Tensor) -> Tensor:
 def expansion_scores(features: Tensor, stats: SiteStatistics) -> Tensor:
     """Δη′ = tr(cᵀ A_f⁺ c G_reg⁻¹) of each candidate (P,), c = E[f rᵀ], A_f = E[f fᵀ]; the
     features are rows × P × T (T new consumer inputs per candidate)."""
-    count = stats.count
-    c = torch.einsum("rkt,rq->ktq", features, stats.residual) / count  # P × T × q
-    a_f = torch.einsum("rkt,rks->kts", features, features) / count  # P × T × T
-    if a_f.shape[1] == 1:  # one new input per unit: A_f⁺ is 1/E[f²] (0 for a dead candidate)
+    count, (rows, proposals, taps) = stats.count, features.shape
+    if taps == 1:  # one new input per unit: A_f⁺ is 1/E[f²] (0 for a dead candidate)
+        f = features[:, :, 0]
+        c = f.T @ stats.residual / count  # P × q
+        a_f = (f * f).sum(dim=0) / count
         inverse = torch.where(a_f > 1e-300, 1 / a_f.clamp_min(1e-300), torch.zeros_like(a_f))
-    else:
-        inverse = torch.linalg.pinv(a_f, hermitian=True)
-    solved = inverse @ c @ stats.g_reg_inverse
+        return ((c @ stats.g_reg_inverse) * c).sum(dim=1) * inverse
+    features = features.contiguous()  # two products read it in place, no per-candidate copies
+    c = (features.reshape(rows, -1).T @ stats.residual).reshape(proposals, taps, -1) / count
+    a_f = torch.bmm(features.permute(1, 2, 0), features.permute(1, 0, 2)) / count  # P × T × T
+    solved = torch.linalg.pinv(a_f, hermitian=True) @ c @ stats.g_reg_inverse
     return (solved * c).sum(dim=(1, 2))
 
 
@@ -275,9 +300,8 @@ def log_det_penalty(kernels: Tensor) -> Tensor:
     """½·(log det(Wᵀ W))² per proposal, W the fan-in kernel (p × 1 for a unit: ½·log(‖w‖²)²;
     n × n for a layer's B): 0 when W keeps volume, so the ascent cannot win by scaling."""
     if kernels.ndim == 2:
-        kernels = kernels[:, :, None]
-    gram = kernels.transpose(1, 2) @ kernels
-    _, logdet = torch.linalg.slogdet(gram)
+        return 0.5 * torch.log((kernels * kernels).sum(dim=1)) ** 2
+    _, logdet = torch.linalg.slogdet(kernels.transpose(1, 2) @ kernels)
     return 0.5 * logdet**2
 
 
@@ -523,11 +547,14 @@ def decision_cost(net: GrowableNet, ctx: GrowthContext) -> Callable[[Decision], 
 
 class DecisionCache:
     """The decisions of one growth step that still hold, one per kind and place (a unit's at a
-    site, a layer's at a place): a decision is taken again only once an addition changed the
-    factors it came from (``after_unit``, ``clear``)."""
+    site, a layer's at a place), and the statistics of the sites whose factors are known: a
+    decision is taken again only once an addition changed the factors it came from
+    (``after_unit``, ``clear``), and a site's statistics are taken again by a pass through the
+    net only when an addition changed its producer's inputs."""
 
     def __init__(self) -> None:
         self._decisions: dict[tuple[str, str], Decision] = {}
+        self.statistics: dict[str, SiteStatistics] = {}
 
     def has(self, kind: str, place: str) -> bool:
         return (kind, place) in self._decisions
@@ -541,20 +568,30 @@ class DecisionCache:
         units = [self._decisions[("unit", site.name)] for site in sites]
         return units + [self._decisions[("layer", place)] for place in places]
 
-    def after_unit(self, net: GrowableNet, grown: Site) -> None:
-        """Forget what a new unit at ``grown`` changed: the grown site's consumer reads a new
-        input (a layer there would too) and is the producer of any site it feeds, whose fan-in
-        grew; the other sites' factors gain at most a zero gradient row, so their decisions
-        stand."""
+    def after_unit(self, net: GrowableNet, grown: Site, alpha: Tensor) -> None:
+        """Forget what a new unit with fan-in ``alpha`` at ``grown`` changed: the grown site's
+        consumer reads a new input (a layer there would too), whose columns join its statistics
+        (exactly what a new pass would find: the unit's fan-out is zero, so nothing else at that
+        consumer moves); the consumer is also the producer of any site it feeds, whose fan-in
+        grew, so that site's decision and statistics go; the other sites' factors gain at most a
+        zero gradient row, so their decisions stand."""
         self._decisions.pop(("unit", grown.name), None)
         self._decisions.pop(("layer", grown.name), None)
+        stats = self.statistics.get(grown.name)
+        if stats is not None:
+            weights = grown.producer.weight  # the unit as the net holds it, in the net's dtype
+            stored = alpha.to(weights.dtype).to(stats.maps.dtype)[None]
+            features = candidate_features(grown, stats.maps, stored)  # rows × 1 × T
+            self.statistics[grown.name] = stats.with_new_inputs(features[:, 0])
         for site in net.sites:
             if site.producer is grown.consumer:
                 self._decisions.pop(("unit", site.name), None)
+                self.statistics.pop(site.name, None)
 
     def clear(self) -> None:
-        """Forget every decision (after a layer is inserted)."""
+        """Forget every decision and statistic (after a layer is inserted)."""
         self._decisions.clear()
+        self.statistics.clear()
 
 
 def record_scores(event: GrowthEvent, decisions: list[Decision]) -> None:
@@ -684,15 +721,19 @@ class SENN(Grower):
         free = next((p for p in stale_places if p in net.free_slots), None)
         tapped = {site.name: site for site in stale_sites}
         tapped.update((p, net.site(p)) for p in stale_places if p not in net.free_slots)
-        if not tapped and free is None:
-            return loss_sqnorm
-        inputs = ctx.inputs[: config.proposal_samples]
-        targets = ctx.targets[: config.proposal_samples]
-        with event.phase("stats"):
-            stats, loss_sqnorm = expansion_statistics(
-                net, inputs, targets, ctx.loss_fn, list(tapped.values()),
-                config.g_tikhonov, free, config.proposal_rows,
-            )  # fmt: skip
+        known = {name: cache.statistics[name] for name in tapped if name in cache.statistics}
+        unknown = [site for name, site in tapped.items() if name not in known]
+        stats = dict(known)
+        if unknown or free is not None:
+            inputs = ctx.inputs[: config.proposal_samples]
+            targets = ctx.targets[: config.proposal_samples]
+            with event.phase("stats"):
+                fresh, loss_sqnorm = expansion_statistics(
+                    net, inputs, targets, ctx.loss_fn, unknown,
+                    config.g_tikhonov, free, config.proposal_rows,
+                )  # fmt: skip
+            stats.update(fresh)
+            cache.statistics.update((site.name, fresh[site.name]) for site in unknown)
         for site in stale_sites:
             cache.store(self._unit_decision(site, stats[site.name], loss_sqnorm, ctx, event))
         for place in stale_places:
@@ -706,7 +747,7 @@ class SENN(Grower):
         if decision.kind == "unit":
             grown = net.site(decision.place)
             self._add_unit(grown, decision.proposal, event)
-            cache.after_unit(net, grown)
+            cache.after_unit(net, grown, decision.proposal)
             return
         cache.clear()
         theta = decision.proposal
