@@ -1,9 +1,12 @@
 """Firefly's fidelity checks, float64 on the tiny fixtures: the super-network reduces to the base
 net, the score is the gate derivative of the super-network loss, surgery reproduces the
-restricted super-network, the base is frozen during the search, selection and budget, and the
-search lowers its objective."""
+restricted super-network, the base is frozen during the search, selection and budget, the
+search lowers its objective, its default length is one pass of the statistics set and its
+convergence stop honours its tolerance."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
@@ -15,8 +18,10 @@ from growbench.methods.firefly import (
     FireflyConfig,
     SuperNetwork,
     apply_selection,
+    batches_per_pass,
     build_searches,
     gate_scores,
+    has_converged,
     penalty,
     rank_candidates,
     restrict,
@@ -33,14 +38,20 @@ TASKS = ["tanh_mlp", "conv_bn"]
 DEPTH_TASKS = ["tanh_mlp", "relu_mlp", "conv_bn", "vgg"]
 
 
-def prepared(task_name, steps=5, seed=0, candidates=3, depth=False):
+def prepared(task_name, steps=5, seed=0, candidates=3, depth=False, tolerance=0.0):
     task = make_task(task_name)
-    config = FireflyConfig(candidates=candidates, search_steps=steps, search_batch=32, depth=depth)
+    config = FireflyConfig(
+        candidates=candidates,
+        search_steps=steps,
+        search_batch=32,
+        depth=depth,
+        search_tolerance=tolerance,
+    )
     ctx = task.context(seed=seed)
     sites = task.net.sites
     searches = build_searches(task.net, sites, config, ctx)
-    curve = search(task.net, searches, ctx, config)
-    return task, config, ctx, searches, curve
+    run = search(task.net, searches, ctx, config)
+    return task, config, ctx, searches, run
 
 
 def super_outputs(net, searches, inputs):
@@ -143,6 +154,72 @@ def test_search_leaves_the_base_net_bitwise_unchanged_and_lowers_its_objective(t
     after = task.net.state_dict()
     assert all(torch.equal(state[k], after[k]) for k in state)
     assert all(p.grad is None for p in task.net.parameters())
+
+
+def test_the_default_search_is_one_pass_of_the_statistics_set():
+    """search_steps None sizes the search by the statistics set: ⌊samples / search_batch⌋
+    batches (one step when the set is smaller than a batch); an explicit count is kept."""
+    assert batches_per_pass(400, 32) == 12
+    assert batches_per_pass(64, 128) == 1
+    for task_name, samples in (("tanh_mlp", 400), ("conv_bn", 64)):
+        task = make_task(task_name)
+        assert len(task.inputs) == samples
+        config = {"candidates": 2, "search_batch": 32}
+        event = make_grower("firefly", config).grow(task.net, task.context(seed=4))
+        steps = max(1, samples // 32)
+        assert event.extras["search_planned_steps"] == steps
+        assert len(event.extras["search_objective"]) == steps
+        assert event.extras["search_stopped_early"] is False
+    twin = make_task("tanh_mlp")
+    event = make_grower("firefly", {**config, "search_steps": 7}).grow(twin.net, twin.context())
+    assert len(event.extras["search_objective"]) == event.extras["search_planned_steps"] == 7
+
+
+def test_convergence_rule_compares_the_means_of_whole_passes():
+    curve = [4.0, 4.0, 3.0, 3.0, 2.9, 2.9]  # passes of 2: means 4, 3, 2.9
+    assert not has_converged(curve[:2], 2, 0.1)  # one pass: nothing to compare
+    assert not has_converged(curve[:3], 2, 10.0)  # not at the end of a pass
+    assert not has_converged(curve[:4], 2, 0.25)  # 4 → 3: 25 % is not less than 25 %
+    assert has_converged(curve[:4], 2, 0.26)
+    assert not has_converged(curve, 2, 0.03)  # 3 → 2.9: 3.3 %
+    assert has_converged(curve, 2, 0.034)
+    assert has_converged([1.0, 1.1], 1, 1e-9)  # a pass that rose has converged
+    assert not has_converged([1.0, 1.1], 1, 0.0)  # tolerance 0: never
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 0.02, 0.05, 10.0])
+def test_the_search_stops_when_a_pass_improves_less_than_its_tolerance(tolerance):
+    """The search (12 steps a pass of tanh_mlp's 400 samples) ends at the first pass whose mean
+    objective is below the previous pass's by less than the tolerance times it, never earlier;
+    the grow step records the tolerance, the planned steps and whether it stopped early."""
+    planned = 12 * 12
+    _, _, _, _, run = prepared("tanh_mlp", steps=planned, tolerance=tolerance)
+    means = [sum(run.curve[i : i + 12]) / 12 for i in range(0, len(run.curve), 12)]
+    gains = [(before - after) / before for before, after in itertools.pairwise(means)]
+    assert len(run.curve) % 12 == 0
+    if tolerance == 0.0:
+        assert len(run.curve) == planned
+        assert not run.stopped_early
+    else:
+        assert all(gain >= tolerance for gain in gains[:-1])
+        assert run.stopped_early
+        assert gains[-1] < tolerance
+    if tolerance == 10.0:  # any pass is "converged": the stop comes at the first comparison
+        assert len(run.curve) == 24
+    task = make_task("tanh_mlp")
+    options = {"candidates": 3, "search_batch": 32, "search_steps": planned}
+    event = make_grower("firefly", {**options, "search_tolerance": tolerance}).grow(
+        task.net, task.context()
+    )
+    assert event.extras["search_tolerance"] == tolerance
+    assert event.extras["search_planned_steps"] == planned
+    stopped = len(event.extras["search_objective"]) < planned
+    assert event.extras["search_stopped_early"] is stopped is (tolerance > 0)
+
+
+def test_a_negative_tolerance_is_refused():
+    with pytest.raises(ValueError, match="search_tolerance"):
+        make_grower("firefly", {"search_tolerance": -0.1})
 
 
 def test_selection_keeps_the_most_negative_scores_within_the_budget():

@@ -11,8 +11,9 @@ including the next site's candidates:
     old unit i:  u_i = ½ [path(z_i + v_iᵀx) + path(z_i − v_iᵀx)]      (z_i includes Ω_(s−1) terms)
     candidate k: u_k = path_new(α_kᵀx + m_k)
 
-Only {v, α, Ω} are trained, by RMSprop (lr 1e-3, momentum 0.1, alpha 0.9) for ``search_steps``
-mini-batches of the statistics set on L_super + 1e-2·Σ‖v‖² + 1e-4·Σ‖α‖². Each candidate's score
+Only {v, α, Ω} are trained, by RMSprop (lr 1e-3, momentum 0.1, alpha 0.9) on mini-batches of
+the statistics set (a fresh seeded order each pass) on L_super + 1e-2·Σ‖v‖² + 1e-4·Σ‖α‖², for
+``search_steps`` batches or, by default, one pass of the statistics set. Each candidate's score
 is the gradient of L_super with respect to a gate scaling its perturbation (±v_iᵀx for a split,
 α_kᵀx for a new unit) at scale 1, over one pass of the statistics set: its first-order loss
 change when the trained perturbation is scaled up, negative being good. The ``growth_ratio`` ·
@@ -35,11 +36,24 @@ code's to 1.3e-13 on the same net, data and weights. ``max_search_bytes`` caps K
 so the super-network's extra activations fit (an estimate, recorded per site): under its
 default (1 GiB) VGG-19's first two sites at 16 channels get K = 1 instead of 70, so a suite
 that promises the code's K raises it (``firefly-cifar10`` does).
+
+Search length (a decision, 2026-12-06): the code searches one epoch of its training data; we
+search one pass of the statistics set unless ``search_steps`` is set: the code's length where
+the statistics set is the whole training set (every task of the default suite), far shorter at
+paper scale, where a suite sets the code's count (``firefly-cifar10``: 390). The former default,
+128 steps, was 11 to 18 passes of the default tasks' training sets and made a growth step cost 10
+to 26 training epochs; one pass changes which candidates are kept (measured in
+docs/methods/firefly.md). ``search_tolerance`` stops a longer search at the end of the first pass
+whose mean objective is below the previous pass's by less than that share of it; it is off by
+default (the default search has one pass, and the paper suite promises the code's full epoch).
+The event records the objective curve, the steps planned, the tolerance and whether the search
+stopped early.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -63,6 +77,7 @@ class FireflyConfig(GrowerConfig):
     non_negative: ClassVar[tuple[str, ...]] = (
         "candidates",
         "search_steps",
+        "search_tolerance",
         "momentum",
         "alpha",
         "split_penalty",
@@ -72,8 +87,15 @@ class FireflyConfig(GrowerConfig):
     candidates: int = 32
     """K, the brand-new candidate units offered at each site (≥ 0; max_search_bytes may lower it on
     conv sites)."""
-    search_steps: int = 128  # the planned 200 took more than a training epoch on MobileNetV1
-    """Mini-batches of RMSprop that train the candidates' perturbations before scoring (≥ 0)."""
+    search_steps: int | None = None
+    """Mini-batches of RMSprop that train the candidates' perturbations before scoring (≥ 0);
+    None sizes the search by the problem: one pass of the statistics set, ⌊samples /
+    search_batch⌋ batches (at least 1), as the official code searches one epoch of its training
+    data."""
+    search_tolerance: float = 0.0
+    """Convergence stop: the search ends after a whole pass of the statistics set whose mean
+    objective is below the previous pass's mean by less than this share of it (≥ 0; 0 never
+    stops early)."""
     search_batch: int = 128
     """Statistics samples per step of the candidate search (> 0)."""
     lr: float = 1e-3
@@ -159,14 +181,12 @@ def layer_candidate(site: Site, generator: torch.Generator) -> LayerCandidate | 
 
 
 def _run_between(site: Site, maps: Tensor, layer: LayerCandidate | None) -> Tensor:
-    """``site.run_between`` with the candidate layer (if any) at the site's slot."""
-    if layer is None:
-        return site.run_between(maps)
-    with eval_mode(site.between):
-        for index, module in enumerate(site.between):
-            maps = module(maps)
-            if index == layer.cut - 1:
-                maps = layer(site, maps)
+    """``Site.run_between`` with the candidate layer (if any) at the site's slot; the caller
+    holds the net in eval mode (``Firefly.grow_step`` does)."""
+    for index, module in enumerate(site.between):
+        maps = module(maps)
+        if layer is not None and index == layer.cut - 1:
+            maps = layer(site, maps)
     return maps
 
 
@@ -361,26 +381,71 @@ def penalty(searches: dict[str, SiteSearch], config: FireflyConfig) -> Tensor:
     return total
 
 
+@dataclass
+class SearchRun:
+    """What the candidate search did: the objective at every step, the steps it planned, and
+    the tolerance of its convergence stop."""
+
+    curve: list[float]
+    planned_steps: int
+    tolerance: float
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether the convergence stop ended the search before ``planned_steps``."""
+        return len(self.curve) < self.planned_steps
+
+
+def batches_per_pass(samples: int, batch: int) -> int:
+    """Search steps in one pass of a statistics set of ``samples`` (the search draws whole
+    batches, so a pass drops the remainder; a set smaller than a batch is one step)."""
+    return max(1, samples // batch)
+
+
+def planned_steps(samples: int, config: FireflyConfig) -> int:
+    """``search_steps``, or when it is None one pass of the statistics set."""
+    if config.search_steps is not None:
+        return config.search_steps
+    return batches_per_pass(samples, config.search_batch)
+
+
+def search_batches(ctx: GrowthContext, batch: int) -> Iterator[Tensor]:
+    """Seeded mini-batch indices of the statistics set, without end: a fresh permutation
+    (ctx.generator) for each pass, drawn when the pass starts."""
+    count = len(ctx.inputs)
+    while True:
+        order = torch.randperm(count, generator=ctx.generator)
+        for start in range(0, batches_per_pass(count, batch) * batch, batch):
+            yield order[start : start + batch].to(ctx.device)
+
+
+def has_converged(curve: list[float], per_pass: int, tolerance: float) -> bool:
+    """At the end of a pass: whether its mean objective is below the previous pass's mean by
+    less than ``tolerance`` times that mean (never when the tolerance is 0)."""
+    if tolerance <= 0 or len(curve) < 2 * per_pass or len(curve) % per_pass:
+        return False
+    previous = sum(curve[-2 * per_pass : -per_pass]) / per_pass
+    current = sum(curve[-per_pass:]) / per_pass
+    return previous - current < tolerance * abs(previous)
+
+
 def search(
     net: GrowableNet,
     searches: dict[str, SiteSearch],
     ctx: GrowthContext,
     config: FireflyConfig,
-) -> list[float]:
-    """RMSprop on {v, α, Ω} for ``search_steps`` seeded mini-batches; the objective curve."""
+) -> SearchRun:
+    """RMSprop on {v, α, Ω} over seeded mini-batches of the statistics set, for
+    ``planned_steps`` batches or until the objective has converged (``search_tolerance``)."""
     variables = [v for s in searches.values() for v in s.variables()]
     optimizer = torch.optim.RMSprop(
-        variables, lr=config.lr, momentum=config.momentum, alpha=config.alpha
+        variables, lr=config.lr, momentum=config.momentum, alpha=config.alpha, foreach=True
     )
-    curve = []
-    count = len(ctx.inputs)
-    order = torch.randperm(count, generator=ctx.generator)
-    cursor = 0
-    for _ in range(config.search_steps):
-        if cursor + config.search_batch > count and cursor > 0:
-            order, cursor = torch.randperm(count, generator=ctx.generator), 0
-        batch = order[cursor : cursor + config.search_batch].to(ctx.device)
-        cursor += config.search_batch
+    run = SearchRun([], planned_steps(len(ctx.inputs), config), config.search_tolerance)
+    per_pass = batches_per_pass(len(ctx.inputs), config.search_batch)
+    batches = search_batches(ctx, config.search_batch)
+    while len(run.curve) < run.planned_steps:
+        batch = next(batches)
         with torch.enable_grad():
             objective = super_loss(
                 net, searches, ctx.inputs[batch], ctx.targets[batch], ctx.loss_fn
@@ -395,10 +460,12 @@ def search(
         for variable, grad in zip(variables, grads):
             variable.grad = grad
         optimizer.step()
-        curve.append(value)
+        run.curve.append(value)
+        if has_converged(run.curve, per_pass, run.tolerance):
+            break
     for variable in variables:
         variable.grad = None
-    return curve
+    return run
 
 
 def gate_scores(
@@ -614,51 +681,42 @@ class Firefly(Grower):
         with eval_mode([net]):
             with event.phase("search"):
                 searches = build_searches(net, sites, config, ctx)
-                curve = search(net, searches, ctx, config)
+                run = search(net, searches, ctx, config)
             with event.phase("select"):
                 scores = gate_scores(net, searches, ctx)
                 ranked = rank_candidates(scores, [site.name for site in sites])
                 chosen = select(net, searches, ranked, n_select, ctx, config)
-                loss_drop = restricted_loss_drop(net, searches, chosen, ctx)
-            record_search(event, searches, scores, curve, loss_drop, config.depth)
+            record_search(event, searches, scores, run, config.depth)
             if not chosen:
+                event.extras["search_loss_drop"] = 0.0
                 event.stop_reason = "budget exhausted"
                 return
             with event.phase("apply"):
+                base_loss = ctx.loss(net)
                 apply_selection(net, searches, chosen, event)
-
-
-def restricted_loss_drop(
-    net: GrowableNet, searches: dict[str, SiteSearch], chosen: list[Candidate], ctx: GrowthContext
-) -> float:
-    """The statistics-set loss of the super-network restricted to ``chosen`` (``restrict``, which
-    it leaves in place) minus the net's."""
-    base = ctx.loss(net)
-    restrict(searches, chosen)
-    with torch.no_grad():
-        restricted = sum(
-            float(super_loss(net, searches, x, y, ctx.loss_fn)) * len(x) for x, y in ctx.batches()
-        ) / len(ctx.inputs)
-    return restricted - base
+                # the grown net in eval mode is the super-network restricted to ``chosen``
+                event.extras["search_loss_drop"] = ctx.loss(net) - base_loss
 
 
 def record_search(
     event: GrowthEvent,
     searches: dict[str, SiteSearch],
     scores: dict[str, dict[str, Tensor]],
-    curve: list[float],
-    loss_drop: float,
+    run: SearchRun,
     depth: bool,
 ) -> None:
     """The event's record of the search: every candidate's score, the objective curve, the
-    restricted super-network's loss change, K per site and, with ``depth``, the layer kinds."""
+    steps planned and whether the convergence stop (its tolerance recorded) ended the search
+    early, K per site and, with ``depth``, the layer kinds."""
     for name, by_kind in scores.items():
         event.scores[name] = by_kind["split"].tolist()
         event.scores[f"{name}/new"] = by_kind["new"].tolist()
         if "layer" in by_kind:
             event.scores[f"{name}/layer"] = by_kind["layer"].tolist()
-    event.extras["search_objective"] = curve
-    event.extras["search_loss_drop"] = loss_drop
+    event.extras["search_objective"] = run.curve
+    event.extras["search_planned_steps"] = run.planned_steps
+    event.extras["search_tolerance"] = run.tolerance
+    event.extras["search_stopped_early"] = run.stopped_early
     event.extras["candidates"] = {n: s.new.shape[0] for n, s in searches.items()}
     if depth:
         event.extras["layer_candidates"] = {
