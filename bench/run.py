@@ -468,15 +468,19 @@ def splitting_matrix_bytes(config: ModelConfig) -> int:
 
 
 def growth_step_costs(
-    threads: int, time_s2d_on: tuple[str, ...], methods: tuple[str, ...] | None = None
+    threads: int,
+    time_s2d_on: tuple[str, ...],
+    methods: tuple[str, ...] | None = None,
+    nets: tuple[str, ...] = tuple(GROWTH_NETS),
 ) -> Iterator[str]:
-    """Every built-in method's growth step on the papers' nets as a share of one training epoch
-    (target ≤ 1 for every method but exact s2d), each grow() in its own process; one line per
-    measurement, as it is made."""
+    """Every built-in method's growth step on the papers' nets (``nets``) as a share of one
+    training epoch (target ≤ 1 for every method but exact s2d), each grow() in its own process;
+    one line per measurement, as it is made."""
     import growbench.methods.builtin  # noqa: F401
     from growbench.methods import registry
 
-    for model, (label, options, full) in GROWTH_NETS.items():
+    for model in nets:
+        label, options, full = GROWTH_NETS[model]
         runs = [(name, {}) for name in sorted(registry.available_methods())]
         runs.append(("fast-s2d", {"rayleigh": {"steps": 800}}))  # 50 passes over the 1,024 samples
         runs = [run for run in runs if methods is None or run[0] in methods]
@@ -582,6 +586,11 @@ def main() -> None:
     parser.add_argument(
         "--methods", help="comma-separated methods of the growth figures (default: every built-in)"
     )
+    parser.add_argument(
+        "--nets",
+        default=",".join(GROWTH_NETS),
+        help=f"comma-separated nets of the growth figure (default: {','.join(GROWTH_NETS)})",
+    )
     parser.add_argument("--splitting-probe", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--growth-probe", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -654,7 +663,8 @@ def main() -> None:
     )
     if "growth" in figures:
         s2d_nets = tuple(args.time_s2d_on.split(","))
-        for line in growth_step_costs(args.threads, s2d_nets, methods):
+        nets = tuple(args.nets.split(","))
+        for line in growth_step_costs(args.threads, s2d_nets, methods, nets):
             print(line, flush=True)
     if "default-growth" in figures:
         for line in default_task_growth(args.threads, methods):
