@@ -427,10 +427,26 @@ def test_a_settled_run_skips_to_each_milestone_and_stops_after_one_window_pass()
     assert [rq.next_jump(schedule, step, 4) for step in (8, 24, 44, 64, 84)] == [20, 40, 60, 80, 88]
     report: dict = {}
     rq.rayleigh_extremes(task.net, task.context(), sites, schedule, report=report)
-    assert report == {"tolerance": 1e6, "steps": 100, "steps_taken": 28, "stopped": True}
+    samples = len(task.inputs)
+    assert report == {
+        "tolerance": 1e6,
+        "samples": samples,
+        "passes": None,
+        "steps": 100,
+        "steps_taken": 28,
+        "stopped": True,
+    }
     off: dict = {}
     fixed = rq.rayleigh_extremes(task.net, task.context(), sites, rq.RayleighConfig(), report=off)
-    assert off == {"tolerance": 0.0, "steps": 1600, "steps_taken": 1600, "stopped": False}
+    steps = rq.RayleighConfig().steps_for(samples)
+    assert off == {
+        "tolerance": 0.0,
+        "samples": samples,
+        "passes": 50,
+        "steps": steps,
+        "steps_taken": steps,
+        "stopped": False,
+    }
     assert fixed["min"]["block0"].values.equal(searched("tanh_mlp")[1]["block0"].values)
 
 
@@ -440,11 +456,45 @@ def test_the_event_records_the_convergence_stop():
     event = make_grower("fast-s2d", options).grow(task.net, task.context())
     run = event.extras["rayleigh"]
     assert run["tolerance"] == 1e-2
-    assert run["steps"] == 1600
+    assert run["steps"] == rq.RayleighConfig().steps_for(len(task.inputs))
     assert run["stopped"]
-    assert run["steps_taken"] < 1600
+    assert run["steps_taken"] < run["steps"]
     with pytest.raises(ValueError, match=r"rayleigh\.tolerance must be 0 or more"):
         make_grower("fast-s2d", {"rayleigh": {"tolerance": -1}})
+
+
+@pytest.mark.parametrize(
+    ("samples", "steps"),
+    [(2048, 1600), (1600, 1250), (1437, 1200), (1024, 1200), (64, 1200), (3000, 2350)],
+)
+def test_the_run_lasts_its_passes_over_the_statistics_set(samples, steps):
+    """50 passes of ⌈samples / 64⌉ batches, never fewer than min_steps = 1,200."""
+    assert rq.RayleighConfig().steps_for(samples) == steps
+    assert rq.RayleighConfig().schedule(samples).steps == steps
+    assert rq.RayleighConfig(passes=2, min_steps=1).steps_for(samples) == 2 * -(-samples // 64)
+
+
+def test_an_explicit_steps_overrides_the_passes():
+    assert rq.RayleighConfig(steps=37).steps_for(2048) == 37
+    assert rq.RayleighConfig(steps=37, passes=3, min_steps=900).steps_for(10) == 37
+    for bad in ({"passes": 0}, {"min_steps": 0}, {"steps": 1.5}, {"passes": 2.5}):
+        with pytest.raises(ValueError, match="rayleigh"):
+            rq.RayleighConfig.of(bad, "fast-s2d")
+
+
+@pytest.mark.parametrize(
+    ("options", "passes", "steps"),
+    [({}, 50, None), ({"passes": 30, "min_steps": 1}, 30, None), ({"steps": 90}, None, 90)],
+)
+def test_the_event_records_how_the_run_was_sized(options, passes, steps):
+    task = make_task("tanh_mlp")
+    samples = len(task.inputs)
+    event = make_grower("fast-s2d", {"rayleigh": options}).grow(task.net, task.context())
+    run = event.extras["rayleigh"]
+    config = rq.RayleighConfig(**options)
+    expected = steps if steps is not None else max(config.min_steps, passes * -(-samples // 64))
+    assert (run["samples"], run["passes"], run["steps"]) == (samples, passes, expected)
+    assert run["steps_taken"] == expected
 
 
 # ---------------------------------------------------------------------- the exact solver

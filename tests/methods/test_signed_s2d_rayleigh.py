@@ -31,21 +31,28 @@ def suite(method: str, options: str) -> str:
 def counted_steps(monkeypatch) -> list[int]:
     """Steps the estimator runs, one entry per ``rayleigh_extremes`` call."""
     runs: list[int] = []
-    real = rq.minibatch_indices
+    real = rq.minibatch_passes
 
     def counting(*args, **kwargs):
         runs.append(0)
-        for index in real(*args, **kwargs):
-            runs[-1] += 1
-            yield index
+        for order, take in real(*args, **kwargs):
+            runs[-1] += take
+            yield order, take
 
-    monkeypatch.setattr(rq, "minibatch_indices", counting)
+    monkeypatch.setattr(rq, "minibatch_passes", counting)
     return runs
 
 
 def test_one_config_and_the_same_defaults_for_both_methods():
     assert SignedS2DConfig().rayleigh == FastS2DConfig().rayleigh == rq.RayleighConfig()
-    assert (rq.RayleighConfig().steps, rq.RayleighConfig().batch_size) == (1600, 64)
+    defaults = rq.RayleighConfig()
+    assert (defaults.passes, defaults.min_steps, defaults.steps, defaults.batch_size) == (
+        50,
+        1200,
+        None,
+        64,
+    )
+    assert defaults.steps_for(2048) == 1600
 
 
 def test_a_suite_sets_signed_s2d_s_estimator(monkeypatch):
@@ -69,9 +76,13 @@ def test_a_suite_sets_signed_s2d_s_estimator(monkeypatch):
     [
         (
             "rayleigh = { stpes = 7 }",
-            r"rayleigh\.stpes: rayleigh has no option 'stpes'.*steps=1600",
+            r"rayleigh\.stpes: rayleigh has no option 'stpes'.*passes=50",
         ),
-        ("rayleigh = { steps = 1.5 }", r"method_options\.signed-s2d\.rayleigh\.steps"),
+        ("rayleigh = { passes = 1.5 }", r"method_options\.signed-s2d\.rayleigh\.passes"),
+        (
+            "rayleigh = { steps = 1.5 }",
+            r"method_options\.signed-s2d: signed-s2d: rayleigh\.steps must be a whole number",
+        ),
         ("rayleigh = 3", r"method_options\.signed-s2d\.rayleigh must be a table"),
         ("rayleigh = { steps = 0 }", r"signed-s2d: rayleigh\.steps must be greater than 0, got 0"),
     ],
@@ -85,7 +96,7 @@ def test_a_suite_s_bad_rayleigh_table_is_one_clear_error(options, message):
 @pytest.mark.parametrize(
     ("rayleigh", "message"),
     [
-        ({"stpes": 7}, "{method}: rayleigh has no option 'stpes'; its options are: steps=1600, "),
+        ({"stpes": 7}, "{method}: rayleigh has no option 'stpes'; its options are: passes=50, "),
         ({"steps": 0}, "{method}: rayleigh.steps must be greater than 0, got 0"),
         ({"batch_size": -1}, "{method}: rayleigh.batch_size must be greater than 0, got -1"),
         ({"momentum": -0.5}, "{method}: rayleigh.momentum must be 0 or more, got -0.5"),
@@ -141,6 +152,7 @@ def test_the_estimator_s_options_are_listed_and_described_field_by_field():
     assert "rayleigh" not in rows
     nested = [name for name in rows if name.startswith("rayleigh.")]
     assert nested == [f"rayleigh.{field.name}" for field in dataclasses.fields(rq.RayleighConfig)]
-    assert rows["rayleigh.steps"].default == "1600"
-    assert rows["rayleigh.steps"].description.startswith("Steps of the descent")
+    assert rows["rayleigh.passes"].default == "50"
+    assert rows["rayleigh.passes"].description.startswith("Length of the descent in passes")
+    assert rows["rayleigh.steps"].description.startswith("The descent's steps, overriding")
     assert [row.name for row in option_rows(FastS2DConfig) if row.name.startswith("rq_")] == []

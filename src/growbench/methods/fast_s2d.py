@@ -19,7 +19,8 @@ renormalised), v initialised U(−0.1, 0.1), the LP relaxation with groups, ≤ 
 Changed ([ours] where marked):
 * the whole net runs in eval mode (the code leaves all but the split conv's BN in train mode and
   overwrites running statistics), on the fixed, un-augmented statistics set;
-* 1,600 steps of 64 from lr 1e-2, decays at 20/40/60/80 % of the steps, window = last 10 % (the
+* 50 passes over the statistics set in batches of 64 (``rayleigh.passes``: 1,600 steps on
+  2,048 samples) from lr 1e-2, decays at 20/40/60/80 % of the steps, window = last 10 % (the
   code: a few epochs from lr 1e-3, window = last epoch); [ours] the window is rounded up to
   whole passes over the set, the first pass is cut short so the run ends on a pass boundary,
   and window means weigh each step by its batch size, so for a still iterate λ̂ = v̂ᵀSv̂ over the
@@ -179,7 +180,7 @@ class FastS2DConfig(GrowerConfig):
     100)."""
     rayleigh: RayleighConfig = field(default_factory=RayleighConfig)
     """The Rayleigh-quotient descent that estimates each unit's v_min (``rayleigh.RayleighConfig``;
-    in a suite a table such as ``rayleigh = { steps = 800 }``)."""
+    in a suite a table such as ``rayleigh = { passes = 25 }``)."""
     beta_keep: float = 0.99
     """A unit splits when its LP relaxation value β reaches this: (0, 1]."""
     cost_transform: str = "identity"
@@ -315,7 +316,7 @@ class FastS2D(Grower):
         event."""
         config = self.config
         if config.eigen_solver == "exact":
-            steps = config.rayleigh.steps
+            steps = config.rayleigh.steps_for(len(ctx.inputs))
             estimates = {site.name: exact_estimate(net, ctx, site, config) for site in sites}
         else:
             run: dict = {}

@@ -29,9 +29,10 @@ doubling a site per round. ``eigen_solver``: ``"exact"`` (``eigh`` of every S_j)
 v_max, S never formed, set by the ``rayleigh`` option) or ``"auto"`` (the
 default: exact for a site whose matrices fit in ``max_stat_bytes`` and whose exact matrices cost
 no more than the estimator, else Rayleigh; forming S costs about N·p² multiply-adds per unit and
-position over N samples, the estimator 2·steps·batch·p, so exact wins while N·p ≤ 2·steps·batch:
-p ≤ 100 with the 2,048-sample default set, p ≤ 200 with 1,024, so a ResNet's 3×3 sites are
-estimated). Two progress
+position over N samples, the estimator 2·steps·batch·p, so exact wins while N·p ≤ 2·steps·batch;
+with the steps sized by ``rayleigh.passes`` (steps·batch ≈ passes·N) that is p ≤ about
+2·passes = 100 where 50 passes exceed ``rayleigh.min_steps`` (N ≥ 1,536), more below, so a
+ResNet's 3×3 sites are estimated). Two progress
 rules of ours keep tiny nets growing: the round budget B never blocks the first split of a round,
 and the doubling cap never blocks the first split at a site (a width-1 site may go to 3). Only the
 remaining budget can stop a round from growing at all, and only then is ``stop_reason = "budget
@@ -94,7 +95,7 @@ class SignedS2DConfig(GrowerConfig):
     rayleigh: RayleighConfig = field(default_factory=RayleighConfig)
     """The Rayleigh-quotient descent of eigen_solver "rayleigh" and "auto", whose rule reads its
     steps and batch_size (``rayleigh.RayleighConfig``; in a suite a table such as
-    ``rayleigh = { steps = 800 }``)."""
+    ``rayleigh = { passes = 25 }``)."""
     splitting_matrix: str = "exact"
     """Splitting matrix S_j: "exact" (the curvature of the unit's whole path to its consumer) or
     "first-activation" (S2D's official code's, stopping at the first activation)."""
@@ -200,7 +201,8 @@ class SignedS2D(Grower):
         if solver == "auto":
             rayleigh = self.config.rayleigh
             too_big = site.width * site.fan_in_size**2 * 8 > self.config.max_stat_bytes
-            costlier = samples * site.fan_in_size > 2 * rayleigh.steps * rayleigh.batch_size
+            steps = rayleigh.steps_for(samples)
+            costlier = samples * site.fan_in_size > 2 * steps * rayleigh.batch_size
             return too_big or costlier
         return solver == "rayleigh"
 
