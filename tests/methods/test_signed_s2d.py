@@ -684,4 +684,4 @@ def test_auto_solver_estimates_sites_whose_exact_matrices_cost_more():
     narrow, wide = net.site("conv1"), net.site("conv8")  # p = 27 and p = 16·9 = 144
     assert not grower._estimates(narrow, 2048)
     assert grower._estimates(wide, 2048)
-    assert not grower._estimates(wide, 1024)  # p ≤ 200 is still cheaper exact
+    assert not grower._estimates(wide, 1024)  # 1,200 steps: p ≤ 150 is cheaper exact

@@ -70,6 +70,7 @@ from growbench.methods.rayleigh import (
     RayleighEstimate,
     quadratic_forms,
     rayleigh_extremes,
+    search_costs,
 )
 from growbench.methods.registry import register
 from growbench.methods.selection import take_within_budget
@@ -325,7 +326,8 @@ class FastS2D(Grower):
             )["min"]
             event.extras["rayleigh"] = run
             steps = run["steps_taken"]
-        costs = {site.name: search_costs(site, len(ctx.inputs), steps, config) for site in sites}
+        batch = config.rayleigh.batch_size
+        costs = {site.name: search_costs(site, len(ctx.inputs), steps, batch) for site in sites}
         event.extras["search_costs"] = costs
         cheaper = [name for name, cost in costs.items() if cost["exact"] < cost["estimator"]]
         event.extras["exact_cheaper_sites"] = cheaper
@@ -478,21 +480,6 @@ class FastS2D(Grower):
             "raw_costs": raw_costs,
             "site_costs": site_costs,
         }
-
-
-# ------------------------------------------------------------------------ search costs
-
-
-def search_costs(site: Site, samples: int, steps: int, config: FastS2DConfig) -> dict[str, int]:
-    """Multiply-adds of the two ways to v_min at ``site`` (n units, fan-in p), per row of a
-    sample (conv positions multiply both alike): the estimator's ``steps`` steps of
-    ``batch_size`` rows, two products x̃Vᵀ and x̃ᵀ(·) of n·p each, against forming every S_j
-    from the ``samples`` rows (n·p² each) and ``eigh`` of each (about p³)."""
-    n, p = site.width, site.fan_in_size
-    return {
-        "estimator": 2 * steps * config.rayleigh.batch_size * n * p,
-        "exact": samples * n * p * p + n * p**3,
-    }
 
 
 def exact_estimate(

@@ -631,6 +631,16 @@ def rayleigh_extremes(
     return estimates
 
 
+def search_costs(site: Site, samples: int, steps: int, batch_size: int) -> dict[str, int]:
+    """Multiply-adds of the two ways to a unit's extreme eigenpairs at ``site`` (n units, fan-in
+    p), per row of a sample (conv positions multiply both alike): this estimator's ``steps``
+    steps of ``batch_size`` rows, two products x̃Vᵀ and x̃ᵀ(·) of n·p each, against forming every
+    S_j from the ``samples`` rows, n·p² (its ``eigh``, ~n·p³, is left out: p ≪ samples). So the
+    exact computation is the cheaper while samples·p ≤ 2·steps·batch_size."""
+    n, p = site.width, site.fan_in_size
+    return {"estimator": 2 * steps * batch_size * n * p, "exact": samples * n * p * p}
+
+
 def rayleigh_eigen(
     net: GrowableNet,
     ctx: GrowthContext,

@@ -59,7 +59,7 @@ from growbench.methods._splitting import (
     splitting_refusal,
 )
 from growbench.methods.base import Grower, GrowerConfig, GrowthContext, GrowthEvent
-from growbench.methods.rayleigh import RayleighConfig, rayleigh_eigen
+from growbench.methods.rayleigh import RayleighConfig, rayleigh_eigen, search_costs
 from growbench.methods.registry import register
 from growbench.methods.selection import Candidate, Selection, select_within_budget, unit_pricing
 from growbench.nn import GrowableNet, Site
@@ -201,9 +201,8 @@ class SignedS2D(Grower):
         if solver == "auto":
             rayleigh = self.config.rayleigh
             too_big = site.width * site.fan_in_size**2 * 8 > self.config.max_stat_bytes
-            steps = rayleigh.steps_for(samples)
-            costlier = samples * site.fan_in_size > 2 * steps * rayleigh.batch_size
-            return too_big or costlier
+            costs = search_costs(site, samples, rayleigh.steps_for(samples), rayleigh.batch_size)
+            return too_big or costs["exact"] > costs["estimator"]
         return solver == "rayleigh"
 
     def grow_step(self, net: GrowableNet, ctx: GrowthContext, event: GrowthEvent) -> None:
