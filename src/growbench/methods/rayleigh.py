@@ -56,7 +56,7 @@ class RayleighConfig:
     """Settings of the stochastic Rayleigh-quotient descent (CPU defaults): a method's
     ``rayleigh`` option, set in a suite as a table (``rayleigh = { passes = 25 }``).
 
-    Default change (issue 28): the length was ``steps = 1600`` whatever the set, chosen as 50
+    Default change (2026-12-06): the length was ``steps = 1600`` whatever the set, chosen as 50
     passes over a 2,048-sample set; it is now ``passes = 50`` with ``min_steps = 1200``, so a
     run over a smaller set is shorter (1,200 steps on the default suite's sets of 1,437 and 1,000
     samples and on MobileNetV1's 1,024), one over 2,048 samples unchanged and one over more
