@@ -380,3 +380,32 @@ def test_statistics_after_an_added_unit_match_a_new_pass(fixture, site_name):
         rtol=1e-9,
         atol=1e-14,
     )
+
+
+@pytest.mark.parametrize("fixture", ["tanh_mlp", "conv_bn"])
+def test_the_site_a_new_unit_feeds_gets_its_new_input_channel_without_a_pass(fixture):
+    """A unit added at block0 is a new input channel of block1's producer: block1's maps gain
+    its patches (before the bias column) and its other factors stay, as a pass over the grown
+    net finds them; its decision is taken again, its statistics are not."""
+    task = make_task(fixture)
+    sites = task.net.sites[:2]
+    stats, _ = expansion_statistics(
+        task.net, task.inputs, task.targets, task.loss_fn, sites, TIKHONOV
+    )
+    first, second = sites
+    assert second.producer is first.consumer
+    alpha = initial_proposals(first, 1, torch.Generator().manual_seed(5))[0]
+    cache = DecisionCache()
+    cache.statistics.update(stats)
+    SENN._add_unit(first, alpha, type("Event", (), {"selected": {}})())
+    cache.after_unit(task.net, first, alpha)
+    fresh, _ = expansion_statistics(
+        task.net, task.inputs, task.targets, task.loss_fn, sites, TIKHONOV
+    )
+    updated = cache.statistics[second.name]
+    assert updated.maps.shape[1] > stats[second.name].maps.shape[1]
+    torch.testing.assert_close(updated.maps, fresh[second.name].maps, rtol=0, atol=1e-12)
+    torch.testing.assert_close(updated.inputs, fresh[second.name].inputs, rtol=0, atol=1e-12)
+    torch.testing.assert_close(updated.residual, fresh[second.name].residual, rtol=0, atol=1e-10)
+    assert updated.eta == pytest.approx(fresh[second.name].eta, rel=1e-9)
+    assert not cache.has("unit", second.name)

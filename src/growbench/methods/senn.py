@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -264,11 +264,16 @@ def expansion_statistics(
 
 
 # ------------------------------------------------------------------------ the candidates
+def new_unit_maps(maps: Tensor, alpha: Tensor) -> Tensor:
+    """The producer outputs of P new units with fan-in rows α (P × p) on patch maps x̃
+    (N × p × H × W): N × P × H × W, as one product."""
+    return (maps.permute(0, 2, 3, 1) @ alpha.T).permute(0, 3, 1, 2)
+
+
 def candidate_features(site: Site, maps: Tensor, alpha: Tensor) -> Tensor:
     """f of P candidate units with fan-in rows α (P × p, bias last): the consumer's new inputs,
     rows (sample, output position) × P × T (T = kernel taps or flattened positions)."""
-    units = (maps.permute(0, 2, 3, 1) @ alpha.T).permute(0, 3, 1, 2)  # one product, N × P × H × W
-    read = site.consumer_map.reads(site.unit_path(units))  # N × P × T × O
+    read = site.consumer_map.reads(site.unit_path(new_unit_maps(maps, alpha)))  # N × P × T × O
     return read.permute(0, 3, 1, 2).reshape(-1, read.shape[1], read.shape[2])
 
 
@@ -569,24 +574,51 @@ class DecisionCache:
         return units + [self._decisions[("layer", place)] for place in places]
 
     def after_unit(self, net: GrowableNet, grown: Site, alpha: Tensor) -> None:
-        """Forget what a new unit with fan-in ``alpha`` at ``grown`` changed: the grown site's
-        consumer reads a new input (a layer there would too), whose columns join its statistics
-        (exactly what a new pass would find: the unit's fan-out is zero, so nothing else at that
-        consumer moves); the consumer is also the producer of any site it feeds, whose fan-in
-        grew, so that site's decision and statistics go; the other sites' factors gain at most a
-        zero gradient row, so their decisions stand."""
+        """Forget what a new unit with fan-in ``alpha`` at ``grown`` changed, and bring the
+        statistics up to date without a pass through the net. The unit's fan-out is zero, so
+        nothing downstream of its consumer moves (g_a, Ĝ and every other unit's values stay):
+        the grown site's consumer reads a new input, whose columns join its h (a layer there
+        changes too); a site the consumer feeds has a new input channel, whose patches join its
+        producer's maps x̃, and its decision goes (its candidates' fan-in grew); the other sites'
+        factors gain at most a zero gradient row, so their decisions stand."""
         self._decisions.pop(("unit", grown.name), None)
         self._decisions.pop(("layer", grown.name), None)
         stats = self.statistics.get(grown.name)
-        if stats is not None:
+        fed = [site for site in net.sites if site.producer is grown.consumer]
+        if stats is None:
+            for site in fed:
+                self.statistics.pop(site.name, None)
+        else:
             weights = grown.producer.weight  # the unit as the net holds it, in the net's dtype
             stored = alpha.to(weights.dtype).to(stats.maps.dtype)[None]
             features = candidate_features(grown, stats.maps, stored)  # rows × 1 × T
             self.statistics[grown.name] = stats.with_new_inputs(features[:, 0])
-        for site in net.sites:
-            if site.producer is grown.consumer:
-                self._decisions.pop(("unit", site.name), None)
-                self.statistics.pop(site.name, None)
+            output = grown.unit_path(new_unit_maps(stats.maps, stored))  # N × 1 × positions...
+            for site in fed:
+                self._add_input_channel(site, output)
+        for site in fed:
+            self._decisions.pop(("unit", site.name), None)
+
+    def _add_input_channel(self, site: Site, channel: Tensor) -> None:
+        """``site``'s producer maps x̃ with the patches of one more input channel (``channel``,
+        N × 1 × positions..., the values a new unit feeds it) before the bias column; the
+        statistics go when they cover more samples than ``channel`` does."""
+        stats = self.statistics.get(site.name)
+        if stats is None:
+            return
+        count = stats.maps.shape[0]
+        if count > channel.shape[0]:
+            self.statistics.pop(site.name)
+            return
+        new = channel[:count]
+        if not site.producer_map.is_conv:
+            new = new.flatten(1)
+        patches = patch_maps(site, new, bias=False)
+        has_bias = site.producer.bias is not None
+        old = stats.maps[:, : stats.maps.shape[1] - has_bias]
+        parts = [old, patches.to(old.dtype), stats.maps[:, old.shape[1] :]]
+        maps = torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last)
+        self.statistics[site.name] = replace(stats, maps=maps)
 
     def clear(self) -> None:
         """Forget every decision and statistic (after a layer is inserted)."""
