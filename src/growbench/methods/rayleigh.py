@@ -26,7 +26,6 @@ float64 throughout the sums and the directions.
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -528,24 +527,19 @@ def next_jump(config: RayleighConfig, step: int, pass_length: int) -> int:
     return max(step, config.steps - passes_before * pass_length)
 
 
-def _pass_batches(
+def _batch(
     net: GrowableNet,
     ctx: GrowthContext,
     routes: Sequence[CurvatureRoute],
     cached: dict[str, SiteBatch] | None,
-    config: RayleighConfig,
-    order: Tensor,
-    take: int,
-) -> Iterator[dict[str, SiteBatch]]:
-    """The first ``take`` mini-batches of one pass in the sample order ``order``, every site's:
-    gathered from the set's cached taps, or run through the taps when they are not cached. (A
-    pass gathered at once saved a few per cent of a step on small sites but held the taps twice:
-    +1.5 GiB on MobileNetV1.)"""
-    for index in order.split(config.batch_size)[:take]:
-        if cached is None:
-            yield site_batches(net, ctx, routes, ctx.inputs[index], ctx.targets[index])
-        else:
-            yield {name: whole.take(index) for name, whole in cached.items()}
+    index: Tensor,
+) -> dict[str, SiteBatch]:
+    """Every site's taps of the mini-batch ``index``: gathered from the set's cached taps, or run
+    through the taps when they are not cached. (Gathering a whole pass at once saved a few per
+    cent of a step on small sites but held the taps twice: +1.5 GiB on MobileNetV1.)"""
+    if cached is None:
+        return site_batches(net, ctx, routes, ctx.inputs[index], ctx.targets[index])
+    return {name: whole.take(index) for name, whole in cached.items()}
 
 
 def rayleigh_extremes(
@@ -582,35 +576,28 @@ def rayleigh_extremes(
     state = _Directions(sites, extremes, config, ctx.generator)
     pass_length = math.ceil(count / config.batch_size)
     window_start = config.window_start(pass_length)
-    milestones = sorted(math.floor(m * config.steps) for m in config.milestones)
-    passes = minibatch_passes(count, config.batch_size, config.steps, ctx.generator)
+    batches = minibatch_indices(count, config.batch_size, config.steps, ctx.generator)
     routes = [curvature_route(site, matrix) for site in sites]
     cached = statistics_set_batches(net, ctx, routes, config.batch_size, config.cache_bytes)
-    step, taken, previous, stop = 0, 0, None, False
-    for order, take in passes:
-        if step == config.steps:  # after a jump, the schedule ends before the passes
+    step, taken, previous = 0, 0, None
+    for index in batches:
+        if step == config.steps:  # after a jump, the schedule ends before the batches
             break
-        order = order.to(ctx.device)
-        for batch in _pass_batches(net, ctx, routes, cached, config, order, take):
-            size = next(iter(batch.values())).inputs.shape[0]
-            record = step >= window_start or tolerance > 0
-            lr = config.lr * config.decay ** bisect.bisect_right(milestones, step)  # lr_at
-            state.step(batch, size, lr, record)
-            step, taken = step + 1, taken + 1
-            if tolerance == 0 or (config.steps - step) % pass_length:
-                continue  # checks come at pass boundaries only
-            if state.samples >= count:  # not after the first pass when cut short
-                current = state.means()
-                if previous is not None and settled(previous, current, tolerance):
-                    if step > window_start:
-                        stop = True
-                        break
-                    step = next_jump(config, step, pass_length)
-                previous = current
-            if step <= window_start:
-                state.reset_sums()
-        if stop:
-            break
+        batch = _batch(net, ctx, routes, cached, index.to(ctx.device))
+        record = step >= window_start or tolerance > 0
+        state.step(batch, len(index), config.lr_at(step), record)
+        step, taken = step + 1, taken + 1
+        if tolerance == 0 or (config.steps - step) % pass_length:
+            continue  # checks come at pass boundaries only
+        if state.samples >= count:  # not after the first pass when cut short
+            current = state.means()
+            if previous is not None and settled(previous, current, tolerance):
+                if step > window_start:
+                    break
+                step = next_jump(config, step, pass_length)
+            previous = current
+        if step <= window_start:
+            state.reset_sums()
     if report is not None:
         stopped = step < config.steps
         report.update(
