@@ -19,10 +19,10 @@ Per site, ``proposals`` random fan-ins (weights from the producer's default init
 softmax(Δη′/(T·η_W)) and the site's score is Σ π·Δη′. A site is accepted when score/η_W > τ and
 score/E‖e‖² > α_abs; the best accepted candidate is added, and with ``recursive`` the statistics
 are taken again and the round repeats until nothing passes, the budget is spent or
-``max_additions`` were made. Taken again means: the grown site's factors gain the new unit's
-inputs as columns of h (what a pass over the grown net finds, to float rounding, since the
-unit's zero fan-out leaves g_a and Ĝ as they were), and only a site whose producer's inputs grew
-gets a new pass through the net.
+``max_additions`` were made. Taken again means updated, without a pass through the net (what a
+pass over the grown net finds, to float rounding, since the unit's zero fan-out leaves g_a, Ĝ
+and every other unit as they were): the grown site's h gains the new unit's inputs as columns,
+and a site its consumer feeds gains the unit's patches as a new input channel of its maps.
 
 With ``depth``, every Linear site read by a Linear consumer (or, in a net with no hidden layer
 yet, its input) also proposes a layer f = φ(B h + s): B square, φ the rational activation at
@@ -273,7 +273,13 @@ def new_unit_maps(maps: Tensor, alpha: Tensor) -> Tensor:
 def candidate_features(site: Site, maps: Tensor, alpha: Tensor) -> Tensor:
     """f of P candidate units with fan-in rows α (P × p, bias last): the consumer's new inputs,
     rows (sample, output position) × P × T (T = kernel taps or flattened positions)."""
-    read = site.consumer_map.reads(site.unit_path(new_unit_maps(maps, alpha)))  # N × P × T × O
+    return consumer_features(site, site.unit_path(new_unit_maps(maps, alpha)))
+
+
+def consumer_features(site: Site, outputs: Tensor) -> Tensor:
+    """What the consumer reads of new units' path outputs (N × P × positions...), as rows
+    (sample, output position) × P × T."""
+    read = site.consumer_map.reads(outputs)  # N × P × T × O
     return read.permute(0, 3, 1, 2).reshape(-1, read.shape[1], read.shape[2])
 
 
@@ -554,8 +560,8 @@ class DecisionCache:
     """The decisions of one growth step that still hold, one per kind and place (a unit's at a
     site, a layer's at a place), and the statistics of the sites whose factors are known: a
     decision is taken again only once an addition changed the factors it came from
-    (``after_unit``, ``clear``), and a site's statistics are taken again by a pass through the
-    net only when an addition changed its producer's inputs."""
+    (``after_unit``, ``clear``), and a site's statistics are taken by a pass through the net
+    only when none are known (at the start, after a layer is inserted)."""
 
     def __init__(self) -> None:
         self._decisions: dict[tuple[str, str], Decision] = {}
@@ -591,9 +597,9 @@ class DecisionCache:
         else:
             weights = grown.producer.weight  # the unit as the net holds it, in the net's dtype
             stored = alpha.to(weights.dtype).to(stats.maps.dtype)[None]
-            features = candidate_features(grown, stats.maps, stored)  # rows × 1 × T
-            self.statistics[grown.name] = stats.with_new_inputs(features[:, 0])
             output = grown.unit_path(new_unit_maps(stats.maps, stored))  # N × 1 × positions...
+            features = consumer_features(grown, output)  # rows × 1 × T
+            self.statistics[grown.name] = stats.with_new_inputs(features[:, 0])
             for site in fed:
                 self._add_input_channel(site, output)
         for site in fed:
