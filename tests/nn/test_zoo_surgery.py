@@ -141,3 +141,23 @@ def test_costs_stay_exact_through_random_growth(model):
             insert_layer(net, rng.choice(net.sites))
     reference = copy.deepcopy(net)
     assert reference.params() == net.params()
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "size"),
+    [(3, 1, None, 8), (3, 2, None, 8), (3, 2, None, 7), (5, 2, None, 9), (3, 2, None, 1),
+     (3, 1, 0, 8), (3, 2, 2, 7)],
+)  # fmt: skip
+def test_new_depthwise_units_pass_their_maps_subsampled(kernel, stride, padding, size):
+    """A new unit's depthwise filter is the identity: its output is the grouped convolution
+    with that filter, which centred padding takes by slicing (the others by the convolution)."""
+    from growbench.nn.units import DepthwiseConv2d
+
+    layer = DepthwiseConv2d(4, kernel, stride, padding).double()
+    maps = torch.randn(2, 5, size, size, dtype=torch.float64)
+    identity = torch.zeros(5, 1, kernel, kernel, dtype=torch.float64)
+    identity[:, 0, kernel // 2, kernel // 2] = 1.0
+    expected = torch.nn.functional.conv2d(
+        maps, identity, None, layer.stride, layer.padding, layer.dilation, groups=5
+    )
+    assert torch.equal(layer.forward_new_units(maps), expected)

@@ -170,6 +170,15 @@ class DepthwiseConv2d(nn.Conv2d):
         self.in_channels = self.out_channels = self.groups = change.width
 
     def forward_new_units(self, maps: Tensor) -> Tensor:
+        """The identity filter's output: the maps subsampled by the stride. Taken by slicing
+        when the padding centres the filter (the zoo's), which is the same numbers as the
+        grouped convolution without its cost (in float64, one slow convolution per channel)."""
+        centred = all(
+            pad == dilation * (size // 2)
+            for pad, dilation, size in zip(self.padding, self.dilation, self.kernel_size)
+        )
+        if centred:
+            return maps[:, :, :: self.stride[0], :: self.stride[1]]
         kernel = self._identity_filter(maps.shape[1], maps)
         return F.conv2d(maps, kernel, None, self.stride, self.padding, self.dilation, maps.shape[1])
 
