@@ -43,7 +43,9 @@ proposal's fan-in kernel. Changed [ours]: the proposal search is deterministic a
 a layer's residual is the width residual (the code also removes the part of e along the current
 natural-gradient step, which only exists when the net trains with natural gradient); conv sites
 grow in width with the same score on the consumer's patches (K-FAC for convolutions), and layers
-are proposed at Linear sites only; everything is float64; the suite's optimiser trains the net.
+are proposed at Linear sites only; the statistics and every score are float64 (the proposals'
+ascent is float32, the official code's precision: ``search_dtype``); the suite's optimiser trains
+the net.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class SENNConfig(GrowerConfig):
         "layer_cooldown",
         "max_inserted_layers",
     )
+    choices: ClassVar[dict[str, tuple]] = {"search_dtype": ("float64", "float32")}
     threshold: float = 0.03
     """τ: a site's candidate is accepted only when its score / η_W (the rise relative to the layer's
     own natural-gradient length) exceeds it (> 0)."""
@@ -112,6 +115,11 @@ class SENNConfig(GrowerConfig):
     """Conv consumers: at most this many (sample, position) rows enter the statistics (> 0)."""
     g_tikhonov: float = 0.1
     """Damping of the gradient factor: G_reg = Ĝ + g_tikhonov · (tr Ĝ / q) · I (> 0)."""
+    search_dtype: str = "float32"
+    """Precision of the proposals' ascent: "float32" (the official code's, JAX's default) or
+    "float64"; the statistics, the proposals' final scores, the draw and the thresholds are
+    float64 either way. Default change (2026-12-06, was float64): measured in
+    docs/methods/senn.md, "Precision of the ascent"."""
     norm_penalty: float = 1e-2
     """Weight of the ½(log det WᵀW)² penalty on each proposal's fan-in kernel W during the ascent
     (≥ 0)."""
@@ -161,6 +169,15 @@ class SiteStatistics:
     gradients: Tensor  # g_a rows × q
     g_pinv: Tensor  # Ĝ⁺ (q × q)
     maps: Tensor | None = None  # the producer's patch maps x̃ (N × p × H × W), for new units
+
+    def searched_in(self, dtype: str) -> SiteStatistics:
+        """These factors in ``dtype`` ("float64": themselves), for the proposals' ascent."""
+        kind = getattr(torch, dtype)
+        if kind == self.residual.dtype:
+            return self
+        tensors = ("inputs", "residual", "g_reg_inverse", "gradients", "g_pinv", "maps")
+        values = {name: getattr(self, name) for name in tensors}
+        return replace(self, **{k: v.to(kind) for k, v in values.items() if v is not None})
 
     def with_new_inputs(self, features: Tensor) -> SiteStatistics:
         """The factors once the consumer also reads ``features`` (rows × T, a new zero-fan-out
@@ -800,9 +817,12 @@ class SENN(Grower):
         config = self.config
         with event.phase("search"):
             start = initial_proposals(site, config.proposals, ctx.generator).to(stats.maps.device)
+            ascent = stats.searched_in(config.search_dtype)
             proposals = improve_proposals(
-                lambda a: proposal_objective(site, stats, a, config.norm_penalty), start, config
-            )
+                lambda a: proposal_objective(site, ascent, a, config.norm_penalty),
+                start.to(ascent.maps.dtype),
+                config,
+            ).to(stats.maps.dtype)
             with torch.no_grad():
                 features = candidate_features(site, stats.maps, proposals)
                 scores = expansion_scores(features, stats)
@@ -814,10 +834,14 @@ class SENN(Grower):
         config = self.config
         with event.phase("search"):
             start, shape = initial_layers(stats.inputs.shape[1], config.proposals, ctx.generator)
+            ascent = stats.searched_in(config.search_dtype)
+            kind = ascent.inputs.dtype
             start, shape = start.to(stats.inputs.device), shape.to(stats.inputs.device)
             proposals = improve_proposals(
-                lambda t: layer_objective(stats, t, shape, config.norm_penalty), start, config
-            )
+                lambda t: layer_objective(ascent, t, shape.to(kind), config.norm_penalty),
+                start.to(kind),
+                config,
+            ).to(stats.inputs.dtype)
             with torch.no_grad():
                 scores = expansion_scores(layer_features(stats.inputs, proposals, shape), stats)
         with event.phase("select"):
