@@ -730,14 +730,20 @@ def test_cached_taps_give_the_per_batch_estimates(name):
             torch.testing.assert_close(cached.vectors, per_batch.vectors, rtol=0, atol=1e-12)
 
 
-def test_statistics_set_taps_respect_the_byte_budget_and_gather_by_sample():
+@pytest.mark.parametrize(("unfold_bytes", "keys"), [(2**16, "rows"), (0, "inputs")])
+def test_statistics_set_taps_respect_the_byte_budget_and_gather_by_sample(
+    monkeypatch, unfold_bytes, keys
+):
+    """The whole set's taps, as rows (the fixture's small conv sites) or as the conv's input
+    (when nothing may be unfolded), fit the byte budget exactly and gather by sample."""
+    monkeypatch.setattr("growbench.methods._splitting.UNFOLD_SAMPLE_BYTES", unfold_bytes)
     task = make_task("conv_bn")
     sites = splittable_sites(task.net.sites)
     ctx = task.context()
     routes = [curvature_route(site) for site in sites]
     whole = rq.statistics_set_batches(task.net, ctx, routes, 24, 2**27)
     tensors = [t for part in whole.values() for t in part.tensors.values()]
-    assert {key for part in whole.values() for key in part.tensors} == {"inputs", "coefficients"}
+    assert {key for part in whole.values() for key in part.tensors} == {keys, "coefficients"}
     size = sum(t.nelement() * t.element_size() for t in tensors)
     assert all(len(t) == len(task.inputs) for t in tensors)
     assert rq.statistics_set_batches(task.net, ctx, routes, 24, size) is not None
@@ -746,10 +752,45 @@ def test_statistics_set_taps_respect_the_byte_budget_and_gather_by_sample():
     batch = rq.site_batches(task.net, ctx, routes, task.inputs[index], task.targets[index])
     for site in sites:
         taken, own = whole[site.name].take(index).tensors, batch[site.name].tensors
-        torch.testing.assert_close(taken["inputs"], own["inputs"], rtol=1e-12, atol=0)
+        torch.testing.assert_close(taken[keys], own[keys], rtol=1e-12, atol=0)
         torch.testing.assert_close(
             taken["coefficients"], own["coefficients"], rtol=1e-12, atol=1e-15
         )
+
+
+@pytest.mark.parametrize("name", ["conv_bn", "resnet18"])
+def test_unfolded_conv_sites_give_the_products_of_the_convolutions(monkeypatch, name):
+    """S_B·v of a closed-form conv site taken as rows (x̃ per sample and position) equals the
+    convolution route's and S_j v_j from the formed matrices, for one and two stacked
+    sets of directions."""
+    task = make_task(name)
+    ctx = task.context()
+    site = next(s for s in splittable_sites(task.net.sites) if s.producer_map.is_conv)
+    route = curvature_route(site)
+    batches = {}
+    for unfold_bytes in (2**30, 0):
+        monkeypatch.setattr("growbench.methods._splitting.UNFOLD_SAMPLE_BYTES", unfold_bytes)
+        batches[unfold_bytes] = rq.site_batches(task.net, ctx, [route], task.inputs, task.targets)
+    unfolded, convolved = batches[2**30][site.name], batches[0][site.name]
+    assert unfolded.rows
+    assert not convolved.rows
+    generator = torch.Generator().manual_seed(5)
+    directions = torch.randn(2 * site.width, site.fan_in_size, generator=generator,
+                             dtype=torch.float64)  # fmt: skip
+    matrices = splitting_matrices(task.net, ctx, site, range(site.width), "exact")
+    first = torch.einsum("jpq,jq->jp", matrices, directions[: site.width])  # S_j: set means
+    scale = float(first.abs().max())
+    assert scale > 0
+    for batch in (unfolded, convolved):
+        torch.testing.assert_close(
+            batch.products(directions[: site.width]), first, rtol=1e-9, atol=1e-12 * scale
+        )
+    torch.testing.assert_close(
+        unfolded.stacked_products(directions, 2),
+        convolved.stacked_products(directions, 2),
+        rtol=1e-9,
+        atol=1e-12 * scale,
+    )
 
 
 # ------------------------------------------------------------------------ selection variants

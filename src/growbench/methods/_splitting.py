@@ -17,6 +17,7 @@ ReLU's σ'' is 0 almost everywhere, so its units are scored with the softplus(β
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -39,6 +40,12 @@ from growbench.nn.layer_maps import norm_slope, with_ones
 # ``PathCurvature``); "first-activation", the official codes' E[g σ''(z) b² x̃x̃ᵀ] at the first
 # activation only, which is the exact matrix on every site ``closed_form`` accepts.
 SPLITTING_MATRICES = ("exact", "first-activation")
+UNFOLD_SAMPLE_BYTES = 2**16
+"""A closed-form conv site's batches are rows (x̃ and c per sample and output position, as a
+Linear site's) when those take at most this many bytes per sample: on small maps two GEMMs on
+the rows cost a fraction of a convolution and its weight gradient (about 35 against 150 µs per
+product on the digits CNN's sites); larger sites stay convolutions, which never hold the
+kernel-taps-fold larger rows."""
 
 
 def second_derivative(activation: str, z: Tensor) -> Tensor:
@@ -298,13 +305,13 @@ def curvature_coefficients(site: Site, pre: Tensor, grad_post: Tensor) -> Tensor
 class CurvatureRoute:
     """How S_j is formed at one site, chosen once by ``curvature_route`` so that no caller
     dispatches again: the taps a pass must record (``taps``), the per-sample tensors S·v needs
-    (``batch``: each indexed by sample first, the producer's input, or the rows x̃ where
-    ``rows``, under ``"inputs"``), H_U· for such a batch (``operator``, U the producer's output)
-    and Σ_batch S_j itself (``matrices``)."""
+    (``batch``: each indexed by sample first; the producer's input under ``"inputs"``, or, on
+    the closed form, the rows x̃ and c of each sample under ``"rows"`` and ``"coefficients"``),
+    H_U· for such a batch (``operator``, U the producer's output) and Σ_batch S_j itself
+    (``matrices``)."""
 
     name: ClassVar[str] = ""
     taps: ClassVar[tuple[str, ...]] = ()
-    rows: bool = False  # ``batch`` gives SiteRows' x̃ and c, for ``splitting_products``
 
     def __init__(self, site: Site) -> None:
         self.site = site
@@ -320,22 +327,33 @@ class CurvatureRoute:
 
 
 class ClosedRoute(CurvatureRoute):
-    """S_j = E[c x̃x̃ᵀ] (``closed_form``, or the first-activation matrix): a Linear producer's
-    batch is its rows (``site_rows``), a conv's is its input and c shaped like U."""
+    """S_j = E[c x̃x̃ᵀ] (``closed_form``, or the first-activation matrix): a batch is rows
+    (``site_rows``, N × positions × p and N × positions × n) at a Linear producer and at a conv
+    whose rows are small (``unfolds``); else the conv's input and c shaped like U."""
 
     name = "closed"
     taps = ("input", "pre", "grad_post")
 
-    def __init__(self, site: Site) -> None:
-        super().__init__(site)
-        self.rows = not site.producer_map.is_conv
-
     def batch(self, taps) -> dict[str, Tensor]:
-        if self.rows:
+        if self.unfolds(taps.input):
             rows = site_rows(self.site, taps.input, taps.pre, taps.grad_post)
-            return {"inputs": rows.inputs, "coefficients": rows.coefficients}
+            count = len(taps.input)
+            return {
+                "rows": rows.inputs.view(count, -1, rows.inputs.shape[1]),
+                "coefficients": rows.coefficients.view(count, -1, rows.coefficients.shape[1]),
+            }
         coefficients = curvature_coefficients(self.site, taps.pre, taps.grad_post)
         return {"inputs": taps.input, "coefficients": coefficients}
+
+    def unfolds(self, producer_input: Tensor) -> bool:
+        """Whether a batch of this producer input is taken as rows: always at a Linear
+        producer; at a conv when its rows take at most ``UNFOLD_SAMPLE_BYTES`` per sample."""
+        view, site = self.site.producer_map, self.site
+        if not view.is_conv:
+            return True
+        positions = math.prod(view.output_size(*producer_input.shape[2:]))
+        row_bytes = (site.fan_in_size + site.width) * producer_input.element_size()
+        return positions * row_bytes <= UNFOLD_SAMPLE_BYTES
 
     def operator(self, batch: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
         coefficients = batch["coefficients"]

@@ -247,7 +247,8 @@ class SiteBatch:
     (``_splitting.CurvatureRoute``) keeps, every tensor indexed by sample first, so ``take``
     gathers a mini-batch from a larger set.
 
-    Linear producers on the closed form give rows x̃ and c, then ``x̃ᵀ (c ⊙ x̃Vᵀ) / |B|``
+    Closed-form sites whose route gives rows (``ClosedRoute.unfolds``: Linear producers, small
+    convs) hold x̃ and c per sample and output position, then ``x̃ᵀ (c ⊙ x̃Vᵀ) / |B|``
     (``splitting_products``). Every other site never unfolds: x̃Vᵀ is a linear map or a
     convolution of the site's input with V as weights or kernels, the route's ``operator`` applies
     H_U to it (c ⊙ · on the closed form, two depthwise convs more on a MobileNet site, a
@@ -259,7 +260,8 @@ class SiteBatch:
 
     def __init__(self, route: CurvatureRoute, tensors: dict[str, Tensor]) -> None:
         self.route, self.site, self.tensors = route, route.site, tensors
-        self.inputs = tensors["inputs"]  # closed-form Linear: rows x̃ (samples × p); else the input
+        self.rows = "rows" in tensors  # x̃ and c per sample and position, else the input
+        self.inputs = tensors["rows" if self.rows else "inputs"]
         self._operator = None  # H_U· of this batch, built on first use
 
     @classmethod
@@ -274,8 +276,8 @@ class SiteBatch:
     def products(self, directions: Tensor) -> Tensor:
         """S_B·v_j for the rows v_j of ``directions`` (n × p), float64."""
         count = self.inputs.shape[0]
-        if self.route.rows:
-            rows = SiteRows(self.inputs, self.tensors["coefficients"])
+        if self.rows:
+            rows = SiteRows(self.inputs.flatten(0, 1), self.tensors["coefficients"].flatten(0, 1))
             return splitting_products(rows, directions, count)
         layer, width, view = self.site.producer, self.site.width, self.site.producer_map
         has_bias = layer.bias is not None
@@ -297,13 +299,14 @@ class SiteBatch:
         rows of ``directions``: on the closed form one x̃Vᵀ and one x̃ᵀ(·) for all of them."""
         if stacked == 1:
             return self.products(directions)
-        if not self.route.rows:
+        if not self.rows:
             return torch.cat([self.products(part) for part in directions.chunk(stacked)])
-        count = self.inputs.shape[0]
-        projections = self.inputs @ directions.T.to(self.inputs.dtype)  # rows × stacked·n
-        coefficients = self.tensors["coefficients"][:, None]
-        weighted = (projections.view(count, stacked, -1) * coefficients).view(count, -1)
-        return (weighted.T @ self.inputs).double() / count
+        count, inputs = self.inputs.shape[0], self.inputs.flatten(0, 1)
+        projections = inputs @ directions.T.to(inputs.dtype)  # rows × stacked·n
+        coefficients = self.tensors["coefficients"].flatten(0, 1)[:, None]
+        rows = len(inputs)
+        weighted = (projections.view(rows, stacked, -1) * coefficients).view(rows, -1)
+        return (weighted.T @ inputs).double() / count
 
 
 def site_batches(
