@@ -44,8 +44,8 @@ UNFOLD_SAMPLE_BYTES = 2**16
 """A closed-form conv site's batches are rows (x̃ and c per sample and output position, as a
 Linear site's) when those take at most this many bytes per sample: on small maps two GEMMs on
 the rows cost a fraction of a convolution and its weight gradient (about 35 against 150 µs per
-product on the digits CNN's sites); larger sites stay convolutions, which never hold the
-kernel-taps-fold larger rows."""
+product on the digits CNN's sites). Larger sites stay convolutions: their rows would hold each
+input value once per kernel tap."""
 
 
 def second_derivative(activation: str, z: Tensor) -> Tensor:

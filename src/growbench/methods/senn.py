@@ -43,9 +43,8 @@ proposal's fan-in kernel. Changed [ours]: the proposal search is deterministic a
 a layer's residual is the width residual (the code also removes the part of e along the current
 natural-gradient step, which only exists when the net trains with natural gradient); conv sites
 grow in width with the same score on the consumer's patches (K-FAC for convolutions), and layers
-are proposed at Linear sites only; the statistics and every score are float64 (the proposals'
-ascent is float32, the official code's precision: ``search_dtype``); the suite's optimiser trains
-the net.
+are proposed at Linear sites only; everything is float64 (``search_dtype = "float32"`` runs the
+proposals' ascent in the official code's precision); the suite's optimiser trains the net.
 """
 
 from __future__ import annotations
@@ -115,11 +114,11 @@ class SENNConfig(GrowerConfig):
     """Conv consumers: at most this many (sample, position) rows enter the statistics (> 0)."""
     g_tikhonov: float = 0.1
     """Damping of the gradient factor: G_reg = Ĝ + g_tikhonov · (tr Ĝ / q) · I (> 0)."""
-    search_dtype: str = "float32"
-    """Precision of the proposals' ascent: "float32" (the official code's, JAX's default) or
-    "float64"; the statistics, the proposals' final scores, the draw and the thresholds are
-    float64 either way. Default change (2026-12-06, was float64): measured in
-    docs/methods/senn.md, "Precision of the ascent"."""
+    search_dtype: str = "float64"
+    """Precision of the proposals' ascent: "float64" or "float32" (the official code's, JAX's
+    default; about 2× faster where the features are large, as on ResNet-18); the statistics,
+    the proposals' final scores, the draw and the thresholds are float64 either way. Measured
+    in docs/methods/senn.md, "Precision of the ascent"."""
     norm_penalty: float = 1e-2
     """Weight of the ½(log det WᵀW)² penalty on each proposal's fan-in kernel W during the ascent
     (≥ 0)."""
