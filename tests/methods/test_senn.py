@@ -191,9 +191,9 @@ def test_ascent_never_lowers_a_score_and_its_gradient_matches_finite_differences
 
 @pytest.mark.parametrize("fixture", ["tanh_mlp", "conv_bn"])
 def test_a_float32_ascent_finds_what_the_float64_one_finds(fixture):
-    """The default ascent runs in float32 on float32 copies of the factors; scored in float64,
-    its proposals improve on the start as much as the float64 ascent's (within 0.1 % of the
-    rise) and none ends below its start."""
+    """``search_dtype = "float32"`` runs the ascent on float32 copies of the factors; scored in
+    float64, its proposals improve on the start as much as the float64 ascent's (within 0.1 %
+    of the rise) and none ends below its start."""
     task = make_task(fixture)
     site, stats, _ = statistics(task)
     config = SENNConfig()
