@@ -24,6 +24,7 @@ from growbench.methods.tiny import (
     gain_is_measured,
     measured_unit_gains,
     orient,
+    set_tiny,
     significant_count,
     solve_site,
 )
@@ -187,6 +188,28 @@ def flipped_outputs(task_name, flip):
         alpha, omega = -alpha, -omega
     apply_tiny(site, alpha, omega, solution.delta, 0.5)
     return outputs(task.net, task.inputs)
+
+
+@pytest.mark.parametrize("task_name", ["tanh_mlp", "conv_bn", "resnet18"])
+def test_a_grown_copy_takes_exactly_the_parameters_of_each_amplitude(task_name):
+    """The amplitude search grows one copy and sets it to each γ in turn (``set_tiny``): after
+    any earlier γ, its parameters and buffers are bitwise those ``apply_tiny`` gives at γ."""
+    task = make_task(task_name)
+    site = task.net.sites[0]
+    _, solution = solved(task, max_added=2)[site.name]
+    k = solution.count
+    assert k >= 1
+    alpha, omega = solution.alpha[:k], solution.omega[:k]
+    grown = task.net.copy_for(site)
+    apply_tiny(grown.site(site.name), alpha, omega, solution.delta, 1.0)
+    for gamma in (0.25, 3.0, 0.0, 1e-3):
+        set_tiny(grown.site(site.name), site, alpha, omega, solution.delta, gamma)
+        reference = task.net.copy_for(site)
+        apply_tiny(reference.site(site.name), alpha, omega, solution.delta, gamma)
+        for (name, got), (_, expected) in zip(
+            grown.state_dict().items(), reference.state_dict().items(), strict=True
+        ):
+            assert torch.equal(got, expected), (gamma, name)
 
 
 def test_sign_is_canonical_and_matters_only_for_relu():

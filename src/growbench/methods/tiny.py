@@ -569,9 +569,10 @@ def _states(net: GrowableNet, ctx: GrowthContext, site: Site) -> list[tuple[Tens
 
 class _GrownTailLoss:
     """Mean loss on the statistics set, eval mode, of the net grown at amplitude γ, without
-    touching it: the net up to the site's stage runs once; at each γ a copy in which only the
-    site's own layers are copied (``GrowableNet.copy_for``) is grown with ``apply_tiny`` and run
-    from there."""
+    touching it: the net up to the site's stage runs once; one copy in which only the site's
+    own layers are copied (``GrowableNet.copy_for``) is grown once, takes at each γ the
+    parameters ``apply_tiny`` would give (``set_tiny``) and runs from there (γ = 0: the net
+    itself)."""
 
     def __init__(
         self,
@@ -586,16 +587,20 @@ class _GrownTailLoss:
         self.alpha, self.omega, self.delta = alpha, omega, delta
         net.eval()  # stays in eval mode while the search runs; Grower.grow restores the mode
         self.cache = _states(net, ctx, site)
+        self.grown = net.copy_for(site)
+        apply_tiny(self.grown.site(site.name), alpha, omega, delta, 1.0)
 
     def __call__(self, gammas: list[float]) -> list[float]:
         losses = []
         with torch.no_grad():
             for gamma in gammas:
-                grown = self.net.copy_for(self.site)
+                grown = self.net
                 if gamma != 0.0:
-                    apply_tiny(
-                        grown.site(self.site.name), self.alpha, self.omega, self.delta, gamma
-                    )
+                    grown = self.grown
+                    set_tiny(
+                        grown.site(self.site.name), self.site, self.alpha, self.omega,
+                        self.delta, gamma,
+                    )  # fmt: skip
                 total = 0.0
                 for state, targets in self.cache:
                     outputs = grown.forward_from(self.site.name, state)
@@ -681,20 +686,51 @@ class _LossAtGamma:
         return losses
 
 
-def apply_tiny(site: Site, alpha: Tensor, omega: Tensor, delta: Tensor, gamma: float) -> None:
-    """Add units (γα, γω) at ``site`` and move the consumer by −γ²δ (bias column included)."""
+def tiny_parameters(site: Site, alpha: Tensor, omega: Tensor, delta: Tensor, gamma: float):
+    """What ``apply_tiny`` gives ``site`` at amplitude γ, float64: the new units' fan-in rows,
+    biases and fan-out columns (γα, γω, as ``Site.add_units`` takes them) and the consumer's
+    weight and bias moved by −γ²δ (None at γ = 0, where they stay)."""
     consumer = site.consumer
     has_bias = site.producer.bias is not None
     p = alpha.shape[1]
     fan_in = gamma * alpha[:, : p - has_bias]
     bias = gamma * alpha[:, -1] if has_bias else None
+    weight = consumer_bias = None
     if gamma != 0.0:
         n = consumer.weight[0].numel()  # the consumer's fan-in (n·kh·kw for a conv)
-        with torch.no_grad():
-            flat = consumer.weight.double().reshape(consumer.weight.shape[0], -1)
-            weight = (flat - gamma**2 * delta[:, :n]).reshape(consumer.weight.shape)
+        flat = consumer.weight.detach().double().reshape(consumer.weight.shape[0], -1)
+        weight = (flat - gamma**2 * delta[:, :n]).reshape(consumer.weight.shape)
+        if consumer.bias is not None:
+            consumer_bias = consumer.bias.detach().double() - gamma**2 * delta[:, n]
+    return fan_in, bias, gamma * omega, weight, consumer_bias
+
+
+def apply_tiny(site: Site, alpha: Tensor, omega: Tensor, delta: Tensor, gamma: float) -> None:
+    """Add units (γα, γω) at ``site`` and move the consumer by −γ²δ (bias column included)."""
+    fan_in, bias, fan_out, weight, consumer_bias = tiny_parameters(site, alpha, omega, delta, gamma)
+    consumer = site.consumer
+    with torch.no_grad():
+        if weight is not None:
             consumer.weight.copy_(weight.to(consumer.weight))
-            if consumer.bias is not None:
-                b = consumer.bias.double() - gamma**2 * delta[:, n]
-                consumer.bias.copy_(b.to(consumer.bias))
-    site.add_units(fan_in, gamma * omega, bias)
+        if consumer_bias is not None:
+            consumer.bias.copy_(consumer_bias.to(consumer.bias))
+    site.add_units(fan_in, fan_out, bias)
+
+
+def set_tiny(
+    grown: Site, site: Site, alpha: Tensor, omega: Tensor, delta: Tensor, gamma: float
+) -> None:
+    """Give ``grown`` (``site`` on a copy after ``apply_tiny`` at any γ) exactly the parameters
+    that ``apply_tiny`` at ``gamma`` gives ``site``, in place."""
+    fan_in, bias, fan_out, weight, consumer_bias = tiny_parameters(site, alpha, omega, delta, gamma)
+    n, consumer = site.width, grown.consumer
+    if weight is None:  # γ = 0: the consumer as it was
+        weight = site.consumer.weight.detach()
+        consumer_bias = None if site.consumer.bias is None else site.consumer.bias.detach()
+    out = weight.shape[0]
+    moved = weight.to(consumer.weight).reshape(out, n, site.positions).permute(1, 0, 2)
+    grown.set_units(0, fan_out=moved.reshape(n, -1))
+    grown.set_units(n, fan_in, fan_out, bias)
+    if consumer_bias is not None:
+        with torch.no_grad():
+            consumer.bias.copy_(consumer_bias.to(consumer.bias))

@@ -362,6 +362,32 @@ class Site:
         self.net.surgery.append({"op": "add_units", "site": self.name, "count": k})
         return list(range(n, n + k))
 
+    def set_units(
+        self,
+        first: int,
+        fan_in: Tensor | None = None,
+        fan_out: Tensor | None = None,
+        bias: Tensor | None = None,
+    ) -> None:
+        """Overwrite in place, with no record, the fan-in rows (k × d), biases (k,) and fan-out
+        columns (k × out·positions) of the units first … first + k − 1, each given as
+        ``add_units`` takes it (None: left as it is): to try other values for units a copy
+        already has."""
+        weight = self.producer.weight
+        with torch.no_grad():
+            if fan_in is not None:
+                units = slice(first, first + len(fan_in))
+                weight[units] = fan_in.to(weight).reshape(len(fan_in), *weight.shape[1:])
+            if bias is not None:
+                self.producer.bias[first : first + len(bias)] = bias.to(weight)
+            if fan_out is not None:
+                consumer, k = self.consumer.weight, len(fan_out)
+                out = consumer.shape[0]
+                columns = self._consumer_view().clone()  # any memory format, written back whole
+                new = fan_out.to(weight).reshape(k, out, self.positions).permute(1, 0, 2)
+                columns[:, first : first + k] = new
+                consumer.copy_(columns.reshape(consumer.shape))
+
     def _rebuild(self, rows: Tensor, columns: Tensor, source: Tensor) -> None:
         """Install new producer rows and consumer columns, resize the per-unit modules and
         record lineage. ``source`` gives, per new unit, the old unit whose per-unit entries it
