@@ -170,11 +170,12 @@ class SiteStatistics:
     maps: Tensor | None = None  # the producer's patch maps x̃ (N × p × H × W), for new units
 
     def searched_in(self, dtype: str) -> SiteStatistics:
-        """These factors in ``dtype`` ("float64": themselves), for the proposals' ascent."""
+        """These factors in ``dtype`` ("float64": themselves) where the proposals' ascent reads
+        them (h, r, G_reg⁻¹, x̃); g_a and Ĝ⁺, which it never reads, are not converted."""
         kind = getattr(torch, dtype)
         if kind == self.residual.dtype:
             return self
-        tensors = ("inputs", "residual", "g_reg_inverse", "gradients", "g_pinv", "maps")
+        tensors = ("inputs", "residual", "g_reg_inverse", "maps")
         values = {name: getattr(self, name) for name in tensors}
         return replace(self, **{k: v.to(kind) for k, v in values.items() if v is not None})
 
@@ -834,11 +835,11 @@ class SENN(Grower):
         with event.phase("search"):
             start, shape = initial_layers(stats.inputs.shape[1], config.proposals, ctx.generator)
             ascent = stats.searched_in(config.search_dtype)
-            kind = ascent.inputs.dtype
             start, shape = start.to(stats.inputs.device), shape.to(stats.inputs.device)
+            low_shape = shape.to(ascent.inputs.dtype)  # once, not at every evaluation
             proposals = improve_proposals(
-                lambda t: layer_objective(ascent, t, shape.to(kind), config.norm_penalty),
-                start.to(kind),
+                lambda t: layer_objective(ascent, t, low_shape, config.norm_penalty),
+                start.to(ascent.inputs.dtype),
                 config,
             ).to(stats.inputs.dtype)
             with torch.no_grad():

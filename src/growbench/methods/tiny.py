@@ -729,8 +729,8 @@ def set_tiny(
         consumer_bias = None if site.consumer.bias is None else site.consumer.bias.detach()
     out = weight.shape[0]
     moved = weight.to(consumer.weight).reshape(out, n, site.positions).permute(1, 0, 2)
-    grown.set_units(0, fan_out=moved.reshape(n, -1))
-    grown.set_units(n, fan_in, fan_out, bias)
+    grown.set_units(0, fan_out=torch.cat([moved.reshape(n, -1), fan_out.to(moved)]))
+    grown.set_units(n, fan_in, bias=bias)
     if consumer_bias is not None:
         with torch.no_grad():
             consumer.bias.copy_(consumer_bias.to(consumer.bias))
