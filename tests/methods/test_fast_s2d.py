@@ -735,7 +735,8 @@ def test_statistics_set_taps_respect_the_byte_budget_and_gather_by_sample(
     monkeypatch, unfold_bytes, keys
 ):
     """The whole set's taps, as rows (the fixture's small conv sites) or as the conv's input
-    (when nothing may be unfolded), fit the byte budget exactly and gather by sample."""
+    (when nothing may be unfolded), fit the byte budget exactly and gather by sample; maps are
+    held channels-last, before and after the gathering."""
     monkeypatch.setattr("growbench.methods._splitting.UNFOLD_SAMPLE_BYTES", unfold_bytes)
     task = make_task("conv_bn")
     sites = splittable_sites(task.net.sites)
@@ -752,6 +753,10 @@ def test_statistics_set_taps_respect_the_byte_budget_and_gather_by_sample(
     batch = rq.site_batches(task.net, ctx, routes, task.inputs[index], task.targets[index])
     for site in sites:
         taken, own = whole[site.name].take(index).tensors, batch[site.name].tensors
+        for held in (whole[site.name].tensors, taken):
+            maps = [t for t in held.values() if t.dim() == 4]
+            assert len(maps) == (2 if keys == "inputs" else 0)
+            assert all(t.is_contiguous(memory_format=torch.channels_last) for t in maps)
         torch.testing.assert_close(taken[keys], own[keys], rtol=1e-12, atol=0)
         torch.testing.assert_close(
             taken["coefficients"], own["coefficients"], rtol=1e-12, atol=1e-15

@@ -22,7 +22,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from growbench.methods._splitting import (
     RELU_SURROGATE_BETA,
@@ -41,6 +41,7 @@ from growbench.methods._splitting import (
     unit_chunks,
 )
 from growbench.nn import ACTIVATIONS, GrowableNet, Site
+from growbench.nn.layer_maps import norm_slope
 from growbench.nn.taps import record_inputs
 
 from .conftest import GrowthCase, make_task
@@ -606,3 +607,50 @@ def test_second_curvature_products_equal_hessian_vector_products(site_name):
     graph = SiteBatch.from_taps(PathRoute(site), tap).products(directions)
     assert float(graph.abs().max()) > 0
     torch.testing.assert_close(fast, graph, rtol=1e-9, atol=1e-12 * float(graph.abs().max()))
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [
+        [("bn",), ("dw", 2, None)],  # a gain before a strided conv, folded into its kernel
+        [("dw", 1, None), ("bn",), ("dw", 2, 2)],  # two convs, the second non-centred
+        [("dw", 2, None), ("bn",)],  # MobileNet's order
+        [("bn",), ("bn",)],  # no conv: the gains stay a multiply
+    ],
+)
+@pytest.mark.parametrize("size", [9, 10])
+def test_second_curvatures_segment_and_its_adjoint_are_the_modules_linear_parts(segment, size):
+    """``SecondCurvature``'s L (BatchNorm slopes folded into the first depthwise kernel) is the
+    segment's modules without their biases and means, and its transposed convolutions are
+    exactly L's adjoint: <L x, y> = <x, Lᵀ y>, odd and even maps, strides 1 and 2."""
+    from growbench.methods._splitting import SecondCurvature
+    from growbench.nn import DepthwiseConv2d
+
+    torch.manual_seed(0)
+    channels = 3
+    modules = []
+    for kind, *geometry in segment:
+        if kind == "dw":
+            stride, padding = geometry
+            modules.append(DepthwiseConv2d(channels, 3, stride, padding, dtype=torch.float64))
+        else:
+            norm = nn.BatchNorm2d(channels, dtype=torch.float64).eval()
+            norm.weight.data.uniform_(0.5, 2.0)
+            norm.running_var.uniform_(0.5, 2.0)
+            modules.append(norm)
+    site = make_task("mobilenetv1").net.site("pw1")
+    second = SecondCurvature(site, modules, site.activations[-1])
+    x = torch.randn(2, channels, size, size, dtype=torch.float64)
+    expected = x
+    for module in modules:
+        if isinstance(module, DepthwiseConv2d):
+            expected = F.conv2d(expected, module.weight, None, module.stride, module.padding,
+                                module.dilation, channels)  # fmt: skip
+        else:
+            expected = expected * norm_slope(module).reshape(1, -1, 1, 1)
+    mapped, shapes = second._apply(x)
+    torch.testing.assert_close(mapped, expected, rtol=1e-12, atol=1e-12)
+    y = torch.randn_like(mapped)
+    back = second._adjoint(y, shapes)
+    assert back.shape == x.shape
+    torch.testing.assert_close((mapped * y).sum(), (x * back).sum(), rtol=1e-12, atol=1e-12)

@@ -259,7 +259,8 @@ class SiteBatch:
     """
 
     def __init__(self, route: CurvatureRoute, tensors: dict[str, Tensor]) -> None:
-        self.route, self.site, self.tensors = route, route.site, tensors
+        self.route, self.site = route, route.site
+        self.tensors = {name: channels_last(t) for name, t in tensors.items()}
         self.rows = "rows" in tensors  # x̃ and c per sample and position, else the input
         self.inputs = tensors["rows" if self.rows else "inputs"]
         self._operator = None  # H_U· of this batch, built on first use
@@ -270,7 +271,7 @@ class SiteBatch:
 
     def take(self, index: Tensor) -> SiteBatch:
         """The samples ``index`` of this set."""
-        picked = {name: t.index_select(0, index) for name, t in self.tensors.items()}
+        picked = {name: take_samples(t, index) for name, t in self.tensors.items()}
         return SiteBatch(self.route, picked)
 
     def products(self, directions: Tensor) -> Tensor:
@@ -309,6 +310,34 @@ class SiteBatch:
         return (weighted.T @ inputs).double() / count
 
 
+def channels_last(tensor: Tensor) -> Tensor:
+    """Maps (N × C × H × W) in channels-last order, anything else as it is: the products'
+    convolutions run 1.3-3.5× faster on it (torch 2.14's mkldnn, MobileNetV1's sites: its
+    depthwise convs and their transposes most)."""
+    if tensor.dim() != 4:
+        return tensor
+    return tensor.contiguous(memory_format=torch.channels_last)
+
+
+def take_samples(tensor: Tensor, index: Tensor) -> Tensor:
+    """The samples ``index`` of ``tensor`` (first dimension), in its memory order: channels-last
+    maps are gathered as the contiguous N × H × W × C tensor they are, as fast as a plain one."""
+    if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last):
+        return tensor.permute(0, 2, 3, 1).index_select(0, index).permute(0, 3, 1, 2)
+    return tensor.index_select(0, index)
+
+
+def _empty_set(batch_tensor: Tensor, count: int) -> Tensor:
+    """An uninitialised tensor for ``count`` samples of ``batch_tensor``'s kind and layout."""
+    layout = torch.channels_last if batch_tensor.dim() == 4 else torch.contiguous_format
+    return torch.empty(
+        (count, *batch_tensor.shape[1:]),
+        dtype=batch_tensor.dtype,
+        device=batch_tensor.device,
+        memory_format=layout,
+    )
+
+
 def site_batches(
     net: GrowableNet,
     ctx: GrowthContext,
@@ -345,7 +374,7 @@ def statistics_set_batches(
             whole = {
                 name: SiteBatch(
                     part.route,
-                    {key: t.new_empty(count, *t.shape[1:]) for key, t in part.tensors.items()},
+                    {key: _empty_set(t, count) for key, t in part.tensors.items()},
                 )
                 for name, part in batch.items()
             }
