@@ -19,9 +19,12 @@ from growbench.methods._bottleneck import site_statistics
 from growbench.methods.gradmax import compute_gamma
 from growbench.methods.tiny import (
     TinyConfig,
+    _GrownTailLoss,
+    _LossAtGamma,
     apply_tiny,
     canonical_pairs,
     gain_is_measured,
+    homogeneous,
     measured_unit_gains,
     orient,
     set_tiny,
@@ -210,6 +213,28 @@ def test_a_grown_copy_takes_exactly_the_parameters_of_each_amplitude(task_name):
             grown.state_dict().items(), reference.state_dict().items(), strict=True
         ):
             assert torch.equal(got, expected), (gamma, name)
+
+
+@pytest.mark.parametrize(
+    "case", ["resnet18", "mobilenetv1", "vgg", ("relu", "max"), ("relu", "avg")], ids=str
+)
+def test_the_one_direction_loss_of_a_homogeneous_path_is_the_grown_nets(case):
+    """On a positively homogeneous path (ReLU; max and average pools, BatchNorm, the depthwise
+    identity filters of new units) the batched L(γ), the consumer's output moved by
+    γ²·(new units' part − h̃δ), is the loss of the net grown at γ, at every site."""
+    task = make_task(case) if isinstance(case, str) else conv_task(*case)
+    for site in task.net.sites:
+        if not homogeneous(site):
+            continue
+        _, solution = solved(task, max_added=2)[site.name]
+        k = solution.count
+        alpha, omega = solution.alpha[:k], solution.omega[:k]
+        ctx = task.context()
+        gammas = [0.0, 1e-3, 0.3, 1.0, 4.0]
+        batched = _LossAtGamma(task.net, ctx, site, alpha, omega, solution.delta)(gammas)
+        grown = _GrownTailLoss(task.net, ctx, site, alpha, omega, solution.delta)(gammas)
+        assert len(set(grown)) == len(gammas)  # the curve moves
+        torch.testing.assert_close(batched, grown, rtol=1e-10, atol=0)
 
 
 def test_sign_is_canonical_and_matters_only_for_relu():

@@ -78,6 +78,7 @@ from growbench.nn.taps import record_inputs
 SITE_SELECTIONS = ("best-fo", "round-robin")
 LINE_SEARCHES = ("grid", "refine")
 MAX_SEARCH_ROWS = 2**16  # rows evaluated at once by the line search (γ values × samples)
+MAX_SEARCH_BYTES = 2**26  # and at most this many bytes of the consumer stage's inputs
 
 
 @dataclass
@@ -500,18 +501,17 @@ def measured_unit_gains(
             alpha, omega = solution.alpha[: solution.count], solution.omega[: solution.count]
             for chunk in sample_chunks(site, taps[site.name], ("input", "grad_output")):
                 grad = output_rows(chunk.grad_output).double()[:, None]
-                terms = []
-                for sign in (1.0, -1.0):
-                    added = new_unit_contribution(
-                        site,
-                        chunk.input,
-                        sign * alpha,
-                        sign * omega,
-                        linearised=not homogeneous(site),
-                        per_unit=True,
-                    )
-                    terms.append((added * grad).sum(dim=(0, 2, 3)))
-                totals[site.name] = totals[site.name] + torch.stack(terms, dim=1)
+                # both signs of every pair in one evaluation: rows k and K + k
+                added = new_unit_contribution(
+                    site,
+                    chunk.input,
+                    torch.cat([alpha, -alpha]),
+                    torch.cat([omega, -omega]),
+                    linearised=not homogeneous(site),
+                    per_unit=True,
+                )
+                terms = (added * grad).sum(dim=(0, 2, 3)).reshape(2, -1).T
+                totals[site.name] = totals[site.name] + terms
     count = len(ctx.inputs)
     return {site.name: -totals[site.name] / count for site in sites}
 
@@ -550,10 +550,10 @@ def loss_at_gamma(
     omega: Tensor,
     delta: Tensor,
 ):
-    """The batched L(γ) evaluator of a site: ``_LossAtGamma`` for elementwise Linear→Linear sites
-    (the new units' part of the consumer's output computed once, many γ per pass),
-    ``_GrownTailLoss`` otherwise (a copy grown at each γ)."""
-    if elementwise_pair(site):
+    """The batched L(γ) evaluator of a site: ``_LossAtGamma`` (the consumer's output shift
+    computed once, many γ per pass) where the path is positively homogeneous or an elementwise
+    Linear→Linear one, ``_GrownTailLoss`` otherwise (a copy grown at each γ)."""
+    if homogeneous(site) or elementwise_pair(site):
         return _LossAtGamma(net, ctx, site, alpha, omega, delta)
     return _GrownTailLoss(net, ctx, site, alpha, omega, delta)
 
@@ -610,10 +610,14 @@ class _GrownTailLoss:
 
 
 class _LossAtGamma:
-    """Mean loss on the statistics set, eval mode, of the net grown at amplitude γ, without
-    touching it: the new units' contribution x̃α and the consumer update's h̃δ are computed once;
-    each pass runs many γ at once from the stage that holds the consumer, the consumer's output
-    shifted by γ·(σ(γx̃α)/γ)ω − γ²·h̃δ through a forward hook."""
+    """Mean loss on the statistics set, eval mode, of the net grown at amplitudes γ ≥ 0 (the
+    searches'), without touching it: each pass runs many γ at once from the stage that holds
+    the consumer, on cached inputs of that stage, the consumer's output shifted through a
+    forward hook by what growing at γ adds to it. On a positively homogeneous path (σ(γu) =
+    γσ(u) for γ ≥ 0; max pools and the new units' identity filters commute with it) that is
+    γ²·(what the new units (α, ω) add − the consumer update h̃δ), one direction computed once
+    (``new_unit_contribution``, as the measured gains take it); on an elementwise Linear→Linear
+    path it is γ·σ(γx̃α)ω/γ − γ²·h̃δ, with x̃α and h̃δ computed once."""
 
     def __init__(
         self,
@@ -628,46 +632,48 @@ class _LossAtGamma:
         self.count = len(ctx.inputs)
         net.eval()  # stays in eval mode while the search runs; Grower.grow restores the mode
         dtype = site.producer.weight.dtype
-        alpha_m, delta_m = alpha.to(dtype), delta.to(dtype)
         self.omega = omega.to(dtype)
-        # each γ runs the net from the stage that holds the consumer, on cached stage inputs
-        self.start = net.stage_of(site.consumer)
+        self.homogeneous = homogeneous(site)
+        consumer = site.consumer
+        n = consumer.weight[0].numel()  # the consumer's fan-in (n·kh·kw for a conv)
+        update_weight = delta[:, :n].reshape(consumer.weight.shape).to(dtype)
+        update_bias = delta[:, n].to(dtype) if consumer.bias is not None else None
+        self.start = net.stage_of(consumer)
         parts = []
         with torch.no_grad():
             for state, targets in _states(net, ctx, site):
-                with record_inputs([site.producer, site.consumer, net.stages[self.start]]) as seen:
+                with record_inputs([site.producer, consumer, net.stages[self.start]]) as seen:
                     net.forward_from(site, state)
-                x_tilde = with_ones(seen[site.producer], site.producer.bias is not None)
-                h_tilde = with_ones(seen[site.consumer], site.consumer.bias is not None)
-                stage_input = seen[net.stages[self.start]]
-                parts.append((stage_input, x_tilde @ alpha_m.T, h_tilde @ delta_m.T, targets))
+                update = site.consumer_map.apply(seen[consumer], update_weight, update_bias)
+                if self.homogeneous:
+                    added = new_unit_contribution(site, seen[site.producer], alpha, omega, False)
+                    moved = (added.reshape(update.shape).to(dtype) - update,)
+                else:
+                    x_tilde = with_ones(seen[site.producer], site.producer.bias is not None)
+                    moved = (x_tilde @ alpha.to(dtype).T, update)
+                parts.append((seen[net.stages[self.start]], *moved, targets))
         self.cache = tuple(torch.cat(part) for part in zip(*parts, strict=True))
-        # σ positively homogeneous: σ(γu) = γσ(u) for γ ≥ 0, so the consumer's output moves by
-        # γ²·(σ(x̃α)ω − h̃δ), one direction computed once for every γ.
-        self.direction = None
-        if homogeneous(site):
-            _, x_alpha, h_delta, _ = self.cache
-            with torch.no_grad():
-                self.direction = site.unit_path(x_alpha) @ self.omega - h_delta
+        state_bytes = self.cache[0].nelement() * self.cache[0].element_size()
+        self.per_chunk = max(
+            1,
+            min(
+                MAX_SEARCH_ROWS // max(1, self.count),
+                MAX_SEARCH_BYTES // max(1, state_bytes),
+            ),
+        )
 
     def __call__(self, gammas: list[float]) -> list[float]:
-        """L(γ) for every γ of ``gammas``, evaluated together in chunks of about
-        ``MAX_SEARCH_ROWS`` rows."""
-        site = self.site
-        states, x_alpha, h_delta, targets = self.cache
-        per_chunk = max(1, MAX_SEARCH_ROWS // max(1, self.count))
+        """L(γ) for every γ of ``gammas``, evaluated together in chunks of at most
+        ``MAX_SEARCH_ROWS`` rows and ``MAX_SEARCH_BYTES`` of repeated stage inputs."""
+        if min(gammas, default=0.0) < 0:
+            raise ValueError(f"amplitudes must be 0 or more, got {min(gammas)}")
+        site, states, targets = self.site, self.cache[0], self.cache[-1]
         losses = []
         with torch.no_grad():
-            for start in range(0, len(gammas), per_chunk):
-                chunk = gammas[start : start + per_chunk]
-                g = torch.tensor(chunk, dtype=x_alpha.dtype, device=x_alpha.device)[:, None, None]
-                if self.direction is not None and min(chunk) >= 0:
-                    shift = (g * g) * self.direction
-                else:
-                    new = site.unit_path((g * x_alpha).reshape(-1, x_alpha.shape[-1]))
-                    new = new.reshape(len(chunk), *x_alpha.shape) @ self.omega
-                    shift = g * new - g * g * h_delta
-                shift = shift.reshape(-1, shift.shape[-1])
+            for start in range(0, len(gammas), self.per_chunk):
+                chunk = gammas[start : start + self.per_chunk]
+                shift = self._shifts(chunk)
+                shift = shift.reshape(-1, *shift.shape[2:])
 
                 def shifted(module, args, output, shift=shift):
                     return output + shift
@@ -684,6 +690,18 @@ class _LossAtGamma:
                 totals = per_sample.double().reshape(len(chunk), -1).sum(dim=1)
                 losses += (totals / self.count).tolist()
         return losses
+
+    def _shifts(self, gammas: list[float]) -> Tensor:
+        """The consumer's output shift at each γ: len(γ) × the consumer's output shape."""
+        first = self.cache[1]
+        g = torch.tensor(gammas, dtype=first.dtype, device=first.device)
+        g = g.reshape(-1, *[1] * first.ndim)
+        if self.homogeneous:
+            return (g * g) * first
+        x_alpha, update = first, self.cache[2]
+        new = self.site.unit_path((g * x_alpha).reshape(-1, x_alpha.shape[-1]))
+        new = new.reshape(len(gammas), *x_alpha.shape) @ self.omega
+        return g * new - g * g * update
 
 
 def tiny_parameters(site: Site, alpha: Tensor, omega: Tensor, delta: Tensor, gamma: float):
