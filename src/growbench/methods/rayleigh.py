@@ -262,7 +262,7 @@ class SiteBatch:
         self.route, self.site = route, route.site
         self.tensors = {name: channels_last(t) for name, t in tensors.items()}
         self.rows = "rows" in tensors  # x̃ and c per sample and position, else the input
-        self.inputs = tensors["rows" if self.rows else "inputs"]
+        self.inputs = self.tensors["rows" if self.rows else "inputs"]
         self._operator = None  # H_U· of this batch, built on first use
 
     @classmethod

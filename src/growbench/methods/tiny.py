@@ -610,14 +610,14 @@ class _GrownTailLoss:
 
 
 class _LossAtGamma:
-    """Mean loss on the statistics set, eval mode, of the net grown at amplitudes γ ≥ 0 (the
-    searches'), without touching it: each pass runs many γ at once from the stage that holds
+    """Mean loss on the statistics set, eval mode, of the net grown at amplitude γ, without
+    touching it: each pass runs many γ at once from the stage that holds
     the consumer, on cached inputs of that stage, the consumer's output shifted through a
     forward hook by what growing at γ adds to it. On a positively homogeneous path (σ(γu) =
     γσ(u) for γ ≥ 0; max pools and the new units' identity filters commute with it) that is
     γ²·(what the new units (α, ω) add − the consumer update h̃δ), one direction computed once
     (``new_unit_contribution``, as the measured gains take it); on an elementwise Linear→Linear
-    path it is γ·σ(γx̃α)ω/γ − γ²·h̃δ, with x̃α and h̃δ computed once."""
+    path it is γ·σ(γx̃α)ω − γ²·h̃δ, with x̃α and h̃δ computed once."""
 
     def __init__(
         self,
@@ -652,8 +652,10 @@ class _LossAtGamma:
                     x_tilde = with_ones(seen[site.producer], site.producer.bias is not None)
                     moved = (x_tilde @ alpha.to(dtype).T, update)
                 parts.append((seen[net.stages[self.start]], *moved, targets))
-        self.cache = tuple(torch.cat(part) for part in zip(*parts, strict=True))
-        state_bytes = self.cache[0].nelement() * self.cache[0].element_size()
+        columns = [torch.cat(part) for part in zip(*parts, strict=True)]
+        self.states, self.targets = columns[0], columns[-1]
+        self.terms = columns[1:-1]  # (direction,), or (x̃α, h̃δ) on a non-homogeneous path
+        state_bytes = self.states.nelement() * self.states.element_size()
         self.per_chunk = max(
             1,
             min(
@@ -665,9 +667,7 @@ class _LossAtGamma:
     def __call__(self, gammas: list[float]) -> list[float]:
         """L(γ) for every γ of ``gammas``, evaluated together in chunks of at most
         ``MAX_SEARCH_ROWS`` rows and ``MAX_SEARCH_BYTES`` of repeated stage inputs."""
-        if min(gammas, default=0.0) < 0:
-            raise ValueError(f"amplitudes must be 0 or more, got {min(gammas)}")
-        site, states, targets = self.site, self.cache[0], self.cache[-1]
+        site, states, targets = self.site, self.states, self.targets
         losses = []
         with torch.no_grad():
             for start in range(0, len(gammas), self.per_chunk):
@@ -693,12 +693,14 @@ class _LossAtGamma:
 
     def _shifts(self, gammas: list[float]) -> Tensor:
         """The consumer's output shift at each γ: len(γ) × the consumer's output shape."""
-        first = self.cache[1]
+        first = self.terms[0]
         g = torch.tensor(gammas, dtype=first.dtype, device=first.device)
         g = g.reshape(-1, *[1] * first.ndim)
         if self.homogeneous:
+            if min(gammas) < 0:
+                raise ValueError(f"a homogeneous path's amplitudes must be ≥ 0, got {min(gammas)}")
             return (g * g) * first
-        x_alpha, update = first, self.cache[2]
+        x_alpha, update = self.terms
         new = self.site.unit_path((g * x_alpha).reshape(-1, x_alpha.shape[-1]))
         new = new.reshape(len(gammas), *x_alpha.shape) @ self.omega
         return g * new - g * g * update
