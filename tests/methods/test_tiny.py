@@ -223,9 +223,9 @@ def test_the_one_direction_loss_of_a_homogeneous_path_is_the_grown_nets(case):
     identity filters of new units) the batched L(γ), the consumer's output moved by
     γ²·(new units' part − h̃δ), is the loss of the net grown at γ, at every site."""
     task = make_task(case) if isinstance(case, str) else conv_task(*case)
-    for site in task.net.sites:
-        if not homogeneous(site):
-            continue
+    sites = [site for site in task.net.sites if homogeneous(site)]
+    assert sites
+    for site in sites:
         _, solution = solved(task, max_added=2)[site.name]
         k = solution.count
         alpha, omega = solution.alpha[:k], solution.omega[:k]
