@@ -143,7 +143,7 @@ class SecondCurvature:
         kernels, gain = [], None
         for module in linear:
             if isinstance(module, DepthwiseConv2d):
-                geometry = (module.stride, module.padding, module.dilation)
+                geometry = (pair(module.stride), pair(module.padding), pair(module.dilation))
                 kernels.append((module.weight.detach(), geometry))
             elif isinstance(module, nn.BatchNorm2d):
                 slope = norm_slope(module).detach()
@@ -208,15 +208,15 @@ class SecondCurvature:
             reversed(self.kernels), reversed(shapes), strict=True
         ):
             weight = weight.to(maps)
-            stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
-            spans = [
-                (maps.shape[2 + axis] - 1) * stride[axis]
-                - 2 * padding[axis]
-                + dilation[axis] * (weight.shape[2 + axis] - 1)
-                + 1
+            # the input rows and columns the strided convolution never reached, given back
+            extra = tuple(
+                shape[2 + axis]
+                - (maps.shape[2 + axis] - 1) * stride[axis]
+                + 2 * padding[axis]
+                - dilation[axis] * (weight.shape[2 + axis] - 1)
+                - 1
                 for axis in (0, 1)
-            ]
-            extra = tuple(shape[2 + axis] - spans[axis] for axis in (0, 1))
+            )
             maps = F.conv_transpose2d(
                 maps, weight, None, stride, padding, extra, maps.shape[1], dilation
             )
