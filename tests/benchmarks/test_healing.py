@@ -387,6 +387,56 @@ def test_held_signals_come_after_the_block() -> None:
     assert order == ["block ended"]
 
 
+@pytest.mark.parametrize("statement", ["INSERT INTO metrics", "UPDATE latest_metrics"])
+def test_a_sigterm_inside_a_store_write_comes_after_it(store, statement) -> None:
+    """A real SIGTERM delivered between two statements of one metrics batch (as one landed in
+    a CI run, whose half-done transaction then kept sqlite locked): the batch is stored whole
+    and ``Terminated`` is raised once the call returns; the run then closes KILLED."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    client = GuardedClient(store)
+    run_id = client.create_run(client.create_experiment("signals")).info.run_id
+    tracker = CellTracker(client, run_id)
+    tracker.epoch_done(0, {"loss": 1.0, "accuracy": 0.1})
+    tracker.flush_metrics()  # the next batch updates latest_metrics
+    fired = []
+
+    def signal_after(conn, cursor, sql, *rest) -> None:
+        if sql.startswith(statement) and not fired:
+            fired.append(sql)
+            signal.raise_signal(signal.SIGTERM)
+
+    tracker.epoch_done(1, {"loss": 0.5, "accuracy": 0.2})
+    event.listen(Engine, "after_cursor_execute", signal_after)
+    try:
+        with interrupts.terminate_as_interrupt(), pytest.raises(interrupts.Terminated):
+            tracker.flush_metrics()
+    finally:
+        event.remove(Engine, "after_cursor_execute", signal_after)
+    assert fired
+    stored = MlflowClient(store).get_metric_history(run_id, "accuracy")
+    assert [(metric.step, metric.value) for metric in stored] == [(0, 0.1), (1, 0.2)]
+    tracker.kill()
+    assert MlflowClient(store).get_run(run_id).info.status == "KILLED"
+
+
+def test_a_servers_calls_are_not_held() -> None:
+    """Ctrl-C must reach a call waiting on a (maybe hung) server."""
+    reached = []
+
+    class Slow:
+        def set_tag(self, *args):
+            signal.raise_signal(signal.SIGINT)
+            reached.append("after the signal")
+
+    client = GuardedClient("http://127.0.0.1:9")
+    client.client = Slow()
+    with pytest.raises(KeyboardInterrupt):
+        client.set_tag("run", "key", "value")
+    assert reached == []
+
+
 SLOW_SUITE = SUITE.replace("seeds = 5", "seeds = 2").replace("epochs = 6", "epochs = 400")
 
 

@@ -46,6 +46,7 @@ from mlflow.exceptions import MlflowException
 
 import growbench
 from growbench.benchmarks import checkpoint
+from growbench.benchmarks.interrupts import held_signals
 from growbench.benchmarks.leases import CHECKPOINT, HASH, ROLE, ClaimOutcome, Heartbeat, claim_cell
 from growbench.benchmarks.runner import CellObserver, CellResult
 from growbench.benchmarks.store import (
@@ -79,22 +80,40 @@ TRAINING_RUNS = "custom_model_development"
 
 
 class GuardedClient:
-    """An ``MlflowClient`` that stops calling a tracking server the first time it fails to
-    answer: that call raises one ``StoreUnreachableError`` naming the server, and so does every
-    later call, at once. Without it the error path (the cell's ``fail``, the suite's ``close``)
-    called the dead server again, each call waiting out its retries and timeouts (minutes when
-    the server hangs) before a traceback. Local and database stores are passed through."""
+    """An ``MlflowClient`` whose calls neither wait on a dead tracking server nor leave a local
+    store locked.
+
+    A server: the first time it fails to answer, that call raises one ``StoreUnreachableError``
+    naming it, and so does every later call, at once. Without it the error path (the cell's
+    ``fail``, the suite's ``close``) called the dead server again, each call waiting out its
+    retries and timeouts (minutes when the server hangs) before a traceback.
+
+    A database (sqlite, PostgreSQL, ...): Ctrl-C and SIGTERM are held over each call
+    (``held_signals``) and raised when it returns. Raised inside a call, a signal cut a
+    transaction in half about one time in ten in a measured loop of writes, and the half-done
+    session kept sqlite's write lock: the run's own KILLED update then waited out the 20 s busy
+    timeout and failed, leaving the cell and the suite RUNNING. A local call takes milliseconds,
+    so nothing waits; a server's calls are not held (a hung one must not make Ctrl-C wait), and
+    its transactions are its own.
+    """
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.client = MlflowClient(uri)
         self.lost: StoreUnreachableError | None = None
-        self._guarded = check_uri(uri) == "server"
+        self._server = check_uri(uri) == "server"
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self.client, name)
-        if not self._guarded or not callable(attribute):
+        if not callable(attribute):
             return attribute
+        if not self._server:
+
+            def held(*args: Any, **kwargs: Any) -> Any:
+                with held_signals():
+                    return attribute(*args, **kwargs)
+
+            return held
 
         def call(*args: Any, **kwargs: Any) -> Any:
             if self.lost is not None:
@@ -236,7 +255,7 @@ def final_widths(uri: str, suite_name: str, hashes: Iterable[str]) -> dict[str, 
     runs = best_runs(uri, suite_name)
     if not runs:
         return {}  # and no client made: one would create a missing store
-    client = MlflowClient(uri)
+    client = GuardedClient(uri)
     widths = {}
     for config_hash in hashes:
         run = runs.get(config_hash)
@@ -253,7 +272,7 @@ def best_runs(uri: str, suite_name: str) -> dict[str, Run]:
     (FAILED, KILLED, RUNNING); empty when the store or the experiment does not exist."""
     if not store_exists(uri):
         return {}
-    client = MlflowClient(uri)
+    client = GuardedClient(uri)
     experiment = client.get_experiment_by_name(experiment_name(suite_name))
     if experiment is None:
         return {}
@@ -272,7 +291,7 @@ def finished_hashes(uri: str, suite_name: str) -> set[str]:
     """Config hashes of the suite's FINISHED cells; reads only, and creates no store."""
     if not store_exists(uri):
         return set()
-    client = MlflowClient(uri)
+    client = GuardedClient(uri)
     experiment = client.get_experiment_by_name(experiment_name(suite_name))
     if experiment is None:
         return set()
