@@ -180,6 +180,32 @@ def test_applied_net_has_the_line_search_loss(task_name):
         assert phase in event.seconds
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_best_gain_within_the_tolerance_is_no_growth(dtype):
+    """The threshold is gain_tolerance roundings of L(0) in the net's dtype: a tolerance just
+    under the measured best gain grows, the same curve just over it leaves the net as it was."""
+    task = make_task("relu_mlp")
+    task.net.to(dtype)
+    task.inputs = task.inputs.to(dtype)
+    reference = copy.deepcopy(task.net)
+    event = make_grower("tiny", {"gain_tolerance": 0.0}).grow(task.net, task.context())
+    gain, start = -event.extras["search_loss_change"], event.extras["line_search"][0][1]
+    assert event.grew
+    assert gain > 0
+    one_rounding = torch.finfo(dtype).eps * abs(start)
+    for factor, grows in [(0.9, True), (1.1, False)]:
+        net = copy.deepcopy(reference)
+        options = {"gain_tolerance": factor * gain / one_rounding}
+        event = make_grower("tiny", options).grow(net, task.context())
+        assert event.grew is grows
+        assert event.extras["gain_tolerance"] == pytest.approx(factor * gain, rel=1e-12)
+        if not grows:
+            assert "within the loss's rounding" in event.stop_reason
+            assert event.extras["gamma"] == 0.0
+            after, before = net.state_dict(), reference.state_dict()
+            assert all(torch.equal(after[key], before[key]) for key in before)
+
+
 # ---------------------------------------------------------------------- 6. sign
 def flipped_outputs(task_name, flip):
     task = make_task(task_name)
