@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from growbench.benchmarks import checkpoint, executor, interrupts, leases
 from growbench.benchmarks.executor import claim_and_train, load_datasets, run_suite
@@ -392,9 +394,6 @@ def test_a_sigterm_inside_a_store_write_comes_after_it(store, statement) -> None
     """A real SIGTERM delivered between two statements of one metrics batch (as one landed in
     a CI run, whose half-done transaction then kept sqlite locked): the batch is stored whole
     and ``Terminated`` is raised once the call returns; the run then closes KILLED."""
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-
     client = GuardedClient(store)
     run_id = client.create_run(client.create_experiment("signals")).info.run_id
     tracker = CellTracker(client, run_id)

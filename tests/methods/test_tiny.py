@@ -198,7 +198,7 @@ def test_a_best_gain_within_the_tolerance_is_no_growth(dtype):
         options = {"gain_tolerance": factor * gain / one_rounding}
         event = make_grower("tiny", options).grow(net, task.context())
         assert event.grew is grows
-        assert event.extras["gain_tolerance"] == pytest.approx(factor * gain, rel=1e-12)
+        assert event.extras["tolerated_gain"] == pytest.approx(factor * gain, rel=1e-12)
         if not grows:
             assert "within the loss's rounding" in event.stop_reason
             assert event.extras["gamma"] == 0.0

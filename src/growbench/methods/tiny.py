@@ -403,7 +403,7 @@ class Tiny(Grower):
         event: GrowthEvent,
     ) -> float | None:
         """γ: ``gamma_fixed``, or the line search's on the held-out samples (its curve, loss
-        change and rounding tolerance in ``event.extras``); None, with the event's stop reason,
+        change and tolerated gain in ``event.extras``); None, with the event's stop reason,
         when it chose 0 or its best loss is within rounding of L(0) (``gain_tolerance``)."""
         config = self.config
         if config.gamma_fixed is not None:
@@ -415,7 +415,7 @@ class Tiny(Grower):
         change = next(loss for g, loss in curve if g == gamma) - start
         event.extras["search_loss_change"] = change
         rounding = config.gain_tolerance * torch.finfo(site.producer.weight.dtype).eps * abs(start)
-        event.extras["gain_tolerance"] = rounding
+        event.extras["tolerated_gain"] = rounding  # the largest loss decrease counted as none
         if gamma == 0.0:
             event.stop_reason = "line search chose gamma = 0"
         elif -change <= rounding:
