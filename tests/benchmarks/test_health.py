@@ -60,15 +60,38 @@ def test_thresholds() -> None:
     assert health.cell_flags(fine, events, 10) == ["1 destabilised growth event"]
 
 
+@pytest.mark.parametrize(
+    ("next_epoch", "flagged"),
+    [
+        ({"train_loss": 0.22, "test_loss": 0.35}, False),
+        ({"train_loss": 0.22, "test_loss": 75.0}, True),  # broke during the epoch
+        ({"train_loss": 0.7, "test_loss": 0.35}, True),
+        ({"train_loss": 0.22, "test_loss": float("nan")}, True),
+        ({"train_loss": 0.22}, False),  # a test loss not recorded is not judged
+    ],
+)
+def test_an_event_is_destabilised_by_either_loss_of_the_next_epoch(next_epoch, flagged) -> None:
+    record = {"health": {"train_loss_before": 0.22, "test_loss_before": 0.31}}
+    health.after_next_epoch(record, next_epoch)
+    assert record["health"]["destabilised"] is flagged
+    assert record["health"]["next_train_loss"] == next_epoch["train_loss"]
+    old = {"health": {"train_loss_before": 0.22}}  # an event recorded before test losses were
+    health.after_next_epoch(old, {"train_loss": 0.22, "test_loss": 75.0})
+    assert old["health"]["destabilised"] is False
+
+
 def test_every_growth_event_records_its_health() -> None:
     result = run_cell(cells()["random-add"])
     assert [event["epoch"] for event in result.events] == [1, 2]
-    for event, after in zip(result.events, result.history[2:], strict=True):
+    for event in result.events:
+        before, after = result.history[event["epoch"]], result.history[event["epoch"] + 1]
         record = event["health"]
         assert record["probe_samples"] == 25  # an eighth of the 200 training samples
         assert record["probe_loss_before"] > 0
         assert record["probe_loss_after"] > 0
         assert record["next_train_loss"] == after["train_loss"]
+        assert record["test_loss_before"] == before["test_loss"]
+        assert record["next_test_loss"] == after["test_loss"]
         assert record["destabilised"] is False
     assert result.health == []
 

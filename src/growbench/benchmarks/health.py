@@ -3,9 +3,12 @@
 A verdict over seeds averages a wrecked cell in with the others; these flags make it visible in
 the run output and the report. The thresholds are stated here, once:
 
-* a growth event is **destabilised** when the training loss of the epoch after it is not finite
-  or exceeds ``DESTABILISED_FACTOR`` times the training loss of the epoch before it (growth that
-  works leaves the next epoch's loss near or below the last one);
+* a growth event is **destabilised** when the training loss or the test loss of the epoch after
+  it is not finite or exceeds ``DESTABILISED_FACTOR`` times the same loss of the epoch before it
+  (growth that works leaves the next epoch's losses near or below the last ones). The test loss
+  is read as well because the training loss is an average over the epoch: a net that broke
+  during it can still show a normal one (a TINY growth on a rational-activation toy: training
+  loss 0.22, test loss 0.31 → 75, and the training loss 69 only an epoch later);
 * a classification cell is **at chance** when its final test accuracy is within
   ``CHANCE_MARGIN`` of 1 / classes;
 * any cell is **worse than its start** when its final test loss exceeds ``WORSE_FACTOR`` times
@@ -35,12 +38,18 @@ def destabilised(train_loss_before: float, next_train_loss: float) -> bool:
     )
 
 
-def after_next_epoch(record: dict[str, Any], next_train_loss: float) -> None:
-    """Complete an event's ``health`` entry with the training loss of the epoch after it."""
+def after_next_epoch(record: dict[str, Any], next_epoch: dict[str, float]) -> None:
+    """Complete an event's ``health`` entry with the training and test losses of the epoch after
+    it (``next_epoch``: that epoch's metrics; a loss it lacks, or one not recorded before the
+    growth, is not judged)."""
     health = record.setdefault("health", {})
-    before = health.get("train_loss_before")
-    health["next_train_loss"] = next_train_loss
-    health["destabilised"] = before is not None and destabilised(before, next_train_loss)
+    judged = False
+    for loss in ("train_loss", "test_loss"):
+        before, after = health.get(f"{loss}_before"), next_epoch.get(loss)
+        if after is not None:
+            health[f"next_{loss}"] = after
+        judged |= before is not None and after is not None and destabilised(before, after)
+    health["destabilised"] = judged
 
 
 def cell_flags(

@@ -413,9 +413,9 @@ class _CellRun:
             self.seconds["train"] += time.perf_counter() - start
             self.train_flops += 3.0 * self.sizes.flops * self.dataset.num_train
             after_growth = self.events and self.events[-1]["epoch"] == epoch - 1
-            if after_growth:
-                health.after_next_epoch(self.events[-1], train_loss)
             if not math.isfinite(train_loss):
+                if after_growth:
+                    health.after_next_epoch(self.events[-1], {"train_loss": train_loss})
                 cause = " right after a growth step" if after_growth else ""
                 raise NonFiniteLossError(
                     f"{self.cell.label}: train loss became {train_loss} in epoch {epoch}{cause}; "
@@ -424,6 +424,8 @@ class _CellRun:
             if self.schedule is not None:
                 self.schedule.step()
             self._report(epoch, {"train_loss": train_loss, "lr": lr})
+            if after_growth:
+                health.after_next_epoch(self.events[-1], self.history[-1])
             rounds_before = len(self.events)
             if self.growing and growth_due(self.cell, epoch, rounds_before):
                 self.growing = self._grow(epoch)
@@ -574,6 +576,7 @@ class _CellRun:
             **event.to_dict(),
             "health": {
                 "train_loss_before": self.history[-1]["train_loss"],
+                "test_loss_before": self.history[-1].get("test_loss"),
                 "probe_loss_before": probe_before,
                 "probe_loss_after": probe_after,
                 "probe_samples": len(probe[0]),

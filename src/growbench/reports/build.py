@@ -488,8 +488,9 @@ def _health_section(cells: pd.DataFrame, events: pd.DataFrame) -> list[str]:
     lines = [
         "## Growth health",
         "",
-        "A growth event is *destabilised* when the next epoch's training loss is not finite or "
-        f"exceeds {health.DESTABILISED_FACTOR:g}× the loss of the epoch before it; *probe up*: "
+        "A growth event is *destabilised* when the next epoch's training or test loss is not "
+        f"finite or exceeds {health.DESTABILISED_FACTOR:g}× the same loss of the epoch before "
+        "it; *probe up*: "
         "the loss on the probe (training samples outside the statistics and held-out sets, "
         "never seen by the method) rose across the step by more than "
         f"{100 * health.PROBE_TOLERANCE:g} % of itself. A cell is flagged when a growth "
