@@ -75,7 +75,7 @@ def make_frames(
                     inserted = int(layers and method == "firefly")
                     pred = -0.01 * (m + 1) if predict else np.nan
                     row = [task, method, seed, 0, 1, True, 2, inserted, pred, 0.8 * pred, 0.1]
-                    events.append([*row, "", 1.0, 0.9, 0.9, False])
+                    events.append([*row, "", 1.0, 0.9, 0.9, 0.9, False])
                 if widths_for is None or method in widths_for.get(task, []):
                     widths.append([task, method, seed, "fc1", 0, 8 + m % 4])
     return {

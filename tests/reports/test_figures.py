@@ -84,7 +84,7 @@ def make_frames() -> dict[str, pd.DataFrame]:
                 for rnd, pred in enumerate(predicted):
                     real = -0.08 * (seed + 1) if rnd == 0 else 0.0005
                     layers = int(method == "beta" and rnd == 0)
-                    health = [1.0, 1.0 + real, 0.5, False]  # probe before/after, next loss
+                    health = [1.0, 1.0 + real, 0.5, 0.6, False]  # probe before/after, next losses
                     row = [task, method, seed, rnd, rnd + 1, True, 4, layers, pred, real, 0.2]
                     events.append([*row, "", *health])
                 for index, site in enumerate(["fc1", "fc2"]):

@@ -18,7 +18,7 @@ holds only what the files hold:
             UNSUPPORTED: the method cannot grow the task's layers, so the suite never runs it.
 ``history`` one row per (cell, logged epoch), epoch 0 = before training: HISTORY_COLUMNS.
 ``events``  one row per growth event: EVENT_COLUMNS (predicted_loss_change NaN when the method
-            predicts nothing; the probe losses, the next epoch's training loss and
+            predicts nothing; the probe losses, the next epoch's training and test losses and
             ``destabilised`` from the event's health record, NaN and False for older runs).
 ``widths``  one row per (cell, site) of the final architecture: WIDTH_COLUMNS.
 
@@ -97,6 +97,7 @@ EVENT_COLUMNS = [
     "probe_loss_before",
     "probe_loss_after",
     "next_train_loss",
+    "next_test_loss",
     "destabilised",
 ]
 WIDTH_COLUMNS = [*KEY, "site", "site_index", "width"]
@@ -306,6 +307,7 @@ def _event_row(record: dict[str, Any]) -> dict[str, Any]:
         "probe_loss_before": _number(health.get("probe_loss_before")),
         "probe_loss_after": _number(health.get("probe_loss_after")),
         "next_train_loss": _number(health.get("next_train_loss")),
+        "next_test_loss": _number(health.get("next_test_loss")),
         "destabilised": bool(health.get("destabilised", False)),
     }
 
