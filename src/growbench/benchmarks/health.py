@@ -32,10 +32,10 @@ WORSE_FACTOR = 1.1
 PROBE_TOLERANCE = 1e-3  # a probe loss "rose" when it grew by more than this share of itself
 
 
-def destabilised(train_loss_before: float, next_train_loss: float) -> bool:
-    return not math.isfinite(next_train_loss) or next_train_loss > (
-        DESTABILISED_FACTOR * train_loss_before
-    )
+def destabilised(loss_before: float, next_loss: float) -> bool:
+    """Whether a loss (training or test) moved from ``loss_before`` the growth to ``next_loss``
+    the epoch after as a destabilised step moves it."""
+    return not math.isfinite(next_loss) or next_loss > DESTABILISED_FACTOR * loss_before
 
 
 def after_next_epoch(record: dict[str, Any], next_epoch: dict[str, float]) -> None:
