@@ -659,9 +659,9 @@ class _LossAtGamma:
         self.omega = omega.to(dtype)
         self.homogeneous = homogeneous(site)
         consumer = site.consumer
-        n = consumer.weight[0].numel()  # the consumer's fan-in (n·kh·kw for a conv)
-        update_weight = delta[:, :n].reshape(consumer.weight.shape).to(dtype)
-        update_bias = delta[:, n].to(dtype) if consumer.bias is not None else None
+        update_weight, update_bias = consumer_update(consumer, delta)
+        update_weight = update_weight.to(dtype)
+        update_bias = update_bias.to(dtype) if update_bias is not None else None
         self.start = net.stage_of(consumer)
         parts = []
         with torch.no_grad():
@@ -741,12 +741,19 @@ def tiny_parameters(site: Site, alpha: Tensor, omega: Tensor, delta: Tensor, gam
     bias = gamma * alpha[:, -1] if has_bias else None
     weight = consumer_bias = None
     if gamma != 0.0:
-        n = consumer.weight[0].numel()  # the consumer's fan-in (n·kh·kw for a conv)
-        flat = consumer.weight.detach().double().reshape(consumer.weight.shape[0], -1)
-        weight = (flat - gamma**2 * delta[:, :n]).reshape(consumer.weight.shape)
-        if consumer.bias is not None:
-            consumer_bias = consumer.bias.detach().double() - gamma**2 * delta[:, n]
+        update_weight, update_bias = consumer_update(consumer, delta)
+        weight = consumer.weight.detach().double() - gamma**2 * update_weight
+        if update_bias is not None:
+            consumer_bias = consumer.bias.detach().double() - gamma**2 * update_bias
     return fan_in, bias, gamma * omega, weight, consumer_bias
+
+
+def consumer_update(consumer: nn.Module, delta: Tensor) -> tuple[Tensor, Tensor | None]:
+    """δ (q × (n + 1), bias column last) as the consumer's weight and bias are shaped (the bias
+    part None when the consumer has no bias)."""
+    n = consumer.weight[0].numel()  # the consumer's fan-in (n·kh·kw for a conv)
+    weight = delta[:, :n].reshape(consumer.weight.shape)
+    return weight, delta[:, n] if consumer.bias is not None else None
 
 
 def apply_tiny(site: Site, alpha: Tensor, omega: Tensor, delta: Tensor, gamma: float) -> None:
